@@ -1,0 +1,12 @@
+//! Cairn's shared vocabulary: the item model (attribute values, numbers,
+//! size limits), key schemas with their order-preserving byte encoding, and
+//! the item codec. Every other crate depends on this one, never on each
+//! other's internals.
+
+pub mod item;
+pub mod key;
+pub mod number;
+
+pub use item::{AttributeValue, CodecError, Item, ItemError};
+pub use key::{KeyAttribute, KeySchema, KeyType};
+pub use number::{Number, NumberError};

@@ -1,0 +1,4 @@
+//! The Cairn storage node.
+
+pub mod device;
+pub mod wal;
