@@ -1,4 +1,6 @@
 //! The Cairn storage node.
 
+pub mod btree;
 pub mod device;
+pub mod page;
 pub mod wal;
