@@ -6,6 +6,8 @@
 //! key are therefore contiguous, ordered by sort key, and a sort-key range is
 //! a byte range. The sort component is last, so it needs no terminator.
 
+use std::ops::Bound;
+
 use crate::item::{AttributeValue, Item, ItemError};
 use crate::number::Number;
 
@@ -118,6 +120,113 @@ impl KeySchema {
     }
 }
 
+/// Encoded bounds of a Query: a sort-key range within one partition key.
+pub type KeyRange = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
+/// A key schema's stored form is malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed key schema encoding: {0}")]
+pub struct SchemaDecodeError(&'static str);
+
+impl KeySchema {
+    /// The byte range of a Query on partition key `partition` with sort-key
+    /// bounds `start` and `end` (either may be unbounded).
+    pub fn query_range(
+        &self,
+        partition: &AttributeValue,
+        start: Bound<&AttributeValue>,
+        end: Bound<&AttributeValue>,
+    ) -> Result<KeyRange, ItemError> {
+        let prefix = self.partition_prefix(partition)?;
+        let sort_key = |value: &AttributeValue| -> Result<Vec<u8>, ItemError> {
+            let sort = self.sort.as_ref().ok_or_else(|| ItemError::UnexpectedKeyAttribute {
+                name: "(sort key condition on a table without a sort key)".into(),
+            })?;
+            let item = Item::new().with(sort.name.clone(), value.clone());
+            let mut key = prefix.clone();
+            key.extend_from_slice(&component(&item, sort, SORT_KEY_BYTES_MAX)?);
+            Ok(key)
+        };
+        let start = match start {
+            Bound::Included(v) => Bound::Included(sort_key(v)?),
+            Bound::Excluded(v) => Bound::Excluded(sort_key(v)?),
+            Bound::Unbounded => Bound::Included(prefix.clone()),
+        };
+        let end = match end {
+            Bound::Included(v) => Bound::Included(sort_key(v)?),
+            Bound::Excluded(v) => Bound::Excluded(sort_key(v)?),
+            Bound::Unbounded => match prefix_successor(&prefix) {
+                Some(successor) => Bound::Excluded(successor),
+                None => Bound::Unbounded,
+            },
+        };
+        Ok((start, end))
+    }
+
+    /// Stored form: `type u8 ‖ name_len u16 ‖ name` for the partition key,
+    /// then `0` or `1 ‖ type ‖ name_len ‖ name` for the sort key.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let attribute = |out: &mut Vec<u8>, a: &KeyAttribute| {
+            out.push(a.key_type.to_byte());
+            out.extend_from_slice(&(a.name.len() as u16).to_le_bytes());
+            out.extend_from_slice(a.name.as_bytes());
+        };
+        attribute(&mut out, &self.partition);
+        match &self.sort {
+            Some(sort) => {
+                out.push(1);
+                attribute(&mut out, sort);
+            }
+            None => out.push(0),
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<KeySchema, SchemaDecodeError> {
+        fn attribute(bytes: &[u8], at: &mut usize) -> Result<KeyAttribute, SchemaDecodeError> {
+            let truncated = SchemaDecodeError("truncated");
+            let key_type = KeyType::from_byte(*bytes.get(*at).ok_or(truncated.clone())?)
+                .ok_or(SchemaDecodeError("unknown key type"))?;
+            let len_bytes = bytes.get(*at + 1..*at + 3).ok_or(truncated.clone())?;
+            let len = u16::from_le_bytes([len_bytes[0], len_bytes[1]]) as usize;
+            let name = bytes.get(*at + 3..*at + 3 + len).ok_or(truncated)?;
+            let name = std::str::from_utf8(name).map_err(|_| SchemaDecodeError("name is not UTF-8"))?;
+            *at += 3 + len;
+            Ok(KeyAttribute::new(name, key_type))
+        }
+        let mut at = 0;
+        let partition = attribute(bytes, &mut at)?;
+        let sort = match bytes.get(at) {
+            Some(0) => {
+                at += 1;
+                None
+            }
+            Some(1) => {
+                at += 1;
+                Some(attribute(bytes, &mut at)?)
+            }
+            _ => return Err(SchemaDecodeError("bad sort key flag")),
+        };
+        if at != bytes.len() {
+            return Err(SchemaDecodeError("trailing bytes"));
+        }
+        Ok(KeySchema { partition, sort })
+    }
+}
+
+/// The smallest byte string greater than every string starting with `prefix`.
+fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut successor = prefix.to_vec();
+    while let Some(last) = successor.pop() {
+        if last < 0xFF {
+            successor.push(last + 1);
+            return Some(successor);
+        }
+    }
+    None
+}
+
 /// Encodes one key attribute of `item`, checking presence, type and size.
 fn component(
     item: &Item,
@@ -189,6 +298,34 @@ mod tests {
         // A different partition key never interleaves: "ab" is not under "a".
         let other = s.key_of_item(&item("ab", "0")).unwrap();
         assert!(!other.starts_with(&prefix));
+    }
+
+    #[test]
+    fn schema_encoding_round_trips_and_rejects_garbage() {
+        let s = schema();
+        assert_eq!(KeySchema::decode(&s.encode()).unwrap(), s);
+        let hash_only = KeySchema::new(KeyAttribute::new("id", KeyType::B), None);
+        assert_eq!(KeySchema::decode(&hash_only.encode()).unwrap(), hash_only);
+        let bytes = s.encode();
+        for cut in 0..bytes.len() {
+            assert!(KeySchema::decode(&bytes[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn query_range_covers_exactly_one_partition_key() {
+        let s = schema();
+        let pk = AttributeValue::S("a".into());
+        let (start, end) = s.query_range(&pk, Bound::Unbounded, Bound::Unbounded).unwrap();
+        let inside = s.key_of_item(&item("a", "-5")).unwrap();
+        let outside = s.key_of_item(&item("b", "-5")).unwrap();
+        let within = |k: &Vec<u8>| {
+            let after = match &start { Bound::Included(b) => k >= b, _ => unreachable!() };
+            let before = match &end { Bound::Excluded(b) => k < b, _ => unreachable!() };
+            after && before
+        };
+        assert!(within(&inside));
+        assert!(!within(&outside));
     }
 
     #[test]

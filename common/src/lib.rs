@@ -8,5 +8,5 @@ pub mod key;
 pub mod number;
 
 pub use item::{AttributeValue, CodecError, Item, ItemError};
-pub use key::{KeyAttribute, KeySchema, KeyType};
+pub use key::{KeyAttribute, KeyRange, KeySchema, KeyType, SchemaDecodeError};
 pub use number::{Number, NumberError};

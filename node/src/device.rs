@@ -34,7 +34,7 @@ pub struct OpenMode {
 }
 
 /// A file addressed in aligned blocks.
-pub trait BlockFile {
+pub trait BlockFile: std::fmt::Debug {
     /// Reads `len` bytes at `offset`; returns fewer only at end of file.
     async fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>>;
     /// Writes all of `data` at `offset`.
@@ -46,7 +46,7 @@ pub trait BlockFile {
 }
 
 /// A directory of block files.
-pub trait FileSystem {
+pub trait FileSystem: std::fmt::Debug {
     type File: BlockFile;
     async fn open(&self, name: &str, mode: OpenMode) -> io::Result<Self::File>;
     /// Names of the files in the directory.
@@ -206,6 +206,26 @@ struct MemFsState {
     /// When set, `sync` returns without making anything durable: the
     /// moment between a write completing and its flush, frozen for a crash.
     syncs_discarded: bool,
+    /// IO operations left before the power fails (every later one errors).
+    ios_until_power_loss: Option<u64>,
+}
+
+impl MemFsState {
+    /// Counts one IO against the power-loss trigger and fails if it fired
+    /// or a failure is injected.
+    fn count_io(&mut self) -> io::Result<()> {
+        if let Some(left) = &mut self.ios_until_power_loss {
+            if *left == 0 {
+                self.failing = Some(io::ErrorKind::BrokenPipe);
+            } else {
+                *left -= 1;
+            }
+        }
+        match self.failing {
+            Some(kind) => Err(io::Error::new(kind, "injected IO failure")),
+            None => Ok(()),
+        }
+    }
 }
 
 /// An in-memory directory; clones share the same files, so a test can crash
@@ -271,6 +291,20 @@ impl MemFs {
         self.state.borrow_mut().failing = failing;
     }
 
+    /// After `ios` more writes, syncs, renames or removals, every IO fails:
+    /// the process lost power mid-operation. Follow with [`MemFs::crash`]
+    /// and [`MemFs::restore_power`].
+    pub fn lose_power_after(&self, ios: u64) {
+        self.state.borrow_mut().ios_until_power_loss = Some(ios);
+    }
+
+    /// Clears injected failures and the power-loss trigger.
+    pub fn restore_power(&self) {
+        let mut state = self.state.borrow_mut();
+        state.ios_until_power_loss = None;
+        state.failing = None;
+    }
+
     /// Makes `sync` succeed without effect until reset, so a test can crash
     /// after writes the engine believes are in flight.
     pub fn set_syncs_discarded(&self, discarded: bool) {
@@ -289,10 +323,7 @@ impl MemFs {
 
 impl MemFile {
     fn check_failing(&self) -> io::Result<()> {
-        match self.fs.borrow().failing {
-            Some(kind) => Err(io::Error::new(kind, "injected IO failure")),
-            None => Ok(()),
-        }
+        self.fs.borrow_mut().count_io()
     }
 }
 
@@ -366,6 +397,7 @@ impl FileSystem for MemFs {
 
     async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         let mut state = self.state.borrow_mut();
+        state.count_io()?;
         let data = state
             .files
             .remove(from)
@@ -375,11 +407,13 @@ impl FileSystem for MemFs {
     }
 
     async fn remove(&self, name: &str) -> io::Result<()> {
-        self.state.borrow_mut().files.remove(name);
+        let mut state = self.state.borrow_mut();
+        state.count_io()?;
+        state.files.remove(name);
         Ok(())
     }
 
     async fn sync_dir(&self) -> io::Result<()> {
-        Ok(())
+        self.state.borrow_mut().count_io()
     }
 }

@@ -24,7 +24,7 @@ pub const PAGE_HEADER_BYTES: usize = 32;
 
 /// A page's location: `first_unit << 16 | units`. Zero means "no page"
 /// (unit 0 holds the superblocks, so no page starts there).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PageAddr(pub u64);
 
 impl PageAddr {

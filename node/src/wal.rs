@@ -66,10 +66,10 @@ impl Default for WalConfig {
 }
 
 impl WalConfig {
-    /// Largest payload one record may carry.
+    /// Largest payload one record may carry: it must fit in a segment. (A
+    /// record larger than `batch_bytes_max` is written as a batch alone.)
     pub fn payload_bytes_max(&self) -> usize {
-        (self.segment_size_bytes as usize - BLOCK_SIZE - RECORD_HEADER_BYTES)
-            .min(self.batch_bytes_max - RECORD_HEADER_BYTES)
+        self.segment_size_bytes as usize - BLOCK_SIZE - RECORD_HEADER_BYTES
     }
 }
 
