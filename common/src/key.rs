@@ -139,9 +139,12 @@ impl KeySchema {
     ) -> Result<KeyRange, ItemError> {
         let prefix = self.partition_prefix(partition)?;
         let sort_key = |value: &AttributeValue| -> Result<Vec<u8>, ItemError> {
-            let sort = self.sort.as_ref().ok_or_else(|| ItemError::UnexpectedKeyAttribute {
-                name: "(sort key condition on a table without a sort key)".into(),
-            })?;
+            let sort = self
+                .sort
+                .as_ref()
+                .ok_or_else(|| ItemError::UnexpectedKeyAttribute {
+                    name: "(sort key condition on a table without a sort key)".into(),
+                })?;
             let item = Item::new().with(sort.name.clone(), value.clone());
             let mut key = prefix.clone();
             key.extend_from_slice(&component(&item, sort, SORT_KEY_BYTES_MAX)?);
@@ -191,7 +194,8 @@ impl KeySchema {
             let len_bytes = bytes.get(*at + 1..*at + 3).ok_or(truncated.clone())?;
             let len = u16::from_le_bytes([len_bytes[0], len_bytes[1]]) as usize;
             let name = bytes.get(*at + 3..*at + 3 + len).ok_or(truncated)?;
-            let name = std::str::from_utf8(name).map_err(|_| SchemaDecodeError("name is not UTF-8"))?;
+            let name =
+                std::str::from_utf8(name).map_err(|_| SchemaDecodeError("name is not UTF-8"))?;
             *at += 3 + len;
             Ok(KeyAttribute::new(name, key_type))
         }
@@ -316,12 +320,20 @@ mod tests {
     fn query_range_covers_exactly_one_partition_key() {
         let s = schema();
         let pk = AttributeValue::S("a".into());
-        let (start, end) = s.query_range(&pk, Bound::Unbounded, Bound::Unbounded).unwrap();
+        let (start, end) = s
+            .query_range(&pk, Bound::Unbounded, Bound::Unbounded)
+            .unwrap();
         let inside = s.key_of_item(&item("a", "-5")).unwrap();
         let outside = s.key_of_item(&item("b", "-5")).unwrap();
         let within = |k: &Vec<u8>| {
-            let after = match &start { Bound::Included(b) => k >= b, _ => unreachable!() };
-            let before = match &end { Bound::Excluded(b) => k < b, _ => unreachable!() };
+            let after = match &start {
+                Bound::Included(b) => k >= b,
+                _ => unreachable!(),
+            };
+            let before = match &end {
+                Bound::Excluded(b) => k < b,
+                _ => unreachable!(),
+            };
             after && before
         };
         assert!(within(&inside));

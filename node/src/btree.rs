@@ -40,8 +40,14 @@ pub enum TreeError {
 /// A node owned in memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
-    Leaf { keys: Vec<Vec<u8>>, values: Vec<Vec<u8>> },
-    Branch { keys: Vec<Vec<u8>>, children: Vec<Child> },
+    Leaf {
+        keys: Vec<Vec<u8>>,
+        values: Vec<Vec<u8>>,
+    },
+    Branch {
+        keys: Vec<Vec<u8>>,
+        children: Vec<Child>,
+    },
 }
 
 /// A reference to a child: on disk, or owned and dirty.
@@ -60,11 +66,18 @@ impl Node {
         match self {
             Node::Leaf { keys, values } => {
                 NODE_OVERHEAD_BYTES
-                    + keys.iter().zip(values).map(|(k, v)| k.len() + v.len() + ENTRY_OVERHEAD_BYTES).sum::<usize>()
+                    + keys
+                        .iter()
+                        .zip(values)
+                        .map(|(k, v)| k.len() + v.len() + ENTRY_OVERHEAD_BYTES)
+                        .sum::<usize>()
             }
             Node::Branch { keys, children } => {
                 NODE_OVERHEAD_BYTES
-                    + keys.iter().map(|k| k.len() + ENTRY_OVERHEAD_BYTES).sum::<usize>()
+                    + keys
+                        .iter()
+                        .map(|k| k.len() + ENTRY_OVERHEAD_BYTES)
+                        .sum::<usize>()
                     + children.len() * 8
             }
         }
@@ -82,10 +95,16 @@ impl Node {
             v.iter().map(|b| b.as_slice().to_vec()).collect::<Vec<_>>()
         };
         match archived {
-            ArchivedNodePage::Leaf { keys, values } => Node::Leaf { keys: bytes(keys), values: bytes(values) },
+            ArchivedNodePage::Leaf { keys, values } => Node::Leaf {
+                keys: bytes(keys),
+                values: bytes(values),
+            },
             ArchivedNodePage::Branch { keys, children } => Node::Branch {
                 keys: bytes(keys),
-                children: children.iter().map(|c| Child::Clean(PageAddr(c.to_native()))).collect(),
+                children: children
+                    .iter()
+                    .map(|c| Child::Clean(PageAddr(c.to_native())))
+                    .collect(),
             },
         }
     }
@@ -107,22 +126,25 @@ impl<'a> View<'a> {
     fn key_count(self) -> usize {
         match self {
             View::Owned(Node::Leaf { keys, .. } | Node::Branch { keys, .. }) => keys.len(),
-            View::Archived(ArchivedNodePage::Leaf { keys, .. } | ArchivedNodePage::Branch { keys, .. }) => {
-                keys.len()
-            }
+            View::Archived(
+                ArchivedNodePage::Leaf { keys, .. } | ArchivedNodePage::Branch { keys, .. },
+            ) => keys.len(),
         }
     }
 
     fn is_leaf(self) -> bool {
-        matches!(self, View::Owned(Node::Leaf { .. }) | View::Archived(ArchivedNodePage::Leaf { .. }))
+        matches!(
+            self,
+            View::Owned(Node::Leaf { .. }) | View::Archived(ArchivedNodePage::Leaf { .. })
+        )
     }
 
     fn key(self, index: usize) -> &'a [u8] {
         match self {
             View::Owned(Node::Leaf { keys, .. } | Node::Branch { keys, .. }) => &keys[index],
-            View::Archived(ArchivedNodePage::Leaf { keys, .. } | ArchivedNodePage::Branch { keys, .. }) => {
-                keys[index].as_slice()
-            }
+            View::Archived(
+                ArchivedNodePage::Leaf { keys, .. } | ArchivedNodePage::Branch { keys, .. },
+            ) => keys[index].as_slice(),
         }
     }
 
@@ -152,7 +174,11 @@ impl<'a> View<'a> {
         let (mut low, mut high) = (0, self.key_count());
         while low < high {
             let mid = (low + high) / 2;
-            if self.key(mid) <= key { low = mid + 1 } else { high = mid }
+            if self.key(mid) <= key {
+                low = mid + 1;
+            } else {
+                high = mid;
+            }
         }
         low
     }
@@ -162,14 +188,22 @@ impl<'a> View<'a> {
         let (mut low, mut high) = (0, self.key_count());
         while low < high {
             let mid = (low + high) / 2;
-            if self.key(mid) < key { low = mid + 1 } else { high = mid }
+            if self.key(mid) < key {
+                low = mid + 1;
+            } else {
+                high = mid;
+            }
         }
         low
     }
 }
 
 /// Resolves a child to a view, keeping its page alive in `hold`.
-fn resolve<'a>(child: ChildView<'a>, src: &impl PageSource, hold: &'a mut Option<Rc<PageBytes>>) -> Result<View<'a>, TreeError> {
+fn resolve<'a>(
+    child: ChildView<'a>,
+    src: &impl PageSource,
+    hold: &'a mut Option<Rc<PageBytes>>,
+) -> Result<View<'a>, TreeError> {
     match child {
         ChildView::Dirty(node) => Ok(View::Owned(node)),
         ChildView::Clean(addr) => {
@@ -220,12 +254,20 @@ pub struct Tree {
 
 impl Tree {
     pub fn new(page_size: usize) -> Tree {
-        Tree { root: None, page_size, dirty: DirtyStats::default() }
+        Tree {
+            root: None,
+            page_size,
+            dirty: DirtyStats::default(),
+        }
     }
 
     pub fn with_root(root: PageAddr, page_size: usize) -> Tree {
         let root = (root != PageAddr::NONE).then_some(Child::Clean(root));
-        Tree { root, page_size, dirty: DirtyStats::default() }
+        Tree {
+            root,
+            page_size,
+            dirty: DirtyStats::default(),
+        }
     }
 
     /// The root page, if the tree is clean (after a flush).
@@ -241,7 +283,11 @@ impl Tree {
         self.dirty
     }
 
-    fn root_view<'a>(&'a self, src: &impl PageSource, hold: &'a mut Option<Rc<PageBytes>>) -> Result<Option<View<'a>>, TreeError> {
+    fn root_view<'a>(
+        &'a self,
+        src: &impl PageSource,
+        hold: &'a mut Option<Rc<PageBytes>>,
+    ) -> Result<Option<View<'a>>, TreeError> {
         match &self.root {
             None => Ok(None),
             Some(Child::Dirty(node)) => Ok(Some(View::Owned(node))),
@@ -250,7 +296,12 @@ impl Tree {
     }
 
     /// Calls `f` with the value stored under `key`, read in place.
-    pub fn get_with<R>(&self, src: &impl PageSource, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>, TreeError> {
+    pub fn get_with<R>(
+        &self,
+        src: &impl PageSource,
+        key: &[u8],
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, TreeError> {
         let mut hold = None;
         match self.root_view(src, &mut hold)? {
             None => Ok(None),
@@ -265,16 +316,27 @@ impl Tree {
 
     /// Inserts or replaces. Call after a successful [`Tree::probe`]; old clean
     /// pages on the path are appended to `freed`.
-    pub fn put(&mut self, src: &impl PageSource, key: Vec<u8>, value: Vec<u8>, freed: &mut Vec<PageAddr>) -> Result<(), TreeError> {
+    pub fn put(
+        &mut self,
+        src: &impl PageSource,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        freed: &mut Vec<PageAddr>,
+    ) -> Result<(), TreeError> {
         self.probe(src, &key)?;
         let page_size = self.page_size;
         let Some(root) = &mut self.root else {
-            self.root = Some(Child::Dirty(Box::new(Node::Leaf { keys: vec![key], values: vec![value] })));
+            self.root = Some(Child::Dirty(Box::new(Node::Leaf {
+                keys: vec![key],
+                values: vec![value],
+            })));
             self.dirty.dirty_nodes += 1;
             return Ok(());
         };
         let node = make_dirty(root, src, freed, &mut self.dirty)?;
-        if let Some((separator, right)) = insert(node, src, key, value, freed, &mut self.dirty, page_size)? {
+        if let Some((separator, right)) =
+            insert(node, src, key, value, freed, &mut self.dirty, page_size)?
+        {
             let left = self.root.take().expect("root exists");
             self.root = Some(Child::Dirty(Box::new(Node::Branch {
                 keys: vec![separator],
@@ -286,7 +348,12 @@ impl Tree {
     }
 
     /// Removes `key`; returns whether it was present. Absent keys change nothing.
-    pub fn delete(&mut self, src: &impl PageSource, key: &[u8], freed: &mut Vec<PageAddr>) -> Result<bool, TreeError> {
+    pub fn delete(
+        &mut self,
+        src: &impl PageSource,
+        key: &[u8],
+        freed: &mut Vec<PageAddr>,
+    ) -> Result<bool, TreeError> {
         if self.get_with(src, key, |_| ())?.is_none() {
             return Ok(false);
         }
@@ -347,7 +414,12 @@ impl Tree {
     }
 }
 
-fn get_in<R>(view: View<'_>, src: &impl PageSource, key: &[u8], f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>, TreeError> {
+fn get_in<R>(
+    view: View<'_>,
+    src: &impl PageSource,
+    key: &[u8],
+    f: impl FnOnce(&[u8]) -> R,
+) -> Result<Option<R>, TreeError> {
     if view.is_leaf() {
         let index = view.lower_bound(key);
         if index < view.key_count() && view.key(index) == key {
@@ -360,7 +432,12 @@ fn get_in<R>(view: View<'_>, src: &impl PageSource, key: &[u8], f: impl FnOnce(&
     get_in(child, src, key, f)
 }
 
-fn make_dirty<'a>(child: &'a mut Child, src: &impl PageSource, freed: &mut Vec<PageAddr>, dirty: &mut DirtyStats) -> Result<&'a mut Node, TreeError> {
+fn make_dirty<'a>(
+    child: &'a mut Child,
+    src: &impl PageSource,
+    freed: &mut Vec<PageAddr>,
+    dirty: &mut DirtyStats,
+) -> Result<&'a mut Node, TreeError> {
     if let Child::Clean(addr) = *child {
         let page = src.page(addr).ok_or(TreeError::Miss(addr))?;
         *child = Child::Dirty(Box::new(Node::from_archived(page.node())));
@@ -395,7 +472,9 @@ fn insert(
         Node::Branch { keys, children } => {
             let index = keys.partition_point(|k| k.as_slice() <= key.as_slice());
             let child = make_dirty(&mut children[index], src, freed, dirty)?;
-            if let Some((separator, right)) = insert(child, src, key, value, freed, dirty, page_size)? {
+            if let Some((separator, right)) =
+                insert(child, src, key, value, freed, dirty, page_size)?
+            {
                 keys.insert(index, separator);
                 children.insert(index + 1, Child::Dirty(Box::new(right)));
                 dirty.dirty_nodes += 1;
@@ -415,11 +494,23 @@ fn split_if_full(node: &mut Node, page_size: usize) -> Split {
             if keys.len() < 2 {
                 return None; // one large item: its page spans several units
             }
-            let half = node_half(keys.iter().zip(values.iter()).map(|(k, v)| k.len() + v.len()));
-            let Node::Leaf { keys, values } = node else { unreachable!() };
+            let half = node_half(
+                keys.iter()
+                    .zip(values.iter())
+                    .map(|(k, v)| k.len() + v.len()),
+            );
+            let Node::Leaf { keys, values } = node else {
+                unreachable!()
+            };
             let right_keys = keys.split_off(half);
             let right_values = values.split_off(half);
-            Some((right_keys[0].clone(), Node::Leaf { keys: right_keys, values: right_values }))
+            Some((
+                right_keys[0].clone(),
+                Node::Leaf {
+                    keys: right_keys,
+                    values: right_values,
+                },
+            ))
         }
         Node::Branch { keys, children } => {
             if keys.len() < 3 {
@@ -429,7 +520,13 @@ fn split_if_full(node: &mut Node, page_size: usize) -> Split {
             let right_keys = keys.split_off(middle + 1);
             let separator = keys.pop().expect("middle key");
             let right_children = children.split_off(middle + 1);
-            Some((separator, Node::Branch { keys: right_keys, children: right_children }))
+            Some((
+                separator,
+                Node::Branch {
+                    keys: right_keys,
+                    children: right_children,
+                },
+            ))
         }
     }
 }
@@ -450,7 +547,13 @@ fn node_half(sizes: impl ExactSizeIterator<Item = usize> + Clone) -> usize {
 }
 
 /// Removes `key` below `node` (known present); empty children are unlinked.
-fn remove(node: &mut Node, src: &impl PageSource, key: &[u8], freed: &mut Vec<PageAddr>, dirty: &mut DirtyStats) -> Result<(), TreeError> {
+fn remove(
+    node: &mut Node,
+    src: &impl PageSource,
+    key: &[u8],
+    freed: &mut Vec<PageAddr>,
+    dirty: &mut DirtyStats,
+) -> Result<(), TreeError> {
     match node {
         Node::Leaf { keys, values } => {
             if let Ok(index) = keys.binary_search_by(|k| k.as_slice().cmp(key)) {
@@ -491,8 +594,11 @@ fn scan_in(
             Bound::Excluded(e) => view.lower_bound(e),
             Bound::Unbounded => view.key_count(),
         };
-        let indexes: Box<dyn Iterator<Item = usize>> =
-            if range.reverse { Box::new((first..end.max(first)).rev()) } else { Box::new(first..end.max(first)) };
+        let indexes: Box<dyn Iterator<Item = usize>> = if range.reverse {
+            Box::new((first..end.max(first)).rev())
+        } else {
+            Box::new(first..end.max(first))
+        };
         for index in indexes {
             if out.len() >= limit {
                 return Ok(true);
@@ -513,8 +619,11 @@ fn scan_in(
     if last < first {
         return Ok(false);
     }
-    let children: Box<dyn Iterator<Item = usize>> =
-        if range.reverse { Box::new((first..=last).rev()) } else { Box::new(first..=last) };
+    let children: Box<dyn Iterator<Item = usize>> = if range.reverse {
+        Box::new((first..=last).rev())
+    } else {
+        Box::new(first..=last)
+    };
     for index in children {
         let mut hold = None;
         let child = resolve(view.child(index), src, &mut hold)?;
@@ -527,7 +636,13 @@ fn scan_in(
 
 fn flush_child(child: &mut Child, write: &mut impl FnMut(NodePage) -> PageAddr) {
     let Child::Dirty(node) = child else { return };
-    let page = match std::mem::replace(node.as_mut(), Node::Leaf { keys: Vec::new(), values: Vec::new() }) {
+    let page = match std::mem::replace(
+        node.as_mut(),
+        Node::Leaf {
+            keys: Vec::new(),
+            values: Vec::new(),
+        },
+    ) {
         Node::Leaf { keys, values } => NodePage::Leaf { keys, values },
         Node::Branch { keys, mut children } => {
             for grandchild in &mut children {
@@ -566,7 +681,11 @@ mod tests {
 
     fn scan_all(tree: &Tree, cache: &PageCache, reverse: bool) -> Vec<(Vec<u8>, Vec<u8>)> {
         let mut out = Vec::new();
-        let range = ScanRange { start: Bound::Unbounded, end: Bound::Unbounded, reverse };
+        let range = ScanRange {
+            start: Bound::Unbounded,
+            end: Bound::Unbounded,
+            reverse,
+        };
         tree.scan(cache, &range, usize::MAX, &mut out).unwrap();
         out
     }
@@ -584,11 +703,15 @@ mod tests {
             match rng.random_range(0..10) {
                 0..=5 => {
                     let value = vec![step as u8; rng.random_range(0..200)];
-                    tree.put(&cache, key.clone(), value.clone(), &mut freed).unwrap();
+                    tree.put(&cache, key.clone(), value.clone(), &mut freed)
+                        .unwrap();
                     model.insert(key, value);
                 }
                 6..=7 => {
-                    assert_eq!(tree.delete(&cache, &key, &mut freed).unwrap(), model.remove(&key).is_some());
+                    assert_eq!(
+                        tree.delete(&cache, &key, &mut freed).unwrap(),
+                        model.remove(&key).is_some()
+                    );
                 }
                 _ => {
                     let got = tree.get_with(&cache, &key, <[u8]>::to_vec).unwrap();
@@ -611,7 +734,11 @@ mod tests {
             let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
             let limit = rng.random_range(1..50);
             let reverse = rng.random_bool(0.5);
-            let range = ScanRange { start: Bound::Excluded(&lo), end: Bound::Included(&hi), reverse };
+            let range = ScanRange {
+                start: Bound::Excluded(&lo),
+                end: Bound::Included(&hi),
+                reverse,
+            };
             let mut out = Vec::new();
             tree.scan(&cache, &range, limit, &mut out).unwrap();
             let mut want: Vec<_> = model
@@ -632,14 +759,21 @@ mod tests {
         let mut tree = Tree::new(512);
         let mut freed = Vec::new();
         for i in 0..100u32 {
-            tree.put(&cache, i.to_be_bytes().to_vec(), vec![1; 50], &mut freed).unwrap();
+            tree.put(&cache, i.to_be_bytes().to_vec(), vec![1; 50], &mut freed)
+                .unwrap();
         }
         let mut next_unit = 1;
         flush(&mut tree, &cache, &mut next_unit);
         let empty = PageCache::new(usize::MAX);
         let before = format!("{tree:?}");
-        assert!(matches!(tree.put(&empty, vec![0, 0, 0, 7], vec![2], &mut freed), Err(TreeError::Miss(_))));
-        assert!(matches!(tree.delete(&empty, &[0, 0, 0, 7], &mut freed), Err(TreeError::Miss(_))));
+        assert!(matches!(
+            tree.put(&empty, vec![0, 0, 0, 7], vec![2], &mut freed),
+            Err(TreeError::Miss(_))
+        ));
+        assert!(matches!(
+            tree.delete(&empty, &[0, 0, 0, 7], &mut freed),
+            Err(TreeError::Miss(_))
+        ));
         assert_eq!(format!("{tree:?}"), before);
     }
 
@@ -649,7 +783,8 @@ mod tests {
         let mut tree = Tree::new(16384);
         let mut freed = Vec::new();
         for i in 0..5u8 {
-            tree.put(&cache, vec![i], vec![i; 100_000], &mut freed).unwrap();
+            tree.put(&cache, vec![i], vec![i; 100_000], &mut freed)
+                .unwrap();
         }
         let mut sizes = Vec::new();
         tree.flush_dirty(&mut |page| {
@@ -657,10 +792,17 @@ mod tests {
                 sizes.push(keys.len());
             }
             let addr = PageAddr::new(sizes.len() as u64 + 100, 7);
-            cache.insert(addr, Rc::new(PageBytes::trusted(archive_node(&page))), false);
+            cache.insert(
+                addr,
+                Rc::new(PageBytes::trusted(archive_node(&page))),
+                false,
+            );
             addr
         });
         assert_eq!(sizes, vec![1; 5]);
-        assert_eq!(tree.get_with(&cache, &[3], <[u8]>::len).unwrap(), Some(100_000));
+        assert_eq!(
+            tree.get_with(&cache, &[3], <[u8]>::len).unwrap(),
+            Some(100_000)
+        );
     }
 }

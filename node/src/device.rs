@@ -78,9 +78,30 @@ pub struct DmaFs {
 }
 
 impl DmaFs {
-    pub fn new(dir: impl Into<PathBuf>) -> io::Result<Self> {
+    /// Opens (creating if needed) a data directory for direct IO from the
+    /// calling glommio executor.
+    ///
+    /// glommio decides per device and per thread whether reads may use its
+    /// IOPOLL ring by reading offset 0 of the first file opened there. If
+    /// that file is empty the read succeeds without reaching the device,
+    /// glommio concludes "pollable", and every later read on a device
+    /// without poll queues (virtio, most SATA) fails with EOPNOTSUPP. So the
+    /// first open here is a probe file that holds a block of data.
+    pub async fn open(dir: impl Into<PathBuf>) -> io::Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
+        let probe = dir.join(".iopoll-probe");
+        std::fs::write(&probe, [0u8; BLOCK_SIZE])?;
+        let file = glommio::io::DmaFile::open(&probe)
+            .await
+            .map_err(io::Error::from)?;
+        let read = file
+            .read_at_aligned(0, BLOCK_SIZE)
+            .await
+            .map_err(io::Error::from);
+        file.close().await.map_err(io::Error::from)?;
+        std::fs::remove_file(&probe)?;
+        read?;
         Ok(Self { dir })
     }
 

@@ -26,7 +26,10 @@ use cairn_common::{CodecError, Item, ItemError, KeySchema};
 
 use crate::btree::{PageSource, ScanRange, Tree, TreeError};
 use crate::device::FileSystem;
-use crate::page::{CatalogEntry, CatalogPage, PageAddr, PageBytes, PageKind, archive_catalog, archive_node, frame, units_for};
+use crate::page::{
+    CatalogEntry, CatalogPage, PageAddr, PageBytes, PageKind, archive_catalog, archive_node, frame,
+    units_for,
+};
 use crate::store::{PageStore, StoreError, Superblock};
 use crate::wal::{Lsn, Record, RecoveryReport, Wal, WalConfig, WalError};
 
@@ -90,7 +93,10 @@ pub enum EngineError {
 
 impl EngineError {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, EngineError::Throttled | EngineError::Wal(WalError::Throttled { .. }))
+        matches!(
+            self,
+            EngineError::Throttled | EngineError::Wal(WalError::Throttled { .. })
+        )
     }
 }
 
@@ -164,7 +170,8 @@ impl<Fs: FileSystem> Engine<Fs> {
             config.wal.payload_bytes_max() >= RECORD_PAYLOAD_BYTES_MAX,
             "WAL segments must hold the largest item"
         );
-        let (store, catalog) = PageStore::open(fs.as_ref(), config.page_size, config.cache_bytes).await?;
+        let (store, catalog) =
+            PageStore::open(fs.as_ref(), config.page_size, config.cache_bytes).await?;
         let superblock = store.superblock();
         let mut partitions = BTreeMap::new();
         let mut used = Vec::new();
@@ -172,17 +179,22 @@ impl<Fs: FileSystem> Engine<Fs> {
             used.push(superblock.catalog);
         }
         for entry in catalog.entries {
-            let schema = KeySchema::decode(&entry.schema).map_err(|e| StoreError::Corrupt(
-                crate::page::PageError::Corrupt { addr: superblock.catalog.0, reason: e.to_string() },
-            ))?;
+            let schema = KeySchema::decode(&entry.schema).map_err(|e| {
+                StoreError::Corrupt(crate::page::PageError::Corrupt {
+                    addr: superblock.catalog.0,
+                    reason: e.to_string(),
+                })
+            })?;
             store.reachable(PageAddr(entry.root), &mut used).await?;
             let tree = Tree::with_root(PageAddr(entry.root), config.page_size);
             partitions.insert(entry.partition, Partition { schema, tree });
         }
         store.set_used(used);
         let mut records = Vec::new();
-        let (wal, wal_report) =
-            Wal::open(fs, config.wal.clone(), superblock.checkpoint_lsn, |r| records.push(r)).await?;
+        let (wal, wal_report) = Wal::open(fs, config.wal.clone(), superblock.checkpoint_lsn, |r| {
+            records.push(r);
+        })
+        .await?;
         let engine = Engine {
             config,
             wal,
@@ -208,13 +220,21 @@ impl<Fs: FileSystem> Engine<Fs> {
     }
 
     async fn replay(&self, record: Record) -> Result<(), EngineError> {
-        let corrupt = |reason: &str| EngineError::CorruptRecord { lsn: record.lsn, reason: reason.to_owned() };
-        let (&kind, body) = record.payload.split_first().ok_or_else(|| corrupt("empty payload"))?;
+        let corrupt = |reason: &str| EngineError::CorruptRecord {
+            lsn: record.lsn,
+            reason: reason.to_owned(),
+        };
+        let (&kind, body) = record
+            .payload
+            .split_first()
+            .ok_or_else(|| corrupt("empty payload"))?;
         match kind {
             record::CREATE_PARTITION => {
                 let schema = KeySchema::decode(body).map_err(|e| corrupt(&e.to_string()))?;
                 let tree = Tree::new(self.config.page_size);
-                self.partitions.borrow_mut().insert(record.partition, Partition { schema, tree });
+                self.partitions
+                    .borrow_mut()
+                    .insert(record.partition, Partition { schema, tree });
             }
             record::PUT => {
                 let (key, value) = split_put(body).ok_or_else(|| corrupt("malformed put"))?;
@@ -238,7 +258,11 @@ impl<Fs: FileSystem> Engine<Fs> {
     }
 
     /// Creates an empty partition with the given key schema, durably.
-    pub async fn create_partition(&self, partition: PartitionId, schema: KeySchema) -> Result<(), EngineError> {
+    pub async fn create_partition(
+        &self,
+        partition: PartitionId,
+        schema: KeySchema,
+    ) -> Result<(), EngineError> {
         self.check_running()?;
         if self.partitions.borrow().contains_key(&partition) {
             return Err(EngineError::PartitionExists(partition));
@@ -247,7 +271,9 @@ impl<Fs: FileSystem> Engine<Fs> {
         payload.extend_from_slice(&schema.encode());
         let lsn = self.wal.submit(partition, payload)?;
         let tree = Tree::new(self.config.page_size);
-        self.partitions.borrow_mut().insert(partition, Partition { schema, tree });
+        self.partitions
+            .borrow_mut()
+            .insert(partition, Partition { schema, tree });
         self.applied_lsn.set(lsn);
         self.wal.wait_durable(lsn).await?;
         Ok(())
@@ -256,7 +282,9 @@ impl<Fs: FileSystem> Engine<Fs> {
     /// The partition's key schema.
     pub fn schema(&self, partition: PartitionId) -> Result<KeySchema, EngineError> {
         let partitions = self.partitions.borrow();
-        let p = partitions.get(&partition).ok_or(EngineError::UnknownPartition(partition))?;
+        let p = partitions
+            .get(&partition)
+            .ok_or(EngineError::UnknownPartition(partition))?;
         Ok(p.schema.clone())
     }
 
@@ -285,7 +313,13 @@ impl<Fs: FileSystem> Engine<Fs> {
         self.write(partition, key, None, payload).await
     }
 
-    async fn write(&self, partition: PartitionId, key: Vec<u8>, value: Option<Vec<u8>>, payload: Vec<u8>) -> Result<(), EngineError> {
+    async fn write(
+        &self,
+        partition: PartitionId,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        payload: Vec<u8>,
+    ) -> Result<(), EngineError> {
         self.check_running()?;
         if self.dirty_nodes.get() * self.config.page_size > self.config.dirty_bytes_max {
             return Err(EngineError::Throttled);
@@ -326,7 +360,8 @@ impl<Fs: FileSystem> Engine<Fs> {
         };
         result.expect("the path was faulted in with no await since");
         let after = p.tree.dirty_stats().dirty_nodes;
-        self.dirty_nodes.set(self.dirty_nodes.get() + after - before);
+        self.dirty_nodes
+            .set(self.dirty_nodes.get() + after - before);
     }
 
     /// Loads pages until the path to `key` in `partition` is resident.
@@ -334,7 +369,9 @@ impl<Fs: FileSystem> Engine<Fs> {
         for _ in 0..FAULT_ATTEMPTS_MAX {
             let probe = {
                 let partitions = self.partitions.borrow();
-                let p = partitions.get(&partition).ok_or(EngineError::UnknownPartition(partition))?;
+                let p = partitions
+                    .get(&partition)
+                    .ok_or(EngineError::UnknownPartition(partition))?;
                 p.tree.probe(self.store.cache(), key)
             };
             match probe {
@@ -349,11 +386,17 @@ impl<Fs: FileSystem> Engine<Fs> {
     }
 
     /// Runs a read-only tree operation, loading missing pages and retrying.
-    async fn read<R>(&self, partition: PartitionId, op: impl Fn(&Tree, &dyn Fn(PageAddr) -> Option<Rc<PageBytes>>) -> Result<R, TreeError>) -> Result<R, EngineError> {
+    async fn read<R>(
+        &self,
+        partition: PartitionId,
+        op: impl Fn(&Tree, &dyn Fn(PageAddr) -> Option<Rc<PageBytes>>) -> Result<R, TreeError>,
+    ) -> Result<R, EngineError> {
         for _ in 0..FAULT_ATTEMPTS_MAX {
             let result = {
                 let partitions = self.partitions.borrow();
-                let p = partitions.get(&partition).ok_or(EngineError::UnknownPartition(partition))?;
+                let p = partitions
+                    .get(&partition)
+                    .ok_or(EngineError::UnknownPartition(partition))?;
                 op(&p.tree, &|addr| self.store.cache().get(addr))
             };
             match result {
@@ -368,11 +411,17 @@ impl<Fs: FileSystem> Engine<Fs> {
     }
 
     /// Reads the item with this key (given as its key attributes).
-    pub async fn get_item(&self, partition: PartitionId, key: &Item) -> Result<Option<Item>, EngineError> {
+    pub async fn get_item(
+        &self,
+        partition: PartitionId,
+        key: &Item,
+    ) -> Result<Option<Item>, EngineError> {
         self.check_running()?;
         let key = self.schema(partition)?.key_of_key(key)?;
         let item = self
-            .read(partition, |tree, src| tree.get_with(&FnSource(src), &key, Item::decode))
+            .read(partition, |tree, src| {
+                tree.get_with(&FnSource(src), &key, Item::decode)
+            })
             .await?
             .transpose()?;
         let pending = self.unsynced.borrow().get(&(partition, key)).copied();
@@ -395,9 +444,17 @@ impl<Fs: FileSystem> Engine<Fs> {
         self.check_running()?;
         let (mut start, mut end) = range;
         if let Some(resume) = resume_after {
-            if reverse { end = Bound::Excluded(resume) } else { start = Bound::Excluded(resume) }
+            if reverse {
+                end = Bound::Excluded(resume);
+            } else {
+                start = Bound::Excluded(resume);
+            }
         }
-        let range = ScanRange { start, end, reverse };
+        let range = ScanRange {
+            start,
+            end,
+            reverse,
+        };
         let (entries, cut) = self
             .read(partition, |tree, src| {
                 let mut out = Vec::new();
@@ -408,13 +465,24 @@ impl<Fs: FileSystem> Engine<Fs> {
         // Wait for any not-yet-durable write among the results.
         let pending = {
             let unsynced = self.unsynced.borrow();
-            entries.iter().filter_map(|(k, _)| unsynced.get(&(partition, k.clone()))).max().copied()
+            entries
+                .iter()
+                .filter_map(|(k, _)| unsynced.get(&(partition, k.clone())))
+                .max()
+                .copied()
         };
         if let Some(lsn) = pending {
             self.wal.wait_durable(lsn).await?;
         }
-        let last_key = if cut { entries.last().map(|(k, _)| k.clone()) } else { None };
-        let items = entries.iter().map(|(_, v)| Item::decode(v)).collect::<Result<_, _>>()?;
+        let last_key = if cut {
+            entries.last().map(|(k, _)| k.clone())
+        } else {
+            None
+        };
+        let items = entries
+            .iter()
+            .map(|(_, v)| Item::decode(v))
+            .collect::<Result<_, _>>()?;
         Ok(ScanPage { items, last_key })
     }
 
@@ -453,7 +521,10 @@ impl<Fs: FileSystem> Engine<Fs> {
             partition.tree.flush_dirty(&mut |node| {
                 let archived = archive_node(&node);
                 let addr = self.store.allocate(units_for(archived.len(), page_size));
-                writes.push((addr, frame(&archived, PageKind::Node, addr, generation, page_size)));
+                writes.push((
+                    addr,
+                    frame(&archived, PageKind::Node, addr, generation, page_size),
+                ));
                 cache.insert(addr, Rc::new(PageBytes::trusted(archived)), true);
                 addr
             });
@@ -466,7 +537,13 @@ impl<Fs: FileSystem> Engine<Fs> {
         self.dirty_nodes.set(0);
         let archived = archive_catalog(&catalog);
         let catalog_addr = self.store.allocate(units_for(archived.len(), page_size));
-        let catalog_page = frame(&archived, PageKind::Catalog, catalog_addr, generation, page_size);
+        let catalog_page = frame(
+            &archived,
+            PageKind::Catalog,
+            catalog_addr,
+            generation,
+            page_size,
+        );
         let mut to_free = std::mem::take(&mut *self.freed.borrow_mut());
         if old.catalog != PageAddr::NONE {
             to_free.push(old.catalog);
@@ -480,7 +557,12 @@ impl<Fs: FileSystem> Engine<Fs> {
         self.store.write(catalog_addr, &catalog_page).await?;
         self.store.sync().await?;
         self.wal.wait_durable(checkpoint_lsn).await?;
-        let superblock = Superblock { generation, checkpoint_lsn, catalog: catalog_addr, page_size: page_size as u32 };
+        let superblock = Superblock {
+            generation,
+            checkpoint_lsn,
+            catalog: catalog_addr,
+            page_size: page_size as u32,
+        };
         self.store.commit_superblock(superblock).await?;
 
         // Phase 3: release what the new checkpoint no longer references.
@@ -491,7 +573,12 @@ impl<Fs: FileSystem> Engine<Fs> {
             self.store.free(*addr);
         }
         self.wal.retire_through(checkpoint_lsn);
-        Ok(CheckpointReport { generation, checkpoint_lsn, pages_written: writes.len() + 1, pages_freed: to_free.len() })
+        Ok(CheckpointReport {
+            generation,
+            checkpoint_lsn,
+            pages_written: writes.len() + 1,
+            pages_freed: to_free.len(),
+        })
     }
 
     /// Background upkeep of the log (segment recycling, spares).

@@ -1,8 +1,21 @@
-//! The Cairn storage node.
+//! The Cairn storage node: per-core shards, each owning a write-ahead log,
+//! a page file of copy-on-write B-tree pages, and the partitions on it.
+//!
+//! Layers, bottom up: [`device`] (narrow IO traits; glommio direct IO and an
+//! in-memory crash simulator), [`wal`] (group-committed log), [`page`] and
+//! [`btree`] (archived pages, the IO-free tree core), [`store`] (page file,
+//! superblocks, allocator), [`engine`] (one core's partitions, recovery,
+//! checkpoints), [`shard`] (thread-per-core executors and their handle),
+//! [`preflight`] (start-up checks). docs/storage-format.md has the bytes.
 
 pub mod btree;
 pub mod device;
 pub mod engine;
 pub mod page;
+pub mod preflight;
+pub mod shard;
 pub mod store;
 pub mod wal;
+
+pub use engine::{Engine, EngineConfig, EngineError, PartitionId, ScanPage};
+pub use shard::{NodeConfig, NodeError, ScanRequest, StorageNode};

@@ -56,8 +56,14 @@ pub enum PageKind {
 /// child `i` holds the keys `k` with `keys[i-1] <= k < keys[i]`.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum NodePage {
-    Leaf { keys: Vec<Vec<u8>>, values: Vec<Vec<u8>> },
-    Branch { keys: Vec<Vec<u8>>, children: Vec<u64> },
+    Leaf {
+        keys: Vec<Vec<u8>>,
+        values: Vec<Vec<u8>>,
+    },
+    Branch {
+        keys: Vec<Vec<u8>>,
+        children: Vec<u64>,
+    },
 }
 
 /// One partition in the catalog.
@@ -71,7 +77,9 @@ pub struct CatalogEntry {
 }
 
 /// The list of a core's partitions and their roots, written at checkpoint.
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+#[derive(
+    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Default, PartialEq, Eq,
+)]
 pub struct CatalogPage {
     pub entries: Vec<CatalogEntry>,
 }
@@ -99,7 +107,13 @@ pub fn units_for(archived_len: usize, page_size: usize) -> u64 {
 }
 
 /// Frames an archive as a page at `addr`, padded to its extent.
-pub fn frame(archived: &[u8], kind: PageKind, addr: PageAddr, generation: u64, page_size: usize) -> Vec<u8> {
+pub fn frame(
+    archived: &[u8],
+    kind: PageKind,
+    addr: PageAddr,
+    generation: u64,
+    page_size: usize,
+) -> Vec<u8> {
     let mut page = vec![0u8; addr.units() as usize * page_size];
     page[0..4].copy_from_slice(PAGE_MAGIC);
     page[8..12].copy_from_slice(&(archived.len() as u32).to_le_bytes());
@@ -114,7 +128,10 @@ pub fn frame(archived: &[u8], kind: PageKind, addr: PageAddr, generation: u64, p
 
 /// Checks a framed page read from `addr` and returns its archive, aligned.
 pub fn unframe(page: &[u8], addr: PageAddr, kind: PageKind) -> Result<AlignedVec, PageError> {
-    let corrupt = |reason: &str| PageError::Corrupt { addr: addr.0, reason: reason.to_owned() };
+    let corrupt = |reason: &str| PageError::Corrupt {
+        addr: addr.0,
+        reason: reason.to_owned(),
+    };
     if page.len() < PAGE_HEADER_BYTES {
         return Err(corrupt("shorter than a page header"));
     }
@@ -150,7 +167,10 @@ impl PageBytes {
     /// Validates the archive structurally (once) and wraps it.
     pub fn validated(archived: AlignedVec, addr: PageAddr) -> Result<PageBytes, PageError> {
         rkyv::access::<ArchivedNodePage, rancor::Error>(&archived).map_err(|error| {
-            PageError::Corrupt { addr: addr.0, reason: format!("archive fails validation: {error}") }
+            PageError::Corrupt {
+                addr: addr.0,
+                reason: format!("archive fails validation: {error}"),
+            }
         })?;
         Ok(PageBytes { archived })
     }
@@ -226,7 +246,12 @@ pub struct PageCache {
 
 impl PageCache {
     pub fn new(capacity_bytes: usize) -> Self {
-        Self { capacity_bytes, inner: RefCell::default(), hits: Cell::new(0), misses: Cell::new(0) }
+        Self {
+            capacity_bytes,
+            inner: RefCell::default(),
+            hits: Cell::new(0),
+            misses: Cell::new(0),
+        }
     }
 
     pub fn get(&self, addr: PageAddr) -> Option<Rc<PageBytes>> {
@@ -247,7 +272,11 @@ impl PageCache {
     pub fn insert(&self, addr: PageAddr, page: Rc<PageBytes>, pinned: bool) {
         let mut inner = self.inner.borrow_mut();
         inner.size_bytes += page.size_bytes();
-        let slot = Slot { page, referenced: Cell::new(false), pinned };
+        let slot = Slot {
+            page,
+            referenced: Cell::new(false),
+            pinned,
+        };
         match inner.slots.insert(addr.0, slot) {
             Some(old) => inner.size_bytes -= old.page.size_bytes(),
             None => inner.ring.push_back(addr.0),
@@ -274,8 +303,12 @@ impl PageCache {
         let mut budget = inner.ring.len() * 2;
         while inner.size_bytes > capacity_bytes && budget > 0 {
             budget -= 1;
-            let Some(addr) = inner.ring.pop_front() else { break };
-            let Some(slot) = inner.slots.get(&addr) else { continue };
+            let Some(addr) = inner.ring.pop_front() else {
+                break;
+            };
+            let Some(slot) = inner.slots.get(&addr) else {
+                continue;
+            };
             if slot.pinned || slot.referenced.replace(false) {
                 inner.ring.push_back(addr);
                 continue;
@@ -313,7 +346,10 @@ mod tests {
     use super::*;
 
     fn leaf(n: u8) -> NodePage {
-        NodePage::Leaf { keys: vec![vec![n]], values: vec![vec![n; 100]] }
+        NodePage::Leaf {
+            keys: vec![vec![n]],
+            values: vec![vec![n; 100]],
+        }
     }
 
     #[test]
@@ -323,7 +359,9 @@ mod tests {
         let page = frame(&archived, PageKind::Node, addr, 9, 16384);
         let back = unframe(&page, addr, PageKind::Node).unwrap();
         let bytes = PageBytes::validated(back, addr).unwrap();
-        let ArchivedNodePage::Leaf { keys, .. } = bytes.node() else { panic!("not a leaf") };
+        let ArchivedNodePage::Leaf { keys, .. } = bytes.node() else {
+            panic!("not a leaf")
+        };
         assert_eq!(keys[0].as_slice(), &[7]);
         // A flipped bit anywhere in header or archive is caught.
         for at in [5, 9, 12, 17, 40, PAGE_HEADER_BYTES + archived.len() - 1] {
@@ -344,7 +382,10 @@ mod tests {
             cache.insert(PageAddr::new(n, 1), page, n == 1);
         }
         assert!(cache.size_bytes() <= one * 4);
-        assert!(cache.get(PageAddr::new(1, 1)).is_some(), "pinned page evicted");
+        assert!(
+            cache.get(PageAddr::new(1, 1)).is_some(),
+            "pinned page evicted"
+        );
         assert!(cache.get(PageAddr::new(10, 1)).is_some());
     }
 }

@@ -36,7 +36,10 @@ pub const PAGE_FILE: &str = "pages.db";
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("page file IO failed ({kind:?}): {message}")]
-    Io { kind: io::ErrorKind, message: String },
+    Io {
+        kind: io::ErrorKind,
+        message: String,
+    },
     #[error(transparent)]
     Corrupt(#[from] PageError),
     #[error("page file was written with page size {found}; configured {configured}")]
@@ -45,7 +48,10 @@ pub enum StoreError {
 
 impl From<io::Error> for StoreError {
     fn from(error: io::Error) -> Self {
-        StoreError::Io { kind: error.kind(), message: error.to_string() }
+        StoreError::Io {
+            kind: error.kind(),
+            message: error.to_string(),
+        }
     }
 }
 
@@ -102,10 +108,15 @@ struct Allocator {
 impl Allocator {
     fn from_used(mut used: Vec<PageAddr>) -> Allocator {
         used.sort();
-        let mut allocator = Allocator { free: BTreeMap::new(), end_unit: 1 };
+        let mut allocator = Allocator {
+            free: BTreeMap::new(),
+            end_unit: 1,
+        };
         for addr in used {
             if addr.first_unit() > allocator.end_unit {
-                allocator.free.insert(allocator.end_unit, addr.first_unit() - allocator.end_unit);
+                allocator
+                    .free
+                    .insert(allocator.end_unit, addr.first_unit() - allocator.end_unit);
             }
             allocator.end_unit = allocator.end_unit.max(addr.first_unit() + addr.units());
         }
@@ -113,7 +124,11 @@ impl Allocator {
     }
 
     fn allocate(&mut self, units: u64) -> PageAddr {
-        let fit = self.free.iter().find(|(_, len)| **len >= units).map(|(start, len)| (*start, *len));
+        let fit = self
+            .free
+            .iter()
+            .find(|(_, len)| **len >= units)
+            .map(|(start, len)| (*start, *len));
         match fit {
             Some((start, len)) => {
                 self.free.remove(&start);
@@ -164,35 +179,65 @@ pub struct PageStore<Fs: FileSystem> {
 impl<Fs: FileSystem> PageStore<Fs> {
     /// Opens (or creates) the page file and returns the catalog of the last
     /// checkpoint. The allocator is empty until [`PageStore::set_used`].
-    pub async fn open(fs: &Fs, page_size: usize, cache_bytes: usize) -> Result<(Self, CatalogPage), StoreError> {
+    pub async fn open(
+        fs: &Fs,
+        page_size: usize,
+        cache_bytes: usize,
+    ) -> Result<(Self, CatalogPage), StoreError> {
         assert!(page_size.is_multiple_of(BLOCK_SIZE) && page_size >= 2 * BLOCK_SIZE);
-        let file = fs.open(PAGE_FILE, OpenMode { create: true, dsync: false }).await?;
+        let file = fs
+            .open(
+                PAGE_FILE,
+                OpenMode {
+                    create: true,
+                    dsync: false,
+                },
+            )
+            .await?;
         let length = file.size_bytes().await?;
-        let fresh = Superblock { page_size: page_size as u32, ..Superblock::default() };
+        let fresh = Superblock {
+            page_size: page_size as u32,
+            ..Superblock::default()
+        };
         let superblock = if length == 0 {
             fresh
         } else {
             let head = file.read_at(0, 2 * BLOCK_SIZE).await?;
-            let slots = [&head[..BLOCK_SIZE.min(head.len())], head.get(BLOCK_SIZE..).unwrap_or_default()];
-            match slots.iter().filter_map(|slot| Superblock::decode(slot)).max_by_key(|s| s.generation) {
+            let slots = [
+                &head[..BLOCK_SIZE.min(head.len())],
+                head.get(BLOCK_SIZE..).unwrap_or_default(),
+            ];
+            match slots
+                .iter()
+                .filter_map(|slot| Superblock::decode(slot))
+                .max_by_key(|s| s.generation)
+            {
                 Some(superblock) => superblock,
                 None => {
                     // The first checkpoint never committed (or both slots
                     // rotted): recover from the whole WAL. If a checkpoint
                     // had retired log segments, the WAL reports them missing.
-                    tracing::warn!("page file has no valid superblock; recovering from the log alone");
+                    tracing::warn!(
+                        "page file has no valid superblock; recovering from the log alone"
+                    );
                     fresh
                 }
             }
         };
         if superblock.page_size != page_size as u32 {
-            return Err(StoreError::PageSizeMismatch { found: superblock.page_size, configured: page_size as u32 });
+            return Err(StoreError::PageSizeMismatch {
+                found: superblock.page_size,
+                configured: page_size as u32,
+            });
         }
         let store = PageStore {
             file,
             page_size,
             cache: PageCache::new(cache_bytes),
-            allocator: RefCell::new(Allocator { free: BTreeMap::new(), end_unit: 1 }),
+            allocator: RefCell::new(Allocator {
+                free: BTreeMap::new(),
+                end_unit: 1,
+            }),
             superblock: Cell::new(superblock),
         };
         let catalog = if superblock.catalog == PageAddr::NONE {
@@ -206,8 +251,12 @@ impl<Fs: FileSystem> PageStore<Fs> {
     async fn read_catalog(&self, addr: PageAddr) -> Result<CatalogPage, StoreError> {
         let bytes = self.read_extent(addr).await?;
         let archived = unframe(&bytes, addr, PageKind::Catalog)?;
-        let catalog = rkyv::from_bytes::<CatalogPage, rancor::Error>(&archived)
-            .map_err(|e| PageError::Corrupt { addr: addr.0, reason: format!("catalog: {e}") })?;
+        let catalog = rkyv::from_bytes::<CatalogPage, rancor::Error>(&archived).map_err(|e| {
+            PageError::Corrupt {
+                addr: addr.0,
+                reason: format!("catalog: {e}"),
+            }
+        })?;
         Ok(catalog)
     }
 
@@ -216,7 +265,11 @@ impl<Fs: FileSystem> PageStore<Fs> {
         let len = addr.units() as usize * self.page_size;
         let bytes = self.file.read_at(offset, len).await?;
         if bytes.len() < len {
-            return Err(PageError::Corrupt { addr: addr.0, reason: "page lies past the end of the file".into() }.into());
+            return Err(PageError::Corrupt {
+                addr: addr.0,
+                reason: "page lies past the end of the file".into(),
+            }
+            .into());
         }
         Ok(bytes)
     }
@@ -227,13 +280,20 @@ impl<Fs: FileSystem> PageStore<Fs> {
             return Ok(page);
         }
         let bytes = self.read_extent(addr).await?;
-        let page = Rc::new(PageBytes::validated(unframe(&bytes, addr, PageKind::Node)?, addr)?);
+        let page = Rc::new(PageBytes::validated(
+            unframe(&bytes, addr, PageKind::Node)?,
+            addr,
+        )?);
         self.cache.insert(addr, page.clone(), false);
         Ok(page)
     }
 
     /// Every page reachable from `root`, loading each.
-    pub async fn reachable(&self, root: PageAddr, out: &mut Vec<PageAddr>) -> Result<(), StoreError> {
+    pub async fn reachable(
+        &self,
+        root: PageAddr,
+        out: &mut Vec<PageAddr>,
+    ) -> Result<(), StoreError> {
         let mut stack = vec![root];
         while let Some(addr) = stack.pop() {
             if addr == PageAddr::NONE {
@@ -266,7 +326,9 @@ impl<Fs: FileSystem> PageStore<Fs> {
 
     pub async fn write(&self, addr: PageAddr, framed: &[u8]) -> Result<(), StoreError> {
         debug_assert_eq!(framed.len(), addr.units() as usize * self.page_size);
-        self.file.write_at(addr.first_unit() * self.page_size as u64, framed).await?;
+        self.file
+            .write_at(addr.first_unit() * self.page_size as u64, framed)
+            .await?;
         Ok(())
     }
 
@@ -322,7 +384,12 @@ mod tests {
 
     #[test]
     fn superblock_round_trips_and_rejects_damage() {
-        let sb = Superblock { generation: 7, checkpoint_lsn: 99, catalog: PageAddr::new(5, 1), page_size: 16384 };
+        let sb = Superblock {
+            generation: 7,
+            checkpoint_lsn: 99,
+            catalog: PageAddr::new(5, 1),
+            page_size: 16384,
+        };
         let block = sb.encode();
         assert_eq!(Superblock::decode(&block), Some(sb));
         let mut bad = block.clone();

@@ -35,7 +35,7 @@ pub type Lsn = u64;
 const SEGMENT_MAGIC: &[u8; 8] = b"CAIRNWAL";
 const FORMAT_VERSION: u32 = 1;
 /// Bytes of a record header.
-pub const RECORD_HEADER_BYTES: usize = 40;
+pub const RECORD_HEADER_BYTES: usize = 48;
 const SEGMENT_HEADER_CRC_AT: usize = 40;
 
 /// WAL tuning.
@@ -197,6 +197,7 @@ struct RecordHeader {
     payload_len: usize,
     lsn: Lsn,
     batch_first_lsn: Lsn,
+    batch_last_lsn: Lsn,
     segment_seq: u64,
     partition: u64,
 }
@@ -208,23 +209,20 @@ impl RecordHeader {
             payload_len: read_u32(bytes, 4) as usize,
             lsn: read_u64(bytes, 8),
             batch_first_lsn: read_u64(bytes, 16),
-            segment_seq: read_u64(bytes, 24),
-            partition: read_u64(bytes, 32),
+            batch_last_lsn: read_u64(bytes, 24),
+            segment_seq: read_u64(bytes, 32),
+            partition: read_u64(bytes, 40),
         }
     }
 }
 
-fn encode_record(
-    out: &mut Vec<u8>,
-    record: &PendingRecord,
-    batch_first_lsn: Lsn,
-    segment_seq: u64,
-) {
+fn encode_record(out: &mut Vec<u8>, record: &PendingRecord, batch: (Lsn, Lsn), segment_seq: u64) {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&(record.payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&record.lsn.to_le_bytes());
-    out.extend_from_slice(&batch_first_lsn.to_le_bytes());
+    out.extend_from_slice(&batch.0.to_le_bytes());
+    out.extend_from_slice(&batch.1.to_le_bytes());
     out.extend_from_slice(&segment_seq.to_le_bytes());
     out.extend_from_slice(&record.partition.to_le_bytes());
     out.extend_from_slice(&record.payload);
@@ -574,7 +572,7 @@ impl<Fs: FileSystem> Wal<Fs> {
         };
         let mut buffer = Vec::with_capacity(bytes);
         for record in &records {
-            encode_record(&mut buffer, record, first_lsn, seq);
+            encode_record(&mut buffer, record, (first_lsn, last_lsn), seq);
         }
         buffer.resize(bytes, 0);
         file.write_at(offset, &buffer).await?;
@@ -771,10 +769,19 @@ fn read_segment(
                 });
                 expected += 1;
                 *cursor = expected;
-                at = end;
+                // The next batch starts on a fresh block.
+                at = if record.lsn == record.batch_last_lsn {
+                    align_up(end)
+                } else {
+                    end
+                };
             }
-            Parsed::Zero if !at.is_multiple_of(BLOCK_SIZE) => at = align_up(at),
-            Parsed::Zero => return Ok(false),
+            // Zeros where a batch would start: the end of the log.
+            Parsed::Zero if at.is_multiple_of(BLOCK_SIZE) => return Ok(false),
+            Parsed::Zero => {
+                check_tail(data, header, name, at, expected, "zeros inside a batch")?;
+                return Ok(true);
+            }
             Parsed::Stale => {
                 check_tail(data, header, name, at, expected, "stale record")?;
                 return Ok(false);
@@ -839,7 +846,7 @@ mod tests {
     fn open(fs: &MemFs, checkpoint: Lsn) -> (Wal<MemFs>, Vec<Record>, RecoveryReport) {
         let mut records = Vec::new();
         let (wal, report) = block_on(Wal::open(Rc::new(fs.clone()), config(), checkpoint, |r| {
-            records.push(r)
+            records.push(r);
         }))
         .unwrap();
         (wal, records, report)
@@ -893,6 +900,25 @@ mod tests {
         block_on(wal.wait_durable(lsns[63])).unwrap();
         let batches = (64 * (1000 + RECORD_HEADER_BYTES)).div_ceil(config().batch_bytes_max) as u64;
         assert!(wal.flush_count() > batches);
+    }
+
+    /// Regression: a batch whose last record ended within a header's length
+    /// of a block boundary made the reader parse a "header" straddling the
+    /// padding and the next batch, and report corruption of a healthy log
+    /// (found by the kill -9 test). Batches now say where they end.
+    #[test]
+    fn a_batch_ending_just_before_a_block_boundary_reads_back() {
+        let fs = MemFs::new();
+        let (wal, _, _) = open(&fs, 0);
+        for tail_gap in [1, 7, 39, 40, 41] {
+            let len = BLOCK_SIZE - RECORD_HEADER_BYTES - tail_gap;
+            block_on(wal.append(0, vec![0xAB; len])).unwrap();
+            block_on(wal.append(0, vec![0xCD; 10])).unwrap();
+        }
+        drop(wal);
+        let (_, records, report) = open(&fs, 0);
+        assert_eq!(records.len(), 10);
+        assert!(!report.torn_tail);
     }
 
     #[test]

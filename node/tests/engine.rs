@@ -4,6 +4,8 @@
 //! acknowledged write must be there and nothing else but the one write that
 //! was in flight.
 
+#![allow(clippy::unwrap_used)] // Test helpers: a panic is the failure report.
+
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::rc::Rc;
@@ -36,7 +38,10 @@ fn config() -> EngineConfig {
 }
 
 fn schema() -> KeySchema {
-    KeySchema::new(KeyAttribute::new("pk", KeyType::S), Some(KeyAttribute::new("sk", KeyType::N)))
+    KeySchema::new(
+        KeyAttribute::new("pk", KeyType::S),
+        Some(KeyAttribute::new("sk", KeyType::N)),
+    )
 }
 
 fn key(pk: u32, sk: i64) -> Item {
@@ -47,14 +52,19 @@ fn key(pk: u32, sk: i64) -> Item {
 
 fn item(pk: u32, sk: i64, version: u64, len: usize) -> Item {
     key(pk, sk)
-        .with("version", AttributeValue::N(Number::from_i64(version as i64)))
+        .with(
+            "version",
+            AttributeValue::N(Number::from_i64(version as i64)),
+        )
         .with("body", AttributeValue::B(vec![version as u8; len]))
 }
 
 type Model = BTreeMap<(u32, i64), Item>;
 
 fn open(fs: &MemFs) -> Engine<MemFs> {
-    block_on(Engine::open(Rc::new(fs.clone()), config())).expect("engine opens").0
+    block_on(Engine::open(Rc::new(fs.clone()), config()))
+        .expect("engine opens")
+        .0
 }
 
 /// Every item of the partition, in key order, through paged scans.
@@ -139,16 +149,24 @@ fn query_by_sort_key_range_both_directions_with_paging() {
     let pk = AttributeValue::S("user1".into());
     let low = AttributeValue::N(Number::from_i64(-5));
     let high = AttributeValue::N(Number::from_i64(20));
-    let (start, end) = schema().query_range(&pk, Bound::Excluded(&low), Bound::Included(&high)).unwrap();
-    let bounds = (start.as_ref().map(Vec::as_slice), end.as_ref().map(Vec::as_slice));
+    let (start, end) = schema()
+        .query_range(&pk, Bound::Excluded(&low), Bound::Included(&high))
+        .unwrap();
+    let bounds = (
+        start.as_ref().map(Vec::as_slice),
+        end.as_ref().map(Vec::as_slice),
+    );
     for reverse in [false, true] {
         let mut seen = Vec::new();
         let mut resume: Option<Vec<u8>> = None;
         loop {
-            let page = block_on(engine.scan(PARTITION, bounds, reverse, 4, resume.as_deref())).unwrap();
+            let page =
+                block_on(engine.scan(PARTITION, bounds, reverse, 4, resume.as_deref())).unwrap();
             for item in &page.items {
                 assert_eq!(item.get("pk"), Some(&pk));
-                let Some(AttributeValue::N(n)) = item.get("sk") else { panic!("sk") };
+                let Some(AttributeValue::N(n)) = item.get("sk") else {
+                    panic!("sk")
+                };
                 seen.push(n.to_string().parse::<i64>().unwrap());
             }
             match page.last_key {
@@ -170,7 +188,10 @@ fn query_by_sort_key_range_both_directions_with_paging() {
 fn power_loss_at_any_io_keeps_every_acknowledged_write() {
     let (mut rounds, mut power_lost) = (0, 0);
     // CAIRN_SEEDS=N runs more seeds than CI does.
-    let seeds = std::env::var("CAIRN_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
+    let seeds = std::env::var("CAIRN_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(40);
     for seed in 0..seeds {
         let mut rng = StdRng::seed_from_u64(seed);
         let fs = MemFs::new();
@@ -227,7 +248,10 @@ fn power_loss_at_any_io_keeps_every_acknowledged_write() {
             if let Some((k, value)) = in_flight {
                 let got = block_on(engine.get_item(PARTITION, &key(k.0, k.1))).unwrap();
                 let before = model.get(&k).cloned();
-                assert!(got == before || got == value, "seed {seed}: {k:?} is {got:?}");
+                assert!(
+                    got == before || got == value,
+                    "seed {seed}: {k:?} is {got:?}"
+                );
                 match got {
                     Some(item) => model.insert(k, item),
                     None => model.remove(&k),
@@ -237,7 +261,10 @@ fn power_loss_at_any_io_keeps_every_acknowledged_write() {
         }
     }
     // The trigger must actually have fired inside operations most rounds.
-    assert!(power_lost * 2 > rounds, "power lost in only {power_lost} of {rounds} rounds");
+    assert!(
+        power_lost * 2 > rounds,
+        "power lost in only {power_lost} of {rounds} rounds"
+    );
 }
 
 #[test]
@@ -275,14 +302,20 @@ fn bad_items_get_typed_errors_and_the_engine_keeps_serving() {
     // Still serving.
     let good = item(1, 1, 1, 10);
     block_on(engine.put_item(PARTITION, &good)).unwrap();
-    assert_eq!(block_on(engine.get_item(PARTITION, &key(1, 1))).unwrap(), Some(good));
+    assert_eq!(
+        block_on(engine.get_item(PARTITION, &key(1, 1))).unwrap(),
+        Some(good)
+    );
     // A 399 KB item fits (and spans several page units).
     let large = key(2, 2).with("blob", AttributeValue::B(vec![7; 399 * 1024]));
     block_on(engine.put_item(PARTITION, &large)).unwrap();
     block_on(engine.checkpoint()).unwrap();
     drop(engine);
     let engine = open(&fs);
-    assert_eq!(block_on(engine.get_item(PARTITION, &key(2, 2))).unwrap(), Some(large));
+    assert_eq!(
+        block_on(engine.get_item(PARTITION, &key(2, 2))).unwrap(),
+        Some(large)
+    );
 }
 
 #[test]
@@ -298,7 +331,9 @@ fn a_flipped_bit_in_a_page_is_a_typed_corruption_error() {
     // Unit 1 (bytes 8192..16384) holds the first page written.
     fs.corrupt(PAGE_FILE, 8192 + 700, 0x20);
     match block_on(Engine::open(Rc::new(fs.clone()), config())) {
-        Err(EngineError::Store(error)) => assert!(error.to_string().contains("checksum"), "{error}"),
+        Err(EngineError::Store(error)) => {
+            assert!(error.to_string().contains("checksum"), "{error}");
+        }
         other => panic!("expected a corruption error, got {:?}", other.map(|_| ())),
     }
 }
