@@ -569,6 +569,7 @@ impl<Fs: FileSystem> Engine<Fs> {
         for (addr, _) in &writes {
             cache.unpin(*addr);
         }
+        cache.trim();
         for addr in &to_free {
             self.store.free(*addr);
         }

@@ -290,6 +290,12 @@ impl PageCache {
         }
     }
 
+    /// Evicts down to capacity: call after unpinning, since pinned pages
+    /// may have held the cache above its bound.
+    pub fn trim(&self) {
+        Self::evict(&mut self.inner.borrow_mut(), self.capacity_bytes);
+    }
+
     pub fn remove(&self, addr: PageAddr) {
         let mut inner = self.inner.borrow_mut();
         if let Some(old) = inner.slots.remove(&addr.0) {
@@ -371,6 +377,30 @@ mod tests {
         }
         // Read from the wrong place: a misdirected write.
         assert!(unframe(&page, PageAddr::new(4, 1), PageKind::Node).is_err());
+    }
+
+    /// Regression: a checkpoint inserts its pages pinned, so the cache may
+    /// exceed its bound until they are written. Unpinning did not evict, and
+    /// a read-only workload (all hits, no inserts) then kept the whole tree
+    /// resident far past the bound (found by the cold-read benchmark).
+    #[test]
+    fn unpinned_pages_are_trimmed_back_to_capacity() {
+        let one = archive_node(&leaf(1)).len();
+        let cache = PageCache::new(one * 2);
+        for n in 1..=10u64 {
+            let page = Rc::new(PageBytes::trusted(archive_node(&leaf(n as u8))));
+            cache.insert(PageAddr::new(n, 1), page, true);
+        }
+        assert_eq!(cache.len(), 10);
+        for n in 1..=10u64 {
+            cache.unpin(PageAddr::new(n, 1));
+        }
+        cache.trim();
+        assert!(
+            cache.size_bytes() <= one * 2,
+            "{} bytes resident",
+            cache.size_bytes()
+        );
     }
 
     #[test]
