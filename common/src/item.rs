@@ -99,6 +99,8 @@ pub enum ItemError {
     NestingTooDeep { name: String },
     #[error("attribute names must not be empty")]
     EmptyAttributeName,
+    #[error("key attribute {name:?} cannot be updated")]
+    KeyAttributeUpdate { name: String },
 }
 
 /// An item: attribute name to value. Names are unique and ordered, so two

@@ -304,6 +304,60 @@ impl<Fs: FileSystem> Engine<Fs> {
         self.write(partition, key, Some(value), payload).await
     }
 
+    /// Sets (`Some`) or removes (`None`) attributes of the item with this key,
+    /// creating it if absent, as DynamoDB's UpdateItem does; returns the new
+    /// item. Key attributes cannot be changed. The read of the old item and
+    /// the write of the new one happen with no await between them, so the
+    /// update is atomic on this core.
+    pub async fn update_item(
+        &self,
+        partition: PartitionId,
+        key: &Item,
+        changes: &[(String, Option<cairn_common::AttributeValue>)],
+    ) -> Result<Item, EngineError> {
+        let schema = self.schema(partition)?;
+        let encoded_key = schema.key_of_key(key)?;
+        for (name, _) in changes {
+            let is_key = *name == schema.partition.name
+                || schema.sort.as_ref().is_some_and(|s| *name == s.name);
+            if is_key {
+                return Err(ItemError::KeyAttributeUpdate { name: name.clone() }.into());
+            }
+        }
+        self.check_running()?;
+        self.fault_in(partition, &encoded_key).await?;
+        let current = {
+            let partitions = self.partitions.borrow();
+            let p = partitions
+                .get(&partition)
+                .ok_or(EngineError::UnknownPartition(partition))?;
+            p.tree
+                .get_with(self.store.cache(), &encoded_key, Item::decode)
+                .expect("path is resident")
+        };
+        let mut item = match current {
+            Some(decoded) => decoded?,
+            None => key.clone(),
+        };
+        for (name, value) in changes {
+            match value {
+                Some(value) => item.insert(name.clone(), value.clone()),
+                None => item.remove(name),
+            };
+        }
+        let new_key = schema.key_of_item(&item)?;
+        debug_assert_eq!(new_key, encoded_key);
+        let value = item.to_bytes();
+        let mut payload = Vec::with_capacity(1 + 4 + new_key.len() + value.len());
+        payload.push(record::PUT);
+        payload.extend_from_slice(&(new_key.len() as u32).to_le_bytes());
+        payload.extend_from_slice(&new_key);
+        payload.extend_from_slice(&value);
+        self.write_resident(partition, new_key, Some(value), payload)
+            .await?;
+        Ok(item)
+    }
+
     /// Removes the item with this key (given as its key attributes), if any.
     pub async fn delete_item(&self, partition: PartitionId, key: &Item) -> Result<(), EngineError> {
         let key = self.schema(partition)?.key_of_key(key)?;
@@ -325,8 +379,22 @@ impl<Fs: FileSystem> Engine<Fs> {
             return Err(EngineError::Throttled);
         }
         self.fault_in(partition, &key).await?;
-        // From here to the apply there is no await: the path stays resident
-        // and no other write can slip between log order and tree order.
+        self.write_resident(partition, key, value, payload).await
+    }
+
+    /// Logs and applies a write whose tree path is resident. From here to
+    /// the apply there is no await: the path stays resident and no other
+    /// write can slip between log order and tree order.
+    async fn write_resident(
+        &self,
+        partition: PartitionId,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        payload: Vec<u8>,
+    ) -> Result<(), EngineError> {
+        if self.dirty_nodes.get() * self.config.page_size > self.config.dirty_bytes_max {
+            return Err(EngineError::Throttled);
+        }
         if !self.partitions.borrow().contains_key(&partition) {
             return Err(EngineError::UnknownPartition(partition));
         }

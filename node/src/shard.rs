@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
-use cairn_common::{Item, KeySchema};
+use cairn_common::{AttributeValue, Item, KeySchema};
 use event_listener::Event;
 use glommio::{LocalExecutorBuilder, Placement};
 
@@ -105,6 +105,12 @@ pub enum Command {
         key: Item,
         reply: Reply<()>,
     },
+    Update {
+        partition: PartitionId,
+        key: Item,
+        changes: Vec<(String, Option<AttributeValue>)>,
+        reply: Reply<Item>,
+    },
     Get {
         partition: PartitionId,
         key: Item,
@@ -153,6 +159,9 @@ impl Command {
                 let _ = reply.try_send(Err(error));
             }
             Command::Get { reply, .. } => {
+                let _ = reply.try_send(Err(error));
+            }
+            Command::Update { reply, .. } => {
                 let _ = reply.try_send(Err(error));
             }
             Command::Scan { reply, .. } => {
@@ -205,6 +214,15 @@ impl Command {
                 reply,
             } => {
                 let _ = reply.try_send(engine.get_item(partition, &key).await.map_err(Into::into));
+            }
+            Command::Update {
+                partition,
+                key,
+                changes,
+                reply,
+            } => {
+                let result = engine.update_item(partition, &key, &changes).await;
+                let _ = reply.try_send(result.map_err(Into::into));
             }
             Command::Scan {
                 partition,
@@ -371,6 +389,23 @@ impl StorageNode {
         self.call(self.shard_of(partition), |reply| Command::Get {
             partition,
             key,
+            reply,
+        })
+        .await
+    }
+
+    /// Sets (`Some`) or removes (`None`) attributes; returns the new item.
+    pub async fn update_item(
+        &self,
+        partition: PartitionId,
+        key: Item,
+        changes: Vec<(String, Option<AttributeValue>)>,
+    ) -> Result<Item, NodeError> {
+        let shard = self.shard_of(partition);
+        self.call(shard, |reply| Command::Update {
+            partition,
+            key,
+            changes,
             reply,
         })
         .await

@@ -137,6 +137,57 @@ fn random_operations_match_the_model_across_restarts() {
 }
 
 #[test]
+fn update_sets_and_removes_attributes_and_creates_missing_items() {
+    let fs = MemFs::new();
+    let engine = open(&fs);
+    block_on(engine.create_partition(PARTITION, schema())).unwrap();
+    let base = item(1, 1, 1, 10).with("keep", AttributeValue::Bool(true));
+    block_on(engine.put_item(PARTITION, &base)).unwrap();
+    let changes = vec![
+        ("body".to_owned(), None),
+        ("extra".to_owned(), Some(AttributeValue::S("x".into()))),
+    ];
+    let updated = block_on(engine.update_item(PARTITION, &key(1, 1), &changes)).unwrap();
+    let mut want = base.clone();
+    want.remove("body");
+    want.insert("extra", AttributeValue::S("x".into()));
+    assert_eq!(updated, want);
+    // Absent items are created from the key plus the set attributes.
+    let created = block_on(engine.update_item(PARTITION, &key(2, 2), &changes)).unwrap();
+    assert_eq!(
+        created,
+        key(2, 2).with("extra", AttributeValue::S("x".into()))
+    );
+    // Key attributes cannot change; a too-large result is refused.
+    let rename = vec![("pk".to_owned(), Some(AttributeValue::S("other".into())))];
+    assert!(matches!(
+        block_on(engine.update_item(PARTITION, &key(1, 1), &rename)),
+        Err(EngineError::InvalidItem(
+            ItemError::KeyAttributeUpdate { .. }
+        ))
+    ));
+    let huge = vec![(
+        "blob".to_owned(),
+        Some(AttributeValue::B(vec![0; 400 * 1024])),
+    )];
+    assert!(matches!(
+        block_on(engine.update_item(PARTITION, &key(1, 1), &huge)),
+        Err(EngineError::InvalidItem(ItemError::ItemTooLarge { .. }))
+    ));
+    // Both survive a restart through the WAL.
+    drop(engine);
+    let engine = open(&fs);
+    assert_eq!(
+        block_on(engine.get_item(PARTITION, &key(1, 1))).unwrap(),
+        Some(want)
+    );
+    assert_eq!(
+        block_on(engine.get_item(PARTITION, &key(2, 2))).unwrap(),
+        Some(created)
+    );
+}
+
+#[test]
 fn query_by_sort_key_range_both_directions_with_paging() {
     let fs = MemFs::new();
     let engine = open(&fs);
