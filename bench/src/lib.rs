@@ -1,4 +1,13 @@
-//! Cairn's load generator (YCSB workloads, coming with the end-to-end
-//! issue) and helpers for the criterion micro-benchmarks in `benches/`.
+//! Cairn's load generator and benchmark helpers.
+//!
+//! - [`ycsb`]: the YCSB core workloads and key distributions (pure);
+//! - [`histogram`]: per-operation HdrHistograms, tables, `.hgrm`, JSON;
+//! - [`run`]: `cairn bench`, the driver;
+//! - [`report`]: same-run ratios for the criterion benches in `benches/`.
 
+pub mod histogram;
 pub mod report;
+pub mod run;
+pub mod ycsb;
+
+pub use run::{BenchArgs, Report, run};

@@ -332,6 +332,12 @@ impl<Fs: FileSystem> PageStore<Fs> {
         Ok(())
     }
 
+    /// Writes a run of framed pages starting at byte `offset`.
+    pub async fn write_bytes(&self, offset: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        self.file.write_at(offset, bytes).await?;
+        Ok(())
+    }
+
     pub async fn sync(&self) -> Result<(), StoreError> {
         self.file.sync().await?;
         Ok(())

@@ -438,6 +438,11 @@ impl<Fs: FileSystem> Wal<Fs> {
         for name in retired {
             wal.recycle(&name).await?;
         }
+        if wal.state.borrow().spares.is_empty() {
+            // A fresh log: pre-writing its first segment here is expected.
+            let spare = wal.prepare_spare().await?;
+            wal.state.borrow_mut().spares.push(spare);
+        }
         wal.start_segment(last_seq + 1, expected).await?;
         Ok((wal, report))
     }

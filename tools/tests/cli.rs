@@ -1,0 +1,75 @@
+//! The `cairn` binary as a user runs it.
+
+#![allow(clippy::unwrap_used)] // Test helpers: a panic is the failure report.
+
+use std::process::Command;
+
+fn cairn() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cairn"))
+}
+
+/// The README's main job, shrunk: load, run workload A, report.
+#[test]
+fn bench_runs_a_workload_and_writes_its_reports() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let json = dir.path().join("result.json");
+    let hgrm = dir.path().join("hgrm");
+    let output = cairn()
+        .args([
+            "bench",
+            "--records",
+            "2000",
+            "--clients",
+            "4",
+            "--duration-s",
+            "1",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("node"))
+        .arg("--json")
+        .arg(&json)
+        .arg("--hgrm-dir")
+        .arg(&hgrm)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("p99.9_us"), "{stdout}");
+    let report = std::fs::read_to_string(&json).unwrap();
+    assert!(
+        report.starts_with("{\"workload\":\"a\",\"clients\":4,\"target_ops_per_s\":null"),
+        "{report}"
+    );
+    assert!(report.contains("\"errors\":0"), "{report}");
+    for operation in ["read", "update"] {
+        assert!(
+            report.contains(&format!("\"{operation}\":{{\"count\":")),
+            "{report}"
+        );
+        let file = std::fs::read_to_string(hgrm.join(format!("{operation}.hgrm"))).unwrap();
+        assert!(file.contains("Total count"), "{file}");
+    }
+}
+
+#[test]
+fn bad_flags_fail_with_a_clear_message() {
+    let output = cairn().args(["bench", "--workload", "z"]).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("possible values: a, b, c, d, e, f"));
+    let output = cairn()
+        .args(["bench", "--router", "127.0.0.1:4000"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("omit --router"));
+    let output = cairn()
+        .args(["preflight", "--data-dir", "/proc/none", "--cores", "1"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/proc/none"));
+}
