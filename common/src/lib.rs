@@ -6,6 +6,7 @@
 pub mod item;
 pub mod key;
 pub mod number;
+pub mod quic;
 
 pub use item::{AttributeValue, CodecError, Item, ItemError};
 pub use key::{KeyAttribute, KeyRange, KeySchema, KeyType, SchemaDecodeError};
