@@ -134,7 +134,7 @@ fn cold_gets(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::W
             let (engine, _) = Engine::open(fs, config).await.unwrap();
             engine.create_partition(1, schema).await.unwrap();
             for i in 0..ITEMS {
-                engine.put_item(1, &item(i)).await.unwrap();
+                engine.put_item(1, &item(i), None).await.unwrap();
             }
             engine.checkpoint().await.unwrap();
             // The premise of this benchmark: gets find their item and

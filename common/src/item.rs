@@ -30,6 +30,25 @@ pub enum AttributeValue {
 }
 
 impl AttributeValue {
+    /// The value alone in the item codec's value encoding.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.size_bytes() + 8);
+        encode_value(self, &mut out);
+        out
+    }
+
+    /// Decodes [`AttributeValue::to_bytes`], rejecting trailing bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<AttributeValue, CodecError> {
+        let mut reader = Reader { bytes, at: 0 };
+        let value = reader.value(0)?;
+        if reader.at != bytes.len() {
+            return Err(CodecError::TrailingBytes {
+                count: bytes.len() - reader.at,
+            });
+        }
+        Ok(value)
+    }
+
     /// The DynamoDB type descriptor ("S", "N", …), used in error messages.
     pub fn type_name(&self) -> &'static str {
         match self {

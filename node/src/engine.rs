@@ -22,7 +22,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::rc::Rc;
 
-use cairn_common::{CodecError, Item, ItemError, KeySchema};
+use cairn_common::condition::Condition;
+use cairn_common::{AttributeValue, CodecError, Item, ItemError, KeySchema};
 use futures_util::StreamExt;
 
 use crate::btree::{PageSource, ScanRange, Tree, TreeError};
@@ -78,6 +79,8 @@ pub enum EngineError {
     PartitionExists(PartitionId),
     #[error("too many unflushed changes; retry after the next checkpoint")]
     Throttled,
+    #[error("the conditional request failed")]
+    ConditionFailed,
     #[error(transparent)]
     Wal(#[from] WalError),
     #[error(transparent)]
@@ -324,28 +327,29 @@ impl<Fs: FileSystem> Engine<Fs> {
         self.partitions.borrow().keys().copied().collect()
     }
 
-    /// Stores `item`, replacing any item with the same key; returns once durable.
-    pub async fn put_item(&self, partition: PartitionId, item: &Item) -> Result<(), EngineError> {
+    /// Stores `item`, replacing any item with the same key, if `condition`
+    /// (when given) holds on the current item; returns once durable.
+    pub async fn put_item(
+        &self,
+        partition: PartitionId,
+        item: &Item,
+        condition: Option<&Condition>,
+    ) -> Result<(), EngineError> {
         let key = self.schema(partition)?.key_of_item(item)?;
-        let value = item.to_bytes();
-        let mut payload = Vec::with_capacity(1 + 4 + key.len() + value.len());
-        payload.push(record::PUT);
-        payload.extend_from_slice(&(key.len() as u32).to_le_bytes());
-        payload.extend_from_slice(&key);
-        payload.extend_from_slice(&value);
-        self.write(partition, key, Some(value), payload).await
+        self.mutate(partition, key, condition, |_| Ok(Some(item.clone())))
+            .await
+            .map(|_| ())
     }
 
     /// Sets (`Some`) or removes (`None`) attributes of the item with this key,
     /// creating it if absent, as DynamoDB's UpdateItem does; returns the new
-    /// item. Key attributes cannot be changed. The read of the old item and
-    /// the write of the new one happen with no await between them, so the
-    /// update is atomic on this core.
+    /// item. Key attributes cannot be changed.
     pub async fn update_item(
         &self,
         partition: PartitionId,
         key: &Item,
-        changes: &[(String, Option<cairn_common::AttributeValue>)],
+        changes: &[(String, Option<AttributeValue>)],
+        condition: Option<&Condition>,
     ) -> Result<Item, EngineError> {
         let schema = self.schema(partition)?;
         let encoded_key = schema.key_of_key(key)?;
@@ -356,62 +360,87 @@ impl<Fs: FileSystem> Engine<Fs> {
                 return Err(ItemError::KeyAttributeUpdate { name: name.clone() }.into());
             }
         }
+        let updated = self
+            .mutate(partition, encoded_key, condition, |current| {
+                let mut item = current.unwrap_or_else(|| key.clone());
+                for (name, value) in changes {
+                    match value {
+                        Some(value) => item.insert(name.clone(), value.clone()),
+                        None => item.remove(name),
+                    };
+                }
+                item.validate()?;
+                Ok(Some(item))
+            })
+            .await?;
+        Ok(updated.expect("an update always leaves an item"))
+    }
+
+    /// Removes the item with this key (given as its key attributes), if any
+    /// and if `condition` holds.
+    pub async fn delete_item(
+        &self,
+        partition: PartitionId,
+        key: &Item,
+        condition: Option<&Condition>,
+    ) -> Result<(), EngineError> {
+        let key = self.schema(partition)?.key_of_key(key)?;
+        self.mutate(partition, key, condition, |_| Ok(None))
+            .await
+            .map(|_| ())
+    }
+
+    /// Reads the current item under `key`, checks `condition` on it, and
+    /// writes what `change` makes of it (`None` deletes) — with no await
+    /// between the read and the log submit, so it is atomic on this core.
+    /// Returns the new item.
+    async fn mutate(
+        &self,
+        partition: PartitionId,
+        key: Vec<u8>,
+        condition: Option<&Condition>,
+        change: impl FnOnce(Option<Item>) -> Result<Option<Item>, EngineError>,
+    ) -> Result<Option<Item>, EngineError> {
         self.check_running()?;
-        self.fault_in(partition, &encoded_key).await?;
+        if self.dirty_nodes.get() * self.config.page_size > self.config.dirty_bytes_max {
+            return Err(EngineError::Throttled);
+        }
+        self.fault_in(partition, &key).await?;
         let current = {
             let partitions = self.partitions.borrow();
             let p = partitions
                 .get(&partition)
                 .ok_or(EngineError::UnknownPartition(partition))?;
             p.tree
-                .get_with(self.store.cache(), &encoded_key, Item::decode)
+                .get_with(self.store.cache(), &key, Item::decode)
                 .expect("path is resident")
+                .transpose()?
         };
-        let mut item = match current {
-            Some(decoded) => decoded?,
-            None => key.clone(),
+        if let Some(condition) = condition
+            && !condition.holds(current.as_ref())
+        {
+            return Err(EngineError::ConditionFailed);
+        }
+        let new = change(current)?;
+        let (payload, value) = match &new {
+            Some(item) => {
+                let value = item.to_bytes();
+                let mut payload = Vec::with_capacity(1 + 4 + key.len() + value.len());
+                payload.push(record::PUT);
+                payload.extend_from_slice(&(key.len() as u32).to_le_bytes());
+                payload.extend_from_slice(&key);
+                payload.extend_from_slice(&value);
+                (payload, Some(value))
+            }
+            None => {
+                let mut payload = Vec::with_capacity(1 + key.len());
+                payload.push(record::DELETE);
+                payload.extend_from_slice(&key);
+                (payload, None)
+            }
         };
-        for (name, value) in changes {
-            match value {
-                Some(value) => item.insert(name.clone(), value.clone()),
-                None => item.remove(name),
-            };
-        }
-        let new_key = schema.key_of_item(&item)?;
-        debug_assert_eq!(new_key, encoded_key);
-        let value = item.to_bytes();
-        let mut payload = Vec::with_capacity(1 + 4 + new_key.len() + value.len());
-        payload.push(record::PUT);
-        payload.extend_from_slice(&(new_key.len() as u32).to_le_bytes());
-        payload.extend_from_slice(&new_key);
-        payload.extend_from_slice(&value);
-        self.write_resident(partition, new_key, Some(value), payload)
-            .await?;
-        Ok(item)
-    }
-
-    /// Removes the item with this key (given as its key attributes), if any.
-    pub async fn delete_item(&self, partition: PartitionId, key: &Item) -> Result<(), EngineError> {
-        let key = self.schema(partition)?.key_of_key(key)?;
-        let mut payload = Vec::with_capacity(1 + key.len());
-        payload.push(record::DELETE);
-        payload.extend_from_slice(&key);
-        self.write(partition, key, None, payload).await
-    }
-
-    async fn write(
-        &self,
-        partition: PartitionId,
-        key: Vec<u8>,
-        value: Option<Vec<u8>>,
-        payload: Vec<u8>,
-    ) -> Result<(), EngineError> {
-        self.check_running()?;
-        if self.dirty_nodes.get() * self.config.page_size > self.config.dirty_bytes_max {
-            return Err(EngineError::Throttled);
-        }
-        self.fault_in(partition, &key).await?;
-        self.write_resident(partition, key, value, payload).await
+        self.write_resident(partition, key, value, payload).await?;
+        Ok(new)
     }
 
     /// Logs and applies a write whose tree path is resident. From here to

@@ -18,14 +18,13 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
+use cairn_common::condition::Condition;
 use cairn_common::{AttributeValue, Item, KeySchema};
 use event_listener::Event;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::device::DmaFs;
-use crate::engine::{
-    CheckpointReport, Engine, EngineConfig, EngineError, OpenReport, PartitionId, ScanPage,
-};
+use crate::engine::{Engine, EngineConfig, EngineError, OpenReport, PartitionId, ScanPage};
 use crate::preflight::{IO_MEMORY_BYTES, PreflightError, preflight};
 
 /// How to run a node.
@@ -85,45 +84,48 @@ impl From<PreflightError> for NodeError {
     }
 }
 
-type Reply<T> = async_channel::Sender<Result<T, NodeError>>;
+type Reply = async_channel::Sender<Result<Outcome, NodeError>>;
 
-/// An operation for one shard.
-#[derive(Debug)]
-pub enum Command {
+/// An operation on one partition (or, for `Checkpoint`, on its shard).
+#[derive(Debug, Clone)]
+pub enum Op {
     CreatePartition {
-        partition: PartitionId,
         schema: KeySchema,
-        reply: Reply<()>,
     },
     Put {
-        partition: PartitionId,
         item: Item,
-        reply: Reply<()>,
+        condition: Option<Condition>,
     },
     Delete {
-        partition: PartitionId,
         key: Item,
-        reply: Reply<()>,
+        condition: Option<Condition>,
     },
     Update {
-        partition: PartitionId,
         key: Item,
         changes: Vec<(String, Option<AttributeValue>)>,
-        reply: Reply<Item>,
+        condition: Option<Condition>,
     },
     Get {
-        partition: PartitionId,
         key: Item,
-        reply: Reply<Option<Item>>,
     },
-    Scan {
-        partition: PartitionId,
-        scan: ScanRequest,
-        reply: Reply<ScanPage>,
-    },
-    Checkpoint {
-        reply: Reply<Option<CheckpointReport>>,
-    },
+    Scan(ScanRequest),
+    Checkpoint,
+}
+
+/// What an operation produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    Item(Option<Item>),
+    Page(ScanPage),
+}
+
+/// An operation for one shard, with the channel for its answer.
+#[derive(Debug)]
+pub struct Command {
+    pub partition: PartitionId,
+    pub op: Op,
+    pub reply: Reply,
 }
 
 /// A range read: encoded key bounds, direction, limit and resume key.
@@ -149,91 +151,46 @@ impl ScanRequest {
     }
 }
 
-impl Command {
-    fn reject(self, error: NodeError) {
-        // The reply channel has room for exactly this one answer.
-        match self {
-            Command::CreatePartition { reply, .. }
-            | Command::Put { reply, .. }
-            | Command::Delete { reply, .. } => {
-                let _ = reply.try_send(Err(error));
-            }
-            Command::Get { reply, .. } => {
-                let _ = reply.try_send(Err(error));
-            }
-            Command::Update { reply, .. } => {
-                let _ = reply.try_send(Err(error));
-            }
-            Command::Scan { reply, .. } => {
-                let _ = reply.try_send(Err(error));
-            }
-            Command::Checkpoint { reply } => {
-                let _ = reply.try_send(Err(error));
-            }
+/// Runs `op` on `partition` of `engine`.
+pub async fn execute(
+    engine: &Engine<DmaFs>,
+    partition: PartitionId,
+    op: Op,
+) -> Result<Outcome, NodeError> {
+    Ok(match op {
+        Op::CreatePartition { schema } => {
+            engine.create_partition(partition, schema).await?;
+            Outcome::Done
         }
-    }
-
-    async fn execute(self, engine: &Engine<DmaFs>) {
-        // The reply channel has room for the answer, so try_send succeeds
-        // unless the caller gave up and dropped its receiver.
-        match self {
-            Command::CreatePartition {
-                partition,
-                schema,
-                reply,
-            } => {
-                let _ = reply.try_send(
-                    engine
-                        .create_partition(partition, schema)
-                        .await
-                        .map_err(Into::into),
-                );
-            }
-            Command::Put {
-                partition,
-                item,
-                reply,
-            } => {
-                let _ = reply.try_send(engine.put_item(partition, &item).await.map_err(Into::into));
-            }
-            Command::Delete {
-                partition,
-                key,
-                reply,
-            } => {
-                let _ = reply.try_send(
-                    engine
-                        .delete_item(partition, &key)
-                        .await
-                        .map_err(Into::into),
-                );
-            }
-            Command::Get {
-                partition,
-                key,
-                reply,
-            } => {
-                let _ = reply.try_send(engine.get_item(partition, &key).await.map_err(Into::into));
-            }
-            Command::Update {
-                partition,
-                key,
-                changes,
-                reply,
-            } => {
-                let result = engine.update_item(partition, &key, &changes).await;
-                let _ = reply.try_send(result.map_err(Into::into));
-            }
-            Command::Scan {
-                partition,
-                scan,
-                reply,
-            } => {
-                let range = (
-                    scan.start.as_ref().map(Vec::as_slice),
-                    scan.end.as_ref().map(Vec::as_slice),
-                );
-                let result = engine
+        Op::Put { item, condition } => {
+            engine
+                .put_item(partition, &item, condition.as_ref())
+                .await?;
+            Outcome::Done
+        }
+        Op::Delete { key, condition } => {
+            engine
+                .delete_item(partition, &key, condition.as_ref())
+                .await?;
+            Outcome::Done
+        }
+        Op::Update {
+            key,
+            changes,
+            condition,
+        } => Outcome::Item(Some(
+            engine
+                .update_item(partition, &key, &changes, condition.as_ref())
+                .await?,
+        )),
+        Op::Get { key } => Outcome::Item(engine.get_item(partition, &key).await?),
+        Op::Scan(scan) => {
+            let range = (
+                scan.start.as_ref().map(Vec::as_slice),
+                scan.end.as_ref().map(Vec::as_slice),
+            );
+            Outcome::Page(
+                engine
                     .scan(
                         partition,
                         range,
@@ -241,14 +198,14 @@ impl Command {
                         scan.limit,
                         scan.resume_after.as_deref(),
                     )
-                    .await;
-                let _ = reply.try_send(result.map_err(Into::into));
-            }
-            Command::Checkpoint { reply } => {
-                let _ = reply.try_send(engine.checkpoint().await.map_err(Into::into));
-            }
+                    .await?,
+            )
         }
-    }
+        Op::Checkpoint => {
+            engine.checkpoint().await?;
+            Outcome::Done
+        }
+    })
 }
 
 #[derive(Debug)]
@@ -331,15 +288,26 @@ impl StorageNode {
         (partition % self.shards.len() as u64) as usize
     }
 
-    async fn call<T>(
+    /// Sends `op` to the shard owning `partition` and waits for the answer.
+    pub async fn call(&self, partition: PartitionId, op: Op) -> Result<Outcome, NodeError> {
+        self.call_shard(self.shard_of(partition), partition, op)
+            .await
+    }
+
+    async fn call_shard(
         &self,
         shard: usize,
-        make: impl FnOnce(Reply<T>) -> Command,
-    ) -> Result<T, NodeError> {
+        partition: PartitionId,
+        op: Op,
+    ) -> Result<Outcome, NodeError> {
         let (reply, receiver) = async_channel::bounded(1);
         self.shards[shard]
             .sender
-            .try_send(make(reply))
+            .try_send(Command {
+                partition,
+                op,
+                reply,
+            })
             .map_err(|e| match e {
                 async_channel::TrySendError::Full(_) => NodeError::Overloaded { shard },
                 async_channel::TrySendError::Closed(_) => NodeError::ShardStopped { shard },
@@ -355,43 +323,33 @@ impl StorageNode {
         partition: PartitionId,
         schema: KeySchema,
     ) -> Result<(), NodeError> {
-        self.call(self.shard_of(partition), |reply| Command::CreatePartition {
-            partition,
-            schema,
-            reply,
-        })
-        .await
+        self.call(partition, Op::CreatePartition { schema })
+            .await
+            .map(|_| ())
     }
 
     pub async fn put_item(&self, partition: PartitionId, item: Item) -> Result<(), NodeError> {
-        self.call(self.shard_of(partition), |reply| Command::Put {
+        self.call(
             partition,
-            item,
-            reply,
-        })
+            Op::Put {
+                item,
+                condition: None,
+            },
+        )
         .await
+        .map(|_| ())
     }
 
     pub async fn delete_item(&self, partition: PartitionId, key: Item) -> Result<(), NodeError> {
-        self.call(self.shard_of(partition), |reply| Command::Delete {
+        self.call(
             partition,
-            key,
-            reply,
-        })
+            Op::Delete {
+                key,
+                condition: None,
+            },
+        )
         .await
-    }
-
-    pub async fn get_item(
-        &self,
-        partition: PartitionId,
-        key: Item,
-    ) -> Result<Option<Item>, NodeError> {
-        self.call(self.shard_of(partition), |reply| Command::Get {
-            partition,
-            key,
-            reply,
-        })
-        .await
+        .map(|_| ())
     }
 
     /// Sets (`Some`) or removes (`None`) attributes; returns the new item.
@@ -401,14 +359,31 @@ impl StorageNode {
         key: Item,
         changes: Vec<(String, Option<AttributeValue>)>,
     ) -> Result<Item, NodeError> {
-        let shard = self.shard_of(partition);
-        self.call(shard, |reply| Command::Update {
-            partition,
-            key,
-            changes,
-            reply,
-        })
-        .await
+        match self
+            .call(
+                partition,
+                Op::Update {
+                    key,
+                    changes,
+                    condition: None,
+                },
+            )
+            .await?
+        {
+            Outcome::Item(Some(item)) => Ok(item),
+            other => unreachable!("update answered {other:?}"),
+        }
+    }
+
+    pub async fn get_item(
+        &self,
+        partition: PartitionId,
+        key: Item,
+    ) -> Result<Option<Item>, NodeError> {
+        match self.call(partition, Op::Get { key }).await? {
+            Outcome::Item(item) => Ok(item),
+            other => unreachable!("get answered {other:?}"),
+        }
     }
 
     pub async fn scan(
@@ -416,19 +391,16 @@ impl StorageNode {
         partition: PartitionId,
         scan: ScanRequest,
     ) -> Result<ScanPage, NodeError> {
-        self.call(self.shard_of(partition), |reply| Command::Scan {
-            partition,
-            scan,
-            reply,
-        })
-        .await
+        match self.call(partition, Op::Scan(scan)).await? {
+            Outcome::Page(page) => Ok(page),
+            other => unreachable!("scan answered {other:?}"),
+        }
     }
 
     /// Checkpoints every shard.
     pub async fn checkpoint(&self) -> Result<(), NodeError> {
         for shard in 0..self.shards.len() {
-            self.call(shard, |reply| Command::Checkpoint { reply })
-                .await?;
+            self.call_shard(shard, 0, Op::Checkpoint).await?;
         }
         Ok(())
     }
@@ -497,13 +469,18 @@ async fn run_shard(
     let drained = Rc::new(Event::new());
     while let Ok(command) = commands.recv().await {
         if in_flight.get() >= config.in_flight_max {
-            command.reject(NodeError::Overloaded { shard: index });
+            // The reply channel has room for exactly one answer.
+            let _ = command
+                .reply
+                .try_send(Err(NodeError::Overloaded { shard: index }));
             continue;
         }
         in_flight.set(in_flight.get() + 1);
         let (engine, in_flight, drained) = (engine.clone(), in_flight.clone(), drained.clone());
         glommio::spawn_local(async move {
-            command.execute(&engine).await;
+            let result = execute(&engine, command.partition, command.op).await;
+            // A closed reply channel means the caller gave up: nothing to do.
+            let _ = command.reply.try_send(result);
             in_flight.set(in_flight.get() - 1);
             drained.notify(usize::MAX);
         })

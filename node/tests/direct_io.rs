@@ -41,11 +41,11 @@ fn data_written_with_direct_io_reads_back_after_reopen() {
         let (engine, _) = Engine::open(fs, EngineConfig::default()).await.unwrap();
         engine.create_partition(1, first_schema).await.unwrap();
         for i in 0..2000 {
-            engine.put_item(1, &item(i)).await.unwrap();
+            engine.put_item(1, &item(i), None).await.unwrap();
         }
         engine.checkpoint().await.unwrap();
         for i in 2000..2100 {
-            engine.put_item(1, &item(i)).await.unwrap(); // only in the WAL
+            engine.put_item(1, &item(i), None).await.unwrap(); // only in the WAL
         }
     });
     run(async move || {

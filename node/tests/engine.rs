@@ -108,11 +108,11 @@ fn random_operations_match_the_model_across_restarts() {
         match rng.random_range(0..100) {
             0..=59 => {
                 let item = item(pk, sk, step, rng.random_range(0..600));
-                block_on(engine.put_item(PARTITION, &item)).unwrap();
+                block_on(engine.put_item(PARTITION, &item, None)).unwrap();
                 model.insert((pk, sk), item);
             }
             60..=79 => {
-                block_on(engine.delete_item(PARTITION, &key(pk, sk))).unwrap();
+                block_on(engine.delete_item(PARTITION, &key(pk, sk), None)).unwrap();
                 model.remove(&(pk, sk));
             }
             80..=96 => {
@@ -142,18 +142,18 @@ fn update_sets_and_removes_attributes_and_creates_missing_items() {
     let engine = open(&fs);
     block_on(engine.create_partition(PARTITION, schema())).unwrap();
     let base = item(1, 1, 1, 10).with("keep", AttributeValue::Bool(true));
-    block_on(engine.put_item(PARTITION, &base)).unwrap();
+    block_on(engine.put_item(PARTITION, &base, None)).unwrap();
     let changes = vec![
         ("body".to_owned(), None),
         ("extra".to_owned(), Some(AttributeValue::S("x".into()))),
     ];
-    let updated = block_on(engine.update_item(PARTITION, &key(1, 1), &changes)).unwrap();
+    let updated = block_on(engine.update_item(PARTITION, &key(1, 1), &changes, None)).unwrap();
     let mut want = base.clone();
     want.remove("body");
     want.insert("extra", AttributeValue::S("x".into()));
     assert_eq!(updated, want);
     // Absent items are created from the key plus the set attributes.
-    let created = block_on(engine.update_item(PARTITION, &key(2, 2), &changes)).unwrap();
+    let created = block_on(engine.update_item(PARTITION, &key(2, 2), &changes, None)).unwrap();
     assert_eq!(
         created,
         key(2, 2).with("extra", AttributeValue::S("x".into()))
@@ -161,7 +161,7 @@ fn update_sets_and_removes_attributes_and_creates_missing_items() {
     // Key attributes cannot change; a too-large result is refused.
     let rename = vec![("pk".to_owned(), Some(AttributeValue::S("other".into())))];
     assert!(matches!(
-        block_on(engine.update_item(PARTITION, &key(1, 1), &rename)),
+        block_on(engine.update_item(PARTITION, &key(1, 1), &rename, None)),
         Err(EngineError::InvalidItem(
             ItemError::KeyAttributeUpdate { .. }
         ))
@@ -171,7 +171,7 @@ fn update_sets_and_removes_attributes_and_creates_missing_items() {
         Some(AttributeValue::B(vec![0; 400 * 1024])),
     )];
     assert!(matches!(
-        block_on(engine.update_item(PARTITION, &key(1, 1), &huge)),
+        block_on(engine.update_item(PARTITION, &key(1, 1), &huge, None)),
         Err(EngineError::InvalidItem(ItemError::ItemTooLarge { .. }))
     ));
     // Both survive a restart through the WAL.
@@ -188,13 +188,67 @@ fn update_sets_and_removes_attributes_and_creates_missing_items() {
 }
 
 #[test]
+fn conditional_writes_apply_only_when_their_condition_holds() {
+    use cairn_common::condition::{CompareOp, Condition};
+    let fs = MemFs::new();
+    let engine = open(&fs);
+    block_on(engine.create_partition(PARTITION, schema())).unwrap();
+    let create_only = Condition::NotExists("pk".into());
+    let first = item(1, 1, 1, 10);
+    block_on(engine.put_item(PARTITION, &first, Some(&create_only))).unwrap();
+    let second = item(1, 1, 2, 10);
+    assert!(matches!(
+        block_on(engine.put_item(PARTITION, &second, Some(&create_only))),
+        Err(EngineError::ConditionFailed)
+    ));
+    // Optimistic concurrency on a version attribute.
+    let at_version = |v: i64| Condition::Compare {
+        attribute: "version".into(),
+        op: CompareOp::Eq,
+        value: AttributeValue::N(Number::from_i64(v)),
+    };
+    let bump = vec![(
+        "version".to_owned(),
+        Some(AttributeValue::N(Number::from_i64(2))),
+    )];
+    assert!(matches!(
+        block_on(engine.update_item(PARTITION, &key(1, 1), &bump, Some(&at_version(7)))),
+        Err(EngineError::ConditionFailed)
+    ));
+    block_on(engine.update_item(PARTITION, &key(1, 1), &bump, Some(&at_version(1)))).unwrap();
+    assert!(matches!(
+        block_on(engine.delete_item(PARTITION, &key(1, 1), Some(&at_version(1)))),
+        Err(EngineError::ConditionFailed)
+    ));
+    let got = block_on(engine.get_item(PARTITION, &key(1, 1)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        got.get("version"),
+        Some(&AttributeValue::N(Number::from_i64(2)))
+    );
+    block_on(engine.delete_item(PARTITION, &key(1, 1), Some(&at_version(2)))).unwrap();
+    assert_eq!(
+        block_on(engine.get_item(PARTITION, &key(1, 1))).unwrap(),
+        None
+    );
+    // A failed condition wrote nothing to the log: a restart agrees.
+    drop(engine);
+    let engine = open(&fs);
+    assert_eq!(
+        block_on(engine.get_item(PARTITION, &key(1, 1))).unwrap(),
+        None
+    );
+}
+
+#[test]
 fn query_by_sort_key_range_both_directions_with_paging() {
     let fs = MemFs::new();
     let engine = open(&fs);
     block_on(engine.create_partition(PARTITION, schema())).unwrap();
     for pk in 0..3 {
         for sk in -50..50 {
-            block_on(engine.put_item(PARTITION, &item(pk, sk, 1, 10))).unwrap();
+            block_on(engine.put_item(PARTITION, &item(pk, sk, 1, 10), None)).unwrap();
         }
     }
     let pk = AttributeValue::S("user1".into());
@@ -259,12 +313,12 @@ fn power_loss_at_any_io_keeps_every_acknowledged_write() {
                 let result = match rng.random_range(0..10) {
                     0..=5 => {
                         let item = item(pk, sk, version, rng.random_range(0..1500));
-                        let result = block_on(engine.put_item(PARTITION, &item));
+                        let result = block_on(engine.put_item(PARTITION, &item, None));
                         in_flight = Some(((pk, sk), Some(item)));
                         result.map(|_| ())
                     }
                     6..=7 => {
-                        let result = block_on(engine.delete_item(PARTITION, &key(pk, sk)));
+                        let result = block_on(engine.delete_item(PARTITION, &key(pk, sk), None));
                         in_flight = Some(((pk, sk), None));
                         result
                     }
@@ -325,14 +379,14 @@ fn bad_items_get_typed_errors_and_the_engine_keeps_serving() {
     block_on(engine.create_partition(PARTITION, schema())).unwrap();
     let oversize = key(1, 1).with("blob", AttributeValue::B(vec![0; 400 * 1024]));
     assert!(matches!(
-        block_on(engine.put_item(PARTITION, &oversize)),
+        block_on(engine.put_item(PARTITION, &oversize, None)),
         Err(EngineError::InvalidItem(ItemError::ItemTooLarge { .. }))
     ));
     let empty_key = Item::new()
         .with("pk", AttributeValue::S(String::new()))
         .with("sk", AttributeValue::N(Number::from_i64(1)));
     assert!(matches!(
-        block_on(engine.put_item(PARTITION, &empty_key)),
+        block_on(engine.put_item(PARTITION, &empty_key, None)),
         Err(EngineError::InvalidItem(ItemError::EmptyKey { .. }))
     ));
     let wrong_type = Item::new()
@@ -352,14 +406,14 @@ fn bad_items_get_typed_errors_and_the_engine_keeps_serving() {
     ));
     // Still serving.
     let good = item(1, 1, 1, 10);
-    block_on(engine.put_item(PARTITION, &good)).unwrap();
+    block_on(engine.put_item(PARTITION, &good, None)).unwrap();
     assert_eq!(
         block_on(engine.get_item(PARTITION, &key(1, 1))).unwrap(),
         Some(good)
     );
     // A 399 KB item fits (and spans several page units).
     let large = key(2, 2).with("blob", AttributeValue::B(vec![7; 399 * 1024]));
-    block_on(engine.put_item(PARTITION, &large)).unwrap();
+    block_on(engine.put_item(PARTITION, &large, None)).unwrap();
     block_on(engine.checkpoint()).unwrap();
     drop(engine);
     let engine = open(&fs);
@@ -375,7 +429,7 @@ fn a_flipped_bit_in_a_page_is_a_typed_corruption_error() {
     let engine = open(&fs);
     block_on(engine.create_partition(PARTITION, schema())).unwrap();
     for sk in 0..200 {
-        block_on(engine.put_item(PARTITION, &item(1, sk, 1, 100))).unwrap();
+        block_on(engine.put_item(PARTITION, &item(1, sk, 1, 100), None)).unwrap();
     }
     block_on(engine.checkpoint()).unwrap();
     drop(engine);
@@ -397,13 +451,13 @@ fn a_torn_superblock_falls_back_to_the_previous_checkpoint() {
     let mut model = Model::new();
     for sk in 0..50 {
         let it = item(1, sk, 1, 100);
-        block_on(engine.put_item(PARTITION, &it)).unwrap();
+        block_on(engine.put_item(PARTITION, &it, None)).unwrap();
         model.insert((1, sk), it);
     }
     block_on(engine.checkpoint()).unwrap();
     for sk in 50..80 {
         let it = item(1, sk, 2, 100);
-        block_on(engine.put_item(PARTITION, &it)).unwrap();
+        block_on(engine.put_item(PARTITION, &it, None)).unwrap();
         model.insert((1, sk), it);
     }
     let generation = block_on(engine.checkpoint()).unwrap().unwrap().generation;
@@ -427,7 +481,7 @@ fn power_loss_before_the_first_superblock_recovers_from_the_log() {
     let mut model = Model::new();
     for sk in 0..5 {
         let it = item(1, sk, 1, 10);
-        block_on(engine.put_item(PARTITION, &it)).unwrap();
+        block_on(engine.put_item(PARTITION, &it, None)).unwrap();
         model.insert((1, sk), it);
     }
     // One leaf page, the catalog, a sync: then the superblock write fails.
