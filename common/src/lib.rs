@@ -3,11 +3,13 @@
 //! the item codec. Every other crate depends on this one, never on each
 //! other's internals.
 
+pub mod client;
 pub mod condition;
 pub mod item;
 pub mod key;
 pub mod number;
 pub mod quic;
+pub mod wire;
 
 pub use item::{AttributeValue, CodecError, Item, ItemError};
 pub use key::{KeyAttribute, KeyRange, KeySchema, KeyType, SchemaDecodeError};

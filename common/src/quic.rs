@@ -20,6 +20,7 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::os::unix::io::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -211,8 +212,13 @@ impl Endpoint {
         server: Option<ServerConfig>,
         client: Option<ClientConfig>,
     ) -> Result<Endpoint, TransportError> {
-        let socket =
-            glommio::net::UdpSocket::bind(addr).map_err(|e| TransportError::Io(e.to_string()))?;
+        // glommio's own bind sets SO_REUSEPORT, which would let a second
+        // process on the same port silently take half of our datagrams.
+        // Bind without it, so an address in use is an error.
+        let socket = std::net::UdpSocket::bind(addr)
+            .map_err(|e| TransportError::Io(format!("{addr}: {e}")))?;
+        // SAFETY: the descriptor comes from a socket we own and give up here.
+        let socket = unsafe { glommio::net::UdpSocket::from_raw_fd(socket.into_raw_fd()) };
         let endpoint = quinn_proto::Endpoint::new(
             Arc::new(quinn_proto::EndpointConfig::default()),
             server.map(Arc::new),
@@ -719,6 +725,25 @@ fn handle_app_event(conn: &mut Conn, event: quinn_proto::Event) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: glommio binds UDP with SO_REUSEPORT, so two endpoints on
+    /// one port both bound and split the traffic; parallel test clusters
+    /// timed out. Binding a taken port must fail.
+    #[test]
+    fn binding_a_port_in_use_fails() {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(|| async {
+                let first = Endpoint::bind("127.0.0.1:0".parse().unwrap(), None, None).unwrap();
+                let taken = first.local_addr().unwrap();
+                assert!(matches!(
+                    Endpoint::bind(taken, None, None),
+                    Err(TransportError::Io(_))
+                ));
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
 
     #[test]
     fn frames_round_trip_and_reject_damage() {

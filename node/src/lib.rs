@@ -13,9 +13,10 @@ pub mod device;
 pub mod engine;
 pub mod page;
 pub mod preflight;
+pub mod server;
 pub mod shard;
 pub mod store;
 pub mod wal;
 
 pub use engine::{Engine, EngineConfig, EngineError, PartitionId, ScanPage};
-pub use shard::{NodeConfig, NodeError, ScanRequest, StorageNode};
+pub use shard::{NodeConfig, NodeError, NodeNetwork, ScanRequest, StorageNode, shard_addr};

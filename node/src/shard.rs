@@ -18,7 +18,10 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use cairn_common::condition::Condition;
+use cairn_common::quic::{Endpoint, Identity};
 use cairn_common::{AttributeValue, Item, KeySchema};
 use event_listener::Event;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -39,6 +42,20 @@ pub struct NodeConfig {
     pub in_flight_max: usize,
     /// How often a shard's upkeep task looks at checkpoint and WAL needs.
     pub upkeep_interval: Duration,
+    /// Serve requests over QUIC (shard `i` on port `listen.port() + i`).
+    pub network: Option<NodeNetwork>,
+}
+
+/// Where and as whom a node serves the network.
+#[derive(Clone, Debug)]
+pub struct NodeNetwork {
+    pub listen: SocketAddr,
+    pub identity: Identity,
+}
+
+/// The address shard `index` of a node listening on `base` serves.
+pub fn shard_addr(base: SocketAddr, index: usize) -> SocketAddr {
+    SocketAddr::new(base.ip(), base.port() + index as u16)
 }
 
 impl NodeConfig {
@@ -50,6 +67,7 @@ impl NodeConfig {
             queue_depth: 4096,
             in_flight_max: 1024,
             upkeep_interval: Duration::from_millis(20),
+            network: None,
         }
     }
 }
@@ -447,17 +465,42 @@ async fn run_shard(
             .map_err(|e| e.to_string()),
         Err(e) => Err(format!("{}: {e}", dir.display())),
     };
-    let engine = match opened {
-        Ok((engine, report)) => {
-            tracing::info!(shard = index, ?report, "shard recovered");
-            let _ = ready.send(Ok(report)).await;
-            Rc::new(engine)
-        }
+    let (engine, report) = match opened {
+        Ok((engine, report)) => (Rc::new(engine), report),
         Err(message) => {
             let _ = ready.send(Err(message)).await;
             return;
         }
     };
+    let in_flight = Rc::new(Cell::new(0usize));
+    if let Some(network) = &config.network {
+        let addr = shard_addr(network.listen, index);
+        let server = network
+            .identity
+            .server_config()
+            .map_err(|e| format!("TLS identity: {e}"));
+        let endpoint = server.and_then(|server| {
+            Endpoint::bind(addr, Some(server), None)
+                .map_err(|e| format!("listening on {addr}: {e}"))
+        });
+        match endpoint {
+            Ok(endpoint) => {
+                let serving = crate::server::serve(
+                    engine.clone(),
+                    endpoint,
+                    in_flight.clone(),
+                    config.in_flight_max,
+                );
+                glommio::spawn_local(serving).detach();
+            }
+            Err(message) => {
+                let _ = ready.send(Err(message)).await;
+                return;
+            }
+        }
+    }
+    tracing::info!(shard = index, ?report, "shard recovered");
+    let _ = ready.send(Ok(report)).await;
     let stopping = Rc::new(Cell::new(false));
     let upkeep = glommio::spawn_local(upkeep(
         index,
@@ -465,7 +508,6 @@ async fn run_shard(
         stopping.clone(),
         config.upkeep_interval,
     ));
-    let in_flight = Rc::new(Cell::new(0usize));
     let drained = Rc::new(Event::new());
     while let Ok(command) = commands.recv().await {
         if in_flight.get() >= config.in_flight_max {

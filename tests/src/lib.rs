@@ -58,3 +58,22 @@ pub fn payload(round: u32, writer: u64, seq: u64) -> Vec<u8> {
 pub fn item(round: u32, writer: u64, seq: u64) -> Item {
     key(round, seq).with("payload", AttributeValue::B(payload(round, writer, seq)))
 }
+
+/// A base port with `count` consecutive free UDP ports on loopback,
+/// distinct from every other range handed out in this process (tests run
+/// in parallel threads, and glommio binds with port reuse, so a shared
+/// range would silently split one cluster's traffic with another's). The
+/// ports are released before returning; tests bind them at once.
+pub fn free_udp_ports(count: u16) -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let process_offset = (std::process::id() % 1000) * 20;
+    loop {
+        let slot = NEXT.fetch_add(u32::from(count), std::sync::atomic::Ordering::Relaxed);
+        let base = (20_000 + (process_offset + slot) % 40_000) as u16;
+        let free = (0..count)
+            .all(|offset| std::net::UdpSocket::bind(("127.0.0.1", base + offset)).is_ok());
+        if free {
+            return base;
+        }
+    }
+}

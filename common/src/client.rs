@@ -1,0 +1,296 @@
+//! The Rust client: typed DynamoDB-style calls to a router over QUIC.
+//!
+//! A [`Client`] is one connection and must be used on the glommio executor
+//! that created its [`Endpoint`]. Errors say whether a retry can help
+//! ([`ClientError::is_retryable`]).
+
+use std::net::SocketAddr;
+use std::ops::Bound;
+use std::time::Duration;
+
+use crate::condition::Condition;
+use crate::item::{AttributeValue, Item};
+use crate::key::KeySchema;
+use crate::quic::{Connection, Endpoint, TransportError};
+use crate::wire::{
+    self, ClientRequest, DecodeError, ErrorCode, Response, TableDescription, WireBound, WireChange,
+    WireCondition,
+};
+
+/// How long a call may take before it fails with a retryable timeout.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("{code:?}: {message}")]
+    Service { code: ErrorCode, message: String },
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("unexpected response to {request}")]
+    UnexpectedResponse { request: &'static str },
+}
+
+impl ClientError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Transport(error) => error.is_retryable(),
+            ClientError::Service { code, .. } => code.is_retryable(),
+            _ => false,
+        }
+    }
+
+    /// The service's error code, if the service answered with an error.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Service { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// A page of Query results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryPage {
+    pub items: Vec<Item>,
+    /// Pass back as `exclusive_start_key` for the next page.
+    pub last_key: Option<Vec<u8>>,
+}
+
+/// A page of Scan results.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanPage {
+    pub items: Vec<Item>,
+    /// Pass back as `exclusive_start` for the next page.
+    pub last: Option<(u32, Vec<u8>)>,
+}
+
+/// A connection to a router.
+#[derive(Debug, Clone)]
+pub struct Client {
+    connection: Connection,
+    timeout: Duration,
+}
+
+fn value_bound(bound: Bound<&AttributeValue>) -> WireBound {
+    match bound {
+        Bound::Unbounded => WireBound::Unbounded,
+        Bound::Included(value) => WireBound::Included(value.to_bytes()),
+        Bound::Excluded(value) => WireBound::Excluded(value.to_bytes()),
+    }
+}
+
+impl Client {
+    /// Connects through `endpoint` (which needs a client configuration).
+    pub async fn connect(
+        endpoint: &Endpoint,
+        router: SocketAddr,
+        server_name: &str,
+    ) -> Result<Client, ClientError> {
+        let connection = endpoint.connect(router, server_name).await?;
+        Ok(Client {
+            connection,
+            timeout: REQUEST_TIMEOUT,
+        })
+    }
+
+    async fn call(&self, request: &ClientRequest) -> Result<Response, ClientError> {
+        let bytes = self
+            .connection
+            .request(&wire::encode_client_request(request), self.timeout)
+            .await?;
+        match wire::decode_response(&bytes)? {
+            Response::Error { code, message } => Err(ClientError::Service { code, message }),
+            response => Ok(response),
+        }
+    }
+
+    pub async fn create_table(
+        &self,
+        table: &str,
+        schema: &KeySchema,
+        partitions: u32,
+    ) -> Result<(), ClientError> {
+        let request = ClientRequest::CreateTable {
+            table: table.into(),
+            schema: schema.encode(),
+            partitions,
+        };
+        match self.call(&request).await? {
+            Response::Done => Ok(()),
+            _ => Err(ClientError::UnexpectedResponse {
+                request: "CreateTable",
+            }),
+        }
+    }
+
+    pub async fn describe_table(&self, table: &str) -> Result<TableDescription, ClientError> {
+        match self
+            .call(&ClientRequest::DescribeTable {
+                table: table.into(),
+            })
+            .await?
+        {
+            Response::Table(description) => Ok(description),
+            _ => Err(ClientError::UnexpectedResponse {
+                request: "DescribeTable",
+            }),
+        }
+    }
+
+    pub async fn list_tables(&self) -> Result<Vec<String>, ClientError> {
+        match self.call(&ClientRequest::ListTables).await? {
+            Response::Tables(tables) => Ok(tables),
+            _ => Err(ClientError::UnexpectedResponse {
+                request: "ListTables",
+            }),
+        }
+    }
+
+    pub async fn delete_table(&self, table: &str) -> Result<(), ClientError> {
+        match self
+            .call(&ClientRequest::DeleteTable {
+                table: table.into(),
+            })
+            .await?
+        {
+            Response::Done => Ok(()),
+            _ => Err(ClientError::UnexpectedResponse {
+                request: "DeleteTable",
+            }),
+        }
+    }
+
+    pub async fn put_item(
+        &self,
+        table: &str,
+        item: &Item,
+        condition: Option<&Condition>,
+    ) -> Result<(), ClientError> {
+        let request = ClientRequest::PutItem {
+            table: table.into(),
+            item: item.to_bytes(),
+            condition: condition.map(WireCondition::from_condition),
+        };
+        match self.call(&request).await? {
+            Response::Done => Ok(()),
+            _ => Err(ClientError::UnexpectedResponse { request: "PutItem" }),
+        }
+    }
+
+    pub async fn get_item(&self, table: &str, key: &Item) -> Result<Option<Item>, ClientError> {
+        let request = ClientRequest::GetItem {
+            table: table.into(),
+            key: key.to_bytes(),
+            consistent: true,
+        };
+        match self.call(&request).await? {
+            Response::Item(item) => Ok(item.as_deref().map(wire::decode_item).transpose()?),
+            _ => Err(ClientError::UnexpectedResponse { request: "GetItem" }),
+        }
+    }
+
+    pub async fn update_item(
+        &self,
+        table: &str,
+        key: &Item,
+        changes: &[(String, Option<AttributeValue>)],
+        condition: Option<&Condition>,
+    ) -> Result<Item, ClientError> {
+        let request = ClientRequest::UpdateItem {
+            table: table.into(),
+            key: key.to_bytes(),
+            changes: changes.iter().map(WireChange::from_change).collect(),
+            condition: condition.map(WireCondition::from_condition),
+        };
+        match self.call(&request).await? {
+            Response::Item(Some(item)) => Ok(wire::decode_item(&item)?),
+            _ => Err(ClientError::UnexpectedResponse {
+                request: "UpdateItem",
+            }),
+        }
+    }
+
+    pub async fn delete_item(
+        &self,
+        table: &str,
+        key: &Item,
+        condition: Option<&Condition>,
+    ) -> Result<(), ClientError> {
+        let request = ClientRequest::DeleteItem {
+            table: table.into(),
+            key: key.to_bytes(),
+            condition: condition.map(WireCondition::from_condition),
+        };
+        match self.call(&request).await? {
+            Response::Done => Ok(()),
+            _ => Err(ClientError::UnexpectedResponse {
+                request: "DeleteItem",
+            }),
+        }
+    }
+
+    /// Items with partition key `partition` and sort keys within the
+    /// bounds, in sort-key order (or reversed), at most `limit`.
+    #[allow(clippy::too_many_arguments)] // DynamoDB's Query has this many knobs.
+    pub async fn query(
+        &self,
+        table: &str,
+        partition: &AttributeValue,
+        start: Bound<&AttributeValue>,
+        end: Bound<&AttributeValue>,
+        reverse: bool,
+        limit: u32,
+        exclusive_start_key: Option<&[u8]>,
+    ) -> Result<QueryPage, ClientError> {
+        let request = ClientRequest::Query {
+            table: table.into(),
+            partition_value: partition.to_bytes(),
+            start: value_bound(start),
+            end: value_bound(end),
+            reverse,
+            limit,
+            exclusive_start_key: exclusive_start_key.map(<[u8]>::to_vec),
+        };
+        match self.call(&request).await? {
+            Response::Page { items, last_key } => Ok(QueryPage {
+                items: items
+                    .iter()
+                    .map(|i| wire::decode_item(i))
+                    .collect::<Result<_, _>>()?,
+                last_key,
+            }),
+            _ => Err(ClientError::UnexpectedResponse { request: "Query" }),
+        }
+    }
+
+    /// A page of the whole table, continuing after `exclusive_start`.
+    pub async fn scan(
+        &self,
+        table: &str,
+        limit: u32,
+        exclusive_start: Option<(u32, Vec<u8>)>,
+    ) -> Result<ScanPage, ClientError> {
+        let request = ClientRequest::Scan {
+            table: table.into(),
+            limit,
+            exclusive_start,
+        };
+        match self.call(&request).await? {
+            Response::TablePage { items, last } => Ok(ScanPage {
+                items: items
+                    .iter()
+                    .map(|i| wire::decode_item(i))
+                    .collect::<Result<_, _>>()?,
+                last,
+            }),
+            _ => Err(ClientError::UnexpectedResponse { request: "Scan" }),
+        }
+    }
+
+    /// The raw connection, for tests that send malformed messages.
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+}

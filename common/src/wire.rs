@@ -1,0 +1,401 @@
+//! Wire messages between clients, routers and nodes (docs/wire-format.md).
+//!
+//! Messages are rkyv archives carried in crc32c frames ([`crate::quic`]).
+//! Items, keys and attribute values inside them use the item codec
+//! ([`crate::item`]), so the storage and wire forms of an item are the same
+//! bytes. Decoding validates the archive (bytecheck) before use: a
+//! malformed message is a typed error, never undefined behaviour.
+
+use rkyv::rancor;
+
+use crate::condition::{CompareOp, Condition};
+use crate::item::{AttributeValue, CodecError, Item};
+
+/// Wire format version, checked in every request.
+pub const WIRE_VERSION: u16 = 1;
+
+/// A bound of a range: on attribute values (Query) or encoded keys (node scans).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum WireBound {
+    Unbounded,
+    Included(Vec<u8>),
+    Excluded(Vec<u8>),
+}
+
+/// A condition: attribute name, operator, operand (an encoded value).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum WireCondition {
+    Exists(String),
+    NotExists(String),
+    /// op: 0 =, 1 <>, 2 <, 3 <=, 4 >, 5 >=.
+    Compare {
+        attribute: String,
+        op: u8,
+        value: Vec<u8>,
+    },
+    BeginsWith {
+        attribute: String,
+        prefix: Vec<u8>,
+    },
+}
+
+/// Set (`Some`) or remove (`None`) one attribute.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct WireChange {
+    pub name: String,
+    pub value: Option<Vec<u8>>,
+}
+
+/// A table's shape, as DescribeTable returns it.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct TableDescription {
+    pub name: String,
+    /// `KeySchema::encode` bytes.
+    pub schema: Vec<u8>,
+    pub partitions: u32,
+    /// "ACTIVE" (tables are created synchronously for now).
+    pub status: String,
+}
+
+/// What a client asks a router.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum ClientRequest {
+    CreateTable {
+        table: String,
+        schema: Vec<u8>,
+        partitions: u32,
+    },
+    DescribeTable {
+        table: String,
+    },
+    ListTables,
+    DeleteTable {
+        table: String,
+    },
+    PutItem {
+        table: String,
+        item: Vec<u8>,
+        condition: Option<WireCondition>,
+    },
+    GetItem {
+        table: String,
+        key: Vec<u8>,
+        consistent: bool,
+    },
+    UpdateItem {
+        table: String,
+        key: Vec<u8>,
+        changes: Vec<WireChange>,
+        condition: Option<WireCondition>,
+    },
+    DeleteItem {
+        table: String,
+        key: Vec<u8>,
+        condition: Option<WireCondition>,
+    },
+    /// Items with one partition key (an encoded value), sort keys within
+    /// the bounds (encoded values), after `exclusive_start_key` (an encoded
+    /// stored key from a previous page).
+    Query {
+        table: String,
+        partition_value: Vec<u8>,
+        start: WireBound,
+        end: WireBound,
+        reverse: bool,
+        limit: u32,
+        exclusive_start_key: Option<Vec<u8>>,
+    },
+    /// A page of the whole table; resume with the previous page's
+    /// (partition index, stored key).
+    Scan {
+        table: String,
+        limit: u32,
+        exclusive_start: Option<(u32, Vec<u8>)>,
+    },
+}
+
+/// What a router (or a tool) asks a node, for one partition.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum NodeOp {
+    CreatePartition {
+        schema: Vec<u8>,
+    },
+    Put {
+        item: Vec<u8>,
+        condition: Option<WireCondition>,
+    },
+    Get {
+        key: Vec<u8>,
+    },
+    Update {
+        key: Vec<u8>,
+        changes: Vec<WireChange>,
+        condition: Option<WireCondition>,
+    },
+    Delete {
+        key: Vec<u8>,
+        condition: Option<WireCondition>,
+    },
+    /// Range over encoded stored keys.
+    Scan {
+        start: WireBound,
+        end: WireBound,
+        reverse: bool,
+        limit: u32,
+        resume_after: Option<Vec<u8>>,
+    },
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct NodeRequest {
+    pub partition: u64,
+    pub op: NodeOp,
+}
+
+/// Every message starts with the wire version.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Envelope<T> {
+    pub version: u16,
+    pub body: T,
+}
+
+/// Why a request failed, as the client sees it.
+#[derive(
+    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash,
+)]
+pub enum ErrorCode {
+    /// Bad input: item too large, wrong key type, empty key…
+    Validation,
+    /// Unknown table or partition.
+    ResourceNotFound,
+    /// The table already exists.
+    ResourceInUse,
+    ConditionalCheckFailed,
+    /// Over capacity or overloaded: retry with backoff.
+    Throttling,
+    /// A node or connection is down: retry.
+    Unavailable,
+    /// The message could not be decoded.
+    Malformed,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorCode::Throttling | ErrorCode::Unavailable)
+    }
+}
+
+/// The answer to any request.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    Done,
+    Item(Option<Vec<u8>>),
+    Page {
+        items: Vec<Vec<u8>>,
+        last_key: Option<Vec<u8>>,
+    },
+    TablePage {
+        items: Vec<Vec<u8>>,
+        last: Option<(u32, Vec<u8>)>,
+    },
+    Table(TableDescription),
+    Tables(Vec<String>),
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+impl Response {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+        Response::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// A message that could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("unsupported wire version {0} (this build speaks {WIRE_VERSION})")]
+    Version(u16),
+    #[error("malformed item or value: {0}")]
+    Codec(#[from] CodecError),
+}
+
+macro_rules! message_codec {
+    ($encode:ident, $decode:ident, $type:ty) => {
+        pub fn $encode(body: &$type) -> Vec<u8> {
+            let envelope = Envelope {
+                version: WIRE_VERSION,
+                body: body.clone(),
+            };
+            rkyv::to_bytes::<rancor::Error>(&envelope)
+                .expect("serializing to memory cannot fail")
+                .to_vec()
+        }
+
+        pub fn $decode(bytes: &[u8]) -> Result<$type, DecodeError> {
+            let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+            aligned.extend_from_slice(bytes);
+            let envelope = rkyv::from_bytes::<Envelope<$type>, rancor::Error>(&aligned)
+                .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+            if envelope.version != WIRE_VERSION {
+                return Err(DecodeError::Version(envelope.version));
+            }
+            Ok(envelope.body)
+        }
+    };
+}
+
+message_codec!(encode_client_request, decode_client_request, ClientRequest);
+message_codec!(encode_node_request, decode_node_request, NodeRequest);
+message_codec!(encode_response, decode_response, Response);
+
+impl WireCondition {
+    pub fn from_condition(condition: &Condition) -> WireCondition {
+        match condition {
+            Condition::Exists(name) => WireCondition::Exists(name.clone()),
+            Condition::NotExists(name) => WireCondition::NotExists(name.clone()),
+            Condition::Compare {
+                attribute,
+                op,
+                value,
+            } => WireCondition::Compare {
+                attribute: attribute.clone(),
+                op: match op {
+                    CompareOp::Eq => 0,
+                    CompareOp::Ne => 1,
+                    CompareOp::Lt => 2,
+                    CompareOp::Le => 3,
+                    CompareOp::Gt => 4,
+                    CompareOp::Ge => 5,
+                },
+                value: value.to_bytes(),
+            },
+            Condition::BeginsWith { attribute, prefix } => WireCondition::BeginsWith {
+                attribute: attribute.clone(),
+                prefix: prefix.to_bytes(),
+            },
+        }
+    }
+
+    pub fn to_condition(&self) -> Result<Condition, DecodeError> {
+        Ok(match self {
+            WireCondition::Exists(name) => Condition::Exists(name.clone()),
+            WireCondition::NotExists(name) => Condition::NotExists(name.clone()),
+            WireCondition::Compare {
+                attribute,
+                op,
+                value,
+            } => Condition::Compare {
+                attribute: attribute.clone(),
+                op: match op {
+                    0 => CompareOp::Eq,
+                    1 => CompareOp::Ne,
+                    2 => CompareOp::Lt,
+                    3 => CompareOp::Le,
+                    4 => CompareOp::Gt,
+                    5 => CompareOp::Ge,
+                    other => {
+                        return Err(DecodeError::Malformed(format!(
+                            "unknown comparison operator {other}"
+                        )));
+                    }
+                },
+                value: AttributeValue::from_bytes(value)?,
+            },
+            WireCondition::BeginsWith { attribute, prefix } => Condition::BeginsWith {
+                attribute: attribute.clone(),
+                prefix: AttributeValue::from_bytes(prefix)?,
+            },
+        })
+    }
+}
+
+impl WireChange {
+    pub fn from_change((name, value): &(String, Option<AttributeValue>)) -> WireChange {
+        WireChange {
+            name: name.clone(),
+            value: value.as_ref().map(AttributeValue::to_bytes),
+        }
+    }
+
+    pub fn to_change(&self) -> Result<(String, Option<AttributeValue>), DecodeError> {
+        let value = self
+            .value
+            .as_deref()
+            .map(AttributeValue::from_bytes)
+            .transpose()?;
+        Ok((self.name.clone(), value))
+    }
+}
+
+/// Decodes an optional encoded item.
+pub fn decode_item(bytes: &[u8]) -> Result<Item, DecodeError> {
+    Ok(Item::decode(bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::number::Number;
+
+    #[test]
+    fn messages_round_trip() {
+        let condition = Condition::Compare {
+            attribute: "v".into(),
+            op: CompareOp::Ge,
+            value: AttributeValue::N(Number::from_i64(3)),
+        };
+        let request = ClientRequest::PutItem {
+            table: "t".into(),
+            item: Item::new()
+                .with("k", AttributeValue::S("a".into()))
+                .to_bytes(),
+            condition: Some(WireCondition::from_condition(&condition)),
+        };
+        let bytes = encode_client_request(&request);
+        let back = decode_client_request(&bytes).unwrap();
+        assert_eq!(back, request);
+        let ClientRequest::PutItem {
+            condition: Some(wire),
+            ..
+        } = back
+        else {
+            panic!()
+        };
+        assert_eq!(wire.to_condition().unwrap(), condition);
+        let response = Response::Page {
+            items: vec![vec![1, 2]],
+            last_key: Some(vec![3]),
+        };
+        assert_eq!(
+            decode_response(&encode_response(&response)).unwrap(),
+            response
+        );
+    }
+
+    #[test]
+    fn garbage_is_a_typed_error_never_a_crash() {
+        let good = encode_node_request(&NodeRequest {
+            partition: 9,
+            op: NodeOp::Get { key: vec![1, 2, 3] },
+        });
+        for cut in 0..good.len() {
+            let _ = decode_node_request(&good[..cut]); // must not panic
+        }
+        let mut flipped = good.clone();
+        for at in 0..flipped.len() {
+            flipped[at] ^= 0xA5;
+            let _ = decode_node_request(&flipped);
+            flipped[at] ^= 0xA5;
+        }
+        assert!(decode_node_request(&[0xFF; 3]).is_err());
+        assert!(decode_response(b"definitely not rkyv").is_err());
+    }
+}

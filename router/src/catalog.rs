@@ -1,0 +1,224 @@
+//! The router's table catalog and static partition map — the stand-in for
+//! MemDS until it exists (see docs/wire-format.md, "Routing").
+//!
+//! A table of `P` partitions splits the 64-bit FNV-1a hash of the encoded
+//! partition key into `P` equal ranges. Partition `i` of table `t` has id
+//! `t << 20 | i`, lives on node `(t + i) % nodes`, and on that node on shard
+//! `id % cores`. The catalog is one file, `catalog.db`: magic `CAIRNCAT`,
+//! version u32, entry count u32, entries, then a crc32c of everything
+//! before it; it is replaced atomically (write temp, fsync, rename, fsync
+//! the directory).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use cairn_common::KeySchema;
+
+const MAGIC: &[u8; 8] = b"CAIRNCAT";
+const VERSION: u32 = 1;
+/// Most partitions a table may have.
+pub const PARTITIONS_MAX: u32 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog file {path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("catalog file {path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// One table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    pub id: u32,
+    pub schema: KeySchema,
+    pub partitions: u32,
+}
+
+impl Table {
+    /// The partition index holding partition-key prefix `prefix`.
+    pub fn partition_index(&self, prefix: &[u8]) -> u32 {
+        let hash = prefix.iter().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01B3)
+        });
+        ((u128::from(hash) * u128::from(self.partitions)) >> 64) as u32
+    }
+
+    pub fn partition_id(&self, index: u32) -> u64 {
+        u64::from(self.id) << 20 | u64::from(index)
+    }
+}
+
+/// A storage node the router may place partitions on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAddress {
+    /// Shard 0's address; shard `i` listens on port + i.
+    pub addr: SocketAddr,
+    pub cores: usize,
+}
+
+/// Where a partition lives: the node shard's address.
+pub fn placement(nodes: &[NodeAddress], table: &Table, index: u32) -> SocketAddr {
+    let node = &nodes[(table.id as usize + index as usize) % nodes.len()];
+    let shard = (table.partition_id(index) % node.cores as u64) as u16;
+    SocketAddr::new(node.addr.ip(), node.addr.port() + shard)
+}
+
+/// All tables, persisted in `dir/catalog.db`.
+#[derive(Debug)]
+pub struct Catalog {
+    path: PathBuf,
+    pub tables: BTreeMap<String, Table>,
+}
+
+impl Catalog {
+    pub fn open(dir: &Path) -> Result<Catalog, CatalogError> {
+        let path = dir.join("catalog.db");
+        let io = |e: std::io::Error| CatalogError::Io {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let tables = match std::fs::read(&path) {
+            Ok(bytes) => decode(&bytes).map_err(|reason| CatalogError::Corrupt {
+                path: path.clone(),
+                reason,
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(io(e)),
+        };
+        Ok(Catalog { path, tables })
+    }
+
+    pub fn next_table_id(&self) -> u32 {
+        self.tables.values().map(|t| t.id + 1).max().unwrap_or(1)
+    }
+
+    /// Writes the catalog durably and atomically.
+    pub fn save(&self) -> Result<(), CatalogError> {
+        let io = |e: std::io::Error| CatalogError::Io {
+            path: self.path.clone(),
+            message: e.to_string(),
+        };
+        let temporary = self.path.with_extension("tmp");
+        let mut file = std::fs::File::create(&temporary).map_err(io)?;
+        file.write_all(&encode(&self.tables)).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&temporary, &self.path).map_err(io)?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        Ok(())
+    }
+}
+
+fn encode(tables: &BTreeMap<String, Table>) -> Vec<u8> {
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(tables.len() as u32).to_le_bytes());
+    for (name, table) in tables {
+        let schema = table.schema.encode();
+        out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&table.id.to_le_bytes());
+        out.extend_from_slice(&table.partitions.to_le_bytes());
+        out.extend_from_slice(&(schema.len() as u32).to_le_bytes());
+        out.extend_from_slice(&schema);
+    }
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn decode(bytes: &[u8]) -> Result<BTreeMap<String, Table>, String> {
+    if bytes.len() < 20 || &bytes[..8] != MAGIC {
+        return Err("bad magic or too short".into());
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+        return Err("checksum mismatch".into());
+    }
+    let mut at = 8;
+    let u32_at = |at: &mut usize| -> Result<u32, String> {
+        let value = body.get(*at..*at + 4).ok_or("truncated")?;
+        *at += 4;
+        Ok(u32::from_le_bytes(value.try_into().expect("4 bytes")))
+    };
+    let version = u32_at(&mut at)?;
+    if version != VERSION {
+        return Err(format!("unsupported version {version}"));
+    }
+    let count = u32_at(&mut at)?;
+    let mut tables = BTreeMap::new();
+    for _ in 0..count {
+        let len = u32_at(&mut at)? as usize;
+        let name = body.get(at..at + len).ok_or("truncated name")?;
+        let name = String::from_utf8(name.to_vec()).map_err(|_| "name is not UTF-8")?;
+        at += len;
+        let id = u32_at(&mut at)?;
+        let partitions = u32_at(&mut at)?;
+        let len = u32_at(&mut at)? as usize;
+        let schema = KeySchema::decode(body.get(at..at + len).ok_or("truncated schema")?)
+            .map_err(|e| e.to_string())?;
+        at += len;
+        tables.insert(
+            name,
+            Table {
+                id,
+                schema,
+                partitions,
+            },
+        );
+    }
+    if at != body.len() {
+        return Err("trailing bytes".into());
+    }
+    Ok(tables)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_common::{KeyAttribute, KeyType};
+
+    fn table(id: u32, partitions: u32) -> Table {
+        Table {
+            id,
+            schema: KeySchema::new(KeyAttribute::new("k", KeyType::S), None),
+            partitions,
+        }
+    }
+
+    #[test]
+    fn catalog_persists_and_detects_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut catalog = Catalog::open(dir.path()).unwrap();
+        catalog.tables.insert("users".into(), table(1, 8));
+        catalog.tables.insert("orders".into(), table(2, 3));
+        catalog.save().unwrap();
+        let reopened = Catalog::open(dir.path()).unwrap();
+        assert_eq!(reopened.tables, catalog.tables);
+        assert_eq!(reopened.next_table_id(), 3);
+        let path = dir.path().join("catalog.db");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[20] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        assert!(matches!(
+            Catalog::open(dir.path()),
+            Err(CatalogError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn partitions_split_the_hash_space_evenly() {
+        let t = table(1, 16);
+        let mut counts = [0u32; 16];
+        for i in 0..16_000u32 {
+            counts[t.partition_index(format!("key{i}").as_bytes()) as usize] += 1;
+        }
+        assert!(counts.iter().all(|c| (700..1300).contains(c)), "{counts:?}");
+    }
+}

@@ -1,0 +1,303 @@
+//! Client → router → node over QUIC on loopback, in one process: every
+//! operation, conditions, paging, and typed errors for bad input while the
+//! system keeps serving.
+
+#![allow(clippy::unwrap_used)] // Test helpers: a panic is the failure report.
+
+use std::net::SocketAddr;
+use std::ops::Bound;
+use std::time::Duration;
+
+use cairn_common::client::{Client, ClientError};
+use cairn_common::condition::{CompareOp, Condition};
+use cairn_common::quic::{Endpoint, Identity};
+use cairn_common::wire::ErrorCode;
+use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType, Number};
+use cairn_node::{NodeConfig, NodeNetwork, StorageNode};
+use cairn_router::catalog::NodeAddress;
+use cairn_router::{Router, RouterConfig};
+use cairn_tests::free_udp_ports;
+use glommio::{LocalExecutorBuilder, Placement};
+
+struct Cluster {
+    _node: StorageNode,
+    _router: Router,
+    router: SocketAddr,
+    identity: Identity,
+    _dir: tempfile::TempDir,
+}
+
+fn cluster() -> Cluster {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let identity = Identity::self_signed(&["localhost"]).unwrap();
+    let base = free_udp_ports(3);
+    let node_addr: SocketAddr = format!("127.0.0.1:{}", base + 1).parse().unwrap();
+    let mut config = NodeConfig::new(dir.path().join("node"), 2);
+    config.network = Some(NodeNetwork {
+        listen: node_addr,
+        identity: identity.clone(),
+    });
+    let node = StorageNode::start(config).unwrap();
+    let router = Router::start(RouterConfig {
+        data_dir: dir.path().join("router"),
+        listen: format!("127.0.0.1:{base}").parse().unwrap(),
+        nodes: vec![NodeAddress {
+            addr: node_addr,
+            cores: 2,
+        }],
+        identity: identity.clone(),
+        node_server_name: "localhost".into(),
+    })
+    .unwrap();
+    Cluster {
+        router: router.addr(),
+        _node: node,
+        _router: router,
+        identity,
+        _dir: dir,
+    }
+}
+
+fn with_client(cluster: &Cluster, body: impl AsyncFnOnce(Client) + Send + 'static) {
+    let (router, identity) = (cluster.router, cluster.identity.clone());
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .spawn(move || async move {
+            let endpoint = Endpoint::bind(
+                "127.0.0.1:0".parse().unwrap(),
+                None,
+                Some(identity.client_config().unwrap()),
+            )
+            .unwrap();
+            let client = Client::connect(&endpoint, router, "localhost")
+                .await
+                .unwrap();
+            body(client).await;
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+fn schema() -> KeySchema {
+    KeySchema::new(
+        KeyAttribute::new("user", KeyType::S),
+        Some(KeyAttribute::new("ts", KeyType::N)),
+    )
+}
+
+fn key(user: &str, ts: i64) -> Item {
+    Item::new()
+        .with("user", AttributeValue::S(user.into()))
+        .with("ts", AttributeValue::N(Number::from_i64(ts)))
+}
+
+fn code(result: Result<impl std::fmt::Debug, ClientError>) -> ErrorCode {
+    result.unwrap_err().code().expect("a service error")
+}
+
+#[test]
+fn every_operation_over_the_network() {
+    let cluster = cluster();
+    with_client(&cluster, async |client| {
+        client.create_table("events", &schema(), 4).await.unwrap();
+        assert_eq!(
+            code(client.create_table("events", &schema(), 4).await),
+            ErrorCode::ResourceInUse
+        );
+        assert_eq!(
+            client.list_tables().await.unwrap(),
+            vec!["events".to_owned()]
+        );
+        assert_eq!(client.describe_table("events").await.unwrap().partitions, 4);
+
+        for user in ["ann", "bob", "cy"] {
+            for ts in 0..30 {
+                let item = key(user, ts).with("n", AttributeValue::N(Number::from_i64(ts * 10)));
+                client.put_item("events", &item, None).await.unwrap();
+            }
+        }
+        let got = client
+            .get_item("events", &key("bob", 7))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.get("n"), Some(&AttributeValue::N(Number::from_i64(70))));
+        assert_eq!(
+            client.get_item("events", &key("bob", 99)).await.unwrap(),
+            None
+        );
+
+        // Update with a condition, then a failing condition.
+        let at = |v: i64| Condition::Compare {
+            attribute: "n".into(),
+            op: CompareOp::Eq,
+            value: AttributeValue::N(Number::from_i64(v)),
+        };
+        let set = vec![("n".to_owned(), Some(AttributeValue::N(Number::from_i64(1))))];
+        let updated = client
+            .update_item("events", &key("bob", 7), &set, Some(&at(70)))
+            .await
+            .unwrap();
+        assert_eq!(
+            updated.get("n"),
+            Some(&AttributeValue::N(Number::from_i64(1)))
+        );
+        assert_eq!(
+            code(
+                client
+                    .update_item("events", &key("bob", 7), &set, Some(&at(70)))
+                    .await
+            ),
+            ErrorCode::ConditionalCheckFailed
+        );
+        client
+            .delete_item("events", &key("bob", 7), Some(&at(1)))
+            .await
+            .unwrap();
+        assert_eq!(
+            client.get_item("events", &key("bob", 7)).await.unwrap(),
+            None
+        );
+
+        // Query bob's items 10 < ts <= 20 backwards, 4 per page.
+        let bob = AttributeValue::S("bob".into());
+        let (low, high) = (
+            AttributeValue::N(Number::from_i64(10)),
+            AttributeValue::N(Number::from_i64(20)),
+        );
+        let mut seen = Vec::new();
+        let mut resume: Option<Vec<u8>> = None;
+        loop {
+            let page = client
+                .query(
+                    "events",
+                    &bob,
+                    Bound::Excluded(&low),
+                    Bound::Included(&high),
+                    true,
+                    4,
+                    resume.as_deref(),
+                )
+                .await
+                .unwrap();
+            seen.extend(page.items.iter().map(|i| i.get("ts").cloned().unwrap()));
+            match page.last_key {
+                Some(last) => resume = Some(last),
+                None => break,
+            }
+        }
+        let want: Vec<AttributeValue> = (11..=20)
+            .rev()
+            .map(|t| AttributeValue::N(Number::from_i64(t)))
+            .collect();
+        assert_eq!(seen, want);
+
+        // Scan the whole table in pages of 7.
+        let mut count = 0;
+        let mut start = None;
+        loop {
+            let page = client.scan("events", 7, start).await.unwrap();
+            count += page.items.len();
+            match page.last {
+                Some(last) => start = Some(last),
+                None => break,
+            }
+        }
+        assert_eq!(count, 89);
+
+        client.delete_table("events").await.unwrap();
+        assert_eq!(
+            code(client.get_item("events", &key("ann", 1)).await),
+            ErrorCode::ResourceNotFound
+        );
+    });
+}
+
+#[test]
+fn bad_input_gets_typed_errors_and_the_cluster_keeps_serving() {
+    let cluster = cluster();
+    with_client(&cluster, async |client| {
+        client.create_table("things", &schema(), 2).await.unwrap();
+        // Unknown table.
+        assert_eq!(
+            code(client.get_item("nope", &key("a", 1)).await),
+            ErrorCode::ResourceNotFound
+        );
+        // Oversize item.
+        let big = key("a", 1).with("blob", AttributeValue::B(vec![0; 401 * 1024]));
+        assert_eq!(
+            code(client.put_item("things", &big, None).await),
+            ErrorCode::Validation
+        );
+        // Wrong key type, missing key, empty key.
+        let wrong = Item::new()
+            .with("user", AttributeValue::N(Number::from_i64(1)))
+            .with("ts", AttributeValue::N(Number::from_i64(1)));
+        assert_eq!(
+            code(client.put_item("things", &wrong, None).await),
+            ErrorCode::Validation
+        );
+        let missing = Item::new().with("user", AttributeValue::S("a".into()));
+        assert_eq!(
+            code(client.get_item("things", &missing).await),
+            ErrorCode::Validation
+        );
+        assert_eq!(
+            code(client.put_item("things", &key("", 1), None).await),
+            ErrorCode::Validation
+        );
+        // Bad table names and partition counts.
+        assert_eq!(
+            code(client.create_table("x", &schema(), 2).await),
+            ErrorCode::Validation
+        );
+        assert_eq!(
+            code(client.create_table("fine_name", &schema(), 0).await),
+            ErrorCode::Validation
+        );
+        // A frame that fails its checksum, and bytes that are not a message.
+        let mut damaged = cairn_common::quic::frame(b"garbage").unwrap();
+        damaged[9] ^= 1;
+        let answer = client
+            .connection()
+            .request_raw(damaged, Duration::from_secs(5))
+            .await
+            .unwrap();
+        let response = cairn_common::wire::decode_response(&answer).unwrap();
+        assert!(
+            matches!(
+                response,
+                cairn_common::wire::Response::Error {
+                    code: ErrorCode::Malformed,
+                    ..
+                }
+            ),
+            "{response:?}"
+        );
+        let answer = client
+            .connection()
+            .request(b"not a message", Duration::from_secs(5))
+            .await
+            .unwrap();
+        let response = cairn_common::wire::decode_response(&answer).unwrap();
+        assert!(
+            matches!(
+                response,
+                cairn_common::wire::Response::Error {
+                    code: ErrorCode::Malformed,
+                    ..
+                }
+            ),
+            "{response:?}"
+        );
+        // Still serving.
+        client.put_item("things", &key("a", 1), None).await.unwrap();
+        assert!(
+            client
+                .get_item("things", &key("a", 1))
+                .await
+                .unwrap()
+                .is_some()
+        );
+    });
+}
