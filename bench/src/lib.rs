@@ -5,6 +5,7 @@
 //! - [`run`]: `cairn bench`, the driver;
 //! - [`report`]: same-run ratios for the criterion benches in `benches/`.
 
+pub mod cluster;
 pub mod histogram;
 pub mod report;
 pub mod run;

@@ -1,34 +1,44 @@
 //! `cairn bench`: load a YCSB table, run a workload for a fixed time with N
-//! client threads, and report throughput and latency percentiles per
-//! operation.
+//! clients, and report throughput and latency percentiles per operation.
+//!
+//! Clients are glommio tasks spread over one executor per core; each
+//! executor has its own QUIC connection to the router. Without `--router`
+//! the bench starts an embedded cluster (a node and a router in this
+//! process) and drives it through QUIC like a remote one.
 //!
 //! Closed loop (the default): each client issues its next operation when the
 //! previous one completes; latency runs from issue to completion. Open loop
-//! (`--target-ops-per-s`): each client has a schedule of intended start
+//! (`--target-ops-per-s`): each client follows a schedule of intended start
 //! times at its share of the rate, and latency runs from the *intended*
 //! start, so a stall is charged to every operation it delayed (coordinated
 //! omission corrected).
-//!
-//! Until the network router exists (issue 3), the target is an embedded
-//! storage node in this process: one partition per core, items routed by a
-//! hash of the key, every write durable before it is acknowledged.
 
+use std::cell::RefCell;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use cairn_common::client::{Client, ClientError};
+use cairn_common::quic::{Endpoint, Identity};
+use cairn_common::wire::ErrorCode;
 use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType};
-use cairn_node::{NodeConfig, NodeError, ScanRequest, StorageNode};
-use futures_lite::future::block_on;
+use glommio::{LocalExecutorBuilder, Placement};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::cluster::EmbeddedCluster;
 use crate::histogram::Recorder;
 use crate::ycsb::{
     FIELD_COUNT, KeyChooser, Operation, Workload, WorkloadName, field_name, field_value, key_name,
 };
+
+/// The YCSB table's name.
+pub const TABLE: &str = "usertable";
 
 /// Flags of `cairn bench`.
 #[derive(clap::Args, Debug, Clone)]
@@ -39,7 +49,7 @@ pub struct BenchArgs {
     /// Records loaded before the run.
     #[arg(long, default_value_t = 100_000)]
     pub records: u64,
-    /// Concurrent clients (threads).
+    /// Concurrent clients.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
     /// Length of the run phase, in seconds.
@@ -48,19 +58,22 @@ pub struct BenchArgs {
     /// Open loop at this total rate; omit for closed loop.
     #[arg(long)]
     pub target_ops_per_s: Option<f64>,
-    /// A router to drive instead of an embedded node (needs the router, issue 3).
+    /// A router to drive; without it the bench starts an embedded cluster.
     #[arg(long)]
-    pub router: Option<String>,
+    pub router: Option<SocketAddr>,
+    /// The router's PEM certificate (with --router).
+    #[arg(long, default_value = "cairn-data/cert.pem")]
+    pub certificate: PathBuf,
     /// Write one `<operation>.hgrm` percentile file per operation here.
     #[arg(long)]
     pub hgrm_dir: Option<PathBuf>,
     /// Write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Cores (shards) of the embedded node.
+    /// Cores of the embedded node, and client executors.
     #[arg(long, default_value_t = default_cores())]
     pub cores: usize,
-    /// Data directory of the embedded node (default: a temporary one).
+    /// Data directory of the embedded cluster (default: a temporary one).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Seed of the clients' random choices.
@@ -103,99 +116,69 @@ impl Report {
     }
 }
 
-/// The YCSB table on an embedded node: key attribute `key`, one partition
-/// per core.
-struct Target {
-    node: StorageNode,
-    schema: KeySchema,
-    partitions: u64,
+/// Everything a client task needs, shared across executors.
+#[derive(Debug)]
+struct Plan {
+    router: SocketAddr,
+    identity: Identity,
+    workload: Workload,
+    records: u64,
+    /// Keys loaded or inserted so far (the insert counter).
+    inserted: AtomicU64,
+    /// Partition count of the table, to address scans.
+    partitions: u32,
+    seed: u64,
 }
 
-impl Target {
-    fn partition_of(&self, key: &str) -> u64 {
-        // FNV-1a over the key bytes: independent of the key's own hash.
-        let hash = key.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3)
-        });
-        hash % self.partitions
-    }
+fn schema() -> KeySchema {
+    KeySchema::new(KeyAttribute::new("key", KeyType::S), None)
+}
 
-    fn key(key: &str) -> Item {
-        Item::new().with("key", AttributeValue::S(key.to_owned()))
-    }
+fn key_item(key: &str) -> Item {
+    Item::new().with("key", AttributeValue::S(key.to_owned()))
+}
 
-    fn insert(&self, key: &str, rng: &mut StdRng) -> Result<(), NodeError> {
-        let mut item = Self::key(key);
-        for field in 0..FIELD_COUNT {
-            item.insert(field_name(field), AttributeValue::S(field_value(rng)));
-        }
-        block_on(self.node.put_item(self.partition_of(key), item))
-    }
-
-    fn read(&self, key: &str) -> Result<(), NodeError> {
-        block_on(self.node.get_item(self.partition_of(key), Self::key(key))).map(|_| ())
-    }
-
-    fn update(&self, key: &str, rng: &mut StdRng) -> Result<(), NodeError> {
-        let field = rng.random_range(0..FIELD_COUNT);
-        let changes = vec![(field_name(field), Some(AttributeValue::S(field_value(rng))))];
-        block_on(
-            self.node
-                .update_item(self.partition_of(key), Self::key(key), changes),
-        )
-        .map(|_| ())
-    }
-
-    fn scan(&self, key: &str, length: u64) -> Result<(), NodeError> {
-        let start = self
-            .schema
-            .key_of_key(&Self::key(key))
-            .map_err(cairn_node::EngineError::from)?;
-        let request = ScanRequest {
-            start: std::ops::Bound::Included(start),
-            end: std::ops::Bound::Unbounded,
-            reverse: false,
-            limit: length as usize,
-            resume_after: None,
-        };
-        block_on(self.node.scan(self.partition_of(key), request)).map(|_| ())
-    }
+/// An identity that only carries a certificate to trust.
+fn trust(path: &std::path::Path) -> anyhow::Result<Identity> {
+    use rustls::pki_types::pem::PemObject;
+    let cert = rustls::pki_types::CertificateDer::from_pem_file(path)
+        .with_context(|| format!("reading the router certificate {}", path.display()))?;
+    Ok(Identity {
+        certificate_der: cert.to_vec(),
+        private_key_der: Vec::new(),
+    })
 }
 
 /// Runs `cairn bench` and prints its report.
 pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
-    if let Some(router) = &args.router {
-        bail!(
-            "--router {router}: driving a remote router needs the network front door, which is not built \
-             yet; omit --router to run against an embedded node"
-        );
-    }
-    if args.clients == 0 || args.records == 0 || args.duration_s <= 0.0 {
-        bail!("--clients, --records and --duration-s must be positive");
+    if args.clients == 0 || args.records == 0 || args.duration_s <= 0.0 || args.cores == 0 {
+        bail!("--clients, --records, --duration-s and --cores must be positive");
     }
     if args.target_ops_per_s.is_some_and(|rate| rate <= 0.0) {
         bail!("--target-ops-per-s must be positive");
     }
     let temporary = tempfile::tempdir().context("creating a temporary data directory")?;
-    let data_dir = args
+    let dir = args
         .data_dir
         .clone()
-        .unwrap_or_else(|| temporary.path().join("node"));
-    let node = StorageNode::start(NodeConfig::new(&data_dir, args.cores))
-        .with_context(|| format!("starting the embedded node in {}", data_dir.display()))?;
-    let schema = KeySchema::new(KeyAttribute::new("key", KeyType::S), None);
-    let partitions = args.cores as u64;
-    for partition in 0..partitions {
-        match block_on(node.create_partition(partition, schema.clone())) {
-            Ok(()) | Err(NodeError::Engine(cairn_node::EngineError::PartitionExists(_))) => {}
-            Err(error) => return Err(error).context("creating the YCSB table's partitions"),
+        .unwrap_or_else(|| temporary.path().to_owned());
+    let (cluster, router, identity, target) = match args.router {
+        Some(router) => (
+            None,
+            router,
+            trust(&args.certificate)?,
+            format!("router {router}"),
+        ),
+        None => {
+            let cluster = EmbeddedCluster::start(&dir, args.cores)?;
+            let (router, identity) = (cluster.router.addr(), cluster.identity.clone());
+            let target = format!(
+                "embedded cluster: router {router}, 1 node with {} cores, 1 replica, durable writes, over QUIC",
+                args.cores
+            );
+            (Some(cluster), router, identity, target)
         }
-    }
-    let target = Arc::new(Target {
-        node,
-        schema,
-        partitions,
-    });
+    };
     let mode = match args.target_ops_per_s {
         Some(rate) => format!("open loop at {rate} ops/s"),
         None => "closed loop".to_owned(),
@@ -204,21 +187,53 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         "cairn bench: workload {:?}, {} clients, {mode}, {} s, {} records",
         args.workload, args.clients, args.duration_s, args.records
     );
-    println!(
-        "target: embedded storage node, {} cores, 1 replica, durable writes (in-process; no network yet)",
-        args.cores
-    );
+    println!("target: {target}");
+
+    let partitions = prepare_table(router, &identity, args.cores as u32 * 2)?;
+    let plan = Arc::new(Plan {
+        router,
+        identity,
+        workload: Workload::new(args.workload),
+        records: args.records,
+        inserted: AtomicU64::new(0),
+        partitions,
+        seed: args.seed,
+    });
+    let threads = args.cores.min(args.clients);
 
     let load_started = Instant::now();
-    let load_errors = load(&target, args)?;
+    let loaded = on_executors(&plan, threads, args.clients, load_client)?;
     let load_s = load_started.elapsed().as_secs_f64();
     println!(
-        "load: {} records in {load_s:.1} s ({:.0} inserts/s, {load_errors} retried)",
+        "load: {} records in {load_s:.1} s ({:.0} inserts/s, {} retried)",
         args.records,
-        args.records as f64 / load_s
+        args.records as f64 / load_s,
+        loaded.errors()
     );
+    plan.inserted.store(args.records, Ordering::Relaxed);
 
-    let recorder = run_phase(&target, args);
+    let started = Instant::now();
+    let duration = Duration::from_secs_f64(args.duration_s);
+    let interval = args
+        .target_ops_per_s
+        .map(|rate| Duration::from_secs_f64(args.clients as f64 / rate));
+    let clients = args.clients;
+    let recorder = on_executors(
+        &plan,
+        threads,
+        args.clients,
+        move |plan, client, index, recorder| {
+            run_client(
+                plan,
+                client,
+                index,
+                recorder,
+                started,
+                duration,
+                interval.map(|i| (i, clients)),
+            )
+        },
+    )?;
     let report = Report {
         workload: args.workload,
         clients: args.clients,
@@ -246,142 +261,233 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         std::fs::write(path, report.to_json())
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    match Arc::try_unwrap(target) {
-        Ok(target) => target.node.shutdown(),
-        Err(_) => unreachable!("client threads have finished"),
-    }
+    drop(cluster);
     Ok(report)
 }
 
-/// Inserts records 0..records from all clients; retries throttled inserts.
-fn load(target: &Arc<Target>, args: &BenchArgs) -> anyhow::Result<u64> {
-    let next = Arc::new(AtomicU64::new(0));
-    let retried = Arc::new(AtomicU64::new(0));
-    let threads: Vec<_> = (0..args.clients)
-        .map(|client| {
-            let (target, next, retried) = (target.clone(), next.clone(), retried.clone());
-            let (records, seed) = (args.records, args.seed);
-            std::thread::spawn(move || -> Result<(), NodeError> {
-                let mut rng = StdRng::seed_from_u64(seed ^ (client as u64) << 32);
-                loop {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    if n >= records {
-                        return Ok(());
-                    }
-                    loop {
-                        match target.insert(&key_name(n), &mut rng) {
-                            Ok(()) => break,
-                            Err(error) if error.is_retryable() => {
-                                retried.fetch_add(1, Ordering::Relaxed)
-                            }
-                            Err(error) => return Err(error),
-                        };
-                    }
-                }
-            })
+/// Runs `body` once on a fresh executor with a connected client.
+fn with_client<T: Send + 'static>(
+    router: SocketAddr,
+    identity: &Identity,
+    body: impl AsyncFnOnce(Client) -> Result<T, ClientError> + Send + 'static,
+) -> anyhow::Result<T> {
+    let identity = identity.clone();
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .spawn(move || async move {
+            let client = connect(router, &identity).await?;
+            Ok(body(client).await?)
         })
-        .collect();
-    for thread in threads {
-        thread
-            .join()
-            .expect("load thread panicked")
-            .context("loading records")?;
-    }
-    Ok(retried.load(Ordering::Relaxed))
+        .map_err(|e| anyhow::anyhow!("starting a client executor: {e}"))?
+        .join()
+        .map_err(|e| anyhow::anyhow!("client executor failed: {e:?}"))?
 }
 
-fn run_phase(target: &Arc<Target>, args: &BenchArgs) -> Recorder {
-    let workload = Workload::new(args.workload);
-    let inserted = Arc::new(AtomicU64::new(args.records));
-    let started = Instant::now();
-    let duration = Duration::from_secs_f64(args.duration_s);
-    let interval = args
-        .target_ops_per_s
-        .map(|rate| Duration::from_secs_f64(args.clients as f64 / rate));
-    let threads: Vec<_> = (0..args.clients)
-        .map(|client| {
-            let (target, inserted, workload) = (target.clone(), inserted.clone(), workload.clone());
-            let (records, seed, clients) = (args.records, args.seed, args.clients);
-            std::thread::spawn(move || {
-                let mut rng = StdRng::seed_from_u64(seed.wrapping_add(client as u64 + 1) ^ 0x5EED);
-                let mut chooser = KeyChooser::new(workload.distribution, records);
-                let mut recorder = Recorder::default();
-                // Stagger clients across one interval so arrivals are even.
-                let offset = interval.map(|i| i.mul_f64(client as f64 / clients as f64));
-                for sequence in 0u32.. {
-                    let intended = match (interval, offset) {
-                        (Some(interval), Some(offset)) => {
-                            let at = started + offset + interval * sequence;
-                            if at >= started + duration {
-                                break;
-                            }
-                            wait_until(at);
-                            at
-                        }
-                        _ => Instant::now(),
-                    };
-                    if intended >= started + duration {
-                        break;
+async fn connect(router: SocketAddr, identity: &Identity) -> anyhow::Result<Client> {
+    let config = identity.client_config().map_err(anyhow::Error::msg)?;
+    let local: SocketAddr = if router.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()?;
+    let endpoint = Endpoint::bind(local, None, Some(config))?;
+    Client::connect(&endpoint, router, "localhost")
+        .await
+        .with_context(|| format!("connecting to {router}"))
+}
+
+/// Creates the YCSB table (or finds it) and returns its partition count.
+fn prepare_table(router: SocketAddr, identity: &Identity, partitions: u32) -> anyhow::Result<u32> {
+    with_client(router, identity, async move |client| {
+        match client.create_table(TABLE, &schema(), partitions).await {
+            Ok(()) => {}
+            Err(error) if error.code() == Some(ErrorCode::ResourceInUse) => {}
+            Err(error) => return Err(error),
+        }
+        Ok(client.describe_table(TABLE).await?.partitions)
+    })
+    .context("creating the YCSB table")
+}
+
+/// Runs `clients` tasks over `threads` executors, each executor with one
+/// connection; merges the recorders.
+fn on_executors<F, Fut>(
+    plan: &Arc<Plan>,
+    threads: usize,
+    clients: usize,
+    task: F,
+) -> anyhow::Result<Recorder>
+where
+    F: Fn(Arc<Plan>, Rc<Client>, usize, Rc<RefCell<Recorder>>) -> Fut + Send + Clone + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let handles: Vec<_> = (0..threads)
+        .map(|thread| {
+            let (plan, task) = (plan.clone(), task.clone());
+            LocalExecutorBuilder::new(Placement::Unbound)
+                .name(&format!("cairn-bench-{thread}"))
+                .spawn(move || async move {
+                    let client = Rc::new(connect(plan.router, &plan.identity).await?);
+                    let recorder = Rc::new(RefCell::new(Recorder::default()));
+                    let tasks: Vec<_> = (thread..clients)
+                        .step_by(threads)
+                        .map(|index| {
+                            glommio::spawn_local(task(
+                                plan.clone(),
+                                client.clone(),
+                                index,
+                                recorder.clone(),
+                            ))
+                        })
+                        .collect();
+                    for task in tasks {
+                        task.await;
                     }
-                    let operation = workload.choose_operation(&mut rng);
-                    let result = execute(
-                        &target,
-                        &workload,
-                        operation,
-                        &mut chooser,
-                        &inserted,
-                        &mut rng,
-                    );
-                    match result {
-                        Ok(()) => recorder.record(operation, intended.elapsed().as_micros() as u64),
-                        Err(_) => recorder.record_error(operation),
-                    }
-                }
-                recorder
-            })
+                    let recorder = recorder.borrow().clone();
+                    anyhow::Ok(recorder)
+                })
+                .map_err(|e| anyhow::anyhow!("starting a client executor: {e}"))
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     let mut merged = Recorder::default();
-    for thread in threads {
-        merged.merge(&thread.join().expect("client thread panicked"));
+    for handle in handles {
+        let recorder = handle
+            .join()
+            .map_err(|e| anyhow::anyhow!("client executor failed: {e:?}"))??;
+        merged.merge(&recorder);
     }
-    merged
+    Ok(merged)
 }
 
-/// Waits for an open-loop schedule: pacing is the one place the generator
-/// must follow the clock.
-#[allow(clippy::disallowed_methods)]
-fn wait_until(at: Instant) {
-    let now = Instant::now();
-    if at > now {
-        std::thread::sleep(at - now);
+/// Inserts records until all are loaded; retries what is retryable, with
+/// a short backoff, and counts the retries as errors of the load.
+async fn load_client(
+    plan: Arc<Plan>,
+    client: Rc<Client>,
+    index: usize,
+    recorder: Rc<RefCell<Recorder>>,
+) {
+    let mut rng = StdRng::seed_from_u64(plan.seed ^ ((index as u64) << 32));
+    loop {
+        let n = plan.inserted.fetch_add(1, Ordering::Relaxed);
+        if n >= plan.records {
+            return;
+        }
+        let item = record(&key_name(n), &mut rng);
+        loop {
+            match client.put_item(TABLE, &item, None).await {
+                Ok(()) => break,
+                Err(error) if error.is_retryable() => {
+                    recorder.borrow_mut().record_error(Operation::Insert);
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                }
+                Err(error) => panic!("loading record {n} failed: {error}"),
+            }
+        }
     }
 }
 
-fn execute(
-    target: &Target,
-    workload: &Workload,
+fn record(key: &str, rng: &mut StdRng) -> Item {
+    let mut item = key_item(key);
+    for field in 0..FIELD_COUNT {
+        item.insert(field_name(field), AttributeValue::S(field_value(rng)));
+    }
+    item
+}
+
+async fn run_client(
+    plan: Arc<Plan>,
+    client: Rc<Client>,
+    index: usize,
+    recorder: Rc<RefCell<Recorder>>,
+    started: Instant,
+    duration: Duration,
+    open_loop: Option<(Duration, usize)>,
+) {
+    let mut rng = StdRng::seed_from_u64(plan.seed.wrapping_add(index as u64 + 1) ^ 0x5EED);
+    let mut chooser = KeyChooser::new(plan.workload.distribution, plan.records);
+    let end = started + duration;
+    for sequence in 0u32.. {
+        let intended = match open_loop {
+            Some((interval, clients)) => {
+                // Stagger clients across one interval so arrivals are even.
+                let at =
+                    started + interval.mul_f64(index as f64 / clients as f64) + interval * sequence;
+                if at >= end {
+                    return;
+                }
+                let now = Instant::now();
+                if at > now {
+                    glommio::timer::sleep(at - now).await;
+                }
+                at
+            }
+            None => Instant::now(),
+        };
+        if intended >= end {
+            return;
+        }
+        let operation = plan.workload.choose_operation(&mut rng);
+        let result = execute(&plan, &client, operation, &mut chooser, &mut rng).await;
+        let mut recorder = recorder.borrow_mut();
+        match result {
+            Ok(()) => recorder.record(operation, intended.elapsed().as_micros() as u64),
+            Err(_) => recorder.record_error(operation),
+        }
+    }
+}
+
+async fn execute(
+    plan: &Plan,
+    client: &Client,
     operation: Operation,
     chooser: &mut KeyChooser,
-    inserted: &AtomicU64,
     rng: &mut StdRng,
-) -> Result<(), NodeError> {
-    let existing = inserted.load(Ordering::Relaxed);
+) -> Result<(), ClientError> {
+    let existing = plan.inserted.load(Ordering::Relaxed);
     match operation {
-        Operation::Read => target.read(&key_name(chooser.next(rng, existing))),
-        Operation::Update => target.update(&key_name(chooser.next(rng, existing)), rng),
-        Operation::Scan => target.scan(
-            &key_name(chooser.next(rng, existing)),
-            workload.scan_length(rng),
-        ),
+        Operation::Read => client
+            .get_item(TABLE, &key_item(&key_name(chooser.next(rng, existing))))
+            .await
+            .map(|_| ()),
+        Operation::Update => update(client, &key_name(chooser.next(rng, existing)), rng).await,
         Operation::Insert => {
-            let n = inserted.fetch_add(1, Ordering::Relaxed);
-            target.insert(&key_name(n), rng)
+            let n = plan.inserted.fetch_add(1, Ordering::Relaxed);
+            client
+                .put_item(TABLE, &record(&key_name(n), rng), None)
+                .await
+        }
+        Operation::Scan => {
+            let key = key_name(chooser.next(rng, existing));
+            let length = plan.workload.scan_length(rng) as u32;
+            let stored = schema()
+                .key_of_key(&key_item(&key))
+                .expect("bench keys are valid");
+            let table = cairn_router::catalog::Table {
+                id: 0,
+                schema: schema(),
+                partitions: plan.partitions,
+            };
+            let partition = table.partition_index(&stored);
+            client
+                .scan(TABLE, length, Some((partition, stored)))
+                .await
+                .map(|_| ())
         }
         Operation::ReadModifyWrite => {
             let key = key_name(chooser.next(rng, existing));
-            target.read(&key)?;
-            target.update(&key, rng)
+            client.get_item(TABLE, &key_item(&key)).await?;
+            update(client, &key, rng).await
         }
     }
+}
+
+/// YCSB's update: one field rewritten.
+async fn update(client: &Client, key: &str, rng: &mut StdRng) -> Result<(), ClientError> {
+    let field = rng.random_range(0..FIELD_COUNT);
+    let changes = vec![(field_name(field), Some(AttributeValue::S(field_value(rng))))];
+    client
+        .update_item(TABLE, &key_item(key), &changes, None)
+        .await
+        .map(|_| ())
 }

@@ -118,6 +118,43 @@ impl Identity {
         })
     }
 
+    /// A fresh self-signed identity, also as PEM text (certificate, key)
+    /// for writing to files.
+    pub fn self_signed_pem(names: &[&str]) -> Result<(Identity, String, String), String> {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let certified = rcgen::generate_simple_self_signed(names).map_err(|e| e.to_string())?;
+        let identity = Identity {
+            certificate_der: certified.cert.der().to_vec(),
+            private_key_der: certified.signing_key.serialize_der(),
+        };
+        Ok((
+            identity,
+            certified.cert.pem(),
+            certified.signing_key.serialize_pem(),
+        ))
+    }
+
+    /// Loads a PEM certificate and a PEM (PKCS#8) private key.
+    pub fn from_pem_files(
+        certificate: &std::path::Path,
+        private_key: &std::path::Path,
+    ) -> Result<Identity, String> {
+        use rustls::pki_types::pem::PemObject;
+        let cert = rustls::pki_types::CertificateDer::from_pem_file(certificate)
+            .map_err(|e| format!("certificate {}: {e}", certificate.display()))?;
+        let key =
+            rustls::pki_types::PrivatePkcs8KeyDer::from_pem_file(private_key).map_err(|e| {
+                format!(
+                    "private key {} (PKCS#8 PEM expected): {e}",
+                    private_key.display()
+                )
+            })?;
+        Ok(Identity {
+            certificate_der: cert.to_vec(),
+            private_key_der: key.secret_pkcs8_der().to_vec(),
+        })
+    }
+
     pub fn server_config(&self) -> Result<ServerConfig, String> {
         let chain = vec![rustls::pki_types::CertificateDer::from(
             self.certificate_der.clone(),

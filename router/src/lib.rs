@@ -27,8 +27,12 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::catalog::{Catalog, NodeAddress, PARTITIONS_MAX, Table, placement};
 
-/// How long the router waits for a node.
-const NODE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the router waits for a node: well under the client's own
+/// timeout, so a dead node gets the client a retryable `Unavailable` from
+/// the router rather than a timeout of its own.
+const NODE_TIMEOUT: Duration = Duration::from_secs(2);
+const _: () =
+    assert!(NODE_TIMEOUT.as_millis() * 2 <= cairn_common::client::REQUEST_TIMEOUT.as_millis());
 /// Most items one Query or Scan page returns.
 const PAGE_LIMIT_MAX: u32 = 1000;
 

@@ -1,5 +1,9 @@
 //! `cairn`: the operator's binary.
 
+mod cluster;
+mod config;
+mod table;
+
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -19,8 +23,35 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Load a YCSB table and run a workload; prints throughput and latency
-    /// percentiles per operation.
+    /// percentiles per operation. Without --router it starts a local
+    /// cluster in this process.
     Bench(cairn_bench::BenchArgs),
+    /// Start a local cluster (a node and a router) in this process and
+    /// print its endpoint; runs until interrupted.
+    Up {
+        /// Directory for data, certificate and generated config files.
+        #[arg(long, default_value = "cairn-data")]
+        dir: PathBuf,
+        /// Node cores (shards).
+        #[arg(long, default_value_t = 2)]
+        cores: usize,
+        /// Router port; the node listens on port + 100 and up.
+        #[arg(long, default_value_t = 7000)]
+        port: u16,
+    },
+    /// Run a storage node from a config file (docs/configuration.md).
+    Node {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a router from a config file (docs/configuration.md).
+    Router {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Create, describe, list or delete tables.
+    #[command(subcommand)]
+    Table(table::TableCommand),
     /// Check this machine and a data directory for what a node needs.
     Preflight {
         /// Where the node would keep its data.
@@ -30,6 +61,13 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         cores: usize,
     },
+}
+
+/// Blocks this thread for good: servers run until the process is stopped.
+fn park_forever() -> ! {
+    loop {
+        std::thread::park();
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,6 +81,30 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => {
             cairn_bench::run(&args)?;
         }
+        Command::Up { dir, cores, port } => {
+            let cluster = cluster::up(&dir, cores, port)?;
+            print!("{}", cluster.describe());
+            println!(
+                "Stop it with Ctrl-C; data stays in {}.",
+                cluster.dir.display()
+            );
+            cluster.router.wait();
+        }
+        Command::Node { config } => {
+            let node = cluster::start_node(&config)?;
+            println!(
+                "node running: {} shards, config {}",
+                node.cores(),
+                config.display()
+            );
+            park_forever();
+        }
+        Command::Router { config } => {
+            let router = cluster::start_router(&config)?;
+            println!("router listening on {}", router.addr());
+            router.wait();
+        }
+        Command::Table(command) => table::run(command)?,
         Command::Preflight { data_dir, cores } => {
             let report = cairn_node::preflight::preflight(&data_dir, cores)
                 .with_context(|| format!("preflight of {}", data_dir.display()))?;

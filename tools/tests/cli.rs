@@ -61,11 +61,23 @@ fn bad_flags_fail_with_a_clear_message() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("possible values: a, b, c, d, e, f"));
     let output = cairn()
-        .args(["bench", "--router", "127.0.0.1:4000"])
+        .args([
+            "bench",
+            "--router",
+            "127.0.0.1:4000",
+            "--certificate",
+            "/nonexistent/cert.pem",
+        ])
         .output()
         .unwrap();
     assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("omit --router"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("router certificate"));
+    let output = cairn()
+        .args(["table", "create", "t1", "--partition-key", "id:X"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("must be S, N or B"));
     let output = cairn()
         .args(["preflight", "--data-dir", "/proc/none", "--cores", "1"])
         .output()

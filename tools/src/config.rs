@@ -1,0 +1,75 @@
+//! Configuration files of `cairn node` and `cairn router` (TOML). The
+//! format is documented in docs/configuration.md; `cairn up` writes a
+//! working example of each into its directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use cairn_common::quic::Identity;
+use serde::{Deserialize, Serialize};
+
+/// `cairn node --config FILE`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    /// Where the node keeps its data (one directory per core inside).
+    pub data_dir: PathBuf,
+    /// Cores (shards) to run.
+    pub cores: usize,
+    /// Shard 0 listens here; shard i on port + i.
+    pub listen: SocketAddr,
+    /// PEM certificate this node presents.
+    pub certificate: PathBuf,
+    /// PEM (PKCS#8) private key of the certificate.
+    pub private_key: PathBuf,
+}
+
+/// One node as a router sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEntry {
+    pub addr: SocketAddr,
+    pub cores: usize,
+}
+
+/// `cairn router --config FILE`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterFile {
+    /// Where the router keeps its table catalog.
+    pub data_dir: PathBuf,
+    /// Clients connect here.
+    pub listen: SocketAddr,
+    /// PEM certificate presented to clients and trusted on node connections.
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    /// The name the nodes' certificate is issued for.
+    #[serde(default = "localhost")]
+    pub node_server_name: String,
+    pub nodes: Vec<NodeEntry>,
+}
+
+fn localhost() -> String {
+    "localhost".to_owned()
+}
+
+/// Reads and parses a TOML file, naming it in every error.
+pub fn load<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Relative paths in a config file are relative to the file.
+pub fn resolve(config: &Path, path: &Path) -> PathBuf {
+    match config.parent() {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_owned(),
+    }
+}
+
+pub fn identity(config: &Path, certificate: &Path, private_key: &Path) -> anyhow::Result<Identity> {
+    Identity::from_pem_files(&resolve(config, certificate), &resolve(config, private_key))
+        .map_err(anyhow::Error::msg)
+}

@@ -1,0 +1,148 @@
+//! `cairn table create|describe|list|delete`: table admin through a router.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use cairn_common::client::Client;
+use cairn_common::quic::{Endpoint, Identity};
+use cairn_common::{KeyAttribute, KeySchema, KeyType};
+use glommio::{LocalExecutorBuilder, Placement};
+
+/// Where the router is and which certificate to trust.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RouterArgs {
+    /// Router address.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub router: SocketAddr,
+    /// The router's PEM certificate (`cairn up` writes cairn-data/cert.pem).
+    #[arg(long, default_value = "cairn-data/cert.pem")]
+    pub certificate: PathBuf,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum TableCommand {
+    /// Create a table: `--partition-key NAME:TYPE [--sort-key NAME:TYPE]`, TYPE one of S, N, B.
+    Create {
+        name: String,
+        #[arg(long)]
+        partition_key: String,
+        #[arg(long)]
+        sort_key: Option<String>,
+        #[arg(long, default_value_t = 4)]
+        partitions: u32,
+        #[command(flatten)]
+        router: RouterArgs,
+    },
+    Describe {
+        name: String,
+        #[command(flatten)]
+        router: RouterArgs,
+    },
+    List {
+        #[command(flatten)]
+        router: RouterArgs,
+    },
+    Delete {
+        name: String,
+        #[command(flatten)]
+        router: RouterArgs,
+    },
+}
+
+fn attribute(spec: &str) -> anyhow::Result<KeyAttribute> {
+    let Some((name, key_type)) = spec.rsplit_once(':') else {
+        bail!("key attribute {spec:?} must be NAME:TYPE with TYPE one of S, N, B");
+    };
+    let key_type = match key_type {
+        "S" => KeyType::S,
+        "N" => KeyType::N,
+        "B" => KeyType::B,
+        other => bail!("key type {other:?} must be S, N or B"),
+    };
+    if name.is_empty() {
+        bail!("key attribute name must not be empty");
+    }
+    Ok(KeyAttribute::new(name, key_type))
+}
+
+/// Runs `body` with a client connected to the router, on a glommio executor.
+pub fn with_client<T: Send + 'static>(
+    router: &RouterArgs,
+    body: impl AsyncFnOnce(Client) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let identity = certificate_only(&router.certificate).map_err(anyhow::Error::msg)?;
+    let addr = router.router;
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .spawn(move || async move {
+            let client_config = identity.client_config().map_err(anyhow::Error::msg)?;
+            let endpoint = Endpoint::bind("0.0.0.0:0".parse()?, None, Some(client_config))?;
+            let client = Client::connect(&endpoint, addr, "localhost")
+                .await
+                .with_context(|| format!("connecting to the router at {addr}"))?;
+            body(client).await
+        })
+        .map_err(|e| anyhow::anyhow!("starting the client executor: {e}"))?
+        .join()
+        .map_err(|e| anyhow::anyhow!("client executor failed: {e:?}"))?
+}
+
+/// An identity that only carries a certificate to trust.
+fn certificate_only(path: &std::path::Path) -> Result<Identity, String> {
+    use rustls::pki_types::pem::PemObject;
+    let cert = rustls::pki_types::CertificateDer::from_pem_file(path)
+        .map_err(|e| format!("certificate {}: {e}", path.display()))?;
+    Ok(Identity {
+        certificate_der: cert.to_vec(),
+        private_key_der: Vec::new(),
+    })
+}
+
+pub fn run(command: TableCommand) -> anyhow::Result<()> {
+    match command {
+        TableCommand::Create {
+            name,
+            partition_key,
+            sort_key,
+            partitions,
+            router,
+        } => {
+            let schema = KeySchema::new(
+                attribute(&partition_key)?,
+                sort_key.as_deref().map(attribute).transpose()?,
+            );
+            with_client(&router, async move |client| {
+                client.create_table(&name, &schema, partitions).await?;
+                println!("created table {name} with {partitions} partitions");
+                Ok(())
+            })
+        }
+        TableCommand::Describe { name, router } => with_client(&router, async move |client| {
+            let table = client.describe_table(&name).await?;
+            let schema = KeySchema::decode(&table.schema)?;
+            let sort = schema.sort.map_or("none".to_owned(), |s| {
+                format!("{}:{}", s.name, s.key_type.name())
+            });
+            println!(
+                "table {}: status {}, partition key {}:{}, sort key {sort}, {} partitions",
+                table.name,
+                table.status,
+                schema.partition.name,
+                schema.partition.key_type.name(),
+                table.partitions
+            );
+            Ok(())
+        }),
+        TableCommand::List { router } => with_client(&router, async move |client| {
+            for table in client.list_tables().await? {
+                println!("{table}");
+            }
+            Ok(())
+        }),
+        TableCommand::Delete { name, router } => with_client(&router, async move |client| {
+            client.delete_table(&name).await?;
+            println!("deleted table {name}");
+            Ok(())
+        }),
+    }
+}

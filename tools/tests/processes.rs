@@ -1,0 +1,166 @@
+//! A cluster of real processes on loopback: `cairn up` writes the
+//! configuration, then `cairn node` and `cairn router` run as separate
+//! processes. The node is killed with SIGKILL and restarted; every
+//! acknowledged write is still readable, and while it is down requests get
+//! a retryable error instead of hanging.
+
+#![allow(clippy::unwrap_used)] // Test helpers: a panic is the failure report.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use cairn_common::client::Client;
+use cairn_common::quic::{Endpoint, Identity};
+use cairn_common::wire::ErrorCode;
+use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType};
+use glommio::{LocalExecutorBuilder, Placement};
+
+/// Bound on waiting for a process to report it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Starts `cairn ARGS` and waits (bounded) for a stdout line containing
+/// `ready`; the process is killed when the guard drops.
+struct Process(Child);
+
+impl Process {
+    fn start(args: &[&str], ready: &str) -> Process {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (found, lines) = mpsc::channel();
+        let ready = ready.to_owned();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains(&ready) {
+                    let _ = found.send(());
+                }
+            }
+        });
+        lines
+            .recv_timeout(READY_TIMEOUT)
+            .expect("process reported ready");
+        Process(child)
+    }
+
+    fn kill(mut self) {
+        self.0.kill().unwrap(); // SIGKILL
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn client_run<T: Send + 'static>(
+    router: SocketAddr,
+    cert: &Path,
+    body: impl AsyncFnOnce(Client) -> T + Send + 'static,
+) -> T {
+    use rustls::pki_types::pem::PemObject;
+    let cert = rustls::pki_types::CertificateDer::from_pem_file(cert).unwrap();
+    let identity = Identity {
+        certificate_der: cert.to_vec(),
+        private_key_der: Vec::new(),
+    };
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .spawn(move || async move {
+            let endpoint = Endpoint::bind(
+                "127.0.0.1:0".parse().unwrap(),
+                None,
+                Some(identity.client_config().unwrap()),
+            )
+            .unwrap();
+            let client = Client::connect(&endpoint, router, "localhost")
+                .await
+                .unwrap();
+            body(client).await
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+fn item(i: u32) -> Item {
+    Item::new()
+        .with("id", AttributeValue::S(format!("item-{i}")))
+        .with(
+            "payload",
+            AttributeValue::B(vec![(i % 251) as u8; 100 + (i as usize % 900)]),
+        )
+}
+
+#[test]
+fn a_killed_node_restarts_with_every_acknowledged_write() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let base = cairn_tests::free_udp_ports(200);
+    let port = base.to_string();
+    let cluster_dir = dir.path().join("cluster");
+    let cluster = cluster_dir.to_str().unwrap();
+    // `cairn up` once, to write the certificate and config files.
+    Process::start(
+        &["up", "--dir", cluster, "--port", &port, "--cores", "2"],
+        "Cairn is up.",
+    )
+    .kill();
+    let node_config = cluster_dir.join("node.toml");
+    let router_config = cluster_dir.join("router.toml");
+    let cert = cluster_dir.join("cert.pem");
+    let node = Process::start(
+        &["node", "--config", node_config.to_str().unwrap()],
+        "node running",
+    );
+    let _router = Process::start(
+        &["router", "--config", router_config.to_str().unwrap()],
+        "router listening",
+    );
+    let router: SocketAddr = format!("127.0.0.1:{base}").parse().unwrap();
+
+    let written = client_run(router, &cert, async |client| {
+        let schema = KeySchema::new(KeyAttribute::new("id", KeyType::S), None);
+        client.create_table("kv-table", &schema, 4).await.unwrap();
+        for i in 0..500 {
+            client.put_item("kv-table", &item(i), None).await.unwrap();
+        }
+        500
+    });
+    node.kill();
+    // While the node is down, a request fails fast and says to retry.
+    let key = Item::new().with("id", AttributeValue::S("item-1".into()));
+    let down = client_run(router, &cert, async move |client| {
+        client.get_item("kv-table", &key).await
+    });
+    let error = down.unwrap_err();
+    assert!(error.is_retryable(), "{error:?}");
+    assert_eq!(error.code(), Some(ErrorCode::Unavailable));
+
+    let _node = Process::start(
+        &["node", "--config", node_config.to_str().unwrap()],
+        "node running",
+    );
+    client_run(router, &cert, async move |client| {
+        for i in 0..written {
+            let key = Item::new().with("id", AttributeValue::S(format!("item-{i}")));
+            // The router reconnects to the restarted node on first use.
+            let mut found = client.get_item("kv-table", &key).await;
+            for _ in 0..50 {
+                match &found {
+                    Err(e) if e.is_retryable() => found = client.get_item("kv-table", &key).await,
+                    _ => break,
+                }
+            }
+            assert_eq!(found.unwrap(), Some(item(i)), "item {i}");
+        }
+    });
+}
