@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use cairn_common::client::{Client, ClientError};
 use cairn_common::quic::{Endpoint, Identity};
+use cairn_common::update::UpdateAction;
 use cairn_common::wire::ErrorCode;
 use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType};
 use glommio::{LocalExecutorBuilder, Placement};
@@ -485,7 +486,10 @@ async fn execute(
 /// YCSB's update: one field rewritten.
 async fn update(client: &Client, key: &str, rng: &mut StdRng) -> Result<(), ClientError> {
     let field = rng.random_range(0..FIELD_COUNT);
-    let changes = vec![(field_name(field), Some(AttributeValue::S(field_value(rng))))];
+    let changes = vec![UpdateAction::Set(
+        field_name(field),
+        AttributeValue::S(field_value(rng)),
+    )];
     client
         .update_item(TABLE, &key_item(key), &changes, None)
         .await

@@ -12,6 +12,7 @@ use crate::condition::Condition;
 use crate::item::{AttributeValue, Item};
 use crate::key::KeySchema;
 use crate::quic::{Connection, Endpoint, TransportError};
+use crate::update::UpdateAction;
 use crate::wire::{
     self, ClientRequest, DecodeError, ErrorCode, Response, TableDescription, WireBound, WireChange,
     WireCondition,
@@ -195,13 +196,13 @@ impl Client {
         &self,
         table: &str,
         key: &Item,
-        changes: &[(String, Option<AttributeValue>)],
+        changes: &[UpdateAction],
         condition: Option<&Condition>,
     ) -> Result<Item, ClientError> {
         let request = ClientRequest::UpdateItem {
             table: table.into(),
             key: key.to_bytes(),
-            changes: changes.iter().map(WireChange::from_change).collect(),
+            changes: changes.iter().map(WireChange::from_action).collect(),
             condition: condition.map(WireCondition::from_condition),
         };
         match self.call(&request).await? {

@@ -120,6 +120,8 @@ pub enum ItemError {
     EmptyAttributeName,
     #[error("key attribute {name:?} cannot be updated")]
     KeyAttributeUpdate { name: String },
+    #[error("ADD to attribute {name:?}: {reason}")]
+    InvalidAdd { name: String, reason: String },
 }
 
 /// An item: attribute name to value. Names are unique and ordered, so two

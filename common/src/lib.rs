@@ -9,6 +9,7 @@ pub mod item;
 pub mod key;
 pub mod number;
 pub mod quic;
+pub mod update;
 pub mod wire;
 
 pub use item::{AttributeValue, CodecError, Item, ItemError};

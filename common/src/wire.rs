@@ -10,6 +10,7 @@ use rkyv::rancor;
 
 use crate::condition::{CompareOp, Condition};
 use crate::item::{AttributeValue, CodecError, Item};
+use crate::update::UpdateAction;
 
 /// Wire format version, checked in every request.
 pub const WIRE_VERSION: u16 = 1;
@@ -39,11 +40,12 @@ pub enum WireCondition {
     },
 }
 
-/// Set (`Some`) or remove (`None`) one attribute.
+/// One UpdateItem action; values are encoded attribute values.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct WireChange {
-    pub name: String,
-    pub value: Option<Vec<u8>>,
+pub enum WireChange {
+    Set { name: String, value: Vec<u8> },
+    Remove { name: String },
+    Add { name: String, value: Vec<u8> },
 }
 
 /// A table's shape, as DescribeTable returns it.
@@ -318,20 +320,30 @@ impl WireCondition {
 }
 
 impl WireChange {
-    pub fn from_change((name, value): &(String, Option<AttributeValue>)) -> WireChange {
-        WireChange {
-            name: name.clone(),
-            value: value.as_ref().map(AttributeValue::to_bytes),
+    pub fn from_action(action: &UpdateAction) -> WireChange {
+        match action {
+            UpdateAction::Set(name, value) => WireChange::Set {
+                name: name.clone(),
+                value: value.to_bytes(),
+            },
+            UpdateAction::Remove(name) => WireChange::Remove { name: name.clone() },
+            UpdateAction::Add(name, value) => WireChange::Add {
+                name: name.clone(),
+                value: value.to_bytes(),
+            },
         }
     }
 
-    pub fn to_change(&self) -> Result<(String, Option<AttributeValue>), DecodeError> {
-        let value = self
-            .value
-            .as_deref()
-            .map(AttributeValue::from_bytes)
-            .transpose()?;
-        Ok((self.name.clone(), value))
+    pub fn to_action(&self) -> Result<UpdateAction, DecodeError> {
+        Ok(match self {
+            WireChange::Set { name, value } => {
+                UpdateAction::Set(name.clone(), AttributeValue::from_bytes(value)?)
+            }
+            WireChange::Remove { name } => UpdateAction::Remove(name.clone()),
+            WireChange::Add { name, value } => {
+                UpdateAction::Add(name.clone(), AttributeValue::from_bytes(value)?)
+            }
+        })
     }
 }
 

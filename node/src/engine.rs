@@ -23,7 +23,8 @@ use std::ops::Bound;
 use std::rc::Rc;
 
 use cairn_common::condition::Condition;
-use cairn_common::{AttributeValue, CodecError, Item, ItemError, KeySchema};
+use cairn_common::update::UpdateAction;
+use cairn_common::{CodecError, Item, ItemError, KeySchema};
 use futures_util::StreamExt;
 
 use crate::btree::{PageSource, ScanRange, Tree, TreeError};
@@ -348,27 +349,26 @@ impl<Fs: FileSystem> Engine<Fs> {
         &self,
         partition: PartitionId,
         key: &Item,
-        changes: &[(String, Option<AttributeValue>)],
+        changes: &[UpdateAction],
         condition: Option<&Condition>,
     ) -> Result<Item, EngineError> {
         let schema = self.schema(partition)?;
         let encoded_key = schema.key_of_key(key)?;
-        for (name, _) in changes {
+        for action in changes {
+            let name = action.attribute();
             let is_key = *name == schema.partition.name
                 || schema.sort.as_ref().is_some_and(|s| *name == s.name);
             if is_key {
-                return Err(ItemError::KeyAttributeUpdate { name: name.clone() }.into());
+                return Err(ItemError::KeyAttributeUpdate {
+                    name: name.to_owned(),
+                }
+                .into());
             }
         }
         let updated = self
             .mutate(partition, encoded_key, condition, |current| {
                 let mut item = current.unwrap_or_else(|| key.clone());
-                for (name, value) in changes {
-                    match value {
-                        Some(value) => item.insert(name.clone(), value.clone()),
-                        None => item.remove(name),
-                    };
-                }
+                cairn_common::update::apply(&mut item, changes)?;
                 item.validate()?;
                 Ok(Some(item))
             })

@@ -141,7 +141,7 @@ fn to_op(request: NodeRequest) -> Result<Op, DecodeError> {
             key: Item::decode(&key)?,
             changes: changes
                 .iter()
-                .map(wire::WireChange::to_change)
+                .map(wire::WireChange::to_action)
                 .collect::<Result<_, _>>()?,
             condition: condition(c)?,
         },

@@ -22,7 +22,8 @@ use std::net::SocketAddr;
 
 use cairn_common::condition::Condition;
 use cairn_common::quic::{Endpoint, Identity};
-use cairn_common::{AttributeValue, Item, KeySchema};
+use cairn_common::update::UpdateAction;
+use cairn_common::{Item, KeySchema};
 use event_listener::Event;
 use glommio::{LocalExecutorBuilder, Placement};
 
@@ -120,7 +121,7 @@ pub enum Op {
     },
     Update {
         key: Item,
-        changes: Vec<(String, Option<AttributeValue>)>,
+        changes: Vec<UpdateAction>,
         condition: Option<Condition>,
     },
     Get {
@@ -375,7 +376,7 @@ impl StorageNode {
         &self,
         partition: PartitionId,
         key: Item,
-        changes: Vec<(String, Option<AttributeValue>)>,
+        changes: Vec<UpdateAction>,
     ) -> Result<Item, NodeError> {
         match self
             .call(

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::rc::Rc;
 
+use cairn_common::update::UpdateAction;
 use cairn_common::{AttributeValue, Item, ItemError, KeyAttribute, KeySchema, KeyType, Number};
 use cairn_node::device::MemFs;
 use cairn_node::engine::{Engine, EngineConfig, EngineError};
@@ -144,8 +145,8 @@ fn update_sets_and_removes_attributes_and_creates_missing_items() {
     let base = item(1, 1, 1, 10).with("keep", AttributeValue::Bool(true));
     block_on(engine.put_item(PARTITION, &base, None)).unwrap();
     let changes = vec![
-        ("body".to_owned(), None),
-        ("extra".to_owned(), Some(AttributeValue::S("x".into()))),
+        UpdateAction::Remove("body".to_owned()),
+        UpdateAction::Set("extra".to_owned(), AttributeValue::S("x".into())),
     ];
     let updated = block_on(engine.update_item(PARTITION, &key(1, 1), &changes, None)).unwrap();
     let mut want = base.clone();
@@ -159,16 +160,19 @@ fn update_sets_and_removes_attributes_and_creates_missing_items() {
         key(2, 2).with("extra", AttributeValue::S("x".into()))
     );
     // Key attributes cannot change; a too-large result is refused.
-    let rename = vec![("pk".to_owned(), Some(AttributeValue::S("other".into())))];
+    let rename = vec![UpdateAction::Set(
+        "pk".to_owned(),
+        AttributeValue::S("other".into()),
+    )];
     assert!(matches!(
         block_on(engine.update_item(PARTITION, &key(1, 1), &rename, None)),
         Err(EngineError::InvalidItem(
             ItemError::KeyAttributeUpdate { .. }
         ))
     ));
-    let huge = vec![(
+    let huge = vec![UpdateAction::Set(
         "blob".to_owned(),
-        Some(AttributeValue::B(vec![0; 400 * 1024])),
+        AttributeValue::B(vec![0; 400 * 1024]),
     )];
     assert!(matches!(
         block_on(engine.update_item(PARTITION, &key(1, 1), &huge, None)),
@@ -207,9 +211,9 @@ fn conditional_writes_apply_only_when_their_condition_holds() {
         op: CompareOp::Eq,
         value: AttributeValue::N(Number::from_i64(v)),
     };
-    let bump = vec![(
+    let bump = vec![UpdateAction::Set(
         "version".to_owned(),
-        Some(AttributeValue::N(Number::from_i64(2))),
+        AttributeValue::N(Number::from_i64(2)),
     )];
     assert!(matches!(
         block_on(engine.update_item(PARTITION, &key(1, 1), &bump, Some(&at_version(7)))),

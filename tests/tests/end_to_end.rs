@@ -11,6 +11,7 @@ use std::time::Duration;
 use cairn_common::client::{Client, ClientError};
 use cairn_common::condition::{CompareOp, Condition};
 use cairn_common::quic::{Endpoint, Identity};
+use cairn_common::update::UpdateAction;
 use cairn_common::wire::ErrorCode;
 use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType, Number};
 use cairn_node::{NodeConfig, NodeNetwork, StorageNode};
@@ -133,7 +134,10 @@ fn every_operation_over_the_network() {
             op: CompareOp::Eq,
             value: AttributeValue::N(Number::from_i64(v)),
         };
-        let set = vec![("n".to_owned(), Some(AttributeValue::N(Number::from_i64(1))))];
+        let set = vec![UpdateAction::Set(
+            "n".to_owned(),
+            AttributeValue::N(Number::from_i64(1)),
+        )];
         let updated = client
             .update_item("events", &key("bob", 7), &set, Some(&at(70)))
             .await
@@ -154,6 +158,49 @@ fn every_operation_over_the_network() {
             .delete_item("events", &key("bob", 7), Some(&at(1)))
             .await
             .unwrap();
+        // ADD: an atomic counter, and a type mismatch refused.
+        let add = |v: i64| {
+            vec![UpdateAction::Add(
+                "hits".to_owned(),
+                AttributeValue::N(Number::from_i64(v)),
+            )]
+        };
+        client
+            .update_item("events", &key("ann", 1), &add(5), None)
+            .await
+            .unwrap();
+        let counted = client
+            .update_item("events", &key("ann", 1), &add(-2), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            counted.get("hits"),
+            Some(&AttributeValue::N(Number::from_i64(3)))
+        );
+        let wrong = vec![UpdateAction::Add(
+            "user".to_owned(),
+            AttributeValue::N(Number::from_i64(1)),
+        )];
+        assert_eq!(
+            code(
+                client
+                    .update_item("events", &key("ann", 1), &wrong, None)
+                    .await
+            ),
+            ErrorCode::Validation
+        );
+        let not_a_number = vec![UpdateAction::Add(
+            "hits".to_owned(),
+            AttributeValue::S("x".into()),
+        )];
+        assert_eq!(
+            code(
+                client
+                    .update_item("events", &key("ann", 1), &not_a_number, None)
+                    .await
+            ),
+            ErrorCode::Validation
+        );
         assert_eq!(
             client.get_item("events", &key("bob", 7)).await.unwrap(),
             None
