@@ -51,6 +51,7 @@ impl EmbeddedCluster {
             }],
             identity: identity.clone(),
             node_server_name: "localhost".into(),
+            cores: 1,
         })
         .context("starting the embedded router")?;
         Ok(EmbeddedCluster {

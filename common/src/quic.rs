@@ -256,6 +256,27 @@ impl Endpoint {
             .map_err(|e| TransportError::Io(format!("{addr}: {e}")))?;
         // SAFETY: the descriptor comes from a socket we own and give up here.
         let socket = unsafe { glommio::net::UdpSocket::from_raw_fd(socket.into_raw_fd()) };
+        Self::with_socket(socket, server, client)
+    }
+
+    /// Binds `addr` with SO_REUSEPORT, so that several executors of one
+    /// process can each own a socket on the same port; the kernel keeps each
+    /// peer (4-tuple) on one socket, so a connection stays on one core.
+    pub fn bind_shared(
+        addr: SocketAddr,
+        server: Option<ServerConfig>,
+        client: Option<ClientConfig>,
+    ) -> Result<Endpoint, TransportError> {
+        let socket = glommio::net::UdpSocket::bind(addr)
+            .map_err(|e| TransportError::Io(format!("{addr}: {e}")))?;
+        Self::with_socket(socket, server, client)
+    }
+
+    fn with_socket(
+        socket: glommio::net::UdpSocket,
+        server: Option<ServerConfig>,
+        client: Option<ClientConfig>,
+    ) -> Result<Endpoint, TransportError> {
         let endpoint = quinn_proto::Endpoint::new(
             Arc::new(quinn_proto::EndpointConfig::default()),
             server.map(Arc::new),

@@ -14,8 +14,11 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Bound;
+use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use cairn_common::quic::{Connection, Endpoint, Identity};
@@ -46,6 +49,8 @@ pub struct RouterConfig {
     pub identity: Identity,
     /// The name nodes' certificates are issued for.
     pub node_server_name: String,
+    /// Executors (one per core), each serving its share of connections.
+    pub cores: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +66,7 @@ pub enum RouterError {
 pub struct Router {
     addr: SocketAddr,
     stop: async_channel::Sender<()>,
-    thread: Option<glommio::ExecutorJoinHandle<()>>,
+    threads: Vec<glommio::ExecutorJoinHandle<()>>,
 }
 
 impl Router {
@@ -69,50 +74,36 @@ impl Router {
         if config.nodes.is_empty() {
             return Err(RouterError::Config("at least one node is needed".into()));
         }
-        let catalog =
-            Catalog::open(&config.data_dir).map_err(|e| RouterError::Startup(e.to_string()))?;
-        let (ready_sender, ready) = async_channel::bounded(1);
-        let (stop, stopped) = async_channel::bounded::<()>(1);
-        let thread = LocalExecutorBuilder::new(Placement::Unbound)
-            .name("cairn-router")
-            .spawn(move || async move {
-                let bound = bind(&config);
-                let endpoint = match bound {
-                    Ok(endpoint) => endpoint,
-                    Err(message) => {
-                        let _ = ready_sender.send(Err(message)).await;
-                        return;
-                    }
-                };
-                let _ = ready_sender
-                    .send(endpoint.local_addr().map_err(|e| e.to_string()))
-                    .await;
-                let state = Rc::new(State {
-                    catalog: RefCell::new(catalog),
-                    nodes: config.nodes.clone(),
-                    links: RefCell::default(),
-                    endpoint: endpoint.clone(),
-                    node_server_name: config.node_server_name.clone(),
-                    ddl_running: Cell::new(false),
-                });
-                let accepting = async {
-                    while let Ok(connection) = endpoint.accept().await {
-                        glommio::spawn_local(serve(state.clone(), connection)).detach();
-                    }
-                };
-                futures_lite::future::or(accepting, async {
-                    let _ = stopped.recv().await;
+        if config.cores == 0 {
+            return Err(RouterError::Config("cores must be at least 1".into()));
+        }
+        // Fail early, with the file's name, if the catalog is unreadable.
+        Catalog::open(&config.data_dir).map_err(|e| RouterError::Startup(e.to_string()))?;
+        let generation = Arc::new(AtomicU64::new(0));
+        let (stop, stopped) = async_channel::bounded::<()>(config.cores);
+        let mut threads = Vec::new();
+        let mut addr = config.listen;
+        for core in 0..config.cores {
+            let (ready_sender, ready) = async_channel::bounded(1);
+            let (mut config, stopped, generation) =
+                (config.clone(), stopped.clone(), generation.clone());
+            config.listen = addr;
+            let thread = LocalExecutorBuilder::new(Placement::Unbound)
+                .name(&format!("cairn-router-{core}"))
+                .spawn(move || async move {
+                    run_core(config, core, generation, ready_sender, stopped).await;
                 })
-                .await;
-            })
-            .map_err(|e| RouterError::Startup(e.to_string()))?;
-        let addr = futures_lite::future::block_on(ready.recv())
-            .map_err(|_| RouterError::Startup("router thread exited".into()))?
-            .map_err(RouterError::Startup)?;
+                .map_err(|e| RouterError::Startup(e.to_string()))?;
+            threads.push(thread);
+            // Core 0 may have bound an ephemeral port: the others share it.
+            addr = futures_lite::future::block_on(ready.recv())
+                .map_err(|_| RouterError::Startup(format!("router core {core} exited")))?
+                .map_err(RouterError::Startup)?;
+        }
         Ok(Router {
             addr,
             stop,
-            thread: Some(thread),
+            threads,
         })
     }
 
@@ -123,7 +114,7 @@ impl Router {
 
     /// Blocks until the router stops (it runs until the process ends).
     pub fn wait(mut self) {
-        if let Some(thread) = self.thread.take() {
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
@@ -131,29 +122,118 @@ impl Router {
 
 impl Drop for Router {
     fn drop(&mut self) {
-        let _ = self.stop.try_send(());
-        if let Some(thread) = self.thread.take() {
+        for _ in 0..self.threads.len() {
+            let _ = self.stop.try_send(());
+        }
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
 }
 
-fn bind(config: &RouterConfig) -> Result<Endpoint, String> {
+/// One router core: its own socket on the shared port, its own copy of
+/// the catalog and its own node connections.
+async fn run_core(
+    config: RouterConfig,
+    core: usize,
+    generation: Arc<AtomicU64>,
+    ready: async_channel::Sender<Result<SocketAddr, String>>,
+    stopped: async_channel::Receiver<()>,
+) {
+    let opened = Catalog::open(&config.data_dir).map_err(|e| e.to_string());
+    let bound =
+        opened.and_then(|catalog| bind(&config, core).map(|endpoints| (catalog, endpoints)));
+    let (catalog, (endpoint, to_nodes)) = match bound {
+        Ok(bound) => bound,
+        Err(message) => {
+            let _ = ready.send(Err(message)).await;
+            return;
+        }
+    };
+    let _ = ready
+        .send(endpoint.local_addr().map_err(|e| e.to_string()))
+        .await;
+    let state = Rc::new(State {
+        loaded_generation: Cell::new(generation.load(Ordering::Acquire)),
+        generation,
+        data_dir: config.data_dir.clone(),
+        catalog: RefCell::new(catalog),
+        nodes: config.nodes.clone(),
+        links: RefCell::default(),
+        to_nodes,
+        node_server_name: config.node_server_name.clone(),
+    });
+    let accepting = async {
+        while let Ok(connection) = endpoint.accept().await {
+            glommio::spawn_local(serve(state.clone(), connection)).detach();
+        }
+    };
+    futures_lite::future::or(accepting, async {
+        let _ = stopped.recv().await;
+    })
+    .await;
+}
+
+/// Binds a core's two endpoints: the client-facing one on the router's
+/// port (shared by all cores with SO_REUSEPORT when there are several), and
+/// a private one on an ephemeral port for connections to nodes — replies
+/// to a shared port could be delivered to another core's socket.
+fn bind(config: &RouterConfig, core: usize) -> Result<(Endpoint, Endpoint), String> {
     let server = config.identity.server_config()?;
     let client = config.identity.client_config()?;
-    Endpoint::bind(config.listen, Some(server), Some(client))
-        .map_err(|e| format!("listening on {}: {e}", config.listen))
+    let listening = if config.cores == 1 {
+        Endpoint::bind(config.listen, Some(server), None)
+    } else {
+        // Core 0 must not share the port with another process, so it checks
+        // that the port is free first.
+        if core == 0 {
+            std::net::UdpSocket::bind(config.listen)
+                .map_err(|e| format!("listening on {}: {e}", config.listen))?;
+        }
+        Endpoint::bind_shared(config.listen, Some(server), None)
+    }
+    .map_err(|e| format!("listening on {}: {e}", config.listen))?;
+    let outbound = SocketAddr::new(config.listen.ip(), 0);
+    let to_nodes = Endpoint::bind(outbound, None, Some(client))
+        .map_err(|e| format!("binding {outbound}: {e}"))?;
+    Ok((listening, to_nodes))
 }
 
 #[derive(Debug)]
 struct State {
+    /// Bumped by whichever core changes the catalog; the others reload.
+    generation: Arc<AtomicU64>,
+    loaded_generation: Cell<u64>,
+    data_dir: PathBuf,
     catalog: RefCell<Catalog>,
     nodes: Vec<NodeAddress>,
     links: RefCell<HashMap<SocketAddr, Connection>>,
-    endpoint: Endpoint,
+    /// Connections to nodes go out from here.
+    to_nodes: Endpoint,
     node_server_name: String,
-    /// Table creation and deletion run one at a time.
-    ddl_running: Cell<bool>,
+}
+
+/// An exclusive lock on the catalog across cores and processes, taken
+/// without blocking (the executor must keep serving).
+struct CatalogLock {
+    /// Held for its lock, which closing the file releases.
+    _file: std::fs::File,
+}
+
+impl CatalogLock {
+    fn try_take(dir: &std::path::Path) -> Result<CatalogLock, Response> {
+        let file = std::fs::File::create(dir.join("catalog.lock"))
+            .map_err(|e| Response::error(ErrorCode::Internal, format!("catalog lock: {e}")))?;
+        // SAFETY: flock on a descriptor we own; released when the file closes.
+        let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        if !taken {
+            return Err(Response::error(
+                ErrorCode::Throttling,
+                "another table operation is running; retry",
+            ));
+        }
+        Ok(CatalogLock { _file: file })
+    }
 }
 
 async fn serve(state: Rc<State>, connection: Connection) {
@@ -184,7 +264,28 @@ fn partition_prefix(key: &[u8]) -> &[u8] {
 }
 
 impl State {
+    /// Reloads the catalog if another core changed it.
+    fn refresh(&self) -> Result<(), Response> {
+        let current = self.generation.load(Ordering::Acquire);
+        if current != self.loaded_generation.get() {
+            let catalog = Catalog::open(&self.data_dir)
+                .map_err(|e| Response::error(ErrorCode::Internal, e.to_string()))?;
+            *self.catalog.borrow_mut() = catalog;
+            self.loaded_generation.set(current);
+        }
+        Ok(())
+    }
+
+    /// After a catalog change by this core: tell the others.
+    fn publish(&self) {
+        let next = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.loaded_generation.set(next);
+    }
+
     async fn handle(&self, request: ClientRequest) -> Response {
+        if let Err(response) = self.refresh() {
+            return response;
+        }
         match request {
             ClientRequest::CreateTable {
                 table,
@@ -337,7 +438,7 @@ impl State {
         if let Some(connection) = self.links.borrow().get(&addr) {
             return Ok(connection.clone());
         }
-        let connected = self.endpoint.connect(addr, &self.node_server_name);
+        let connected = self.to_nodes.connect(addr, &self.node_server_name);
         let timed = async {
             glommio::timer::sleep(NODE_TIMEOUT).await;
             Err(cairn_common::quic::TransportError::TimedOut(NODE_TIMEOUT))
@@ -371,14 +472,17 @@ impl State {
             Ok(schema) => schema,
             Err(error) => return validation(error),
         };
-        if self.ddl_running.replace(true) {
-            return Response::error(
-                ErrorCode::Throttling,
-                "another table operation is running; retry",
-            );
+        let lock = match CatalogLock::try_take(&self.data_dir) {
+            Ok(lock) => lock,
+            Err(response) => return response,
+        };
+        // Another process or core may have changed the catalog.
+        match Catalog::open(&self.data_dir) {
+            Ok(catalog) => *self.catalog.borrow_mut() = catalog,
+            Err(error) => return Response::error(ErrorCode::Internal, error.to_string()),
         }
         let response = self.create_table_locked(name, schema, partitions).await;
-        self.ddl_running.set(false);
+        drop(lock);
         response
     }
 
@@ -415,28 +519,39 @@ impl State {
         }
         let mut catalog = self.catalog.borrow_mut();
         catalog.tables.insert(name, table);
-        match catalog.save() {
-            Ok(()) => Response::Done,
+        let saved = catalog.save();
+        drop(catalog);
+        match saved {
+            Ok(()) => {
+                self.publish();
+                Response::Done
+            }
             Err(error) => Response::error(ErrorCode::Internal, error.to_string()),
         }
     }
 
     fn delete_table(&self, name: &str) -> Response {
-        if self.ddl_running.get() {
-            return Response::error(
-                ErrorCode::Throttling,
-                "another table operation is running; retry",
-            );
-        }
-        let mut catalog = self.catalog.borrow_mut();
+        let _lock = match CatalogLock::try_take(&self.data_dir) {
+            Ok(lock) => lock,
+            Err(response) => return response,
+        };
+        let mut catalog = match Catalog::open(&self.data_dir) {
+            Ok(catalog) => catalog,
+            Err(error) => return Response::error(ErrorCode::Internal, error.to_string()),
+        };
         if catalog.tables.remove(name).is_none() {
             return Response::error(
                 ErrorCode::ResourceNotFound,
                 format!("table {name:?} does not exist"),
             );
         }
-        match catalog.save() {
-            Ok(()) => Response::Done,
+        let saved = catalog.save();
+        *self.catalog.borrow_mut() = catalog;
+        match saved {
+            Ok(()) => {
+                self.publish();
+                Response::Done
+            }
             Err(error) => Response::error(ErrorCode::Internal, error.to_string()),
         }
     }

@@ -48,6 +48,7 @@ fn cluster() -> Cluster {
         }],
         identity: identity.clone(),
         node_server_name: "localhost".into(),
+        cores: 2,
     })
     .unwrap();
     Cluster {
@@ -346,5 +347,44 @@ fn bad_input_gets_typed_errors_and_the_cluster_keeps_serving() {
                 .unwrap()
                 .is_some()
         );
+    });
+}
+
+/// Router cores each keep a copy of the catalog: a table created or
+/// deleted through one connection must be seen through every other (eight
+/// connections spread over the router's two cores by the kernel).
+#[test]
+fn table_changes_reach_every_router_core() {
+    let cluster = cluster();
+    let (router, identity) = (cluster.router, cluster.identity.clone());
+    with_client(&cluster, async move |admin| {
+        let config = identity.client_config().unwrap();
+        let mut clients = Vec::new();
+        for _ in 0..8 {
+            let endpoint =
+                Endpoint::bind("127.0.0.1:0".parse().unwrap(), None, Some(config.clone())).unwrap();
+            clients.push(
+                Client::connect(&endpoint, router, "localhost")
+                    .await
+                    .unwrap(),
+            );
+        }
+        for client in &clients {
+            assert_eq!(
+                code(client.get_item("shared", &key("a", 1)).await),
+                ErrorCode::ResourceNotFound
+            );
+        }
+        admin.create_table("shared", &schema(), 2).await.unwrap();
+        for client in &clients {
+            assert_eq!(client.get_item("shared", &key("a", 1)).await.unwrap(), None);
+        }
+        admin.delete_table("shared").await.unwrap();
+        for client in &clients {
+            assert_eq!(
+                code(client.get_item("shared", &key("a", 1)).await),
+                ErrorCode::ResourceNotFound
+            );
+        }
     });
 }

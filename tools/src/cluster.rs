@@ -41,6 +41,7 @@ pub fn start_router(path: &Path) -> anyhow::Result<Router> {
             .collect(),
         identity,
         node_server_name: file.node_server_name,
+        cores: file.cores,
     };
     Router::start(router_config)
         .with_context(|| format!("starting the router of {}", path.display()))
@@ -81,6 +82,7 @@ pub fn up(dir: &Path, cores: usize, port: u16) -> anyhow::Result<LocalCluster> {
         certificate: "cert.pem".into(),
         private_key: "key.pem".into(),
         node_server_name: "localhost".into(),
+        cores: 1,
         nodes: vec![NodeEntry {
             addr: node_listen,
             cores,

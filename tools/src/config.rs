@@ -47,7 +47,14 @@ pub struct RouterFile {
     /// The name the nodes' certificate is issued for.
     #[serde(default = "localhost")]
     pub node_server_name: String,
+    /// Router executors (one per core), sharing the listen port.
+    #[serde(default = "one")]
+    pub cores: usize,
     pub nodes: Vec<NodeEntry>,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn localhost() -> String {
