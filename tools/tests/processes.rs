@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use cairn_common::client::Client;
 use cairn_common::quic::{Endpoint, Identity};
+use cairn_common::update::UpdateAction;
 use cairn_common::wire::ErrorCode;
 use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType};
 use glommio::{LocalExecutorBuilder, Placement};
@@ -133,6 +134,54 @@ fn a_killed_node_restarts_with_every_acknowledged_write() {
         for i in 0..500 {
             client.put_item("kv-table", &item(i), None).await.unwrap();
         }
+        // The other operations, across the process boundary too.
+        let key = |i: u32| Item::new().with("id", AttributeValue::S(format!("item-{i}")));
+        let note = vec![UpdateAction::Set(
+            "note".into(),
+            AttributeValue::S("updated".into()),
+        )];
+        let updated = client
+            .update_item("kv-table", &key(3), &note, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            updated.get("note"),
+            Some(&AttributeValue::S("updated".into()))
+        );
+        client.put_item("kv-table", &item(3), None).await.unwrap(); // back to the original
+        client
+            .put_item("kv-table", &item(9999), None)
+            .await
+            .unwrap();
+        client
+            .delete_item("kv-table", &key(9999), None)
+            .await
+            .unwrap();
+        assert_eq!(client.get_item("kv-table", &key(9999)).await.unwrap(), None);
+        let exact = AttributeValue::S("item-7".into());
+        let page = client
+            .query(
+                "kv-table",
+                &exact,
+                std::ops::Bound::Unbounded,
+                std::ops::Bound::Unbounded,
+                false,
+                10,
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.items, vec![item(7)]);
+        let (mut scanned, mut start) = (0, None);
+        loop {
+            let page = client.scan("kv-table", 128, start).await.unwrap();
+            scanned += page.items.len();
+            match page.last {
+                Some(last) => start = Some(last),
+                None => break,
+            }
+        }
+        assert_eq!(scanned, 500);
         500
     });
     node.kill();
