@@ -12,6 +12,7 @@ pub mod btree;
 pub mod device;
 pub mod engine;
 pub mod page;
+pub mod paxos;
 pub mod preflight;
 pub mod server;
 pub mod shard;

@@ -1,0 +1,660 @@
+//! A Multi-Paxos replica as a pure state machine (docs/replication.md).
+//!
+//! No IO, no clock, no randomness of its own: the driver feeds messages
+//! ([`Replica::handle`]), time ([`Replica::tick`]) and client proposals
+//! ([`Replica::propose`]), and drains [`Ready`]. A `Ready` keeps durability
+//! order explicit in its types:
+//! - `persist`: state to make durable (promises, accepted values);
+//! - `send`: messages that may go at once;
+//! - `send_after_persist`: messages that promise something about durable
+//!   state (Promise, Accepted), released only once `persist` is durable;
+//! - `committed`: values chosen, in slot order, to apply.
+//!
+//! After making a `Ready`'s `persist` durable the driver calls
+//! [`Replica::persisted`] with it. That is also when a leader counts its own
+//! vote, so a value is chosen only once a majority holds it durably.
+//!
+//! The protocol: ballots `(round, replica)`; a candidate runs phase 1
+//! (Prepare/Promise) for every slot from its commit point on, re-proposes
+//! the highest-ballot value it learns for each slot (a no-op for holes),
+//! then, as a stable leader, runs only phase 2 (Accept/Accepted) for new
+//! slots. The leader's heartbeats carry its ballot and commit point;
+//! followers answer with how far they have applied, and the leader resends
+//! what they miss.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+pub type ReplicaId = usize;
+pub type Slot = u64;
+
+/// A proposal number; higher ballots win. Ordered by round, then replica.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ballot {
+    pub round: u64,
+    pub leader: ReplicaId,
+}
+
+/// What a slot holds.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Value {
+    /// Fills a slot a new leader found empty.
+    Noop,
+    Command(Vec<u8>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    Prepare {
+        ballot: Ballot,
+        from_slot: Slot,
+    },
+    Promise {
+        ballot: Ballot,
+        accepted: Vec<(Slot, Ballot, Value)>,
+    },
+    Accept {
+        ballot: Ballot,
+        slot: Slot,
+        value: Value,
+    },
+    Accepted {
+        ballot: Ballot,
+        slot: Slot,
+    },
+    /// The sender has promised a higher ballot.
+    Reject {
+        promised: Ballot,
+    },
+    Heartbeat {
+        ballot: Ballot,
+        commit_through: Slot,
+    },
+    HeartbeatReply {
+        ballot: Ballot,
+        applied_through: Slot,
+    },
+}
+
+/// State that must be durable before dependent messages go out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Persist {
+    Promise(Ballot),
+    Accept {
+        slot: Slot,
+        ballot: Ballot,
+        value: Value,
+    },
+}
+
+/// Outputs of the replica since the last drain.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Ready {
+    pub persist: Vec<Persist>,
+    pub send: Vec<(ReplicaId, Message)>,
+    pub send_after_persist: Vec<(ReplicaId, Message)>,
+    /// Newly chosen values in slot order, from the first not yet reported.
+    pub committed: Vec<(Slot, Value)>,
+}
+
+impl Ready {
+    pub fn is_empty(&self) -> bool {
+        self.persist.is_empty()
+            && self.send.is_empty()
+            && self.send_after_persist.is_empty()
+            && self.committed.is_empty()
+    }
+}
+
+/// What a replica keeps across crashes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DurableState {
+    pub promised: Ballot,
+    pub accepted: BTreeMap<Slot, (Ballot, Value)>,
+}
+
+impl DurableState {
+    pub fn apply(&mut self, persist: &Persist) {
+        match persist {
+            Persist::Promise(ballot) => self.promised = self.promised.max(*ballot),
+            Persist::Accept {
+                slot,
+                ballot,
+                value,
+            } => {
+                let newer = self.accepted.get(slot).is_none_or(|(b, _)| b <= ballot);
+                if newer {
+                    self.accepted.insert(*slot, (*ballot, value.clone()));
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub id: ReplicaId,
+    pub replicas: usize,
+    pub heartbeat_interval: Duration,
+    /// Base election timeout; each wait adds up to as much again (jitter).
+    pub election_timeout: Duration,
+    /// Seeds the election jitter.
+    pub seed: u64,
+}
+
+/// Proposals refused because this replica is not the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not the leader (try {hint:?})")]
+pub struct NotLeader {
+    pub hint: Option<ReplicaId>,
+}
+
+#[derive(Debug)]
+enum Role {
+    Follower,
+    Candidate {
+        ballot: Ballot,
+        from_slot: Slot,
+        promises: BTreeMap<ReplicaId, Vec<(Slot, Ballot, Value)>>,
+    },
+    Leader {
+        ballot: Ballot,
+        next_slot: Slot,
+        votes: BTreeMap<Slot, BTreeSet<ReplicaId>>,
+    },
+}
+
+#[derive(Debug)]
+pub struct Replica {
+    config: Config,
+    /// Includes changes not yet durable; the driver persists them via Ready.
+    state: DurableState,
+    role: Role,
+    /// Every slot below is known chosen (this replica has its value).
+    commit_through: Slot,
+    /// Slots below were reported in `Ready::committed`.
+    reported_through: Slot,
+    /// The leader's ballot and commit point, as last heard.
+    leader: Option<(Ballot, Slot)>,
+    election_deadline: Option<Instant>,
+    last_heartbeat: Option<Instant>,
+    rng: u64,
+    ready: Ready,
+}
+
+impl Replica {
+    /// A replica starting from `state` (empty for a new one, or what a
+    /// crashed one had made durable).
+    pub fn new(config: Config, state: DurableState) -> Replica {
+        let rng = config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        Replica {
+            config,
+            state,
+            role: Role::Follower,
+            commit_through: 0,
+            reported_through: 0,
+            leader: None,
+            election_deadline: None,
+            last_heartbeat: None,
+            rng,
+            ready: Ready::default(),
+        }
+    }
+
+    pub fn id(&self) -> ReplicaId {
+        self.config.id
+    }
+
+    pub fn is_leader(&self) -> bool {
+        matches!(self.role, Role::Leader { .. })
+    }
+
+    pub fn leader_hint(&self) -> Option<ReplicaId> {
+        self.leader.map(|(ballot, _)| ballot.leader)
+    }
+
+    pub fn commit_through(&self) -> Slot {
+        self.commit_through
+    }
+
+    fn majority(&self) -> usize {
+        self.config.replicas / 2 + 1
+    }
+
+    fn peers(&self) -> impl Iterator<Item = ReplicaId> + '_ {
+        (0..self.config.replicas).filter(move |r| *r != self.config.id)
+    }
+
+    fn jitter(&mut self) -> Duration {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let base = self.config.election_timeout;
+        base + base.mul_f64((self.rng % 1000) as f64 / 1000.0)
+    }
+
+    /// Drains the outputs produced since the last call.
+    pub fn poll_ready(&mut self) -> Ready {
+        std::mem::take(&mut self.ready)
+    }
+
+    fn persist(&mut self, persist: Persist) {
+        self.state.apply(&persist);
+        self.ready.persist.push(persist);
+    }
+
+    /// Proposes a command; it is chosen when it appears in `committed`.
+    pub fn propose(&mut self, command: Vec<u8>) -> Result<Slot, NotLeader> {
+        let Role::Leader {
+            ballot, next_slot, ..
+        } = &mut self.role
+        else {
+            return Err(NotLeader {
+                hint: self.leader_hint(),
+            });
+        };
+        let (ballot, slot) = (*ballot, *next_slot);
+        *next_slot += 1;
+        self.accept_as_leader(ballot, slot, Value::Command(command));
+        Ok(slot)
+    }
+
+    fn accept_as_leader(&mut self, ballot: Ballot, slot: Slot, value: Value) {
+        self.persist(Persist::Accept {
+            slot,
+            ballot,
+            value: value.clone(),
+        });
+        let peers: Vec<ReplicaId> = self.peers().collect();
+        for peer in peers {
+            self.ready.send.push((
+                peer,
+                Message::Accept {
+                    ballot,
+                    slot,
+                    value: value.clone(),
+                },
+            ));
+        }
+    }
+
+    /// Tells the replica that `persisted` (from a drained Ready) is durable.
+    pub fn persisted(&mut self, persisted: &[Persist]) {
+        let me = self.config.id;
+        for entry in persisted {
+            match (entry, &mut self.role) {
+                (
+                    Persist::Accept { slot, ballot, .. },
+                    Role::Leader {
+                        ballot: current,
+                        votes,
+                        ..
+                    },
+                ) if ballot == current => {
+                    votes.entry(*slot).or_default().insert(me);
+                }
+                (
+                    Persist::Promise(ballot),
+                    Role::Candidate {
+                        ballot: current,
+                        promises,
+                        from_slot,
+                    },
+                ) if ballot == current => {
+                    let accepted = self
+                        .state
+                        .accepted
+                        .range(*from_slot..)
+                        .map(|(s, (b, v))| (*s, *b, v.clone()))
+                        .collect();
+                    promises.insert(me, accepted);
+                }
+                _ => {}
+            }
+        }
+        self.advance();
+    }
+
+    /// Timers: elections and heartbeats.
+    pub fn tick(&mut self, now: Instant) {
+        if let Role::Leader { ballot, .. } = self.role {
+            let due = self
+                .last_heartbeat
+                .is_none_or(|at| now >= at + self.config.heartbeat_interval);
+            if due {
+                self.last_heartbeat = Some(now);
+                let commit_through = self.commit_through;
+                let peers: Vec<ReplicaId> = self.peers().collect();
+                for peer in &peers {
+                    self.ready.send.push((
+                        *peer,
+                        Message::Heartbeat {
+                            ballot,
+                            commit_through,
+                        },
+                    ));
+                }
+                self.resend_unchosen(&peers);
+            }
+            return;
+        }
+        match self.election_deadline {
+            None => self.election_deadline = Some(now + self.jitter()),
+            Some(deadline) if now >= deadline => self.start_election(now),
+            Some(_) => {}
+        }
+    }
+
+    fn start_election(&mut self, now: Instant) {
+        let round = self
+            .state
+            .promised
+            .round
+            .max(self.leader.map_or(0, |(b, _)| b.round))
+            + 1;
+        let ballot = Ballot {
+            round,
+            leader: self.config.id,
+        };
+        let from_slot = self.commit_through;
+        self.role = Role::Candidate {
+            ballot,
+            from_slot,
+            promises: BTreeMap::new(),
+        };
+        self.election_deadline = Some(now + self.jitter());
+        self.persist(Persist::Promise(ballot));
+        let peers: Vec<ReplicaId> = self.peers().collect();
+        for peer in peers {
+            self.ready
+                .send
+                .push((peer, Message::Prepare { ballot, from_slot }));
+        }
+    }
+
+    /// Handles a message from `from`.
+    pub fn handle(&mut self, from: ReplicaId, message: Message, now: Instant) {
+        match message {
+            Message::Prepare { ballot, from_slot } => {
+                if ballot > self.state.promised {
+                    self.step_down_if_outranked(ballot);
+                    self.persist(Persist::Promise(ballot));
+                    let accepted = self
+                        .state
+                        .accepted
+                        .range(from_slot..)
+                        .map(|(s, (b, v))| (*s, *b, v.clone()))
+                        .collect();
+                    self.ready
+                        .send_after_persist
+                        .push((from, Message::Promise { ballot, accepted }));
+                    self.election_deadline = Some(now + self.jitter());
+                } else {
+                    self.ready.send.push((
+                        from,
+                        Message::Reject {
+                            promised: self.state.promised,
+                        },
+                    ));
+                }
+            }
+            Message::Promise { ballot, accepted } => {
+                if let Role::Candidate {
+                    ballot: current,
+                    promises,
+                    ..
+                } = &mut self.role
+                    && ballot == *current
+                {
+                    promises.insert(from, accepted);
+                    self.advance();
+                }
+            }
+            Message::Accept {
+                ballot,
+                slot,
+                value,
+            } => {
+                if ballot >= self.state.promised {
+                    self.step_down_if_outranked(ballot);
+                    self.hear_leader(ballot, None, now);
+                    if ballot > self.state.promised {
+                        self.persist(Persist::Promise(ballot));
+                    }
+                    self.persist(Persist::Accept {
+                        slot,
+                        ballot,
+                        value,
+                    });
+                    self.ready
+                        .send_after_persist
+                        .push((from, Message::Accepted { ballot, slot }));
+                    self.learn_commits();
+                } else {
+                    self.ready.send.push((
+                        from,
+                        Message::Reject {
+                            promised: self.state.promised,
+                        },
+                    ));
+                }
+            }
+            Message::Accepted { ballot, slot } => {
+                if let Role::Leader {
+                    ballot: current,
+                    votes,
+                    ..
+                } = &mut self.role
+                    && ballot == *current
+                {
+                    votes.entry(slot).or_default().insert(from);
+                    self.advance();
+                }
+            }
+            Message::Reject { promised } => {
+                let mine = match &self.role {
+                    Role::Candidate { ballot, .. } | Role::Leader { ballot, .. } => Some(*ballot),
+                    Role::Follower => None,
+                };
+                if mine.is_some_and(|b| promised > b) {
+                    self.role = Role::Follower;
+                    self.election_deadline = Some(now + self.jitter());
+                }
+            }
+            Message::Heartbeat {
+                ballot,
+                commit_through,
+            } => {
+                if ballot >= self.state.promised {
+                    self.step_down_if_outranked(ballot);
+                    self.hear_leader(ballot, Some(commit_through), now);
+                    self.learn_commits();
+                    let applied_through = self.commit_through;
+                    self.ready.send.push((
+                        from,
+                        Message::HeartbeatReply {
+                            ballot,
+                            applied_through,
+                        },
+                    ));
+                }
+            }
+            Message::HeartbeatReply {
+                ballot,
+                applied_through,
+            } => {
+                if let Role::Leader {
+                    ballot: current, ..
+                } = self.role
+                    && ballot == current
+                {
+                    self.catch_up(from, current, applied_through);
+                }
+            }
+        }
+    }
+
+    /// A leader or candidate that sees a higher ballot becomes a follower.
+    fn step_down_if_outranked(&mut self, ballot: Ballot) {
+        let mine = match &self.role {
+            Role::Candidate { ballot, .. } | Role::Leader { ballot, .. } => Some(*ballot),
+            Role::Follower => None,
+        };
+        if mine.is_some_and(|b| ballot > b) {
+            self.role = Role::Follower;
+        }
+    }
+
+    fn hear_leader(&mut self, ballot: Ballot, commit_through: Option<Slot>, now: Instant) {
+        let known = self
+            .leader
+            .filter(|(b, _)| *b == ballot)
+            .map_or(0, |(_, c)| c);
+        self.leader = Some((ballot, commit_through.unwrap_or(known).max(known)));
+        self.election_deadline = Some(now + self.jitter());
+    }
+
+    /// Leader: resends Accepts that may have been lost — slots not yet
+    /// chosen, to the peers that have not voted for them, a bounded window
+    /// at a time. Without this a lost Accept would stall every later slot.
+    fn resend_unchosen(&mut self, peers: &[ReplicaId]) {
+        const WINDOW: u64 = 64;
+        let Role::Leader {
+            ballot,
+            next_slot,
+            votes,
+        } = &self.role
+        else {
+            return;
+        };
+        let end = (*next_slot).min(self.commit_through + WINDOW);
+        let mut resend = Vec::new();
+        for slot in self.commit_through..end {
+            let Some((accepted_ballot, value)) = self.state.accepted.get(&slot) else {
+                continue;
+            };
+            if accepted_ballot != ballot {
+                continue;
+            }
+            for peer in peers {
+                if !votes.get(&slot).is_some_and(|v| v.contains(peer)) {
+                    resend.push((
+                        *peer,
+                        Message::Accept {
+                            ballot: *ballot,
+                            slot,
+                            value: value.clone(),
+                        },
+                    ));
+                }
+            }
+        }
+        self.ready.send.extend(resend);
+    }
+
+    /// Resends what a lagging follower lacks, a bounded window at a time.
+    fn catch_up(&mut self, peer: ReplicaId, ballot: Ballot, applied_through: Slot) {
+        const WINDOW: u64 = 64;
+        let end = self.commit_through.min(applied_through + WINDOW);
+        if end <= applied_through {
+            return; // the follower is level, or ahead of a fresh leader's commit point
+        }
+        let resend: Vec<(Slot, Value)> = self
+            .state
+            .accepted
+            .range(applied_through..end)
+            .map(|(s, (_, v))| (*s, v.clone()))
+            .collect();
+        for (slot, value) in resend {
+            self.ready.send.push((
+                peer,
+                Message::Accept {
+                    ballot,
+                    slot,
+                    value,
+                },
+            ));
+        }
+    }
+
+    /// A follower marks as chosen the slots below the leader's commit point
+    /// that it accepted in the leader's ballot: in one ballot the leader
+    /// proposes one value per slot, so those are the chosen values.
+    fn learn_commits(&mut self) {
+        if self.is_leader() {
+            return;
+        }
+        let Some((ballot, leader_commit)) = self.leader else {
+            return;
+        };
+        while self.commit_through < leader_commit {
+            match self.state.accepted.get(&self.commit_through) {
+                Some((b, _)) if *b == ballot => self.commit_through += 1,
+                _ => break,
+            }
+        }
+        self.report_commits();
+    }
+
+    /// Candidate: becomes leader on a majority of promises. Leader: advances
+    /// the commit point over slots a majority accepted.
+    fn advance(&mut self) {
+        let majority = self.majority();
+        match &mut self.role {
+            Role::Candidate {
+                ballot,
+                from_slot,
+                promises,
+            } if promises.len() >= majority => {
+                let (ballot, from_slot) = (*ballot, *from_slot);
+                // The highest-ballot value for each slot, no-ops for holes.
+                let mut chosen: BTreeMap<Slot, (Ballot, Value)> = BTreeMap::new();
+                for (slot, b, value) in promises.values().flatten() {
+                    if chosen.get(slot).is_none_or(|(best, _)| b > best) {
+                        chosen.insert(*slot, (*b, value.clone()));
+                    }
+                }
+                let next_slot = chosen
+                    .keys()
+                    .next_back()
+                    .map_or(from_slot, |s| s + 1)
+                    .max(from_slot);
+                self.role = Role::Leader {
+                    ballot,
+                    next_slot,
+                    votes: BTreeMap::new(),
+                };
+                self.leader = Some((ballot, self.commit_through));
+                self.last_heartbeat = None;
+                for slot in from_slot..next_slot {
+                    let value = chosen.remove(&slot).map_or(Value::Noop, |(_, v)| v);
+                    self.accept_as_leader(ballot, slot, value);
+                }
+            }
+            Role::Leader { votes, .. } => {
+                while votes
+                    .get(&self.commit_through)
+                    .is_some_and(|v| v.len() >= majority)
+                {
+                    votes.remove(&self.commit_through);
+                    self.commit_through += 1;
+                }
+                self.report_commits();
+            }
+            _ => {}
+        }
+    }
+
+    fn report_commits(&mut self) {
+        while self.reported_through < self.commit_through {
+            let slot = self.reported_through;
+            let (_, value) = self
+                .state
+                .accepted
+                .get(&slot)
+                .expect("a committed slot has a value");
+            self.ready.committed.push((slot, value.clone()));
+            self.reported_through += 1;
+        }
+    }
+}
