@@ -144,6 +144,9 @@ mod record {
     pub const DELETE: u8 = 3;
 }
 
+/// Most dirty nodes a checkpoint serializes before it yields: bounds the
+/// time a checkpoint holds the core (about a millisecond).
+const CHECKPOINT_SLICE_NODES: usize = 64;
 /// A checkpoint writes contiguous pages as one IO of at most this size…
 const CHECKPOINT_RUN_BYTES_MAX: usize = 1 << 20;
 /// …with this many IOs in flight.
@@ -638,33 +641,52 @@ impl<Fs: FileSystem> Engine<Fs> {
     }
 
     async fn checkpoint_inner(&self) -> Result<CheckpointReport, EngineError> {
-        // Phase 1, synchronous: serialize dirty nodes, assign extents.
         let started = std::time::Instant::now();
         let old = self.store.superblock();
         let generation = old.generation + 1;
-        let checkpoint_lsn = self.applied_lsn.get();
         let page_size = self.config.page_size;
         let cache = self.store.cache();
-        let mut writes: Vec<(PageAddr, Vec<u8>)> = Vec::new();
-        let mut catalog = CatalogPage::default();
-        for (id, partition) in self.partitions.borrow_mut().iter_mut() {
-            partition.tree.flush_dirty(&mut |node| {
-                let archived = archive_node(&node);
-                let addr = self.store.allocate(units_for(archived.len(), page_size));
-                writes.push((
-                    addr,
-                    frame(&archived, PageKind::Node, addr, generation, page_size),
-                ));
-                cache.insert(addr, Rc::new(PageBytes::trusted(archived)), true);
-                addr
-            });
-            catalog.entries.push(CatalogEntry {
-                partition: *id,
-                schema: partition.schema.encode(),
-                root: partition.tree.root_addr().0,
-            });
+        // Extents replaced before this checkpoint began; freed once it commits.
+        let mut to_free = std::mem::take(&mut *self.freed.borrow_mut());
+        if old.catalog != PageAddr::NONE {
+            to_free.push(old.catalog);
         }
-        self.dirty_nodes.set(0);
+        let mut written: Vec<PageAddr> = Vec::new();
+        let mut slice_us_max = 0;
+        // Slices: serialize a bounded number of dirty nodes (synchronously),
+        // then write them (which yields, and paces the checkpoint to the
+        // disk). Writers run between slices; what they dirty again is
+        // written by a later slice. When a slice finds every tree clean, the
+        // state is exactly the state at the applied LSN: that is the
+        // checkpoint.
+        let (checkpoint_lsn, catalog) = loop {
+            let slice_started = std::time::Instant::now();
+            let mut writes: Vec<(PageAddr, Vec<u8>)> = Vec::new();
+            let mut budget = CHECKPOINT_SLICE_NODES;
+            let mut clean = true;
+            let mut dirty_nodes = 0;
+            for partition in self.partitions.borrow_mut().values_mut() {
+                clean &= partition.tree.flush_some(&mut budget, &mut |node| {
+                    let archived = archive_node(&node);
+                    let addr = self.store.allocate(units_for(archived.len(), page_size));
+                    writes.push((
+                        addr,
+                        frame(&archived, PageKind::Node, addr, generation, page_size),
+                    ));
+                    cache.insert(addr, Rc::new(PageBytes::trusted(archived)), true);
+                    addr
+                });
+                dirty_nodes += partition.tree.dirty_stats().dirty_nodes;
+            }
+            self.dirty_nodes.set(dirty_nodes);
+            let snapshot = clean.then(|| (self.applied_lsn.get(), self.catalog_page()));
+            slice_us_max = slice_us_max.max(slice_started.elapsed().as_micros() as u64);
+            written.extend(writes.iter().map(|(addr, _)| *addr));
+            self.write_pages(&mut writes).await?;
+            if let Some(snapshot) = snapshot {
+                break snapshot;
+            }
+        };
         let archived = archive_catalog(&catalog);
         let catalog_addr = self.store.allocate(units_for(archived.len(), page_size));
         let catalog_page = frame(
@@ -674,24 +696,10 @@ impl<Fs: FileSystem> Engine<Fs> {
             generation,
             page_size,
         );
-        let mut to_free = std::mem::take(&mut *self.freed.borrow_mut());
-        if old.catalog != PageAddr::NONE {
-            to_free.push(old.catalog);
-        }
-
-        // Phase 2: IO. Pages, then the log through the checkpoint, then the
-        // superblock that makes them the state to recover from.
-        let serialized = started.elapsed();
-        let runs = coalesce(&mut writes, page_size, CHECKPOINT_RUN_BYTES_MAX);
-        let mut in_flight = futures_util::stream::iter(runs.iter())
-            .map(|(offset, bytes)| self.store.write_bytes(*offset, bytes))
-            .buffer_unordered(CHECKPOINT_WRITES_IN_FLIGHT);
-        while let Some(result) = in_flight.next().await {
-            result?;
-        }
-        drop(in_flight);
         self.store.write(catalog_addr, &catalog_page).await?;
         self.store.sync().await?;
+        // The pages reflect every record up to the checkpoint LSN, so the
+        // log must hold them durably before the superblock says so.
         self.wal.wait_durable(checkpoint_lsn).await?;
         let superblock = Superblock {
             generation,
@@ -701,8 +709,8 @@ impl<Fs: FileSystem> Engine<Fs> {
         };
         self.store.commit_superblock(superblock).await?;
 
-        // Phase 3: release what the new checkpoint no longer references.
-        for (addr, _) in &writes {
+        // Release what the new checkpoint no longer references.
+        for addr in &written {
             cache.unpin(*addr);
         }
         cache.trim();
@@ -713,18 +721,44 @@ impl<Fs: FileSystem> Engine<Fs> {
         tracing::info!(
             generation,
             checkpoint_lsn,
-            pages_written = writes.len() + 1,
+            pages_written = written.len() + 1,
             pages_freed = to_free.len(),
-            serialize_us = serialized.as_micros() as u64,
+            slice_us_max,
             total_us = started.elapsed().as_micros() as u64,
             "checkpoint committed"
         );
         Ok(CheckpointReport {
             generation,
             checkpoint_lsn,
-            pages_written: writes.len() + 1,
+            pages_written: written.len() + 1,
             pages_freed: to_free.len(),
         })
+    }
+
+    /// The catalog of the current (clean) trees.
+    fn catalog_page(&self) -> CatalogPage {
+        let partitions = self.partitions.borrow();
+        let entries = partitions
+            .iter()
+            .map(|(id, p)| CatalogEntry {
+                partition: *id,
+                schema: p.schema.encode(),
+                root: p.tree.root_addr().0,
+            })
+            .collect();
+        CatalogPage { entries }
+    }
+
+    /// Writes framed pages as coalesced runs, several in flight.
+    async fn write_pages(&self, writes: &mut [(PageAddr, Vec<u8>)]) -> Result<(), EngineError> {
+        let runs = coalesce(writes, self.config.page_size, CHECKPOINT_RUN_BYTES_MAX);
+        let mut in_flight = futures_util::stream::iter(runs.iter())
+            .map(|(offset, bytes)| self.store.write_bytes(*offset, bytes))
+            .buffer_unordered(CHECKPOINT_WRITES_IN_FLIGHT);
+        while let Some(result) = in_flight.next().await {
+            result?;
+        }
+        Ok(())
     }
 
     /// Background upkeep of the log (segment recycling, spares).
