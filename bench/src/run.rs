@@ -139,17 +139,6 @@ fn key_item(key: &str) -> Item {
     Item::new().with("key", AttributeValue::S(key.to_owned()))
 }
 
-/// An identity that only carries a certificate to trust.
-fn trust(path: &std::path::Path) -> anyhow::Result<Identity> {
-    use rustls::pki_types::pem::PemObject;
-    let cert = rustls::pki_types::CertificateDer::from_pem_file(path)
-        .with_context(|| format!("reading the router certificate {}", path.display()))?;
-    Ok(Identity {
-        certificate_der: cert.to_vec(),
-        private_key_der: Vec::new(),
-    })
-}
-
 /// Runs `cairn bench` and prints its report.
 pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     if args.clients == 0 || args.records == 0 || args.duration_s <= 0.0 || args.cores == 0 {
@@ -167,7 +156,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         Some(router) => (
             None,
             router,
-            trust(&args.certificate)?,
+            Identity::trusting_pem_file(&args.certificate)
+                .map_err(|e| anyhow::anyhow!("reading the router certificate: {e}"))?,
             format!("router {router}"),
         ),
         None => {

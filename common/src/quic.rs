@@ -134,6 +134,18 @@ impl Identity {
         ))
     }
 
+    /// An identity that only trusts the PEM certificate at `path`: what a
+    /// client needs to connect to a router.
+    pub fn trusting_pem_file(path: &std::path::Path) -> Result<Identity, String> {
+        use rustls::pki_types::pem::PemObject;
+        let cert = rustls::pki_types::CertificateDer::from_pem_file(path)
+            .map_err(|e| format!("certificate {}: {e}", path.display()))?;
+        Ok(Identity {
+            certificate_der: cert.to_vec(),
+            private_key_der: Vec::new(),
+        })
+    }
+
     /// Loads a PEM certificate and a PEM (PKCS#8) private key.
     pub fn from_pem_files(
         certificate: &std::path::Path,

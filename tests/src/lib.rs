@@ -77,3 +77,28 @@ pub fn free_udp_ports(count: u16) -> u16 {
         }
     }
 }
+
+/// Runs `body` on a fresh glommio executor with a client connected to the
+/// router at `router`, trusting `identity`'s certificate.
+pub fn with_client<T: Send + 'static>(
+    router: std::net::SocketAddr,
+    identity: &cairn_common::quic::Identity,
+    body: impl AsyncFnOnce(cairn_common::client::Client) -> T + Send + 'static,
+) -> T {
+    let config = identity
+        .client_config()
+        .expect("a client TLS configuration");
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(move || async move {
+            let local = "127.0.0.1:0".parse().expect("an address");
+            let endpoint = cairn_common::quic::Endpoint::bind(local, None, Some(config))
+                .expect("a client endpoint");
+            let client = cairn_common::client::Client::connect(&endpoint, router, "localhost")
+                .await
+                .expect("connected to the router");
+            body(client).await
+        })
+        .expect("a client executor")
+        .join()
+        .expect("the client executor finished")
+}

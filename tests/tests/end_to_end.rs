@@ -18,7 +18,6 @@ use cairn_node::{NodeConfig, NodeNetwork, StorageNode};
 use cairn_router::catalog::NodeAddress;
 use cairn_router::{Router, RouterConfig};
 use cairn_tests::free_udp_ports;
-use glommio::{LocalExecutorBuilder, Placement};
 
 struct Cluster {
     _node: StorageNode,
@@ -61,23 +60,7 @@ fn cluster() -> Cluster {
 }
 
 fn with_client(cluster: &Cluster, body: impl AsyncFnOnce(Client) + Send + 'static) {
-    let (router, identity) = (cluster.router, cluster.identity.clone());
-    LocalExecutorBuilder::new(Placement::Unbound)
-        .spawn(move || async move {
-            let endpoint = Endpoint::bind(
-                "127.0.0.1:0".parse().unwrap(),
-                None,
-                Some(identity.client_config().unwrap()),
-            )
-            .unwrap();
-            let client = Client::connect(&endpoint, router, "localhost")
-                .await
-                .unwrap();
-            body(client).await;
-        })
-        .unwrap()
-        .join()
-        .unwrap();
+    cairn_tests::with_client(cluster.router, &cluster.identity, body);
 }
 
 fn schema() -> KeySchema {

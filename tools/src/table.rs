@@ -71,7 +71,7 @@ pub fn with_client<T: Send + 'static>(
     router: &RouterArgs,
     body: impl AsyncFnOnce(Client) -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
-    let identity = certificate_only(&router.certificate).map_err(anyhow::Error::msg)?;
+    let identity = Identity::trusting_pem_file(&router.certificate).map_err(anyhow::Error::msg)?;
     let addr = router.router;
     LocalExecutorBuilder::new(Placement::Unbound)
         .spawn(move || async move {
@@ -85,17 +85,6 @@ pub fn with_client<T: Send + 'static>(
         .map_err(|e| anyhow::anyhow!("starting the client executor: {e}"))?
         .join()
         .map_err(|e| anyhow::anyhow!("client executor failed: {e:?}"))?
-}
-
-/// An identity that only carries a certificate to trust.
-fn certificate_only(path: &std::path::Path) -> Result<Identity, String> {
-    use rustls::pki_types::pem::PemObject;
-    let cert = rustls::pki_types::CertificateDer::from_pem_file(path)
-        .map_err(|e| format!("certificate {}: {e}", path.display()))?;
-    Ok(Identity {
-        certificate_der: cert.to_vec(),
-        private_key_der: Vec::new(),
-    })
 }
 
 pub fn run(command: TableCommand) -> anyhow::Result<()> {

@@ -14,11 +14,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use cairn_common::client::Client;
-use cairn_common::quic::{Endpoint, Identity};
+use cairn_common::quic::Identity;
 use cairn_common::update::UpdateAction;
 use cairn_common::wire::ErrorCode;
 use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType};
-use glommio::{LocalExecutorBuilder, Placement};
 
 /// Bound on waiting for a process to report it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -69,28 +68,8 @@ fn client_run<T: Send + 'static>(
     cert: &Path,
     body: impl AsyncFnOnce(Client) -> T + Send + 'static,
 ) -> T {
-    use rustls::pki_types::pem::PemObject;
-    let cert = rustls::pki_types::CertificateDer::from_pem_file(cert).unwrap();
-    let identity = Identity {
-        certificate_der: cert.to_vec(),
-        private_key_der: Vec::new(),
-    };
-    LocalExecutorBuilder::new(Placement::Unbound)
-        .spawn(move || async move {
-            let endpoint = Endpoint::bind(
-                "127.0.0.1:0".parse().unwrap(),
-                None,
-                Some(identity.client_config().unwrap()),
-            )
-            .unwrap();
-            let client = Client::connect(&endpoint, router, "localhost")
-                .await
-                .unwrap();
-            body(client).await
-        })
-        .unwrap()
-        .join()
-        .unwrap()
+    let identity = Identity::trusting_pem_file(cert).unwrap();
+    cairn_tests::with_client(router, &identity, body)
 }
 
 fn item(i: u32) -> Item {
