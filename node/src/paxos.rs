@@ -66,13 +66,17 @@ pub enum Message {
     Reject {
         promised: Ballot,
     },
+    /// `seq` numbers the leader's heartbeats; the reply echoes it, so the
+    /// leader knows from when an acknowledgement holds (leases).
     Heartbeat {
         ballot: Ballot,
         commit_through: Slot,
+        seq: u64,
     },
     HeartbeatReply {
         ballot: Ballot,
         applied_through: Slot,
+        seq: u64,
     },
 }
 
@@ -136,6 +140,13 @@ pub struct Config {
     pub id: ReplicaId,
     pub replicas: usize,
     pub heartbeat_interval: Duration,
+    /// How long an acknowledged heartbeat lets the leader serve reads
+    /// alone; a follower refuses other candidates for as long. Must be
+    /// shorter than the election timeout.
+    pub lease_duration: Duration,
+    /// Most any two clocks' rates may differ (0.05 = 5 %); leases shrink by
+    /// twice this on the leader's side.
+    pub clock_drift_max: f64,
     /// Base election timeout; each wait adds up to as much again (jitter).
     pub election_timeout: Duration,
     /// Seeds the election jitter.
@@ -178,14 +189,27 @@ pub struct Replica {
     leader: Option<(Ballot, Slot)>,
     election_deadline: Option<Instant>,
     last_heartbeat: Option<Instant>,
+    /// Leader: numbers and send times of recent heartbeats.
+    heartbeat_seq: u64,
+    heartbeats_sent: std::collections::VecDeque<(u64, Instant)>,
+    /// Leader: per peer, the send time of the newest heartbeat it answered.
+    lease_acks: BTreeMap<ReplicaId, Instant>,
+    /// Leader: the first slot of its own term; reads wait until the slots
+    /// it took over below it are committed.
+    term_start_slot: Slot,
+    /// Follower: the leader it last acknowledged, and when (its lease
+    /// promise: no other candidate gets a promise until this + lease).
+    leader_contact: Option<(ReplicaId, Instant)>,
     rng: u64,
     ready: Ready,
 }
 
 impl Replica {
-    /// A replica starting from `state` (empty for a new one, or what a
-    /// crashed one had made durable).
-    pub fn new(config: Config, state: DurableState) -> Replica {
+    /// A replica starting at `now` from `state` (empty for a new one, or
+    /// what a crashed one had made durable). It may have granted a lease
+    /// before it crashed and forgotten it, so for one lease period it
+    /// promises no candidate.
+    pub fn new(config: Config, state: DurableState, now: Instant) -> Replica {
         let rng = config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         Replica {
             config,
@@ -196,6 +220,11 @@ impl Replica {
             leader: None,
             election_deadline: None,
             last_heartbeat: None,
+            heartbeat_seq: 0,
+            heartbeats_sent: std::collections::VecDeque::new(),
+            lease_acks: BTreeMap::new(),
+            term_start_slot: 0,
+            leader_contact: Some((ReplicaId::MAX, now)),
             rng,
             ready: Ready::default(),
         }
@@ -231,6 +260,30 @@ impl Replica {
         self.rng ^= self.rng << 17;
         let base = self.config.election_timeout;
         base + base.mul_f64((self.rng % 1000) as f64 / 1000.0)
+    }
+
+    /// The leader's lease runs out at this time (its own clock): a lease
+    /// period, shrunk by twice the clock drift, after the send time of the
+    /// newest heartbeat a majority (itself included) has acknowledged.
+    pub fn lease_expiry(&self) -> Option<Instant> {
+        if !self.is_leader() {
+            return None;
+        }
+        let mut times: Vec<Instant> = self.lease_acks.values().copied().collect();
+        times.extend(self.heartbeats_sent.back().map(|(_, at)| *at));
+        times.sort_unstable_by(|a, b| b.cmp(a));
+        let start = *times.get(self.majority() - 1)?;
+        let shrink = 1.0 - 2.0 * self.config.clock_drift_max;
+        Some(start + self.config.lease_duration.mul_f64(shrink))
+    }
+
+    /// A strongly consistent local read: `Some(slot)` when this leader holds
+    /// its lease and every slot of earlier terms is committed; the read
+    /// must see the state machine applied through `slot`.
+    pub fn lease_read(&self, now: Instant) -> Option<Slot> {
+        let caught_up = self.commit_through >= self.term_start_slot;
+        (caught_up && self.lease_expiry().is_some_and(|expiry| now < expiry))
+            .then_some(self.commit_through)
     }
 
     /// Drains the outputs produced since the last call.
@@ -323,6 +376,12 @@ impl Replica {
                 .is_none_or(|at| now >= at + self.config.heartbeat_interval);
             if due {
                 self.last_heartbeat = Some(now);
+                self.heartbeat_seq += 1;
+                let seq = self.heartbeat_seq;
+                self.heartbeats_sent.push_back((seq, now));
+                if self.heartbeats_sent.len() > 64 {
+                    self.heartbeats_sent.pop_front();
+                }
                 let commit_through = self.commit_through;
                 let peers: Vec<ReplicaId> = self.peers().collect();
                 for peer in &peers {
@@ -331,6 +390,7 @@ impl Replica {
                         Message::Heartbeat {
                             ballot,
                             commit_through,
+                            seq,
                         },
                     ));
                 }
@@ -376,7 +436,12 @@ impl Replica {
     pub fn handle(&mut self, from: ReplicaId, message: Message, now: Instant) {
         match message {
             Message::Prepare { ballot, from_slot } => {
-                if ballot > self.state.promised {
+                // While the lease this replica granted its leader may still
+                // be in force, no other candidate gets a promise.
+                let leased = self.leader_contact.is_some_and(|(leader, at)| {
+                    leader != ballot.leader && now < at + self.config.lease_duration
+                });
+                if ballot > self.state.promised && !leased {
                     self.step_down_if_outranked(ballot);
                     self.persist(Persist::Promise(ballot));
                     let accepted = self
@@ -464,17 +529,21 @@ impl Replica {
             Message::Heartbeat {
                 ballot,
                 commit_through,
+                seq,
             } => {
                 if ballot >= self.state.promised {
                     self.step_down_if_outranked(ballot);
                     self.hear_leader(ballot, Some(commit_through), now);
                     self.learn_commits();
+                    // Answering grants the lease: remember when.
+                    self.leader_contact = Some((ballot.leader, now));
                     let applied_through = self.commit_through;
                     self.ready.send.push((
                         from,
                         Message::HeartbeatReply {
                             ballot,
                             applied_through,
+                            seq,
                         },
                     ));
                 }
@@ -482,12 +551,18 @@ impl Replica {
             Message::HeartbeatReply {
                 ballot,
                 applied_through,
+                seq,
             } => {
                 if let Role::Leader {
                     ballot: current, ..
                 } = self.role
                     && ballot == current
                 {
+                    if let Some((_, sent)) = self.heartbeats_sent.iter().find(|(s, _)| *s == seq) {
+                        let sent = *sent;
+                        let ack = self.lease_acks.entry(from).or_insert(sent);
+                        *ack = (*ack).max(sent);
+                    }
                     self.catch_up(from, current, applied_through);
                 }
             }
@@ -626,6 +701,9 @@ impl Replica {
                 };
                 self.leader = Some((ballot, self.commit_through));
                 self.last_heartbeat = None;
+                self.term_start_slot = next_slot;
+                self.lease_acks.clear();
+                self.heartbeats_sent.clear();
                 for slot in from_slot..next_slot {
                     let value = chosen.remove(&slot).map_or(Value::Noop, |(_, v)| v);
                     self.accept_as_leader(ballot, slot, value);

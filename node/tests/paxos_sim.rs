@@ -1,9 +1,12 @@
 //! Deterministic simulation of a three-replica Multi-Paxos group on one
-//! thread: seeded message loss, duplication and reordering, partitions,
+//! thread: seeded message loss, duplication and reordering, partitions and
+//! cut links,
 //! crashes that lose whatever was not yet durable, and clock skew. After
 //! every step the checker asserts that no slot is reported chosen with two
 //! values; after a liveness phase (faults healed) every acknowledged command
-//! must be chosen on every replica. A failing seed is printed and
+//! must be chosen on every replica. Lease reads, served by whichever
+//! replica believes it holds a lease, must see every command acknowledged
+//! before they began. A failing seed is printed and
 //! reproduces exactly: `CAIRN_SIM_SEED=N cargo test -p cairn-node --test paxos_sim`.
 
 #![allow(clippy::unwrap_used)] // Test helpers: a panic is the failure report.
@@ -37,6 +40,8 @@ enum Event {
     },
     Restart(ReplicaId),
     Propose,
+    /// A client asks a random replica for a lease read.
+    Read,
 }
 
 struct Sim {
@@ -52,6 +57,8 @@ struct Sim {
     epochs: Vec<u64>,
     skew: Vec<f64>,
     isolated: Option<ReplicaId>,
+    /// A link cut in both directions: the gray failure that tests leases.
+    cut: Option<(ReplicaId, ReplicaId)>,
     faults: bool,
     /// Every value reported chosen, by slot: the agreement record.
     chosen: BTreeMap<Slot, Value>,
@@ -59,6 +66,9 @@ struct Sim {
     reported: Vec<BTreeMap<Slot, Value>>,
     proposer: HashMap<Value, ReplicaId>,
     acknowledged: Vec<Value>,
+    /// Highest slot of an acknowledged command: a later read must see it.
+    acknowledged_slot: Option<Slot>,
+    lease_reads: u64,
     next_command: u64,
 }
 
@@ -68,6 +78,8 @@ fn config(id: ReplicaId, seed: u64) -> Config {
         replicas: REPLICAS,
         heartbeat_interval: Duration::from_millis(20),
         election_timeout: Duration::from_millis(100),
+        lease_duration: Duration::from_millis(60),
+        clock_drift_max: 0.05,
         seed: seed.wrapping_mul(31).wrapping_add(id as u64),
     }
 }
@@ -86,24 +98,28 @@ impl Sim {
             sequence: 0,
             queue: BinaryHeap::new(),
             events: HashMap::new(),
-            replicas: (0..REPLICAS)
-                .map(|id| Some(Replica::new(config(id, seed), DurableState::default())))
-                .collect(),
+            replicas: Vec::new(),
             disks: vec![DurableState::default(); REPLICAS],
             epochs: vec![0; REPLICAS],
             skew,
             isolated: None,
+            cut: None,
             faults: true,
             chosen: BTreeMap::new(),
             reported: vec![BTreeMap::new(); REPLICAS],
             proposer: HashMap::new(),
             acknowledged: Vec::new(),
+            acknowledged_slot: None,
+            lease_reads: 0,
             next_command: 0,
         };
         for id in 0..REPLICAS {
+            let replica = Replica::new(config(id, seed), DurableState::default(), sim.clock(id));
+            sim.replicas.push(Some(replica));
             sim.schedule(Duration::from_millis(1), Event::Tick(id));
         }
         sim.schedule(Duration::from_millis(5), Event::Propose);
+        sim.schedule(Duration::from_millis(7), Event::Read);
         sim
     }
 
@@ -120,7 +136,13 @@ impl Sim {
 
     fn send(&mut self, from: ReplicaId, to: ReplicaId, message: Message) {
         if self.faults {
-            if self.isolated.is_some_and(|i| i == from || i == to) || self.rng.random_bool(0.05) {
+            let cut = self
+                .cut
+                .is_some_and(|(a, b)| (a, b) == (from, to) || (b, a) == (from, to));
+            if cut
+                || self.isolated.is_some_and(|i| i == from || i == to)
+                || self.rng.random_bool(0.05)
+            {
                 return;
             }
             if self.rng.random_bool(0.02) {
@@ -187,6 +209,7 @@ impl Sim {
         // The proposing leader answers its client when it sees the commit.
         if self.proposer.get(&value) == Some(&id) && !self.acknowledged.contains(&value) {
             self.acknowledged.push(value);
+            self.acknowledged_slot = Some(self.acknowledged_slot.map_or(slot, |s| s.max(slot)));
         }
     }
 
@@ -230,10 +253,26 @@ impl Sim {
                 }
             }
             Event::Restart(id) => {
-                self.replicas[id] = Some(Replica::new(
-                    config(id, self.seed ^ self.now.as_nanos() as u64),
-                    self.disks[id].clone(),
-                ));
+                let config = config(id, self.seed ^ self.now.as_nanos() as u64);
+                self.replicas[id] =
+                    Some(Replica::new(config, self.disks[id].clone(), self.clock(id)));
+            }
+            Event::Read => {
+                let id = self.rng.random_range(0..REPLICAS);
+                let now = self.clock(id);
+                if let Some(slot) = self.replicas[id].as_ref().and_then(|r| r.lease_read(now)) {
+                    // Linearizable: the read sees every command acknowledged
+                    // before it began.
+                    assert!(
+                        self.acknowledged_slot.is_none_or(|acked| acked < slot),
+                        "seed {}: lease read on replica {id} at slot {slot} misses acknowledged slot {:?}",
+                        self.seed,
+                        self.acknowledged_slot
+                    );
+                    self.lease_reads += 1;
+                }
+                let next = Duration::from_micros(self.rng.random_range(500..3000));
+                self.schedule(next, Event::Read);
             }
             Event::Propose => {
                 let leaders: Vec<ReplicaId> = (0..REPLICAS)
@@ -275,6 +314,16 @@ impl Sim {
                 self.schedule(down, Event::Restart(victim));
             }
         }
+        // Cut one link (both directions), or heal it.
+        if self.rng.random_bool(0.003) {
+            self.cut = match self.cut {
+                Some(_) => None,
+                None => {
+                    let a = self.rng.random_range(0..REPLICAS);
+                    Some((a, (a + self.rng.random_range(1..REPLICAS)) % REPLICAS))
+                }
+            };
+        }
         // Isolate one replica, or heal.
         if self.rng.random_bool(0.002) {
             self.isolated = if self.isolated.is_some() {
@@ -290,12 +339,13 @@ impl Sim {
     }
 }
 
-fn run_seed(seed: u64) -> usize {
+fn run_seed(seed: u64) -> (usize, u64) {
     let mut sim = Sim::new(seed);
     sim.run_until(SAFETY_PHASE);
     // Liveness: heal everything, restart the crashed, stop injecting faults.
     sim.faults = false;
     sim.isolated = None;
+    sim.cut = None;
     for id in 0..REPLICAS {
         if sim.replicas[id].is_none() {
             sim.schedule(Duration::from_millis(1), Event::Restart(id));
@@ -310,7 +360,7 @@ fn run_seed(seed: u64) -> usize {
             .iter()
             .all(|value| (0..REPLICAS).all(|r| sim.reported[r].values().any(|v| v == value)));
         if done {
-            return sim.acknowledged.len();
+            return (sim.acknowledged.len(), sim.lease_reads);
         }
     }
     let missing: Vec<_> = (0..REPLICAS)
@@ -342,22 +392,28 @@ fn run_seed(seed: u64) -> usize {
 #[test]
 fn multi_paxos_is_safe_and_live_under_faults() {
     if let Ok(seed) = std::env::var("CAIRN_SIM_SEED") {
-        let acknowledged = run_seed(seed.parse().unwrap());
-        println!("seed {seed}: {acknowledged} commands acknowledged");
+        let (acknowledged, reads) = run_seed(seed.parse().unwrap());
+        println!("seed {seed}: {acknowledged} commands acknowledged, {reads} lease reads");
         return;
     }
     let seeds: u64 = std::env::var("CAIRN_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
-    let mut total = 0;
+    let (mut total, mut reads) = (0, 0);
     for seed in 0..seeds {
-        total += run_seed(seed);
+        let (acknowledged, lease_reads) = run_seed(seed);
+        total += acknowledged;
+        reads += lease_reads;
     }
+    assert!(
+        reads > seeds * 50,
+        "only {reads} lease reads over {seeds} seeds"
+    );
     // The simulation must make progress, not just stay safe by doing nothing.
     assert!(
         total as u64 > seeds * 50,
         "only {total} commands acknowledged over {seeds} seeds"
     );
-    println!("{seeds} seeds, {total} commands acknowledged");
+    println!("{seeds} seeds, {total} commands acknowledged, {reads} lease reads checked");
 }
