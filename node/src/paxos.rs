@@ -73,6 +73,15 @@ pub enum Message {
         commit_through: Slot,
         seq: u64,
     },
+    /// Would you promise `ballot`? Asked before an election; changes no
+    /// state, so a replica cut off from a healthy leader cannot disrupt it.
+    PreVote {
+        ballot: Ballot,
+    },
+    PreVoteReply {
+        ballot: Ballot,
+        granted: bool,
+    },
     HeartbeatReply {
         ballot: Ballot,
         applied_through: Slot,
@@ -163,6 +172,11 @@ pub struct NotLeader {
 #[derive(Debug)]
 enum Role {
     Follower,
+    /// Asking peers whether an election would succeed.
+    PreCandidate {
+        ballot: Ballot,
+        grants: BTreeSet<ReplicaId>,
+    },
     Candidate {
         ballot: Ballot,
         from_slot: Slot,
@@ -236,6 +250,14 @@ impl Replica {
 
     pub fn is_leader(&self) -> bool {
         matches!(self.role, Role::Leader { .. })
+    }
+
+    /// The ballot this replica leads with, if it is the leader.
+    pub fn leader_ballot(&self) -> Option<Ballot> {
+        match self.role {
+            Role::Leader { ballot, .. } => Some(ballot),
+            _ => None,
+        }
     }
 
     pub fn leader_hint(&self) -> Option<ReplicaId> {
@@ -400,8 +422,57 @@ impl Replica {
         }
         match self.election_deadline {
             None => self.election_deadline = Some(now + self.jitter()),
-            Some(deadline) if now >= deadline => self.start_election(now),
+            Some(deadline) if now >= deadline => self.start_pre_vote(now),
             Some(_) => {}
+        }
+    }
+
+    /// The ballot an election started now would use.
+    fn next_ballot(&self) -> Ballot {
+        let round = self
+            .state
+            .promised
+            .round
+            .max(self.leader.map_or(0, |(b, _)| b.round))
+            + 1;
+        Ballot {
+            round,
+            leader: self.config.id,
+        }
+    }
+
+    /// Whether this replica would promise `ballot` now: it is higher than
+    /// any promise, no lease this replica granted another leader may still
+    /// be in force, and it is not itself a leader holding a lease (refusing
+    /// is always safe; a leader that lost its majority loses its lease).
+    fn would_promise(&self, ballot: Ballot, now: Instant) -> bool {
+        let leased = self.leader_contact.is_some_and(|(leader, at)| {
+            leader != ballot.leader && now < at + self.config.lease_duration
+        });
+        let leading = self.lease_expiry().is_some_and(|expiry| now < expiry);
+        ballot > self.state.promised && !leased && !leading
+    }
+
+    fn start_pre_vote(&mut self, now: Instant) {
+        let ballot = self.next_ballot();
+        self.role = Role::PreCandidate {
+            ballot,
+            grants: BTreeSet::from([self.config.id]),
+        };
+        self.election_deadline = Some(now + self.jitter());
+        let peers: Vec<ReplicaId> = self.peers().collect();
+        for peer in peers {
+            self.ready.send.push((peer, Message::PreVote { ballot }));
+        }
+        self.advance_pre_vote(now);
+    }
+
+    fn advance_pre_vote(&mut self, now: Instant) {
+        let majority = self.majority();
+        if let Role::PreCandidate { grants, .. } = &self.role
+            && grants.len() >= majority
+        {
+            self.start_election(now);
         }
     }
 
@@ -438,10 +509,7 @@ impl Replica {
             Message::Prepare { ballot, from_slot } => {
                 // While the lease this replica granted its leader may still
                 // be in force, no other candidate gets a promise.
-                let leased = self.leader_contact.is_some_and(|(leader, at)| {
-                    leader != ballot.leader && now < at + self.config.lease_duration
-                });
-                if ballot > self.state.promised && !leased {
+                if self.would_promise(ballot, now) {
                     self.step_down_if_outranked(ballot);
                     self.persist(Persist::Promise(ballot));
                     let accepted = self
@@ -461,6 +529,24 @@ impl Replica {
                             promised: self.state.promised,
                         },
                     ));
+                }
+            }
+            Message::PreVote { ballot } => {
+                let granted = self.would_promise(ballot, now);
+                self.ready
+                    .send
+                    .push((from, Message::PreVoteReply { ballot, granted }));
+            }
+            Message::PreVoteReply { ballot, granted } => {
+                if let Role::PreCandidate {
+                    ballot: current,
+                    grants,
+                } = &mut self.role
+                    && ballot == *current
+                    && granted
+                {
+                    grants.insert(from);
+                    self.advance_pre_vote(now);
                 }
             }
             Message::Promise { ballot, accepted } => {
@@ -519,7 +605,7 @@ impl Replica {
             Message::Reject { promised } => {
                 let mine = match &self.role {
                     Role::Candidate { ballot, .. } | Role::Leader { ballot, .. } => Some(*ballot),
-                    Role::Follower => None,
+                    Role::Follower | Role::PreCandidate { .. } => None,
                 };
                 if mine.is_some_and(|b| promised > b) {
                     self.role = Role::Follower;
@@ -569,10 +655,15 @@ impl Replica {
         }
     }
 
-    /// A leader or candidate that sees a higher ballot becomes a follower.
+    /// A leader or candidate that sees a higher ballot becomes a follower;
+    /// a pre-candidate that hears a live leader or candidate stops asking.
     fn step_down_if_outranked(&mut self, ballot: Ballot) {
         let mine = match &self.role {
             Role::Candidate { ballot, .. } | Role::Leader { ballot, .. } => Some(*ballot),
+            Role::PreCandidate { .. } => {
+                self.role = Role::Follower;
+                return;
+            }
             Role::Follower => None,
         };
         if mine.is_some_and(|b| ballot > b) {
