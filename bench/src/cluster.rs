@@ -51,6 +51,7 @@ impl EmbeddedCluster {
             }],
             identity: identity.clone(),
             node_server_name: "localhost".into(),
+            dynamodb: None,
             cores: 1,
         })
         .context("starting the embedded router")?;

@@ -9,6 +9,7 @@
 //! which clients retry.
 
 pub mod catalog;
+pub mod dynamodb;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -51,6 +52,15 @@ pub struct RouterConfig {
     pub node_server_name: String,
     /// Executors (one per core), each serving its share of connections.
     pub cores: usize,
+    /// The DynamoDB-compatible HTTP endpoint, if wanted.
+    pub dynamodb: Option<DynamoDbEndpoint>,
+}
+
+/// Where the DynamoDB endpoint listens and who may use it.
+#[derive(Debug, Clone)]
+pub struct DynamoDbEndpoint {
+    pub listen: SocketAddr,
+    pub access: dynamodb::Access,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +160,18 @@ async fn run_core(
             return;
         }
     };
+    let http = match config
+        .dynamodb
+        .as_ref()
+        .map(|d| bind_http(d, core))
+        .transpose()
+    {
+        Ok(http) => http,
+        Err(message) => {
+            let _ = ready.send(Err(message)).await;
+            return;
+        }
+    };
     let _ = ready
         .send(endpoint.local_addr().map_err(|e| e.to_string()))
         .await;
@@ -163,6 +185,10 @@ async fn run_core(
         to_nodes,
         node_server_name: config.node_server_name.clone(),
     });
+    if let (Some(listener), Some(dynamodb)) = (http, &config.dynamodb) {
+        let access = Rc::new(dynamodb.access.clone());
+        glommio::spawn_local(dynamodb::serve(state.clone(), listener, access)).detach();
+    }
     let accepting = async {
         while let Ok(connection) = endpoint.accept().await {
             glommio::spawn_local(serve(state.clone(), connection)).detach();
@@ -172,6 +198,21 @@ async fn run_core(
         let _ = stopped.recv().await;
     })
     .await;
+}
+
+/// Binds the DynamoDB endpoint's TCP port on one core (all cores share it
+/// with SO_REUSEPORT; core 0 first checks no other process holds it).
+fn bind_http(
+    endpoint: &DynamoDbEndpoint,
+    core: usize,
+) -> Result<glommio::net::TcpListener, String> {
+    let listen = endpoint.listen;
+    if core == 0 {
+        std::net::TcpListener::bind(listen)
+            .map_err(|e| format!("DynamoDB endpoint on {listen}: {e}"))?;
+    }
+    glommio::net::TcpListener::bind(listen)
+        .map_err(|e| format!("DynamoDB endpoint on {listen}: {e}"))
 }
 
 /// Binds a core's two endpoints: the client-facing one on the router's

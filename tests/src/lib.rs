@@ -102,3 +102,55 @@ pub fn with_client<T: Send + 'static>(
         .join()
         .expect("the client executor finished")
 }
+
+/// Bound on waiting for a process to report it is ready.
+pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A child process that has reported it is ready; killed (SIGKILL) when
+/// dropped.
+#[derive(Debug)]
+pub struct Process(std::process::Child);
+
+impl Process {
+    /// Starts `binary ARGS` and waits, at most [`READY_TIMEOUT`], for a
+    /// stdout line containing `ready`.
+    pub fn start(binary: &str, args: &[&str], ready: &str) -> Process {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(binary)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("the process starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (found, lines) = std::sync::mpsc::channel();
+        let ready = ready.to_owned();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains(&ready) {
+                    let _ = found.send(());
+                }
+            }
+        });
+        lines
+            .recv_timeout(READY_TIMEOUT)
+            .expect("the process reported ready");
+        Process(child)
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(mut self) {
+        self.0.kill().expect("kill");
+        self.0.wait().expect("wait");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -47,6 +47,7 @@ fn cluster() -> Cluster {
         }],
         identity: identity.clone(),
         node_server_name: "localhost".into(),
+        dynamodb: None,
         cores: 2,
     })
     .unwrap();

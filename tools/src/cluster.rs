@@ -7,9 +7,10 @@ use anyhow::Context;
 use cairn_common::quic::Identity;
 use cairn_node::{NodeConfig, NodeNetwork, StorageNode, shard_addr};
 use cairn_router::catalog::NodeAddress;
-use cairn_router::{Router, RouterConfig};
+use cairn_router::dynamodb::Access;
+use cairn_router::{DynamoDbEndpoint, Router, RouterConfig};
 
-use crate::config::{self, NodeEntry, NodeFile, RouterFile};
+use crate::config::{self, AccessKey, DynamoDbFile, NodeEntry, NodeFile, RouterFile};
 
 /// Starts a storage node from its config file.
 pub fn start_node(path: &Path) -> anyhow::Result<StorageNode> {
@@ -42,9 +43,47 @@ pub fn start_router(path: &Path) -> anyhow::Result<Router> {
         identity,
         node_server_name: file.node_server_name,
         cores: file.cores,
+        dynamodb: file.dynamodb.map(|d| DynamoDbEndpoint {
+            listen: d.listen,
+            access: Access {
+                keys: d
+                    .access_keys
+                    .into_iter()
+                    .map(|k| (k.id, k.secret))
+                    .collect(),
+                require_signature: d.require_signature,
+            },
+        }),
     };
     Router::start(router_config)
         .with_context(|| format!("starting the router of {}", path.display()))
+}
+
+/// The cluster's access key: generated once, kept in `access-key.toml`.
+fn access_key(dir: &Path) -> anyhow::Result<AccessKey> {
+    let path = dir.join("access-key.toml");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return toml::from_str(&text).with_context(|| format!("parsing {}", path.display()));
+    }
+    // Independent draws: nothing of the secret shows in the id.
+    let key = AccessKey {
+        id: format!("AKCAIRN{}", random_letters(13)?),
+        secret: random_letters(40)?,
+    };
+    std::fs::write(&path, toml::to_string(&key)?)?;
+    Ok(key)
+}
+
+/// `count` letters from the kernel's CSPRNG (32 symbols: 5 bits each).
+fn random_letters(count: usize) -> anyhow::Result<String> {
+    use std::io::Read;
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut random = vec![0u8; count];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut random)?;
+    Ok(random
+        .iter()
+        .map(|b| ALPHABET[(*b % 32) as usize] as char)
+        .collect())
 }
 
 /// What `cairn up` started.
@@ -54,6 +93,7 @@ pub struct LocalCluster {
     pub router: Router,
     pub dir: PathBuf,
     pub router_addr: SocketAddr,
+    pub dynamodb: Option<(SocketAddr, AccessKey)>,
 }
 
 /// Creates (or reuses) a local cluster directory with a self-signed
@@ -83,6 +123,11 @@ pub fn up(dir: &Path, cores: usize, port: u16) -> anyhow::Result<LocalCluster> {
         private_key: "key.pem".into(),
         node_server_name: "localhost".into(),
         cores: 1,
+        dynamodb: Some(DynamoDbFile {
+            listen: format!("127.0.0.1:{}", port + 1).parse()?,
+            require_signature: true,
+            access_keys: vec![access_key(&dir)?],
+        }),
         nodes: vec![NodeEntry {
             addr: node_listen,
             cores,
@@ -92,12 +137,17 @@ pub fn up(dir: &Path, cores: usize, port: u16) -> anyhow::Result<LocalCluster> {
     std::fs::write(&node_path, toml::to_string(&node)?)?;
     std::fs::write(&router_path, toml::to_string(&router)?)?;
     let node = start_node(&node_path)?;
-    let router = start_router(&router_path)?;
+    let dynamodb = router
+        .dynamodb
+        .as_ref()
+        .and_then(|d| d.access_keys.first().map(|k| (d.listen, k.clone())));
+    let router_process = start_router(&router_path)?;
     Ok(LocalCluster {
-        router_addr: router.addr(),
+        router_addr: router_process.addr(),
         node,
-        router,
+        router: router_process,
         dir,
+        dynamodb,
     })
 }
 
@@ -114,6 +164,12 @@ impl LocalCluster {
             self.dir.display(),
             self.dir.join("node.toml").display(),
             self.dir.join("router.toml").display(),
-        )
+        ) + &match &self.dynamodb {
+            Some((addr, key)) => format!(
+                "  DynamoDB endpoint: http://{addr}\n    aws_access_key_id = {}\n    aws_secret_access_key = {}\n",
+                key.id, key.secret
+            ),
+            None => String::new(),
+        }
     }
 }

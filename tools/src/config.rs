@@ -51,6 +51,33 @@ pub struct RouterFile {
     #[serde(default = "one")]
     pub cores: usize,
     pub nodes: Vec<NodeEntry>,
+    /// The DynamoDB-compatible HTTP endpoint (docs/dynamodb-api.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamodb: Option<DynamoDbFile>,
+}
+
+/// `[dynamodb]` in a router's config.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamoDbFile {
+    /// TCP address of the HTTP endpoint.
+    pub listen: SocketAddr,
+    /// Refuse requests not signed (SigV4) with one of `access_keys`.
+    #[serde(default = "yes")]
+    pub require_signature: bool,
+    #[serde(default)]
+    pub access_keys: Vec<AccessKey>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessKey {
+    pub id: String,
+    pub secret: String,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn one() -> usize {

@@ -6,61 +6,18 @@
 
 #![allow(clippy::unwrap_used)] // Test helpers: a panic is the failure report.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
 use cairn_common::client::Client;
 use cairn_common::quic::Identity;
 use cairn_common::update::UpdateAction;
 use cairn_common::wire::ErrorCode;
 use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType};
+use cairn_tests::Process;
 
-/// Bound on waiting for a process to report it is ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Starts `cairn ARGS` and waits (bounded) for a stdout line containing
-/// `ready`; the process is killed when the guard drops.
-struct Process(Child);
-
-impl Process {
-    fn start(args: &[&str], ready: &str) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (found, lines) = mpsc::channel();
-        let ready = ready.to_owned();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains(&ready) {
-                    let _ = found.send(());
-                }
-            }
-        });
-        lines
-            .recv_timeout(READY_TIMEOUT)
-            .expect("process reported ready");
-        Process(child)
-    }
-
-    fn kill(mut self) {
-        self.0.kill().unwrap(); // SIGKILL
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn start(args: &[&str], ready: &str) -> Process {
+    Process::start(env!("CARGO_BIN_EXE_cairn"), args, ready)
 }
 
 fn client_run<T: Send + 'static>(
@@ -89,7 +46,7 @@ fn a_killed_node_restarts_with_every_acknowledged_write() {
     let cluster_dir = dir.path().join("cluster");
     let cluster = cluster_dir.to_str().unwrap();
     // `cairn up` once, to write the certificate and config files.
-    Process::start(
+    start(
         &["up", "--dir", cluster, "--port", &port, "--cores", "2"],
         "Cairn is up.",
     )
@@ -97,11 +54,11 @@ fn a_killed_node_restarts_with_every_acknowledged_write() {
     let node_config = cluster_dir.join("node.toml");
     let router_config = cluster_dir.join("router.toml");
     let cert = cluster_dir.join("cert.pem");
-    let node = Process::start(
+    let node = start(
         &["node", "--config", node_config.to_str().unwrap()],
         "node running",
     );
-    let _router = Process::start(
+    let _router = start(
         &["router", "--config", router_config.to_str().unwrap()],
         "router listening",
     );
@@ -173,7 +130,7 @@ fn a_killed_node_restarts_with_every_acknowledged_write() {
     assert!(error.is_retryable(), "{error:?}");
     assert_eq!(error.code(), Some(ErrorCode::Unavailable));
 
-    let _node = Process::start(
+    let _node = start(
         &["node", "--config", node_config.to_str().unwrap()],
         "node running",
     );

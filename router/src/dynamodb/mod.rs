@@ -1,0 +1,235 @@
+//! The DynamoDB-compatible front door: HTTP/1.1 with DynamoDB's JSON
+//! protocol (`X-Amz-Target: DynamoDB_20120810.<Operation>`), requests
+//! checked with AWS Signature Version 4, mapped onto the router's native
+//! requests (docs/dynamodb-api.md says what is supported).
+//!
+//! Every router core accepts on the same TCP port (SO_REUSEPORT). Headers
+//! are bounded to 64 KiB and bodies to 16 MiB; a bigger request is refused
+//! and the connection closed.
+
+pub mod api;
+pub mod json;
+pub mod sigv4;
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use serde_json::Value as Json;
+
+use crate::State;
+use api::ApiError;
+
+const HEADER_BYTES_MAX: usize = 64 * 1024;
+const BODY_BYTES_MAX: usize = 16 << 20;
+const TARGET_PREFIX: &str = "DynamoDB_20120810.";
+
+/// Who may call the endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// Access key id → secret key.
+    pub keys: HashMap<String, String>,
+    /// Refuse unsigned or wrongly signed requests (off only for local
+    /// experiments).
+    pub require_signature: bool,
+}
+
+/// Accepts HTTP connections and serves them on this core.
+pub(crate) async fn serve(state: Rc<State>, listener: TcpListener, access: Rc<Access>) {
+    while let Ok(stream) = listener.accept().await {
+        glommio::spawn_local(connection(state.clone(), stream, access.clone())).detach();
+    }
+}
+
+struct Parsed {
+    header_len: usize,
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    content_length: usize,
+}
+
+enum ParseOutcome {
+    Complete(Parsed),
+    Partial,
+    Bad(&'static str),
+}
+
+fn parse(buffer: &[u8]) -> ParseOutcome {
+    let mut slots = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut slots);
+    match request.parse(buffer) {
+        Ok(httparse::Status::Complete(header_len)) => {
+            let headers: Vec<(String, String)> = request
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_owned(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect();
+            let content_length = headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse().ok())
+                .unwrap_or(0);
+            ParseOutcome::Complete(Parsed {
+                header_len,
+                method: request.method.unwrap_or_default().to_owned(),
+                path: request.path.unwrap_or("/").to_owned(),
+                headers,
+                content_length,
+            })
+        }
+        Ok(httparse::Status::Partial) => ParseOutcome::Partial,
+        Err(_) => ParseOutcome::Bad("malformed HTTP request"),
+    }
+}
+
+async fn connection(state: Rc<State>, mut stream: TcpStream, access: Rc<Access>) {
+    let mut buffer: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let parsed = loop {
+            match parse(&buffer) {
+                ParseOutcome::Complete(parsed) => break parsed,
+                ParseOutcome::Bad(reason) => {
+                    let _ = respond(
+                        &mut stream,
+                        &ApiError::new(
+                            400,
+                            "com.amazon.coral.service#SerializationException",
+                            reason,
+                        )
+                        .into_response(),
+                        true,
+                    )
+                    .await;
+                    return;
+                }
+                ParseOutcome::Partial if buffer.len() > HEADER_BYTES_MAX => {
+                    let error = ApiError::new(
+                        400,
+                        "com.amazon.coral.service#SerializationException",
+                        "request headers too large",
+                    );
+                    let _ = respond(&mut stream, &error.into_response(), true).await;
+                    return;
+                }
+                ParseOutcome::Partial => match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                },
+            }
+        };
+        if parsed.content_length > BODY_BYTES_MAX {
+            let error = ApiError::new(
+                413,
+                "com.amazonaws.dynamodb.v20120810#ValidationException",
+                "Request size exceeds 16 MB",
+            );
+            let _ = respond(&mut stream, &error.into_response(), true).await;
+            return;
+        }
+        let end = parsed.header_len + parsed.content_length;
+        while buffer.len() < end {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let close = parsed
+            .headers
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close"));
+        let response = match handle(&state, &access, &parsed, &buffer[parsed.header_len..end]).await
+        {
+            Ok(json) => (200, json),
+            Err(error) => error.into_response(),
+        };
+        buffer.drain(..end);
+        if respond(&mut stream, &response, close).await.is_err() || close {
+            return;
+        }
+    }
+}
+
+async fn handle(
+    state: &State,
+    access: &Access,
+    request: &Parsed,
+    body: &[u8],
+) -> Result<Json, ApiError> {
+    if access.require_signature {
+        let (path, query) = request.path.split_once('?').unwrap_or((&request.path, ""));
+        let signed = sigv4::SignedRequest {
+            method: &request.method,
+            path,
+            query,
+            headers: &request.headers,
+            body,
+        };
+        sigv4::verify(&signed, &access.keys).map_err(|error| match error {
+            sigv4::AuthError::Unrecognized(m) => ApiError::new(
+                400,
+                "com.amazon.coral.service#UnrecognizedClientException",
+                m,
+            ),
+            sigv4::AuthError::InvalidSignature(m) => {
+                ApiError::new(400, "com.amazon.coral.service#InvalidSignatureException", m)
+            }
+        })?;
+    }
+    let target = request
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("x-amz-target"))
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default();
+    let Some(operation) = target.strip_prefix(TARGET_PREFIX) else {
+        return Err(ApiError::new(
+            400,
+            "com.amazon.coral.service#UnknownOperationException",
+            format!("Unknown target {target:?}"),
+        ));
+    };
+    let json: Json = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            400,
+            "com.amazon.coral.service#SerializationException",
+            e.to_string(),
+        )
+    })?;
+    api::dispatch(state, operation, &json).await
+}
+
+impl ApiError {
+    fn into_response(self) -> (u16, Json) {
+        (self.status, self.body())
+    }
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    (status, json): &(u16, Json),
+    close: bool,
+) -> std::io::Result<()> {
+    let body = serde_json::to_vec(json).expect("JSON values serialize");
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        413 => "Payload Too Large",
+        _ => "Internal Server Error",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/x-amz-json-1.0\r\nContent-Length: {}\r\nx-amzn-RequestId: cairn\r\n{}\r\n",
+        body.len(),
+        if close { "Connection: close\r\n" } else { "" }
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(&body).await?;
+    stream.flush().await
+}

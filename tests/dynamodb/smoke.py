@@ -1,0 +1,112 @@
+"""Drives Cairn's DynamoDB endpoint with boto3, as an existing client would.
+
+Usage: smoke.py ENDPOINT ACCESS_KEY_ID SECRET_ACCESS_KEY
+Exits non-zero (with the failing check) if any expectation does not hold.
+"""
+
+import json
+import sys
+import urllib.error
+import urllib.request
+
+import boto3
+import botocore.auth
+import botocore.awsrequest
+import botocore.credentials
+import botocore.exceptions
+
+endpoint, key_id, secret = sys.argv[1:4]
+
+
+def client(key=key_id, secret_key=secret):
+    return boto3.client(
+        "dynamodb",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=key,
+        aws_secret_access_key=secret_key,
+        config=botocore.config.Config(retries={"max_attempts": 1}),
+    )
+
+
+def error_code(call):
+    try:
+        call()
+    except botocore.exceptions.ClientError as error:
+        return error.response["Error"]["Code"]
+    raise AssertionError("expected an error")
+
+
+ddb = client()
+
+# Tables.
+created = ddb.create_table(
+    TableName="events",
+    KeySchema=[{"AttributeName": "user", "KeyType": "HASH"}, {"AttributeName": "ts", "KeyType": "RANGE"}],
+    AttributeDefinitions=[{"AttributeName": "user", "AttributeType": "S"}, {"AttributeName": "ts", "AttributeType": "N"}],
+    BillingMode="PAY_PER_REQUEST",
+)
+assert created["TableDescription"]["TableStatus"] == "ACTIVE", created
+described = ddb.describe_table(TableName="events")["Table"]
+assert described["KeySchema"][1] == {"AttributeName": "ts", "KeyType": "RANGE"}, described
+assert "events" in ddb.list_tables()["TableNames"]
+assert error_code(lambda: ddb.create_table(
+    TableName="events",
+    KeySchema=[{"AttributeName": "user", "KeyType": "HASH"}],
+    AttributeDefinitions=[{"AttributeName": "user", "AttributeType": "S"}],
+    BillingMode="PAY_PER_REQUEST",
+)) == "ResourceInUseException"
+
+# Items of every type.
+item = {
+    "user": {"S": "ann"}, "ts": {"N": "1700000000.5"}, "blob": {"B": b"\x00\x01\xff"},
+    "ok": {"BOOL": True}, "none": {"NULL": True}, "list": {"L": [{"N": "1"}, {"S": "two"}]},
+    "map": {"M": {"nested": {"SS": ["x", "y"]}}}, "nums": {"NS": ["1", "2.5"]}, "bins": {"BS": [b"a"]},
+}
+ddb.put_item(TableName="events", Item=item)
+got = ddb.get_item(TableName="events", Key={"user": {"S": "ann"}, "ts": {"N": "1700000000.5"}}, ConsistentRead=True)
+assert got["Item"]["blob"] == {"B": b"\x00\x01\xff"}, got
+assert got["Item"]["map"]["M"]["nested"]["SS"] == ["x", "y"], got
+assert sorted(got["Item"]["nums"]["NS"]) == ["1", "2.5"], got
+assert "Item" not in ddb.get_item(TableName="events", Key={"user": {"S": "bob"}, "ts": {"N": "1"}})
+ddb.delete_item(TableName="events", Key={"user": {"S": "ann"}, "ts": {"N": "1700000000.5"}})
+assert "Item" not in ddb.get_item(TableName="events", Key={"user": {"S": "ann"}, "ts": {"N": "1700000000.5"}})
+
+# DynamoDB's errors for bad input; the endpoint keeps serving.
+assert error_code(lambda: ddb.get_item(TableName="missing", Key={"user": {"S": "a"}})) == "ResourceNotFoundException"
+assert error_code(lambda: ddb.put_item(TableName="events", Item={"user": {"N": "1"}, "ts": {"N": "1"}})) == "ValidationException"
+assert error_code(lambda: ddb.put_item(TableName="events", Item={"user": {"S": ""}, "ts": {"N": "1"}})) == "ValidationException"
+big = {"user": {"S": "big"}, "ts": {"N": "1"}, "blob": {"B": b"x" * (401 * 1024)}}
+assert error_code(lambda: ddb.put_item(TableName="events", Item=big)) == "ValidationException"
+assert error_code(lambda: ddb.update_item(TableName="events", Key={"user": {"S": "a"}, "ts": {"N": "1"}})) == "ValidationException"
+
+# Credentials: wrong secret, unknown key, no signature at all.
+assert error_code(lambda: client(secret_key="wrong").list_tables()) == "InvalidSignatureException"
+assert error_code(lambda: client(key="AKUNKNOWN").list_tables()) == "UnrecognizedClientException"
+unsigned = urllib.request.Request(
+    endpoint, data=b"{}", method="POST",
+    headers={"X-Amz-Target": "DynamoDB_20120810.ListTables", "Content-Type": "application/x-amz-json-1.0"},
+)
+try:
+    urllib.request.urlopen(unsigned)
+    raise AssertionError("an unsigned request was served")
+except urllib.error.HTTPError as error:
+    assert json.loads(error.read())["__type"].endswith("UnrecognizedClientException")
+
+# A correctly signed request whose body is not JSON.
+raw = botocore.awsrequest.AWSRequest(
+    method="POST", url=endpoint, data=b"{not json",
+    headers={"X-Amz-Target": "DynamoDB_20120810.ListTables", "Content-Type": "application/x-amz-json-1.0"},
+)
+botocore.auth.SigV4Auth(botocore.credentials.Credentials(key_id, secret), "dynamodb", "us-east-1").add_auth(raw)
+prepared = urllib.request.Request(endpoint, data=raw.body, method="POST", headers=dict(raw.headers.items()))
+try:
+    urllib.request.urlopen(prepared)
+    raise AssertionError("malformed JSON was accepted")
+except urllib.error.HTTPError as error:
+    assert json.loads(error.read())["__type"].endswith("SerializationException")
+
+assert "events" in ddb.list_tables()["TableNames"]
+ddb.delete_table(TableName="events")
+assert "events" not in ddb.list_tables()["TableNames"]
+print("dynamodb smoke: all checks passed")
