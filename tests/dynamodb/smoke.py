@@ -72,13 +72,76 @@ assert "Item" not in ddb.get_item(TableName="events", Key={"user": {"S": "bob"},
 ddb.delete_item(TableName="events", Key={"user": {"S": "ann"}, "ts": {"N": "1700000000.5"}})
 assert "Item" not in ddb.get_item(TableName="events", Key={"user": {"S": "ann"}, "ts": {"N": "1700000000.5"}})
 
+# Conditional writes.
+ddb.put_item(TableName="events", Item={"user": {"S": "cy"}, "ts": {"N": "1"}, "v": {"N": "1"}},
+             ConditionExpression="attribute_not_exists(#u)", ExpressionAttributeNames={"#u": "user"})
+assert error_code(lambda: ddb.put_item(
+    TableName="events", Item={"user": {"S": "cy"}, "ts": {"N": "1"}},
+    ConditionExpression="attribute_not_exists(#u)", ExpressionAttributeNames={"#u": "user"},
+)) == "ConditionalCheckFailedException"
+
+# UpdateItem: SET, arithmetic, REMOVE, ADD, a condition, ALL_NEW.
+updated = ddb.update_item(
+    TableName="events", Key={"user": {"S": "cy"}, "ts": {"N": "1"}},
+    UpdateExpression="SET #n = :name, v = v + :one REMOVE gone ADD hits :two, tags :tags",
+    ConditionExpression="v = :one",
+    ExpressionAttributeNames={"#n": "name"},
+    ExpressionAttributeValues={":name": {"S": "Cy"}, ":one": {"N": "1"}, ":two": {"N": "2"}, ":tags": {"SS": ["t"]}},
+    ReturnValues="ALL_NEW",
+)["Attributes"]
+assert updated["v"] == {"N": "2"} and updated["hits"] == {"N": "2"} and updated["name"] == {"S": "Cy"}, updated
+assert error_code(lambda: ddb.update_item(
+    TableName="events", Key={"user": {"S": "cy"}, "ts": {"N": "1"}},
+    UpdateExpression="SET v = :one", ConditionExpression="v = :one",
+    ExpressionAttributeValues={":one": {"N": "1"}},
+)) == "ConditionalCheckFailedException"
+assert error_code(lambda: ddb.update_item(
+    TableName="events", Key={"user": {"S": "cy"}, "ts": {"N": "1"}},
+    UpdateExpression="SET a.b = :one", ExpressionAttributeValues={":one": {"N": "1"}},
+)) == "ValidationException"
+ddb.delete_item(TableName="events", Key={"user": {"S": "cy"}, "ts": {"N": "1"}},
+                ConditionExpression="hits = :two", ExpressionAttributeValues={":two": {"N": "2"}})
+
+# Query: a sort-key range, backwards, in pages of 3.
+for ts in range(20):
+    ddb.put_item(TableName="events", Item={"user": {"S": "dee"}, "ts": {"N": str(ts)}})
+    ddb.put_item(TableName="events", Item={"user": {"S": "eve"}, "ts": {"N": str(ts)}})
+seen, start = [], None
+while True:
+    args = dict(TableName="events", KeyConditionExpression="#u = :u AND ts BETWEEN :lo AND :hi",
+                ExpressionAttributeNames={"#u": "user"},
+                ExpressionAttributeValues={":u": {"S": "dee"}, ":lo": {"N": "5"}, ":hi": {"N": "14"}},
+                ScanIndexForward=False, Limit=3)
+    if start:
+        args["ExclusiveStartKey"] = start
+    page = ddb.query(**args)
+    seen += [int(i["ts"]["N"]) for i in page["Items"]]
+    start = page.get("LastEvaluatedKey")
+    if not start:
+        break
+assert seen == list(range(14, 4, -1)), seen
+assert error_code(lambda: ddb.query(
+    TableName="events", KeyConditionExpression="#u = :u", FilterExpression="ts > :lo",
+    ExpressionAttributeNames={"#u": "user"}, ExpressionAttributeValues={":u": {"S": "dee"}, ":lo": {"N": "1"}},
+)) == "ValidationException"
+
+# Scan everything in pages of 7.
+count, start = 0, None
+while True:
+    page = ddb.scan(TableName="events", Limit=7, **({"ExclusiveStartKey": start} if start else {}))
+    count += page["Count"]
+    start = page.get("LastEvaluatedKey")
+    if not start:
+        break
+assert count == 40, count
+
 # DynamoDB's errors for bad input; the endpoint keeps serving.
 assert error_code(lambda: ddb.get_item(TableName="missing", Key={"user": {"S": "a"}})) == "ResourceNotFoundException"
 assert error_code(lambda: ddb.put_item(TableName="events", Item={"user": {"N": "1"}, "ts": {"N": "1"}})) == "ValidationException"
 assert error_code(lambda: ddb.put_item(TableName="events", Item={"user": {"S": ""}, "ts": {"N": "1"}})) == "ValidationException"
 big = {"user": {"S": "big"}, "ts": {"N": "1"}, "blob": {"B": b"x" * (401 * 1024)}}
 assert error_code(lambda: ddb.put_item(TableName="events", Item=big)) == "ValidationException"
-assert error_code(lambda: ddb.update_item(TableName="events", Key={"user": {"S": "a"}, "ts": {"N": "1"}})) == "ValidationException"
+assert error_code(lambda: ddb.batch_get_item(RequestItems={"events": {"Keys": [{"user": {"S": "a"}, "ts": {"N": "1"}}]}})) == "ValidationException"
 
 # Credentials: wrong secret, unknown key, no signature at all.
 assert error_code(lambda: client(secret_key="wrong").list_tables()) == "InvalidSignatureException"

@@ -1,10 +1,13 @@
 //! DynamoDB operations over JSON, mapped onto the router's native requests:
 //! the same routing and storage path, a different front door.
 
-use cairn_common::wire::{ClientRequest, ErrorCode, Response, TableDescription};
-use cairn_common::{Item, KeyAttribute, KeySchema, KeyType};
+use cairn_common::wire::{
+    ClientRequest, ErrorCode, Response, TableDescription, WireBound, WireChange, WireCondition,
+};
+use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType};
 use serde_json::{Value as Json, json};
 
+use super::expr::Placeholders;
 use super::json::{item_from_json, item_to_json};
 use crate::State;
 
@@ -84,21 +87,21 @@ fn string<'a>(body: &'a Json, name: &str) -> Result<&'a str, ApiError> {
 
 /// Expression and legacy parameters this endpoint does not read yet: a
 /// request that uses one is refused rather than half-honoured.
-const UNSUPPORTED_PARAMETERS: [&str; 6] = [
-    "ConditionExpression",
+const UNSUPPORTED_PARAMETERS: [&str; 9] = [
     "Expected",
-    "ReturnValues",
     "ProjectionExpression",
     "AttributesToGet",
     "ConditionalOperator",
+    "FilterExpression",
+    "AttributeUpdates",
+    "KeyConditions",
+    "Segment",
+    "Select",
 ];
 
 fn refuse_unsupported(body: &Json) -> Result<(), ApiError> {
     for name in UNSUPPORTED_PARAMETERS {
-        let used = body
-            .get(name)
-            .is_some_and(|v| !(name == "ReturnValues" && v == "NONE"));
-        if used {
+        if body.get(name).is_some() {
             return Err(ApiError::validation(format!(
                 "{name} is not supported by Cairn's DynamoDB endpoint yet"
             )));
@@ -185,6 +188,83 @@ fn schema_from_json(body: &Json) -> Result<KeySchema, ApiError> {
     Ok(KeySchema::new(hash, range))
 }
 
+fn expression_error(error: super::expr::ExprError) -> ApiError {
+    ApiError::validation(format!("Invalid expression: {error}"))
+}
+
+/// The request's ConditionExpression, if any, in wire form.
+fn wire_condition(
+    body: &Json,
+    placeholders: &Placeholders,
+) -> Result<Option<WireCondition>, ApiError> {
+    match body.get("ConditionExpression").and_then(Json::as_str) {
+        Some(text) => {
+            let condition = super::expr::condition(text, placeholders).map_err(expression_error)?;
+            Ok(Some(WireCondition::from_condition(&condition)))
+        }
+        None => Ok(None),
+    }
+}
+
+fn return_values(body: &Json, allowed: &[&str]) -> Result<String, ApiError> {
+    let value = body
+        .get("ReturnValues")
+        .and_then(Json::as_str)
+        .unwrap_or("NONE");
+    if !allowed.contains(&value) {
+        return Err(ApiError::validation(format!(
+            "ReturnValues {value} is not supported yet"
+        )));
+    }
+    Ok(value.to_owned())
+}
+
+fn limit(body: &Json) -> Result<u32, ApiError> {
+    match body.get("Limit") {
+        None => Ok(1000),
+        Some(v) => v
+            .as_u64()
+            .filter(|l| *l >= 1)
+            .map(|l| l.min(1000) as u32)
+            .ok_or_else(|| ApiError::validation("Limit must be a positive integer")),
+    }
+}
+
+/// The key attributes of `item` under `schema`: a LastEvaluatedKey.
+fn key_of(item: &Item, schema: &KeySchema) -> Json {
+    let mut key = Item::new();
+    for attribute in std::iter::once(&schema.partition).chain(schema.sort.as_ref()) {
+        if let Some(value) = item.get(&attribute.name) {
+            key.insert(attribute.name.clone(), value.clone());
+        }
+    }
+    item_to_json(&key)
+}
+
+fn page_json(items: &[Vec<u8>], more: bool, schema: &KeySchema) -> Result<Json, ApiError> {
+    let decoded: Vec<Item> = items
+        .iter()
+        .map(|bytes| Item::decode(bytes))
+        .collect::<Result<_, _>>()
+        .map_err(|e| ApiError::new(500, "InternalServerError", e.to_string()))?;
+    let mut page = json!({
+        "Items": decoded.iter().map(item_to_json).collect::<Vec<_>>(),
+        "Count": decoded.len(),
+        "ScannedCount": decoded.len(),
+    });
+    if more && let Some(last) = decoded.last() {
+        page["LastEvaluatedKey"] = key_of(last, schema);
+    }
+    Ok(page)
+}
+
+fn table_of(state: &State, name: &str) -> Result<crate::catalog::Table, ApiError> {
+    state.table(name).map_err(|response| match response {
+        Response::Error { code, message } => ApiError::from_code(code, message),
+        _ => ApiError::new(500, "InternalServerError", "unexpected response"),
+    })
+}
+
 fn key_item(body: &Json) -> Result<Item, ApiError> {
     item_from_json(field(body, "Key")?).map_err(|e| ApiError::validation(format!("Key: {e}")))
 }
@@ -263,12 +343,15 @@ pub(crate) async fn dispatch(
             let table = string(body, "TableName")?.to_owned();
             let item = item_from_json(field(body, "Item")?)
                 .map_err(|e| ApiError::validation(format!("Item: {e}")))?;
+            return_values(body, &["NONE"])?;
+            let placeholders = Placeholders::from_request(body).map_err(expression_error)?;
+            let condition = wire_condition(body, &placeholders)?;
             call(
                 state,
                 ClientRequest::PutItem {
                     table,
                     item: item.to_bytes(),
-                    condition: None,
+                    condition,
                 },
             )
             .await?;
@@ -311,18 +394,147 @@ pub(crate) async fn dispatch(
             refuse_unsupported(body)?;
             let table = string(body, "TableName")?.to_owned();
             let key = key_item(body)?;
+            return_values(body, &["NONE"])?;
+            let placeholders = Placeholders::from_request(body).map_err(expression_error)?;
+            let condition = wire_condition(body, &placeholders)?;
             call(
                 state,
                 ClientRequest::DeleteItem {
                     table,
                     key: key.to_bytes(),
-                    condition: None,
+                    condition,
                 },
             )
             .await?;
             Ok(json!({}))
         }
-        "UpdateItem" | "Query" | "Scan" | "BatchGetItem" | "BatchWriteItem" => {
+        "UpdateItem" => {
+            refuse_unsupported(body)?;
+            let table = string(body, "TableName")?.to_owned();
+            let key = key_item(body)?;
+            let returns = return_values(body, &["NONE", "ALL_NEW"])?;
+            let placeholders = Placeholders::from_request(body).map_err(expression_error)?;
+            let actions = super::expr::update(string(body, "UpdateExpression")?, &placeholders)
+                .map_err(expression_error)?;
+            let condition = wire_condition(body, &placeholders)?;
+            let changes = actions.iter().map(WireChange::from_action).collect();
+            let request = ClientRequest::UpdateItem {
+                table,
+                key: key.to_bytes(),
+                changes,
+                condition,
+            };
+            let Response::Item(Some(bytes)) = call(state, request).await? else {
+                return Err(ApiError::new(
+                    500,
+                    "InternalServerError",
+                    "unexpected response",
+                ));
+            };
+            if returns == "ALL_NEW" {
+                let item = Item::decode(&bytes)
+                    .map_err(|e| ApiError::new(500, "InternalServerError", e.to_string()))?;
+                return Ok(json!({ "Attributes": item_to_json(&item) }));
+            }
+            Ok(json!({}))
+        }
+        "Query" => {
+            refuse_unsupported(body)?;
+            let name = string(body, "TableName")?.to_owned();
+            let table = table_of(state, &name)?;
+            let placeholders = Placeholders::from_request(body).map_err(expression_error)?;
+            let key =
+                super::expr::key_condition(string(body, "KeyConditionExpression")?, &placeholders)
+                    .map_err(expression_error)?;
+            if key.partition.0 != table.schema.partition.name {
+                return Err(ApiError::validation(format!(
+                    "Query condition missed key schema element: {}",
+                    table.schema.partition.name
+                )));
+            }
+            let value_bound = |b: std::ops::Bound<AttributeValue>| match b {
+                std::ops::Bound::Unbounded => WireBound::Unbounded,
+                std::ops::Bound::Included(v) => WireBound::Included(v.to_bytes()),
+                std::ops::Bound::Excluded(v) => WireBound::Excluded(v.to_bytes()),
+            };
+            let (start, end) = match key.sort {
+                Some((sort_name, start, end)) => {
+                    if table.schema.sort.as_ref().map(|s| &s.name) != Some(&sort_name) {
+                        return Err(ApiError::validation(format!(
+                            "{sort_name} is not the table's sort key"
+                        )));
+                    }
+                    (value_bound(start), value_bound(end))
+                }
+                None => (WireBound::Unbounded, WireBound::Unbounded),
+            };
+            let exclusive_start_key = match body.get("ExclusiveStartKey") {
+                Some(json) => {
+                    let item = item_from_json(json)
+                        .map_err(|e| ApiError::validation(format!("ExclusiveStartKey: {e}")))?;
+                    Some(
+                        table
+                            .schema
+                            .key_of_key(&item)
+                            .map_err(|e| ApiError::validation(format!("ExclusiveStartKey: {e}")))?,
+                    )
+                }
+                None => None,
+            };
+            let reverse = !body
+                .get("ScanIndexForward")
+                .and_then(Json::as_bool)
+                .unwrap_or(true);
+            let request = ClientRequest::Query {
+                table: name,
+                partition_value: key.partition.1.to_bytes(),
+                start,
+                end,
+                reverse,
+                limit: limit(body)?,
+                exclusive_start_key,
+            };
+            let Response::Page { items, last_key } = call(state, request).await? else {
+                return Err(ApiError::new(
+                    500,
+                    "InternalServerError",
+                    "unexpected response",
+                ));
+            };
+            page_json(&items, last_key.is_some(), &table.schema)
+        }
+        "Scan" => {
+            refuse_unsupported(body)?;
+            let name = string(body, "TableName")?.to_owned();
+            let table = table_of(state, &name)?;
+            let exclusive_start = match body.get("ExclusiveStartKey") {
+                Some(json) => {
+                    let item = item_from_json(json)
+                        .map_err(|e| ApiError::validation(format!("ExclusiveStartKey: {e}")))?;
+                    let stored = table
+                        .schema
+                        .key_of_key(&item)
+                        .map_err(|e| ApiError::validation(format!("ExclusiveStartKey: {e}")))?;
+                    let prefix_len = 2 + u16::from_be_bytes([stored[0], stored[1]]) as usize;
+                    Some((table.partition_index(&stored[..prefix_len]), stored))
+                }
+                None => None,
+            };
+            let request = ClientRequest::Scan {
+                table: name,
+                limit: limit(body)?,
+                exclusive_start,
+            };
+            let Response::TablePage { items, last } = call(state, request).await? else {
+                return Err(ApiError::new(
+                    500,
+                    "InternalServerError",
+                    "unexpected response",
+                ));
+            };
+            page_json(&items, last.is_some(), &table.schema)
+        }
+        "BatchGetItem" | "BatchWriteItem" | "TransactWriteItems" | "TransactGetItems" => {
             Err(ApiError::validation(format!(
                 "{operation} is not supported by Cairn's DynamoDB endpoint yet (see docs/dynamodb-api.md)"
             )))

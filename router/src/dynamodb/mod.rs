@@ -8,6 +8,7 @@
 //! and the connection closed.
 
 pub mod api;
+pub mod expr;
 pub mod json;
 pub mod sigv4;
 
