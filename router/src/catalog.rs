@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use cairn_common::KeySchema;
 
 const MAGIC: &[u8; 8] = b"CAIRNCAT";
-const VERSION: u32 = 1;
+/// Version 2 adds the table-id counter after the table count; version 1
+/// files (no counter) are still read.
+const VERSION: u32 = 2;
 /// Most partitions a table may have.
 pub const PARTITIONS_MAX: u32 = 4096;
 
@@ -83,6 +85,10 @@ pub fn placement(nodes: &[NodeAddress], table: &Table, index: u32) -> SocketAddr
 pub struct Catalog {
     path: PathBuf,
     pub tables: BTreeMap<String, Table>,
+    /// The next table id to hand out. It only grows: a deleted table's
+    /// partitions stay on the nodes, so its id must never name another
+    /// table.
+    next_id: u32,
 }
 
 impl Catalog {
@@ -93,19 +99,29 @@ impl Catalog {
             message: e.to_string(),
         };
         std::fs::create_dir_all(dir).map_err(io)?;
-        let tables = match std::fs::read(&path) {
+        let (tables, next_id) = match std::fs::read(&path) {
             Ok(bytes) => decode(&bytes).map_err(|reason| CatalogError::Corrupt {
                 path: path.clone(),
                 reason,
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (BTreeMap::new(), 1),
             Err(e) => return Err(io(e)),
         };
-        Ok(Catalog { path, tables })
+        Ok(Catalog {
+            path,
+            tables,
+            next_id,
+        })
     }
 
-    pub fn next_table_id(&self) -> u32 {
-        self.tables.values().map(|t| t.id + 1).max().unwrap_or(1)
+    /// Takes the next table id, durably: call before creating partitions,
+    /// so a creation that fails half-way never hands its id to another
+    /// table.
+    pub fn reserve_table_id(&mut self) -> Result<u32, CatalogError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.save()?;
+        Ok(id)
     }
 
     /// Writes the catalog durably and atomically.
@@ -116,7 +132,8 @@ impl Catalog {
         };
         let temporary = self.path.with_extension("tmp");
         let mut file = std::fs::File::create(&temporary).map_err(io)?;
-        file.write_all(&encode(&self.tables)).map_err(io)?;
+        file.write_all(&encode(&self.tables, self.next_id))
+            .map_err(io)?;
         file.sync_all().map_err(io)?;
         std::fs::rename(&temporary, &self.path).map_err(io)?;
         let dir = self.path.parent().unwrap_or(Path::new("."));
@@ -127,10 +144,11 @@ impl Catalog {
     }
 }
 
-fn encode(tables: &BTreeMap<String, Table>) -> Vec<u8> {
+fn encode(tables: &BTreeMap<String, Table>, next_id: u32) -> Vec<u8> {
     let mut out = MAGIC.to_vec();
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&(tables.len() as u32).to_le_bytes());
+    out.extend_from_slice(&next_id.to_le_bytes());
     for (name, table) in tables {
         let schema = table.schema.encode();
         out.extend_from_slice(&(name.len() as u32).to_le_bytes());
@@ -145,7 +163,7 @@ fn encode(tables: &BTreeMap<String, Table>) -> Vec<u8> {
     out
 }
 
-fn decode(bytes: &[u8]) -> Result<BTreeMap<String, Table>, String> {
+fn decode(bytes: &[u8]) -> Result<(BTreeMap<String, Table>, u32), String> {
     if bytes.len() < 20 || &bytes[..8] != MAGIC {
         return Err("bad magic or too short".into());
     }
@@ -160,10 +178,15 @@ fn decode(bytes: &[u8]) -> Result<BTreeMap<String, Table>, String> {
         Ok(u32::from_le_bytes(value.try_into().expect("4 bytes")))
     };
     let version = u32_at(&mut at)?;
-    if version != VERSION {
+    if version != 1 && version != VERSION {
         return Err(format!("unsupported version {version}"));
     }
     let count = u32_at(&mut at)?;
+    let stored_next_id = if version >= 2 {
+        Some(u32_at(&mut at)?)
+    } else {
+        None
+    };
     let mut tables = BTreeMap::new();
     for _ in 0..count {
         let len = u32_at(&mut at)? as usize;
@@ -188,7 +211,9 @@ fn decode(bytes: &[u8]) -> Result<BTreeMap<String, Table>, String> {
     if at != body.len() {
         return Err("trailing bytes".into());
     }
-    Ok(tables)
+    let after_tables = tables.values().map(|t| t.id + 1).max().unwrap_or(1);
+    let next_id = stored_next_id.unwrap_or(after_tables).max(after_tables);
+    Ok((tables, next_id))
 }
 
 #[cfg(test)]
@@ -213,7 +238,8 @@ mod tests {
         catalog.save().unwrap();
         let reopened = Catalog::open(dir.path()).unwrap();
         assert_eq!(reopened.tables, catalog.tables);
-        assert_eq!(reopened.next_table_id(), 3);
+        let mut reopened = reopened;
+        assert_eq!(reopened.reserve_table_id().unwrap(), 3);
         let path = dir.path().join("catalog.db");
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[20] ^= 1;
@@ -222,6 +248,23 @@ mod tests {
             Catalog::open(dir.path()),
             Err(CatalogError::Corrupt { .. })
         ));
+    }
+
+    /// Regression: ids were the highest existing id + 1, so a table created
+    /// after the newest one was deleted got its id back — and with it the
+    /// old table's partitions, still on the nodes with the old key schema
+    /// (found by the AWS CLI test: "item is missing key attribute user").
+    #[test]
+    fn table_ids_are_never_reused_after_deletion() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut catalog = Catalog::open(dir.path()).unwrap();
+        let first = catalog.reserve_table_id().unwrap();
+        catalog.tables.insert("a".into(), table(first, 1));
+        catalog.save().unwrap();
+        catalog.tables.remove("a");
+        catalog.save().unwrap();
+        let mut reopened = Catalog::open(dir.path()).unwrap();
+        assert!(reopened.reserve_table_id().unwrap() > first);
     }
 
     #[test]

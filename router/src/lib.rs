@@ -539,8 +539,12 @@ impl State {
                 format!("table {name:?} already exists"),
             );
         }
+        let id = match self.catalog.borrow_mut().reserve_table_id() {
+            Ok(id) => id,
+            Err(error) => return Response::error(ErrorCode::Internal, error.to_string()),
+        };
         let table = Table {
-            id: self.catalog.borrow().next_table_id(),
+            id,
             schema,
             partitions,
         };
@@ -550,11 +554,6 @@ impl State {
             };
             match self.forward(&table, index, op).await {
                 Response::Done => {}
-                // A retried creation finds its partitions already there.
-                Response::Error {
-                    code: ErrorCode::ResourceInUse,
-                    ..
-                } => {}
                 other => return other,
             }
         }

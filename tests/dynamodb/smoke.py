@@ -133,7 +133,7 @@ while True:
     start = page.get("LastEvaluatedKey")
     if not start:
         break
-assert count == 40, count
+assert count == 40, count  # before the batch below
 
 # DynamoDB's errors for bad input; the endpoint keeps serving.
 assert error_code(lambda: ddb.get_item(TableName="missing", Key={"user": {"S": "a"}})) == "ResourceNotFoundException"
@@ -141,7 +141,17 @@ assert error_code(lambda: ddb.put_item(TableName="events", Item={"user": {"N": "
 assert error_code(lambda: ddb.put_item(TableName="events", Item={"user": {"S": ""}, "ts": {"N": "1"}})) == "ValidationException"
 big = {"user": {"S": "big"}, "ts": {"N": "1"}, "blob": {"B": b"x" * (401 * 1024)}}
 assert error_code(lambda: ddb.put_item(TableName="events", Item=big)) == "ValidationException"
-assert error_code(lambda: ddb.batch_get_item(RequestItems={"events": {"Keys": [{"user": {"S": "a"}, "ts": {"N": "1"}}]}})) == "ValidationException"
+# Batches: 25 puts and a delete, then a batched get.
+writes = [{"PutRequest": {"Item": {"user": {"S": "fay"}, "ts": {"N": str(i)}, "v": {"N": str(i * i)}}}} for i in range(24)]
+writes.append({"DeleteRequest": {"Key": {"user": {"S": "eve"}, "ts": {"N": "0"}}}})
+assert ddb.batch_write_item(RequestItems={"events": writes})["UnprocessedItems"] == {}
+got = ddb.batch_get_item(RequestItems={"events": {"Keys": [
+    {"user": {"S": "fay"}, "ts": {"N": "3"}}, {"user": {"S": "fay"}, "ts": {"N": "23"}}, {"user": {"S": "eve"}, "ts": {"N": "0"}},
+]}})
+assert sorted(int(i["v"]["N"]) for i in got["Responses"]["events"]) == [9, 529], got
+assert got["UnprocessedKeys"] == {}, got
+too_many = [{"PutRequest": {"Item": {"user": {"S": "x"}, "ts": {"N": str(i)}}}} for i in range(26)]
+assert error_code(lambda: ddb.batch_write_item(RequestItems={"events": too_many})) == "ValidationException"
 
 # Credentials: wrong secret, unknown key, no signature at all.
 assert error_code(lambda: client(secret_key="wrong").list_tables()) == "InvalidSignatureException"

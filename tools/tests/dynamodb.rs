@@ -1,6 +1,6 @@
 //! The DynamoDB endpoint driven by boto3, the way existing clients use it:
-//! `cairn up` in a real process, then tests/dynamodb/smoke.py. .ci/run
-//! installs boto3.
+//! `cairn up` in a real process, then tests/dynamodb/smoke.py and an AWS
+//! CLI round trip. .ci/run installs boto3 and awscli.
 
 #![allow(clippy::unwrap_used)] // Test helpers: a panic is the failure report.
 
@@ -37,5 +37,56 @@ fn boto3_drives_the_dynamodb_endpoint() {
         "smoke.py failed:\n{}\n{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
+    );
+
+    // The AWS CLI: create-table, put-item, query.
+    let aws = |args: &[&str]| {
+        let output = Command::new("python3")
+            .args(["-m", "awscli", "dynamodb"])
+            .args(args)
+            .args(["--endpoint-url", &endpoint, "--output", "json"])
+            .env("AWS_ACCESS_KEY_ID", value("id"))
+            .env("AWS_SECRET_ACCESS_KEY", value("secret"))
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .output()
+            .expect("the AWS CLI runs (installed by .ci/run)");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "aws {args:?}: {stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    };
+    aws(&[
+        "create-table",
+        "--table-name",
+        "cli-table",
+        "--attribute-definitions",
+        "AttributeName=id,AttributeType=S",
+        "--key-schema",
+        "AttributeName=id,KeyType=HASH",
+        "--billing-mode",
+        "PAY_PER_REQUEST",
+    ]);
+    aws(&[
+        "put-item",
+        "--table-name",
+        "cli-table",
+        "--item",
+        r#"{"id":{"S":"k1"},"v":{"N":"7"}}"#,
+    ]);
+    let queried = aws(&[
+        "query",
+        "--table-name",
+        "cli-table",
+        "--key-condition-expression",
+        "id = :k",
+        "--expression-attribute-values",
+        r#"{":k":{"S":"k1"}}"#,
+    ]);
+    assert!(
+        queried.contains(r#""N": "7""#) && queried.contains(r#""Count": 1"#),
+        "{queried}"
     );
 }

@@ -534,15 +534,135 @@ pub(crate) async fn dispatch(
             };
             page_json(&items, last.is_some(), &table.schema)
         }
-        "BatchGetItem" | "BatchWriteItem" | "TransactWriteItems" | "TransactGetItems" => {
-            Err(ApiError::validation(format!(
-                "{operation} is not supported by Cairn's DynamoDB endpoint yet (see docs/dynamodb-api.md)"
-            )))
-        }
+        "BatchWriteItem" => batch_write(state, body).await,
+        "BatchGetItem" => batch_get(state, body).await,
+        "TransactWriteItems" | "TransactGetItems" => Err(ApiError::validation(format!(
+            "{operation} is not supported by Cairn's DynamoDB endpoint yet (see docs/dynamodb-api.md)"
+        ))),
         other => Err(ApiError::new(
             400,
             "com.amazon.coral.service#UnknownOperationException",
             format!("Unknown operation {other:?}"),
         )),
     }
+}
+
+/// Most writes in one BatchWriteItem, and keys in one BatchGetItem.
+const BATCH_WRITES_MAX: usize = 25;
+const BATCH_GETS_MAX: usize = 100;
+
+fn is_retryable(error: &ApiError) -> bool {
+    error.status == 500
+        || error
+            .kind
+            .ends_with("ProvisionedThroughputExceededException")
+}
+
+/// Puts and deletes in several tables. Not atomic, as in DynamoDB: writes
+/// that failed for a retryable reason come back in UnprocessedItems.
+async fn batch_write(state: &State, body: &Json) -> Result<Json, ApiError> {
+    let tables = field(body, "RequestItems")?
+        .as_object()
+        .ok_or_else(|| ApiError::validation("RequestItems must be a map"))?;
+    let mut writes = Vec::new();
+    for (table, requests) in tables {
+        let requests = requests
+            .as_array()
+            .ok_or_else(|| ApiError::validation("each table's writes must be a list"))?;
+        for request in requests {
+            let write = if let Some(put) = request.get("PutRequest") {
+                let item = item_from_json(field(put, "Item")?)
+                    .map_err(|e| ApiError::validation(format!("Item: {e}")))?;
+                ClientRequest::PutItem {
+                    table: table.clone(),
+                    item: item.to_bytes(),
+                    condition: None,
+                }
+            } else if let Some(delete) = request.get("DeleteRequest") {
+                let key = item_from_json(field(delete, "Key")?)
+                    .map_err(|e| ApiError::validation(format!("Key: {e}")))?;
+                ClientRequest::DeleteItem {
+                    table: table.clone(),
+                    key: key.to_bytes(),
+                    condition: None,
+                }
+            } else {
+                return Err(ApiError::validation(
+                    "each write must be a PutRequest or a DeleteRequest",
+                ));
+            };
+            writes.push((table.clone(), request.clone(), write));
+        }
+    }
+    if writes.is_empty() || writes.len() > BATCH_WRITES_MAX {
+        return Err(ApiError::validation(format!(
+            "BatchWriteItem takes 1 to {BATCH_WRITES_MAX} writes"
+        )));
+    }
+    let mut unprocessed: serde_json::Map<String, Json> = serde_json::Map::new();
+    for (table, original, write) in writes {
+        match call(state, write).await {
+            Ok(_) => {}
+            Err(error) if is_retryable(&error) => {
+                let list = unprocessed
+                    .entry(table)
+                    .or_insert_with(|| Json::Array(Vec::new()));
+                list.as_array_mut().expect("a list").push(original);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(json!({ "UnprocessedItems": unprocessed }))
+}
+
+/// Gets by key from several tables; keys that failed for a retryable
+/// reason come back in UnprocessedKeys.
+async fn batch_get(state: &State, body: &Json) -> Result<Json, ApiError> {
+    let tables = field(body, "RequestItems")?
+        .as_object()
+        .ok_or_else(|| ApiError::validation("RequestItems must be a map"))?;
+    let total: usize = tables
+        .values()
+        .filter_map(|t| t.get("Keys").and_then(Json::as_array))
+        .map(Vec::len)
+        .sum();
+    if total == 0 || total > BATCH_GETS_MAX {
+        return Err(ApiError::validation(format!(
+            "BatchGetItem takes 1 to {BATCH_GETS_MAX} keys"
+        )));
+    }
+    let mut responses = serde_json::Map::new();
+    let mut unprocessed = serde_json::Map::new();
+    for (table, request) in tables {
+        refuse_unsupported(request)?;
+        let keys = field(request, "Keys")?
+            .as_array()
+            .ok_or_else(|| ApiError::validation("Keys must be a list"))?;
+        let mut found = Vec::new();
+        let mut retry = Vec::new();
+        for key_json in keys {
+            let key =
+                item_from_json(key_json).map_err(|e| ApiError::validation(format!("Key: {e}")))?;
+            let get = ClientRequest::GetItem {
+                table: table.clone(),
+                key: key.to_bytes(),
+                consistent: true,
+            };
+            match call(state, get).await {
+                Ok(Response::Item(Some(bytes))) => {
+                    let item = Item::decode(&bytes)
+                        .map_err(|e| ApiError::new(500, "InternalServerError", e.to_string()))?;
+                    found.push(item_to_json(&item));
+                }
+                Ok(_) => {}
+                Err(error) if is_retryable(&error) => retry.push(key_json.clone()),
+                Err(error) => return Err(error),
+            }
+        }
+        responses.insert(table.clone(), Json::Array(found));
+        if !retry.is_empty() {
+            unprocessed.insert(table.clone(), json!({ "Keys": retry }));
+        }
+    }
+    Ok(json!({ "Responses": responses, "UnprocessedKeys": unprocessed }))
 }
