@@ -10,7 +10,8 @@ use anyhow::Context;
 use cairn_common::quic::Identity;
 use cairn_node::{NodeConfig, NodeNetwork, StorageNode};
 use cairn_router::catalog::NodeAddress;
-use cairn_router::{Router, RouterConfig};
+use cairn_router::dynamodb::Access;
+use cairn_router::{DynamoDbEndpoint, Router, RouterConfig};
 
 /// A running embedded cluster; dropping it stops it.
 #[derive(Debug)]
@@ -19,6 +20,8 @@ pub struct EmbeddedCluster {
     pub router: Router,
     pub node: StorageNode,
     pub identity: Identity,
+    /// The DynamoDB endpoint and its access key, if started with one.
+    pub dynamodb: Option<(SocketAddr, (String, String))>,
 }
 
 /// `count` consecutive free UDP ports on loopback.
@@ -32,7 +35,7 @@ fn free_ports(count: u16) -> anyhow::Result<u16> {
 }
 
 impl EmbeddedCluster {
-    pub fn start(dir: &Path, cores: usize) -> anyhow::Result<EmbeddedCluster> {
+    pub fn start(dir: &Path, cores: usize, with_dynamodb: bool) -> anyhow::Result<EmbeddedCluster> {
         let identity = Identity::self_signed(&["localhost"]).map_err(anyhow::Error::msg)?;
         let base = free_ports(cores as u16 + 1)?;
         let node_addr: SocketAddr = format!("127.0.0.1:{}", base + 1).parse()?;
@@ -42,6 +45,21 @@ impl EmbeddedCluster {
             identity: identity.clone(),
         });
         let node = StorageNode::start(config).context("starting the embedded node")?;
+        let dynamodb = if with_dynamodb {
+            // A free TCP port, and an access key for this run only.
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            Some((
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                (
+                    "AKCAIRNBENCH".to_owned(),
+                    format!("{:x}", std::process::id()),
+                ),
+            ))
+        } else {
+            None
+        };
         let router = Router::start(RouterConfig {
             data_dir: dir.join("router"),
             listen: format!("127.0.0.1:{base}").parse()?,
@@ -51,7 +69,15 @@ impl EmbeddedCluster {
             }],
             identity: identity.clone(),
             node_server_name: "localhost".into(),
-            dynamodb: None,
+            dynamodb: dynamodb
+                .clone()
+                .map(|(listen, (id, secret))| DynamoDbEndpoint {
+                    listen,
+                    access: Access {
+                        keys: [(id, secret)].into_iter().collect(),
+                        require_signature: true,
+                    },
+                }),
             cores: 1,
         })
         .context("starting the embedded router")?;
@@ -59,6 +85,7 @@ impl EmbeddedCluster {
             router,
             node,
             identity,
+            dynamodb,
         })
     }
 }

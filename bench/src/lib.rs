@@ -6,6 +6,7 @@
 //! - [`report`]: same-run ratios for the criterion benches in `benches/`.
 
 pub mod cluster;
+pub mod dynamo;
 pub mod histogram;
 pub mod report;
 pub mod run;

@@ -33,10 +33,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::cluster::EmbeddedCluster;
+use crate::dynamo::{CallError, DynamoConn};
 use crate::histogram::Recorder;
 use crate::ycsb::{
     FIELD_COUNT, KeyChooser, Operation, Workload, WorkloadName, field_name, field_value, key_name,
 };
+use cairn_router::dynamodb::json::item_to_json;
+use serde_json::json;
 
 /// The YCSB table's name.
 pub const TABLE: &str = "usertable";
@@ -80,6 +83,17 @@ pub struct BenchArgs {
     /// Seed of the clients' random choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Drive the cluster through the native protocol (QUIC) or the
+    /// DynamoDB-compatible HTTP endpoint (embedded cluster only, for now).
+    #[arg(long, value_enum, default_value = "native")]
+    pub protocol: Protocol,
+}
+
+/// Which front door the clients use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    Native,
+    Dynamodb,
 }
 
 fn default_cores() -> usize {
@@ -129,6 +143,8 @@ struct Plan {
     /// Partition count of the table, to address scans.
     partitions: u32,
     seed: u64,
+    /// The DynamoDB endpoint and access key, with `--protocol dynamodb`.
+    dynamodb: Option<(SocketAddr, (String, String))>,
 }
 
 fn schema() -> KeySchema {
@@ -152,6 +168,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         .data_dir
         .clone()
         .unwrap_or_else(|| temporary.path().to_owned());
+    if args.protocol == Protocol::Dynamodb && args.router.is_some() {
+        bail!("--protocol dynamodb drives the embedded cluster only, for now; omit --router");
+    }
     let (cluster, router, identity, target) = match args.router {
         Some(router) => (
             None,
@@ -161,7 +180,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             format!("router {router}"),
         ),
         None => {
-            let cluster = EmbeddedCluster::start(&dir, args.cores)?;
+            let cluster =
+                EmbeddedCluster::start(&dir, args.cores, args.protocol == Protocol::Dynamodb)?;
             let (router, identity) = (cluster.router.addr(), cluster.identity.clone());
             let target = format!(
                 "embedded cluster: router {router}, 1 node with {} cores, 1 replica, durable writes, over QUIC",
@@ -189,6 +209,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         inserted: AtomicU64::new(0),
         partitions,
         seed: args.seed,
+        dynamodb: match args.protocol {
+            Protocol::Native => None,
+            Protocol::Dynamodb => cluster.as_ref().and_then(|c| c.dynamodb.clone()),
+        },
     });
     let threads = args.cores.min(args.clients);
 
@@ -203,6 +227,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     );
     plan.inserted.store(args.records, Ordering::Relaxed);
 
+    let cpu_before = process_cpu_us();
     let started = Instant::now();
     let duration = Duration::from_secs_f64(args.duration_s);
     let interval = args
@@ -239,6 +264,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         report.duration_s,
         report.throughput_ops_per_s(),
         report.recorder.errors()
+    );
+    let operations = report.recorder.operations().max(1);
+    println!(
+        "cpu: {:.1} us per operation ({:?} protocol; the whole process: clients, router and node)\n",
+        (process_cpu_us() - cpu_before) as f64 / operations as f64,
+        args.protocol
     );
     print!("{}", report.recorder.table());
     if let Some(dir) = &args.hgrm_dir {
@@ -300,8 +331,122 @@ fn prepare_table(router: SocketAddr, identity: &Identity, partitions: u32) -> an
     .context("creating the YCSB table")
 }
 
-/// Runs `clients` tasks over `threads` executors, each executor with one
-/// connection; merges the recorders.
+/// A client session of one task: the native client (one connection per
+/// executor, requests multiplexed as QUIC streams) or its own HTTP
+/// connection to the DynamoDB endpoint (HTTP/1.1 has no multiplexing).
+enum Conn {
+    Native(Rc<Client>),
+    Dynamo(Box<DynamoConn>),
+}
+
+/// A failed operation: whether to retry, and why.
+#[derive(Debug)]
+struct OpError {
+    retryable: bool,
+    message: String,
+}
+
+impl From<ClientError> for OpError {
+    fn from(error: ClientError) -> Self {
+        OpError {
+            retryable: error.is_retryable(),
+            message: error.to_string(),
+        }
+    }
+}
+
+impl From<CallError> for OpError {
+    fn from(error: CallError) -> Self {
+        OpError {
+            retryable: error.retryable,
+            message: error.message,
+        }
+    }
+}
+
+impl Conn {
+    async fn put(&mut self, item: &Item) -> Result<(), OpError> {
+        match self {
+            Conn::Native(client) => Ok(client.put_item(TABLE, item, None).await?),
+            Conn::Dynamo(conn) => {
+                conn.call(
+                    "PutItem",
+                    &json!({"TableName": TABLE, "Item": item_to_json(item)}),
+                )
+                .await?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn get(&mut self, key: &Item) -> Result<(), OpError> {
+        match self {
+            Conn::Native(client) => client
+                .get_item(TABLE, key)
+                .await
+                .map(|_| ())
+                .map_err(Into::into),
+            Conn::Dynamo(conn) => {
+                let body =
+                    json!({"TableName": TABLE, "Key": item_to_json(key), "ConsistentRead": true});
+                conn.call("GetItem", &body).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// YCSB's update: one field rewritten.
+    async fn update(&mut self, key: &Item, field: String, value: String) -> Result<(), OpError> {
+        match self {
+            Conn::Native(client) => {
+                let changes = vec![UpdateAction::Set(field, AttributeValue::S(value))];
+                client
+                    .update_item(TABLE, key, &changes, None)
+                    .await
+                    .map(|_| ())
+                    .map_err(Into::into)
+            }
+            Conn::Dynamo(conn) => {
+                let body = json!({
+                    "TableName": TABLE,
+                    "Key": item_to_json(key),
+                    "UpdateExpression": "SET #f = :v",
+                    "ExpressionAttributeNames": {"#f": field},
+                    "ExpressionAttributeValues": {":v": {"S": value}},
+                });
+                conn.call("UpdateItem", &body).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// `length` items from `key` on.
+    async fn scan(&mut self, plan: &Plan, key: &Item, length: u32) -> Result<(), OpError> {
+        match self {
+            Conn::Native(client) => {
+                let stored = schema().key_of_key(key).expect("bench keys are valid");
+                let table = cairn_router::catalog::Table {
+                    id: 0,
+                    schema: schema(),
+                    partitions: plan.partitions,
+                };
+                let partition = table.partition_index(&stored);
+                client
+                    .scan(TABLE, length, Some((partition, stored)))
+                    .await
+                    .map(|_| ())
+                    .map_err(Into::into)
+            }
+            Conn::Dynamo(conn) => {
+                let body = json!({"TableName": TABLE, "Limit": length, "ExclusiveStartKey": item_to_json(key)});
+                conn.call("Scan", &body).await?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Runs `clients` tasks over `threads` executors; merges the recorders.
 fn on_executors<F, Fut>(
     plan: &Arc<Plan>,
     threads: usize,
@@ -309,7 +454,7 @@ fn on_executors<F, Fut>(
     task: F,
 ) -> anyhow::Result<Recorder>
 where
-    F: Fn(Arc<Plan>, Rc<Client>, usize, Rc<RefCell<Recorder>>) -> Fut + Send + Clone + 'static,
+    F: Fn(Arc<Plan>, Conn, usize, Rc<RefCell<Recorder>>) -> Fut + Send + Clone + 'static,
     Fut: Future<Output = ()> + 'static,
 {
     let handles: Vec<_> = (0..threads)
@@ -318,19 +463,27 @@ where
             LocalExecutorBuilder::new(Placement::Unbound)
                 .name(&format!("cairn-bench-{thread}"))
                 .spawn(move || async move {
-                    let client = Rc::new(connect(plan.router, &plan.identity).await?);
+                    let native = match plan.dynamodb {
+                        None => Some(Rc::new(connect(plan.router, &plan.identity).await?)),
+                        Some(_) => None,
+                    };
                     let recorder = Rc::new(RefCell::new(Recorder::default()));
-                    let tasks: Vec<_> = (thread..clients)
-                        .step_by(threads)
-                        .map(|index| {
-                            glommio::spawn_local(task(
-                                plan.clone(),
-                                client.clone(),
-                                index,
-                                recorder.clone(),
-                            ))
-                        })
-                        .collect();
+                    let mut tasks = Vec::new();
+                    for index in (thread..clients).step_by(threads) {
+                        let conn = match (&native, &plan.dynamodb) {
+                            (Some(client), _) => Conn::Native(client.clone()),
+                            (None, Some((addr, key))) => Conn::Dynamo(Box::new(
+                                DynamoConn::connect(*addr, key.clone()).await?,
+                            )),
+                            (None, None) => unreachable!("one protocol is chosen"),
+                        };
+                        tasks.push(glommio::spawn_local(task(
+                            plan.clone(),
+                            conn,
+                            index,
+                            recorder.clone(),
+                        )));
+                    }
                     for task in tasks {
                         task.await;
                     }
@@ -350,11 +503,21 @@ where
     Ok(merged)
 }
 
+/// User plus system CPU time of this process, in microseconds.
+fn process_cpu_us() -> u64 {
+    // SAFETY: getrusage writes only into the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_SELF is always valid.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    micros(usage.ru_utime) + micros(usage.ru_stime)
+}
+
 /// Inserts records until all are loaded; retries what is retryable, with
 /// a short backoff, and counts the retries as errors of the load.
 async fn load_client(
     plan: Arc<Plan>,
-    client: Rc<Client>,
+    mut conn: Conn,
     index: usize,
     recorder: Rc<RefCell<Recorder>>,
 ) {
@@ -366,13 +529,13 @@ async fn load_client(
         }
         let item = record(&key_name(n), &mut rng);
         loop {
-            match client.put_item(TABLE, &item, None).await {
+            match conn.put(&item).await {
                 Ok(()) => break,
-                Err(error) if error.is_retryable() => {
+                Err(error) if error.retryable => {
                     recorder.borrow_mut().record_error(Operation::Insert);
                     glommio::timer::sleep(Duration::from_millis(1)).await;
                 }
-                Err(error) => panic!("loading record {n} failed: {error}"),
+                Err(error) => panic!("loading record {n} failed: {}", error.message),
             }
         }
     }
@@ -388,7 +551,7 @@ fn record(key: &str, rng: &mut StdRng) -> Item {
 
 async fn run_client(
     plan: Arc<Plan>,
-    client: Rc<Client>,
+    mut conn: Conn,
     index: usize,
     recorder: Rc<RefCell<Recorder>>,
     started: Instant,
@@ -419,7 +582,7 @@ async fn run_client(
             return;
         }
         let operation = plan.workload.choose_operation(&mut rng);
-        let result = execute(&plan, &client, operation, &mut chooser, &mut rng).await;
+        let result = execute(&plan, &mut conn, operation, &mut chooser, &mut rng).await;
         let mut recorder = recorder.borrow_mut();
         match result {
             Ok(()) => recorder.record(operation, intended.elapsed().as_micros() as u64),
@@ -430,58 +593,44 @@ async fn run_client(
 
 async fn execute(
     plan: &Plan,
-    client: &Client,
+    conn: &mut Conn,
     operation: Operation,
     chooser: &mut KeyChooser,
     rng: &mut StdRng,
-) -> Result<(), ClientError> {
+) -> Result<(), OpError> {
     let existing = plan.inserted.load(Ordering::Relaxed);
     match operation {
-        Operation::Read => client
-            .get_item(TABLE, &key_item(&key_name(chooser.next(rng, existing))))
+        Operation::Read => {
+            conn.get(&key_item(&key_name(chooser.next(rng, existing))))
+                .await
+        }
+        Operation::Update => {
+            let key = key_item(&key_name(chooser.next(rng, existing)));
+            conn.update(
+                &key,
+                field_name(rng.random_range(0..FIELD_COUNT)),
+                field_value(rng),
+            )
             .await
-            .map(|_| ()),
-        Operation::Update => update(client, &key_name(chooser.next(rng, existing)), rng).await,
+        }
         Operation::Insert => {
             let n = plan.inserted.fetch_add(1, Ordering::Relaxed);
-            client
-                .put_item(TABLE, &record(&key_name(n), rng), None)
-                .await
+            conn.put(&record(&key_name(n), rng)).await
         }
         Operation::Scan => {
-            let key = key_name(chooser.next(rng, existing));
+            let key = key_item(&key_name(chooser.next(rng, existing)));
             let length = plan.workload.scan_length(rng) as u32;
-            let stored = schema()
-                .key_of_key(&key_item(&key))
-                .expect("bench keys are valid");
-            let table = cairn_router::catalog::Table {
-                id: 0,
-                schema: schema(),
-                partitions: plan.partitions,
-            };
-            let partition = table.partition_index(&stored);
-            client
-                .scan(TABLE, length, Some((partition, stored)))
-                .await
-                .map(|_| ())
+            conn.scan(plan, &key, length).await
         }
         Operation::ReadModifyWrite => {
-            let key = key_name(chooser.next(rng, existing));
-            client.get_item(TABLE, &key_item(&key)).await?;
-            update(client, &key, rng).await
+            let key = key_item(&key_name(chooser.next(rng, existing)));
+            conn.get(&key).await?;
+            conn.update(
+                &key,
+                field_name(rng.random_range(0..FIELD_COUNT)),
+                field_value(rng),
+            )
+            .await
         }
     }
-}
-
-/// YCSB's update: one field rewritten.
-async fn update(client: &Client, key: &str, rng: &mut StdRng) -> Result<(), ClientError> {
-    let field = rng.random_range(0..FIELD_COUNT);
-    let changes = vec![UpdateAction::Set(
-        field_name(field),
-        AttributeValue::S(field_value(rng)),
-    )];
-    client
-        .update_item(TABLE, &key_item(key), &changes, None)
-        .await
-        .map(|_| ())
 }

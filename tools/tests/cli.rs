@@ -85,3 +85,40 @@ fn bad_flags_fail_with_a_clear_message() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("/proc/none"));
 }
+
+/// The same workload through the DynamoDB-compatible endpoint.
+#[test]
+fn bench_drives_the_dynamodb_endpoint_too() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let json = dir.path().join("result.json");
+    let output = cairn()
+        .args([
+            "bench",
+            "--protocol",
+            "dynamodb",
+            "--records",
+            "1000",
+            "--clients",
+            "4",
+            "--duration-s",
+            "1",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("node"))
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("Dynamodb protocol"), "{stdout}");
+    let report = std::fs::read_to_string(&json).unwrap();
+    assert!(
+        report.contains("\"errors\":0") && report.contains("\"update\":{\"count\":"),
+        "{report}"
+    );
+}
