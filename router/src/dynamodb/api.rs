@@ -87,12 +87,10 @@ fn string<'a>(body: &'a Json, name: &str) -> Result<&'a str, ApiError> {
 
 /// Expression and legacy parameters this endpoint does not read yet: a
 /// request that uses one is refused rather than half-honoured.
-const UNSUPPORTED_PARAMETERS: [&str; 9] = [
+const UNSUPPORTED_PARAMETERS: [&str; 7] = [
     "Expected",
-    "ProjectionExpression",
     "AttributesToGet",
     "ConditionalOperator",
-    "FilterExpression",
     "AttributeUpdates",
     "KeyConditions",
     "Segment",
@@ -241,16 +239,67 @@ fn key_of(item: &Item, schema: &KeySchema) -> Json {
     item_to_json(&key)
 }
 
-fn page_json(items: &[Vec<u8>], more: bool, schema: &KeySchema) -> Result<Json, ApiError> {
+/// What a read returns of each item: a FilterExpression (applied after
+/// the read, as in DynamoDB: Limit counts items examined) and a
+/// ProjectionExpression.
+#[derive(Debug, Default)]
+struct Shaping {
+    filter: Option<cairn_common::condition::Condition>,
+    projection: Option<Vec<String>>,
+}
+
+impl Shaping {
+    fn from_request(body: &Json, placeholders: &Placeholders) -> Result<Shaping, ApiError> {
+        let filter = body
+            .get("FilterExpression")
+            .and_then(Json::as_str)
+            .map(|text| super::expr::condition(text, placeholders))
+            .transpose()
+            .map_err(expression_error)?;
+        let projection = body
+            .get("ProjectionExpression")
+            .and_then(Json::as_str)
+            .map(|text| super::expr::projection(text, placeholders))
+            .transpose()
+            .map_err(expression_error)?;
+        Ok(Shaping { filter, projection })
+    }
+
+    fn project(&self, item: &Item) -> Json {
+        match &self.projection {
+            None => item_to_json(item),
+            Some(names) => {
+                let kept: Item = item
+                    .iter()
+                    .filter(|(n, _)| names.contains(n))
+                    .map(|(n, v)| (n.clone(), v.clone()))
+                    .collect();
+                item_to_json(&kept)
+            }
+        }
+    }
+}
+
+fn page_json(
+    items: &[Vec<u8>],
+    more: bool,
+    schema: &KeySchema,
+    shaping: &Shaping,
+) -> Result<Json, ApiError> {
     let decoded: Vec<Item> = items
         .iter()
         .map(|bytes| Item::decode(bytes))
         .collect::<Result<_, _>>()
         .map_err(|e| ApiError::new(500, "InternalServerError", e.to_string()))?;
+    let matching: Vec<Json> = decoded
+        .iter()
+        .filter(|item| shaping.filter.as_ref().is_none_or(|f| f.holds(Some(item))))
+        .map(|item| shaping.project(item))
+        .collect();
     let mut page = json!({
-        "Items": decoded.iter().map(item_to_json).collect::<Vec<_>>(),
-        "Count": decoded.len(),
+        "Count": matching.len(),
         "ScannedCount": decoded.len(),
+        "Items": matching,
     });
     if more && let Some(last) = decoded.last() {
         page["LastEvaluatedKey"] = key_of(last, schema);
@@ -365,6 +414,8 @@ pub(crate) async fn dispatch(
                 .get("ConsistentRead")
                 .and_then(Json::as_bool)
                 .unwrap_or(false);
+            let placeholders = Placeholders::from_request(body).map_err(expression_error)?;
+            let shaping = Shaping::from_request(body, &placeholders)?;
             let Response::Item(item) = call(
                 state,
                 ClientRequest::GetItem {
@@ -385,7 +436,7 @@ pub(crate) async fn dispatch(
                 Some(bytes) => {
                     let item = Item::decode(&bytes)
                         .map_err(|e| ApiError::new(500, "InternalServerError", e.to_string()))?;
-                    Ok(json!({ "Item": item_to_json(&item) }))
+                    Ok(json!({ "Item": shaping.project(&item) }))
                 }
                 None => Ok(json!({})),
             }
@@ -501,7 +552,12 @@ pub(crate) async fn dispatch(
                     "unexpected response",
                 ));
             };
-            page_json(&items, last_key.is_some(), &table.schema)
+            page_json(
+                &items,
+                last_key.is_some(),
+                &table.schema,
+                &Shaping::from_request(body, &placeholders)?,
+            )
         }
         "Scan" => {
             refuse_unsupported(body)?;
@@ -520,6 +576,8 @@ pub(crate) async fn dispatch(
                 }
                 None => None,
             };
+            let placeholders = Placeholders::from_request(body).map_err(expression_error)?;
+            let shaping = Shaping::from_request(body, &placeholders)?;
             let request = ClientRequest::Scan {
                 table: name,
                 limit: limit(body)?,
@@ -532,7 +590,7 @@ pub(crate) async fn dispatch(
                     "unexpected response",
                 ));
             };
-            page_json(&items, last.is_some(), &table.schema)
+            page_json(&items, last.is_some(), &table.schema, &shaping)
         }
         "BatchWriteItem" => batch_write(state, body).await,
         "BatchGetItem" => batch_get(state, body).await,

@@ -303,6 +303,17 @@ fn negate(n: &cairn_common::Number) -> cairn_common::Number {
         .unwrap_or(*n)
 }
 
+/// A ProjectionExpression: top-level attribute names, comma-separated.
+pub fn projection(text: &str, placeholders: &Placeholders) -> Result<Vec<String>, ExprError> {
+    let mut parser = Parser::new(text, placeholders)?;
+    let mut names = vec![parser.name()?];
+    while !parser.done() {
+        parser.symbol(",")?;
+        names.push(parser.name()?);
+    }
+    Ok(names)
+}
+
 /// A KeyConditionExpression: the partition key's value, and the sort-key
 /// bounds.
 #[derive(Debug, Clone, PartialEq)]
@@ -401,5 +412,7 @@ mod tests {
             Some((_, Bound::Included(_), Bound::Included(_)))
         ));
         assert!(key_condition("pk = :a AND begins_with(sk, :a)", &p).is_err());
+        assert_eq!(projection("a, #s,b", &p).unwrap(), vec!["a", "status", "b"]);
+        assert!(projection("a b", &p).is_err());
     }
 }
