@@ -10,10 +10,6 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use serde_json::Value as Json;
 
-/// Requests carry this fixed time: the endpoint does not check timestamps
-/// yet, and a fixed one keeps runs comparable.
-const AMZ_DATE: &str = "20260101T000000Z";
-
 #[derive(Debug)]
 pub struct DynamoConn {
     stream: TcpStream,
@@ -58,13 +54,14 @@ impl DynamoConn {
                 format!("DynamoDB_20120810.{operation}"),
             ),
         ];
+        let now = sigv4::amz_date(cairn_router::dynamodb::unix_now());
         sigv4::sign(
             &mut headers,
             "POST",
             "/",
             &body,
             (&self.key.0, &self.key.1),
-            AMZ_DATE,
+            &now,
             "us-east-1",
         );
         let mut request = String::from("POST / HTTP/1.1\r\n");

@@ -177,7 +177,7 @@ async fn handle(
             headers: &request.headers,
             body,
         };
-        sigv4::verify(&signed, &access.keys).map_err(|error| match error {
+        sigv4::verify(&signed, &access.keys, unix_now()).map_err(|error| match error {
             sigv4::AuthError::Unrecognized(m) => ApiError::new(
                 400,
                 "com.amazon.coral.service#UnrecognizedClientException",
@@ -209,6 +209,15 @@ async fn handle(
         )
     })?;
     api::dispatch(state, operation, &json).await
+}
+
+/// Wall-clock seconds: signatures carry wall-clock dates. This is the IO
+/// shell; sigv4::verify itself takes the time as an argument.
+#[allow(clippy::disallowed_methods)]
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl ApiError {

@@ -53,10 +53,65 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// Checks the request's signature against `secrets` (access key → secret).
+/// How far a request's `X-Amz-Date` may be from `now`, as in AWS.
+pub const CLOCK_SKEW_MAX_SECS: u64 = 15 * 60;
+
+/// `YYYYMMDDTHHMMSSZ` for a Unix time.
+pub fn amz_date(unix_secs: u64) -> String {
+    let days = (unix_secs / 86_400) as i64;
+    let seconds = unix_secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60
+    )
+}
+
+/// The Unix time of a `YYYYMMDDTHHMMSSZ` stamp.
+pub fn parse_amz_date(text: &str) -> Option<u64> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 16 || bytes[8] != b'T' || bytes[15] != b'Z' {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| text.get(range)?.parse::<i64>().ok();
+    let (year, month, day) = (number(0..4)?, number(4..6)?, number(6..8)?);
+    let (hour, minute, second) = (number(9..11)?, number(11..13)?, number(13..15)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    // Days since 1970-01-01 from a civil date (inverse of the above).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hour * 3600 + minute * 60 + second).ok()
+}
+
+/// Checks the request's signature against `secrets` (access key → secret),
+/// and its date against `now_unix_secs`.
 pub fn verify(
     request: &SignedRequest<'_>,
     secrets: &HashMap<String, String>,
+    now_unix_secs: u64,
 ) -> Result<(), AuthError> {
     let unrecognized = |m: &str| AuthError::Unrecognized(m.to_owned());
     let authorization = header(request.headers, "authorization")
@@ -94,6 +149,15 @@ pub fn verify(
         .ok_or_else(|| unrecognized("The security token included in the request is invalid."))?;
     let amz_date = header(request.headers, "x-amz-date")
         .ok_or_else(|| unrecognized("X-Amz-Date is missing."))?;
+    let signed_at = parse_amz_date(amz_date).ok_or_else(|| {
+        AuthError::InvalidSignature(format!("X-Amz-Date {amz_date:?} is not YYYYMMDDTHHMMSSZ."))
+    })?;
+    if signed_at.abs_diff(now_unix_secs) > CLOCK_SKEW_MAX_SECS || !amz_date.starts_with(date) {
+        return Err(AuthError::InvalidSignature(format!(
+            "Signature expired or not yet valid: {amz_date} is more than 15 minutes from the server's time, \
+             or does not match the credential scope."
+        )));
+    }
 
     let mut canonical_headers = String::new();
     for name in signed_headers.split(';') {
@@ -216,10 +280,55 @@ mod tests {
             "/",
             body,
             key,
-            "20260101T000000Z",
+            &amz_date(NOW),
             "us-east-1",
         );
         headers
+    }
+
+    /// 2026-01-01T00:00:00Z.
+    const NOW: u64 = 1_767_225_600;
+
+    #[test]
+    fn amz_dates_round_trip() {
+        assert_eq!(amz_date(NOW), "20260101T000000Z");
+        assert_eq!(amz_date(951_782_400), "20000229T000000Z"); // a leap day
+        for t in [0, 1, 59, 86_399, 951_868_799, NOW, 4_102_444_800] {
+            assert_eq!(parse_amz_date(&amz_date(t)), Some(t), "{t}");
+        }
+        assert_eq!(parse_amz_date("2026-01-01T00:00:00Z"), None);
+        assert_eq!(parse_amz_date("20261301T000000Z"), None);
+    }
+
+    #[test]
+    fn stale_or_future_requests_are_refused() {
+        let secrets = HashMap::from([("AKCAIRN".to_owned(), "s3cret".to_owned())]);
+        let mut headers = vec![("Host".to_owned(), "h".to_owned())];
+        sign(
+            &mut headers,
+            "POST",
+            "/",
+            b"{}",
+            ("AKCAIRN", "s3cret"),
+            &amz_date(NOW),
+            "us-east-1",
+        );
+        let request = SignedRequest {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &headers,
+            body: b"{}",
+        };
+        assert_eq!(verify(&request, &secrets, NOW + 14 * 60), Ok(()));
+        assert!(matches!(
+            verify(&request, &secrets, NOW + 16 * 60),
+            Err(AuthError::InvalidSignature(_))
+        ));
+        assert!(matches!(
+            verify(&request, &secrets, NOW - 16 * 60),
+            Err(AuthError::InvalidSignature(_))
+        ));
     }
 
     #[test]
@@ -235,7 +344,7 @@ mod tests {
                 headers,
                 body,
             };
-            verify(&request, &secrets)
+            verify(&request, &secrets, NOW)
         };
         assert_eq!(request(&headers, body), Ok(()));
         // A changed body, header, or secret fails.
