@@ -204,6 +204,16 @@ fn wire_condition(
     }
 }
 
+/// What PutItem and DeleteItem read first: the table, ReturnValues (NONE
+/// only, for now) and the ConditionExpression.
+fn conditional_write(body: &Json) -> Result<(String, Option<WireCondition>), ApiError> {
+    refuse_unsupported(body)?;
+    let table = string(body, "TableName")?.to_owned();
+    return_values(body, &["NONE"])?;
+    let placeholders = Placeholders::from_request(body).map_err(expression_error)?;
+    Ok((table, wire_condition(body, &placeholders)?))
+}
+
 fn return_values(body: &Json, allowed: &[&str]) -> Result<String, ApiError> {
     let value = body
         .get("ReturnValues")
@@ -388,13 +398,9 @@ pub(crate) async fn dispatch(
             Ok(json!({ "TableDescription": describe_json(&description, "DELETING")? }))
         }
         "PutItem" => {
-            refuse_unsupported(body)?;
-            let table = string(body, "TableName")?.to_owned();
+            let (table, condition) = conditional_write(body)?;
             let item = item_from_json(field(body, "Item")?)
                 .map_err(|e| ApiError::validation(format!("Item: {e}")))?;
-            return_values(body, &["NONE"])?;
-            let placeholders = Placeholders::from_request(body).map_err(expression_error)?;
-            let condition = wire_condition(body, &placeholders)?;
             call(
                 state,
                 ClientRequest::PutItem {
@@ -442,12 +448,8 @@ pub(crate) async fn dispatch(
             }
         }
         "DeleteItem" => {
-            refuse_unsupported(body)?;
-            let table = string(body, "TableName")?.to_owned();
+            let (table, condition) = conditional_write(body)?;
             let key = key_item(body)?;
-            return_values(body, &["NONE"])?;
-            let placeholders = Placeholders::from_request(body).map_err(expression_error)?;
-            let condition = wire_condition(body, &placeholders)?;
             call(
                 state,
                 ClientRequest::DeleteItem {
