@@ -224,6 +224,8 @@ struct Slot {
     referenced: Cell<bool>,
     /// Written by a checkpoint still in flight: not yet readable from disk.
     pinned: bool,
+    /// A branch page: few, and on every lookup's path.
+    branch: bool,
 }
 
 #[derive(Debug, Default)]
@@ -232,6 +234,9 @@ struct CacheInner {
     /// CLOCK ring; entries whose slot is gone are skipped lazily.
     ring: VecDeque<u64>,
     size_bytes: usize,
+    /// Bytes of branch pages; they are kept while this is at most half
+    /// the capacity, so a cold lookup costs one read (its leaf), not two.
+    branch_bytes: usize,
 }
 
 /// A bounded cache of clean pages with CLOCK eviction. Pinned pages (being
@@ -271,14 +276,19 @@ impl PageCache {
 
     pub fn insert(&self, addr: PageAddr, page: Rc<PageBytes>, pinned: bool) {
         let mut inner = self.inner.borrow_mut();
+        let branch = matches!(page.node(), ArchivedNodePage::Branch { .. });
         inner.size_bytes += page.size_bytes();
+        if branch {
+            inner.branch_bytes += page.size_bytes();
+        }
         let slot = Slot {
             page,
             referenced: Cell::new(false),
             pinned,
+            branch,
         };
         match inner.slots.insert(addr.0, slot) {
-            Some(old) => inner.size_bytes -= old.page.size_bytes(),
+            Some(old) => Self::forget(&mut inner, &old),
             None => inner.ring.push_back(addr.0),
         }
         Self::evict(&mut inner, self.capacity_bytes);
@@ -299,7 +309,15 @@ impl PageCache {
     pub fn remove(&self, addr: PageAddr) {
         let mut inner = self.inner.borrow_mut();
         if let Some(old) = inner.slots.remove(&addr.0) {
-            inner.size_bytes -= old.page.size_bytes();
+            Self::forget(&mut inner, &old);
+        }
+    }
+
+    /// Takes a removed slot out of the byte counts.
+    fn forget(inner: &mut CacheInner, old: &Slot) {
+        inner.size_bytes -= old.page.size_bytes();
+        if old.branch {
+            inner.branch_bytes -= old.page.size_bytes();
         }
     }
 
@@ -315,12 +333,13 @@ impl PageCache {
             let Some(slot) = inner.slots.get(&addr) else {
                 continue;
             };
-            if slot.pinned || slot.referenced.replace(false) {
+            let protected = slot.branch && inner.branch_bytes <= capacity_bytes / 2;
+            if slot.pinned || protected || slot.referenced.replace(false) {
                 inner.ring.push_back(addr);
                 continue;
             }
             let old = inner.slots.remove(&addr).expect("slot exists");
-            inner.size_bytes -= old.page.size_bytes();
+            Self::forget(inner, &old);
         }
         // Drop ring entries of removed slots so the ring stays bounded.
         if inner.ring.len() > 2 * inner.slots.len() + 64 {
@@ -400,6 +419,42 @@ mod tests {
             cache.size_bytes() <= one * 2,
             "{} bytes resident",
             cache.size_bytes()
+        );
+    }
+
+    /// Branch pages stay while they fit in half the cache: a cold lookup
+    /// then reads one page (its leaf) instead of two.
+    #[test]
+    fn branch_pages_outlive_leaves() {
+        let branch = |n: u8| NodePage::Branch {
+            keys: vec![vec![n]; 20],
+            children: vec![1; 21],
+        };
+        let one = archive_node(&leaf(1))
+            .len()
+            .max(archive_node(&branch(1)).len());
+        let cache = PageCache::new(one * 6);
+        for n in 1..=2u64 {
+            cache.insert(
+                PageAddr::new(n, 1),
+                Rc::new(PageBytes::trusted(archive_node(&branch(n as u8)))),
+                false,
+            );
+        }
+        for n in 3..=40u64 {
+            cache.insert(
+                PageAddr::new(n, 1),
+                Rc::new(PageBytes::trusted(archive_node(&leaf(n as u8)))),
+                false,
+            );
+        }
+        assert!(cache.size_bytes() <= one * 6);
+        assert!(
+            cache.get(PageAddr::new(1, 1)).is_some() && cache.get(PageAddr::new(2, 1)).is_some()
+        );
+        assert!(
+            cache.get(PageAddr::new(3, 1)).is_none(),
+            "old leaves go first"
         );
     }
 

@@ -174,6 +174,8 @@ pub struct PageStore<Fs: FileSystem> {
     cache: PageCache,
     allocator: RefCell<Allocator>,
     superblock: Cell<Superblock>,
+    /// Pages read from the file since open.
+    loads: Cell<u64>,
 }
 
 impl<Fs: FileSystem> PageStore<Fs> {
@@ -239,6 +241,7 @@ impl<Fs: FileSystem> PageStore<Fs> {
                 end_unit: 1,
             }),
             superblock: Cell::new(superblock),
+            loads: Cell::new(0),
         };
         let catalog = if superblock.catalog == PageAddr::NONE {
             CatalogPage::default()
@@ -280,6 +283,7 @@ impl<Fs: FileSystem> PageStore<Fs> {
             return Ok(page);
         }
         let bytes = self.read_extent(addr).await?;
+        self.loads.set(self.loads.get() + 1);
         let page = Rc::new(PageBytes::validated(
             unframe(&bytes, addr, PageKind::Node)?,
             addr,
@@ -351,6 +355,11 @@ impl<Fs: FileSystem> PageStore<Fs> {
         self.file.sync().await?;
         self.superblock.set(superblock);
         Ok(())
+    }
+
+    /// Node pages read from the file since open.
+    pub fn loads(&self) -> u64 {
+        self.loads.get()
     }
 
     pub fn superblock(&self) -> Superblock {
