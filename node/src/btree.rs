@@ -434,11 +434,6 @@ impl Tree {
     pub fn is_dirty(&self) -> bool {
         matches!(self.root, Some(Child::Dirty(_)))
     }
-
-    /// The root, for walks over the tree's pages.
-    pub fn root_child(&self) -> Option<&Child> {
-        self.root.as_ref()
-    }
 }
 
 fn get_in<R>(

@@ -331,15 +331,6 @@ impl MemFs {
     pub fn set_syncs_discarded(&self, discarded: bool) {
         self.state.borrow_mut().syncs_discarded = discarded;
     }
-
-    /// The durable contents of a file, for assertions.
-    pub fn durable_len(&self, name: &str) -> Option<usize> {
-        self.state
-            .borrow()
-            .files
-            .get(name)
-            .map(|f| f.borrow().durable.len())
-    }
 }
 
 impl MemFile {

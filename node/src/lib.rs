@@ -6,7 +6,11 @@
 //! [`btree`] (archived pages, the IO-free tree core), [`store`] (page file,
 //! superblocks, allocator), [`engine`] (one core's partitions, recovery,
 //! checkpoints), [`shard`] (thread-per-core executors and their handle),
-//! [`preflight`] (start-up checks). docs/storage-format.md has the bytes.
+//! [`server`] (each shard's QUIC face), [`preflight`] (start-up checks).
+//! docs/storage-format.md has the bytes.
+//!
+//! Beside them, [`paxos`] is the sans-IO Multi-Paxos replica that
+//! replication will drive (docs/replication.md); it is not wired in yet.
 
 pub mod btree;
 pub mod device;

@@ -191,10 +191,6 @@ impl PageBytes {
     pub fn size_bytes(&self) -> usize {
         self.archived.len()
     }
-
-    pub fn archived(&self) -> &[u8] {
-        &self.archived
-    }
 }
 
 /// Multiplicative hash for page addresses (already well spread in the low
@@ -245,8 +241,6 @@ struct CacheInner {
 pub struct PageCache {
     capacity_bytes: usize,
     inner: RefCell<CacheInner>,
-    hits: Cell<u64>,
-    misses: Cell<u64>,
 }
 
 impl PageCache {
@@ -254,8 +248,6 @@ impl PageCache {
         Self {
             capacity_bytes,
             inner: RefCell::default(),
-            hits: Cell::new(0),
-            misses: Cell::new(0),
         }
     }
 
@@ -264,13 +256,9 @@ impl PageCache {
         match inner.slots.get(&addr.0) {
             Some(slot) => {
                 slot.referenced.set(true);
-                self.hits.set(self.hits.get() + 1);
                 Some(slot.page.clone())
             }
-            None => {
-                self.misses.set(self.misses.get() + 1);
-                None
-            }
+            None => None,
         }
     }
 
@@ -358,11 +346,6 @@ impl PageCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// (hits, misses) since creation.
-    pub fn stats(&self) -> (u64, u64) {
-        (self.hits.get(), self.misses.get())
     }
 }
 

@@ -237,7 +237,6 @@ struct Shard {
 #[derive(Debug)]
 pub struct StorageNode {
     shards: Vec<Shard>,
-    open_reports: Vec<OpenReport>,
 }
 
 impl StorageNode {
@@ -274,9 +273,10 @@ impl StorageNode {
             });
             ready.push(ready_receiver);
         }
-        let mut open_reports = Vec::new();
+
         for (index, receiver) in ready.into_iter().enumerate() {
-            let report = futures_lite::future::block_on(receiver.recv())
+            // Each shard logs what its recovery found; here we wait for it.
+            futures_lite::future::block_on(receiver.recv())
                 .map_err(|_| NodeError::Startup {
                     shard: index,
                     message: "shard exited during start-up".into(),
@@ -285,17 +285,8 @@ impl StorageNode {
                     shard: index,
                     message,
                 })?;
-            open_reports.push(report);
         }
-        Ok(StorageNode {
-            shards,
-            open_reports,
-        })
-    }
-
-    /// What each shard's recovery found.
-    pub fn open_reports(&self) -> &[OpenReport] {
-        &self.open_reports
+        Ok(StorageNode { shards })
     }
 
     pub fn cores(&self) -> usize {

@@ -161,6 +161,7 @@ impl Allocator {
         self.free.insert(start, len);
     }
 
+    #[cfg(test)]
     fn free_units(&self) -> u64 {
         self.free.values().sum()
     }
@@ -372,12 +373,6 @@ impl<Fs: FileSystem> PageStore<Fs> {
 
     pub fn page_size(&self) -> usize {
         self.page_size
-    }
-
-    /// (units in the file, free units), for reports.
-    pub fn space_units(&self) -> (u64, u64) {
-        let allocator = self.allocator.borrow();
-        (allocator.end_unit, allocator.free_units())
     }
 }
 

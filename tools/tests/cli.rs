@@ -8,38 +8,45 @@ fn cairn() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cairn"))
 }
 
-/// The README's main job, shrunk: load, run workload A, report.
-#[test]
-fn bench_runs_a_workload_and_writes_its_reports() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let json = dir.path().join("result.json");
-    let hgrm = dir.path().join("hgrm");
+/// Runs `cairn bench ARGS` with its data and JSON report in `dir`;
+/// returns stdout and the report once the run succeeded.
+fn bench(dir: &std::path::Path, args: &[&str]) -> (String, String) {
+    let json = dir.join("result.json");
     let output = cairn()
-        .args([
-            "bench",
-            "--records",
-            "2000",
-            "--clients",
-            "4",
-            "--duration-s",
-            "1",
-        ])
+        .arg("bench")
+        .args(args)
         .arg("--data-dir")
-        .arg(dir.path().join("node"))
+        .arg(dir.join("node"))
         .arg("--json")
         .arg(&json)
-        .arg("--hgrm-dir")
-        .arg(&hgrm)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    (stdout, std::fs::read_to_string(&json).unwrap())
+}
+
+/// The README's main job, shrunk: load, run workload A, report.
+#[test]
+fn bench_runs_a_workload_and_writes_its_reports() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let hgrm = dir.path().join("hgrm");
+    let args = [
+        "--records",
+        "2000",
+        "--clients",
+        "4",
+        "--duration-s",
+        "1",
+        "--hgrm-dir",
+        hgrm.to_str().unwrap(),
+    ];
+    let (stdout, report) = bench(dir.path(), &args);
     assert!(stdout.contains("p99.9_us"), "{stdout}");
-    let report = std::fs::read_to_string(&json).unwrap();
     assert!(
         report.starts_with("{\"workload\":\"a\",\"clients\":4,\"target_ops_per_s\":null"),
         "{report}"
@@ -90,33 +97,18 @@ fn bad_flags_fail_with_a_clear_message() {
 #[test]
 fn bench_drives_the_dynamodb_endpoint_too() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let json = dir.path().join("result.json");
-    let output = cairn()
-        .args([
-            "bench",
-            "--protocol",
-            "dynamodb",
-            "--records",
-            "1000",
-            "--clients",
-            "4",
-            "--duration-s",
-            "1",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join("node"))
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let args = [
+        "--protocol",
+        "dynamodb",
+        "--records",
+        "1000",
+        "--clients",
+        "4",
+        "--duration-s",
+        "1",
+    ];
+    let (stdout, report) = bench(dir.path(), &args);
     assert!(stdout.contains("Dynamodb protocol"), "{stdout}");
-    let report = std::fs::read_to_string(&json).unwrap();
     assert!(
         report.contains("\"errors\":0") && report.contains("\"update\":{\"count\":"),
         "{report}"

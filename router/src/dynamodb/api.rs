@@ -31,6 +31,11 @@ impl ApiError {
         }
     }
 
+    /// An internal error, shaped like every other through `from_code`.
+    pub fn internal(message: impl ToString) -> ApiError {
+        ApiError::from_code(ErrorCode::Internal, message.to_string())
+    }
+
     pub fn validation(message: impl Into<String>) -> ApiError {
         ApiError::new(
             400,
@@ -69,6 +74,11 @@ impl ApiError {
         };
         ApiError::new(status, kind, message)
     }
+}
+
+/// The router answered with a variant the request cannot produce.
+fn unexpected() -> ApiError {
+    ApiError::internal("unexpected response from the router")
 }
 
 fn field<'a>(body: &'a Json, name: &str) -> Result<&'a Json, ApiError> {
@@ -116,8 +126,8 @@ async fn call(state: &State, request: ClientRequest) -> Result<Response, ApiErro
 }
 
 fn describe_json(description: &TableDescription, status: &str) -> Result<Json, ApiError> {
-    let schema = KeySchema::decode(&description.schema)
-        .map_err(|e| ApiError::new(500, "InternalServerError", e.to_string()))?;
+    let schema =
+        KeySchema::decode(&description.schema).map_err(|e| ApiError::internal(e.to_string()))?;
     let mut key_schema = vec![json!({"AttributeName": schema.partition.name, "KeyType": "HASH"})];
     let mut definitions = vec![
         json!({"AttributeName": schema.partition.name, "AttributeType": schema.partition.key_type.name()}),
@@ -300,7 +310,7 @@ fn page_json(
         .iter()
         .map(|bytes| Item::decode(bytes))
         .collect::<Result<_, _>>()
-        .map_err(|e| ApiError::new(500, "InternalServerError", e.to_string()))?;
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     let matching: Vec<Json> = decoded
         .iter()
         .filter(|item| shaping.filter.as_ref().is_none_or(|f| f.holds(Some(item))))
@@ -320,7 +330,7 @@ fn page_json(
 fn table_of(state: &State, name: &str) -> Result<crate::catalog::Table, ApiError> {
     state.table(name).map_err(|response| match response {
         Response::Error { code, message } => ApiError::from_code(code, message),
-        _ => ApiError::new(500, "InternalServerError", "unexpected response"),
+        _ => unexpected(),
     })
 }
 
@@ -347,11 +357,7 @@ pub(crate) async fn dispatch(
             let Response::Table(description) =
                 call(state, ClientRequest::DescribeTable { table }).await?
             else {
-                return Err(ApiError::new(
-                    500,
-                    "InternalServerError",
-                    "unexpected response",
-                ));
+                return Err(unexpected());
             };
             Ok(json!({ "TableDescription": describe_json(&description, "ACTIVE")? }))
         }
@@ -360,21 +366,13 @@ pub(crate) async fn dispatch(
             let Response::Table(description) =
                 call(state, ClientRequest::DescribeTable { table }).await?
             else {
-                return Err(ApiError::new(
-                    500,
-                    "InternalServerError",
-                    "unexpected response",
-                ));
+                return Err(unexpected());
             };
             Ok(json!({ "Table": describe_json(&description, "ACTIVE")? }))
         }
         "ListTables" => {
             let Response::Tables(names) = call(state, ClientRequest::ListTables).await? else {
-                return Err(ApiError::new(
-                    500,
-                    "InternalServerError",
-                    "unexpected response",
-                ));
+                return Err(unexpected());
             };
             Ok(json!({ "TableNames": names }))
         }
@@ -388,11 +386,7 @@ pub(crate) async fn dispatch(
             )
             .await?
             else {
-                return Err(ApiError::new(
-                    500,
-                    "InternalServerError",
-                    "unexpected response",
-                ));
+                return Err(unexpected());
             };
             call(state, ClientRequest::DeleteTable { table }).await?;
             Ok(json!({ "TableDescription": describe_json(&description, "DELETING")? }))
@@ -432,16 +426,12 @@ pub(crate) async fn dispatch(
             )
             .await?
             else {
-                return Err(ApiError::new(
-                    500,
-                    "InternalServerError",
-                    "unexpected response",
-                ));
+                return Err(unexpected());
             };
             match item {
                 Some(bytes) => {
-                    let item = Item::decode(&bytes)
-                        .map_err(|e| ApiError::new(500, "InternalServerError", e.to_string()))?;
+                    let item =
+                        Item::decode(&bytes).map_err(|e| ApiError::internal(e.to_string()))?;
                     Ok(json!({ "Item": shaping.project(&item) }))
                 }
                 None => Ok(json!({})),
@@ -478,15 +468,10 @@ pub(crate) async fn dispatch(
                 condition,
             };
             let Response::Item(Some(bytes)) = call(state, request).await? else {
-                return Err(ApiError::new(
-                    500,
-                    "InternalServerError",
-                    "unexpected response",
-                ));
+                return Err(unexpected());
             };
             if returns == "ALL_NEW" {
-                let item = Item::decode(&bytes)
-                    .map_err(|e| ApiError::new(500, "InternalServerError", e.to_string()))?;
+                let item = Item::decode(&bytes).map_err(|e| ApiError::internal(e.to_string()))?;
                 return Ok(json!({ "Attributes": item_to_json(&item) }));
             }
             Ok(json!({}))
@@ -548,11 +533,7 @@ pub(crate) async fn dispatch(
                 exclusive_start_key,
             };
             let Response::Page { items, last_key } = call(state, request).await? else {
-                return Err(ApiError::new(
-                    500,
-                    "InternalServerError",
-                    "unexpected response",
-                ));
+                return Err(unexpected());
             };
             page_json(
                 &items,
@@ -586,11 +567,7 @@ pub(crate) async fn dispatch(
                 exclusive_start,
             };
             let Response::TablePage { items, last } = call(state, request).await? else {
-                return Err(ApiError::new(
-                    500,
-                    "InternalServerError",
-                    "unexpected response",
-                ));
+                return Err(unexpected());
             };
             page_json(&items, last.is_some(), &table.schema, &shaping)
         }
@@ -710,8 +687,8 @@ async fn batch_get(state: &State, body: &Json) -> Result<Json, ApiError> {
             };
             match call(state, get).await {
                 Ok(Response::Item(Some(bytes))) => {
-                    let item = Item::decode(&bytes)
-                        .map_err(|e| ApiError::new(500, "InternalServerError", e.to_string()))?;
+                    let item =
+                        Item::decode(&bytes).map_err(|e| ApiError::internal(e.to_string()))?;
                     found.push(item_to_json(&item));
                 }
                 Ok(_) => {}
