@@ -1,7 +1,8 @@
-//! An embedded cluster for `cairn bench` without `--router`: a storage node
-//! and a router in this process, on free loopback ports, with a fresh
-//! self-signed certificate. The load still goes through QUIC and the
-//! router, as it would against a remote cluster.
+//! An embedded cluster for `cairn bench` without `--router`: storage nodes
+//! (three, one per zone, for replication 3) and a router in this process,
+//! on free loopback ports, with a fresh self-signed certificate. The load
+//! still goes through QUIC and the router, and replicas still talk QUIC to
+//! each other, as they would across machines.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
@@ -18,7 +19,7 @@ use cairn_router::{DynamoDbEndpoint, Router, RouterConfig};
 pub struct EmbeddedCluster {
     // Field order is drop order: the router goes before the node.
     pub router: Router,
-    pub node: StorageNode,
+    pub nodes: Vec<StorageNode>,
     pub identity: Identity,
     /// The DynamoDB endpoint and its access key, if started with one.
     pub dynamodb: Option<(SocketAddr, (String, String))>,
@@ -35,16 +36,43 @@ fn free_ports(count: u16) -> anyhow::Result<u16> {
 }
 
 impl EmbeddedCluster {
-    pub fn start(dir: &Path, cores: usize, with_dynamodb: bool) -> anyhow::Result<EmbeddedCluster> {
+    /// Starts `replicas` nodes (1, or 3 in zones a, b and c) of `cores`
+    /// shards each, and a router that gives every table `replicas` copies.
+    pub fn start(
+        dir: &Path,
+        cores: usize,
+        with_dynamodb: bool,
+        replicas: u32,
+    ) -> anyhow::Result<EmbeddedCluster> {
         let identity = Identity::self_signed(&["localhost"]).map_err(anyhow::Error::msg)?;
-        let base = free_ports(cores as u16 + 1)?;
-        let node_addr: SocketAddr = format!("127.0.0.1:{}", base + 1).parse()?;
-        let mut config = NodeConfig::new(dir.join("node"), cores);
-        config.network = Some(NodeNetwork {
-            listen: node_addr,
-            identity: identity.clone(),
-        });
-        let node = StorageNode::start(config).context("starting the embedded node")?;
+        let node_count = replicas.max(1) as u16;
+        let base = free_ports(node_count * cores as u16 + 1)?;
+        let mut nodes = Vec::new();
+        let mut addresses = Vec::new();
+        for n in 0..node_count {
+            let node_addr: SocketAddr =
+                format!("127.0.0.1:{}", base + 1 + n * cores as u16).parse()?;
+            let zone = format!("zone-{}", (b'a' + n as u8) as char);
+            let data = if node_count == 1 {
+                dir.join("node")
+            } else {
+                dir.join(format!("node-{zone}"))
+            };
+            let mut config = NodeConfig::new(data, cores);
+            config.network = Some(NodeNetwork {
+                listen: node_addr,
+                identity: identity.clone(),
+                peer_server_name: "localhost".into(),
+            });
+            let node = StorageNode::start(config)
+                .with_context(|| format!("starting the embedded node in {zone}"))?;
+            nodes.push(node);
+            addresses.push(NodeAddress {
+                addr: node_addr,
+                cores,
+                zone,
+            });
+        }
         let dynamodb = if with_dynamodb {
             // A free TCP port, and an access key for this run only.
             let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -63,10 +91,8 @@ impl EmbeddedCluster {
         let router = Router::start(RouterConfig {
             data_dir: dir.join("router"),
             listen: format!("127.0.0.1:{base}").parse()?,
-            nodes: vec![NodeAddress {
-                addr: node_addr,
-                cores,
-            }],
+            nodes: addresses,
+            replicas,
             identity: identity.clone(),
             node_server_name: "localhost".into(),
             dynamodb: dynamodb
@@ -83,7 +109,7 @@ impl EmbeddedCluster {
         .context("starting the embedded router")?;
         Ok(EmbeddedCluster {
             router,
-            node,
+            nodes,
             identity,
             dynamodb,
         })

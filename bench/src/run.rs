@@ -87,6 +87,10 @@ pub struct BenchArgs {
     /// DynamoDB-compatible HTTP endpoint (embedded cluster only, for now).
     #[arg(long, value_enum, default_value = "native")]
     pub protocol: Protocol,
+    /// Copies of each partition in the embedded cluster: 3 (a Multi-Paxos
+    /// group on three nodes in three zones) or 1.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=3))]
+    pub replication: u32,
 }
 
 /// Which front door the clients use.
@@ -180,13 +184,23 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
             format!("router {router}"),
         ),
         None => {
-            let cluster =
-                EmbeddedCluster::start(&dir, args.cores, args.protocol == Protocol::Dynamodb)?;
+            let cluster = EmbeddedCluster::start(
+                &dir,
+                args.cores,
+                args.protocol == Protocol::Dynamodb,
+                args.replication,
+            )?;
             let (router, identity) = (cluster.router.addr(), cluster.identity.clone());
-            let target = format!(
-                "embedded cluster: router {router}, 1 node with {} cores, 1 replica, durable writes, over QUIC",
-                args.cores
-            );
+            let target = match args.replication {
+                1 => format!(
+                    "embedded cluster: router {router}, 1 node with {} cores, 1 replica, durable writes, over QUIC",
+                    args.cores
+                ),
+                r => format!(
+                    "embedded cluster: router {router}, {r} nodes in {r} zones with {} cores each, {r} replicas (Multi-Paxos), writes durable on a majority, over QUIC",
+                    args.cores
+                ),
+            };
             (Some(cluster), router, identity, target)
         }
     };
@@ -429,6 +443,7 @@ impl Conn {
                     id: 0,
                     schema: schema(),
                     partitions: plan.partitions,
+                    replicas: 1,
                 };
                 let partition = table.partition_index(&stored);
                 client

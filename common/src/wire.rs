@@ -13,7 +13,7 @@ use crate::item::{AttributeValue, CodecError, Item};
 use crate::update::UpdateAction;
 
 /// Wire format version, checked in every request.
-pub const WIRE_VERSION: u16 = 1;
+pub const WIRE_VERSION: u16 = 2;
 
 /// A bound of a range: on attribute values (Query) or encoded keys (node scans).
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -116,18 +116,41 @@ pub enum ClientRequest {
     },
 }
 
+/// One replica of a replication group: the node's shard-0 address and
+/// its core count (the partition lives on shard `partition % cores`).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    pub addr: String,
+    pub cores: u32,
+    pub zone: String,
+}
+
+/// A partition's replication group, as its creator hands it to each
+/// replica: every member, and which of them the receiver is.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct GroupSpec {
+    pub replica: u32,
+    pub members: Vec<GroupMember>,
+}
+
 /// What a router (or a tool) asks a node, for one partition.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum NodeOp {
+    /// `group` makes the partition a replica of a Multi-Paxos group;
+    /// without it the partition has a single copy.
     CreatePartition {
         schema: Vec<u8>,
+        group: Option<GroupSpec>,
     },
     Put {
         item: Vec<u8>,
         condition: Option<WireCondition>,
     },
+    /// `consistent` reads go to the leader and see every acknowledged
+    /// write; others may be served by any replica, possibly stale.
     Get {
         key: Vec<u8>,
+        consistent: bool,
     },
     Update {
         key: Vec<u8>,
@@ -145,6 +168,12 @@ pub enum NodeOp {
         reverse: bool,
         limit: u32,
         resume_after: Option<Vec<u8>>,
+        consistent: bool,
+    },
+    /// Replication messages between the replicas of groups on two shards
+    /// (a node-internal format, docs/replication.md).
+    Replication {
+        batch: Vec<u8>,
     },
 }
 
@@ -203,6 +232,12 @@ pub enum Response {
     },
     Table(TableDescription),
     Tables(Vec<String>),
+    /// A replica that is not its group's leader: `leader` is the member
+    /// index it believes leads, if any. Routers follow it; clients never
+    /// see it.
+    NotLeader {
+        leader: Option<u32>,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -257,6 +292,29 @@ macro_rules! message_codec {
 message_codec!(encode_client_request, decode_client_request, ClientRequest);
 message_codec!(encode_node_request, decode_node_request, NodeRequest);
 message_codec!(encode_response, decode_response, Response);
+
+impl GroupSpec {
+    /// The stored form (in a node's WAL and catalog): a bare rkyv archive,
+    /// not tied to the wire version.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        rkyv::to_bytes::<rancor::Error>(self)
+            .expect("serializing to memory cannot fail")
+            .to_vec()
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<GroupSpec, DecodeError> {
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+        aligned.extend_from_slice(bytes);
+        let spec = rkyv::from_bytes::<GroupSpec, rancor::Error>(&aligned)
+            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        let valid = (spec.replica as usize) < spec.members.len()
+            && spec.members.iter().all(|m| m.cores > 0 && m.addr.parse::<std::net::SocketAddr>().is_ok());
+        if !valid {
+            return Err(DecodeError::Malformed(format!("invalid replication group {spec:?}")));
+        }
+        Ok(spec)
+    }
+}
 
 impl WireCondition {
     pub fn from_condition(condition: &Condition) -> WireCondition {
@@ -396,7 +454,10 @@ mod tests {
     fn garbage_is_a_typed_error_never_a_crash() {
         let good = encode_node_request(&NodeRequest {
             partition: 9,
-            op: NodeOp::Get { key: vec![1, 2, 3] },
+            op: NodeOp::Get {
+                key: vec![1, 2, 3],
+                consistent: true,
+            },
         });
         for cut in 0..good.len() {
             let _ = decode_node_request(&good[..cut]); // must not panic

@@ -27,12 +27,15 @@ use cairn_common::update::UpdateAction;
 use cairn_common::{CodecError, Item, ItemError, KeySchema};
 use futures_util::StreamExt;
 
+use cairn_common::wire::GroupSpec;
+
 use crate::btree::{PageSource, ScanRange, Tree, TreeError};
 use crate::device::FileSystem;
 use crate::page::{
-    CatalogEntry, CatalogPage, PageAddr, PageBytes, PageKind, archive_catalog, archive_node, frame,
-    units_for,
+    CatalogAccepted, CatalogEntry, CatalogGroup, CatalogPage, PageAddr, PageBytes, PageKind,
+    archive_catalog, archive_node, frame, units_for,
 };
+use crate::paxos::{Ballot, DurableState, Persist, Slot, Value};
 use crate::store::{PageStore, StoreError, Superblock};
 use crate::wal::{Lsn, Record, RecoveryReport, Wal, WalConfig, WalError};
 
@@ -94,9 +97,20 @@ pub enum EngineError {
     CacheThrashing,
     #[error("engine stopped after an earlier failure: {0}")]
     Stopped(String),
+    #[error("partition {0} is replicated: it changes only through its group")]
+    Replicated(PartitionId),
 }
 
 impl EngineError {
+    /// Whether this is an answer about the request (a failed condition, an
+    /// invalid item), as opposed to a failure of the engine.
+    pub fn is_answer(&self) -> bool {
+        matches!(
+            self,
+            EngineError::ConditionFailed | EngineError::InvalidItem(_)
+        )
+    }
+
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
@@ -135,6 +149,23 @@ pub struct OpenReport {
 struct Partition {
     schema: KeySchema,
     tree: Tree,
+    /// Set for a replica of a replication group.
+    group: Option<GroupLog>,
+}
+
+/// A replica's durable Paxos state, mirrored here so that checkpoints can
+/// carry it past the WAL records they retire. Its tree changes only by
+/// applying chosen commands in slot order; those applies write no log
+/// record of their own (the accepted values are the log).
+#[derive(Debug, Clone)]
+pub struct GroupLog {
+    pub spec: GroupSpec,
+    /// Promise and accepted values (of slots from `applied_through` on).
+    pub durable: DurableState,
+    /// Slots below are known chosen (from commit markers).
+    pub committed_through: Slot,
+    /// Slots below are reflected in the tree.
+    pub applied_through: Slot,
 }
 
 /// Logical WAL records.
@@ -142,6 +173,88 @@ mod record {
     pub const CREATE_PARTITION: u8 = 1;
     pub const PUT: u8 = 2;
     pub const DELETE: u8 = 3;
+    /// `schema_len u32 ‖ schema ‖ GroupSpec`.
+    pub const CREATE_REPLICATED: u8 = 4;
+    /// `round u64 ‖ leader u64`.
+    pub const PROMISE: u8 = 5;
+    /// `slot u64 ‖ round u64 ‖ leader u64 ‖ tag u8 (0 no-op, 1 command) ‖ command`.
+    pub const ACCEPT: u8 = 6;
+    /// `through u64`: every slot below is chosen.
+    pub const COMMIT: u8 = 7;
+}
+
+/// The body of a PROMISE or ACCEPT record.
+fn encode_persist(persist: &Persist) -> Vec<u8> {
+    match persist {
+        Persist::Promise(ballot) => {
+            let mut out = Vec::with_capacity(17);
+            out.push(record::PROMISE);
+            out.extend_from_slice(&ballot.round.to_le_bytes());
+            out.extend_from_slice(&(ballot.leader as u64).to_le_bytes());
+            out
+        }
+        Persist::Accept {
+            slot,
+            ballot,
+            value,
+        } => {
+            let command: &[u8] = match value {
+                Value::Noop => &[],
+                Value::Command(command) => command,
+            };
+            let mut out = Vec::with_capacity(26 + command.len());
+            out.push(record::ACCEPT);
+            out.extend_from_slice(&slot.to_le_bytes());
+            out.extend_from_slice(&ballot.round.to_le_bytes());
+            out.extend_from_slice(&(ballot.leader as u64).to_le_bytes());
+            out.push(u8::from(matches!(value, Value::Command(_))));
+            out.extend_from_slice(command);
+            out
+        }
+    }
+}
+
+fn decode_u64(bytes: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn decode_ballot(bytes: &[u8], at: usize) -> Option<Ballot> {
+    Some(Ballot {
+        round: decode_u64(bytes, at)?,
+        leader: usize::try_from(decode_u64(bytes, at + 8)?).ok()?,
+    })
+}
+
+/// Parses a PROMISE or ACCEPT body (after the kind byte).
+fn decode_persist(kind: u8, body: &[u8]) -> Option<Persist> {
+    match kind {
+        record::PROMISE => Some(Persist::Promise(decode_ballot(body, 0)?)),
+        record::ACCEPT => {
+            let slot = decode_u64(body, 0)?;
+            let ballot = decode_ballot(body, 8)?;
+            let value = match body.get(24)? {
+                0 => Value::Noop,
+                1 => Value::Command(body[25..].to_vec()),
+                _ => return None,
+            };
+            Some(Persist::Accept {
+                slot,
+                ballot,
+                value,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// How a write reaches the tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WriteMode {
+    /// A single-copy partition: log a PUT/DELETE record, answer once durable.
+    Logged,
+    /// A chosen command of a replicated partition: apply, log nothing, and
+    /// never refuse for load (every replica must apply it alike).
+    Applied,
 }
 
 /// Most dirty nodes a checkpoint serializes before it yields: bounds the
@@ -218,15 +331,27 @@ impl<Fs: FileSystem> Engine<Fs> {
             used.push(superblock.catalog);
         }
         for entry in catalog.entries {
-            let schema = KeySchema::decode(&entry.schema).map_err(|e| {
+            let corrupt = |reason: String| {
                 StoreError::Corrupt(crate::page::PageError::Corrupt {
                     addr: superblock.catalog.0,
-                    reason: e.to_string(),
+                    reason,
                 })
-            })?;
+            };
+            let schema = KeySchema::decode(&entry.schema).map_err(|e| corrupt(e.to_string()))?;
+            let group = entry
+                .group
+                .map(|g| group_from_catalog(g).map_err(corrupt))
+                .transpose()?;
             store.reachable(PageAddr(entry.root), &mut used).await?;
             let tree = Tree::with_root(PageAddr(entry.root), config.page_size);
-            partitions.insert(entry.partition, Partition { schema, tree });
+            partitions.insert(
+                entry.partition,
+                Partition {
+                    schema,
+                    tree,
+                    group,
+                },
+            );
         }
         store.set_used(used);
         let mut records = Vec::new();
@@ -271,9 +396,42 @@ impl<Fs: FileSystem> Engine<Fs> {
             record::CREATE_PARTITION => {
                 let schema = KeySchema::decode(body).map_err(|e| corrupt(&e.to_string()))?;
                 let tree = Tree::new(self.config.page_size);
-                self.partitions
-                    .borrow_mut()
-                    .insert(record.partition, Partition { schema, tree });
+                self.partitions.borrow_mut().insert(
+                    record.partition,
+                    Partition {
+                        schema,
+                        tree,
+                        group: None,
+                    },
+                );
+            }
+            record::CREATE_REPLICATED => {
+                let (schema, spec) =
+                    split_put(body).ok_or_else(|| corrupt("malformed replicated partition"))?;
+                let schema = KeySchema::decode(schema).map_err(|e| corrupt(&e.to_string()))?;
+                let spec = GroupSpec::from_bytes(spec).map_err(|e| corrupt(&e.to_string()))?;
+                let tree = Tree::new(self.config.page_size);
+                self.partitions.borrow_mut().insert(
+                    record.partition,
+                    Partition {
+                        schema,
+                        tree,
+                        group: Some(GroupLog::new(spec)),
+                    },
+                );
+            }
+            record::PROMISE | record::ACCEPT => {
+                let persist =
+                    decode_persist(kind, body).ok_or_else(|| corrupt("malformed Paxos record"))?;
+                self.with_group(record.partition, |group| group.record(&persist))
+                    .map_err(|_| corrupt("Paxos record for a partition with no group"))?;
+            }
+            record::COMMIT => {
+                let through = decode_u64(body, 0).ok_or_else(|| corrupt("malformed commit"))?;
+                self.with_group(record.partition, |group| {
+                    group.committed_through = group.committed_through.max(through);
+                })
+                .map_err(|_| corrupt("commit marker for a partition with no group"))?;
             }
             record::PUT => {
                 let (key, value) = split_put(body).ok_or_else(|| corrupt("malformed put"))?;
@@ -310,12 +468,166 @@ impl<Fs: FileSystem> Engine<Fs> {
         payload.extend_from_slice(&schema.encode());
         let lsn = self.wal.submit(partition, payload)?;
         let tree = Tree::new(self.config.page_size);
-        self.partitions
-            .borrow_mut()
-            .insert(partition, Partition { schema, tree });
+        self.partitions.borrow_mut().insert(
+            partition,
+            Partition {
+                schema,
+                tree,
+                group: None,
+            },
+        );
         self.applied_lsn.set(lsn);
         self.wal.wait_durable(lsn).await?;
         Ok(())
+    }
+
+    /// Creates an empty replica of a replication group, durably.
+    pub async fn create_replicated(
+        &self,
+        partition: PartitionId,
+        schema: KeySchema,
+        spec: GroupSpec,
+    ) -> Result<(), EngineError> {
+        self.check_running()?;
+        if self.partitions.borrow().contains_key(&partition) {
+            return Err(EngineError::PartitionExists(partition));
+        }
+        let schema_bytes = schema.encode();
+        let mut payload = vec![record::CREATE_REPLICATED];
+        payload.extend_from_slice(&(schema_bytes.len() as u32).to_le_bytes());
+        payload.extend_from_slice(&schema_bytes);
+        payload.extend_from_slice(&spec.to_bytes());
+        let lsn = self.wal.submit(partition, payload)?;
+        let tree = Tree::new(self.config.page_size);
+        self.partitions.borrow_mut().insert(
+            partition,
+            Partition {
+                schema,
+                tree,
+                group: Some(GroupLog::new(spec)),
+            },
+        );
+        self.applied_lsn.set(lsn);
+        self.wal.wait_durable(lsn).await?;
+        Ok(())
+    }
+
+    fn with_group<R>(
+        &self,
+        partition: PartitionId,
+        f: impl FnOnce(&mut GroupLog) -> R,
+    ) -> Result<R, EngineError> {
+        let mut partitions = self.partitions.borrow_mut();
+        let group = partitions
+            .get_mut(&partition)
+            .and_then(|p| p.group.as_mut())
+            .ok_or(EngineError::UnknownPartition(partition))?;
+        Ok(f(group))
+    }
+
+    /// The durable Paxos state of a replicated partition (`None` for a
+    /// single-copy one).
+    pub fn group(&self, partition: PartitionId) -> Option<GroupLog> {
+        self.partitions.borrow().get(&partition)?.group.clone()
+    }
+
+    /// Whether `partition` is a replica of a replication group.
+    pub fn is_replicated(&self, partition: PartitionId) -> bool {
+        self.partitions
+            .borrow()
+            .get(&partition)
+            .is_some_and(|p| p.group.is_some())
+    }
+
+    /// Submits a replica's promises and accepted values to the log and
+    /// returns the LSN to wait on before telling the replica they are
+    /// durable.
+    pub fn log_paxos(&self, partition: PartitionId, persist: &[Persist]) -> Result<Lsn, EngineError> {
+        self.check_running()?;
+        let mut last = None;
+        for entry in persist {
+            let lsn = self.wal.submit(partition, encode_persist(entry))?;
+            self.with_group(partition, |group| group.record(entry))?;
+            self.applied_lsn.set(lsn);
+            last = Some(lsn);
+        }
+        Ok(last.unwrap_or_else(|| self.wal.next_lsn() - 1))
+    }
+
+    /// Records that every slot below `through` is chosen, so that recovery
+    /// can apply them without asking the leader. Nobody waits on it.
+    pub fn log_commit(&self, partition: PartitionId, through: Slot) -> Result<(), EngineError> {
+        self.check_running()?;
+        let newer = self.with_group(partition, |g| through > g.committed_through)?;
+        if newer {
+            let mut payload = vec![record::COMMIT];
+            payload.extend_from_slice(&through.to_le_bytes());
+            let lsn = self.wal.submit(partition, payload)?;
+            self.with_group(partition, |g| g.committed_through = through)?;
+            self.applied_lsn.set(lsn);
+        }
+        Ok(())
+    }
+
+    /// Slots below are reflected in the partition's tree.
+    pub fn applied_through(&self, partition: PartitionId) -> Option<Slot> {
+        self.partitions
+            .borrow()
+            .get(&partition)?
+            .group
+            .as_ref()
+            .map(|g| g.applied_through)
+    }
+
+    /// Applies chosen slot `slot` of a replicated partition: `write` is the
+    /// command's effect (`None` for a no-op). Returns what the write
+    /// returned; a condition that fails or an invalid update is an answer,
+    /// and the slot counts as applied either way. A failure to apply at all
+    /// (IO, corruption) stops the engine: a replica that skipped a slot
+    /// would diverge from its peers.
+    pub async fn apply_committed(
+        &self,
+        partition: PartitionId,
+        slot: Slot,
+        write: Option<ReplicatedWrite<'_>>,
+    ) -> Result<Option<Item>, EngineError> {
+        self.check_running()?;
+        let expected = self
+            .applied_through(partition)
+            .ok_or(EngineError::UnknownPartition(partition))?;
+        assert_eq!(slot, expected, "chosen slots are applied in order, once");
+        let result = match write {
+            None => Ok(None),
+            Some(ReplicatedWrite::Put { item, condition }) => {
+                self.put(partition, item, condition, WriteMode::Applied)
+                    .await
+                    .map(|()| None)
+            }
+            Some(ReplicatedWrite::Delete { key, condition }) => self
+                .delete(partition, key, condition, WriteMode::Applied)
+                .await
+                .map(|()| None),
+            Some(ReplicatedWrite::Update {
+                key,
+                changes,
+                condition,
+            }) => self
+                .update(partition, key, changes, condition, WriteMode::Applied)
+                .await
+                .map(Some),
+        };
+        if let Err(error) = &result
+            && !error.is_answer()
+        {
+            tracing::error!(partition, slot, %error, "could not apply a chosen command; stopping");
+            *self.stopped.borrow_mut() = Some(format!("applying slot {slot}: {error}"));
+            return result;
+        }
+        self.with_group(partition, |group| {
+            group.applied_through = slot + 1;
+            group.durable.accepted = group.durable.accepted.split_off(&(slot + 1));
+        })?;
+        result
     }
 
     /// The partition's key schema.
@@ -339,8 +651,18 @@ impl<Fs: FileSystem> Engine<Fs> {
         item: &Item,
         condition: Option<&Condition>,
     ) -> Result<(), EngineError> {
+        self.put(partition, item, condition, WriteMode::Logged).await
+    }
+
+    async fn put(
+        &self,
+        partition: PartitionId,
+        item: &Item,
+        condition: Option<&Condition>,
+        mode: WriteMode,
+    ) -> Result<(), EngineError> {
         let key = self.schema(partition)?.key_of_item(item)?;
-        self.mutate(partition, key, condition, |_| Ok(Some(item.clone())))
+        self.mutate(partition, key, condition, mode, |_| Ok(Some(item.clone())))
             .await
             .map(|_| ())
     }
@@ -354,6 +676,18 @@ impl<Fs: FileSystem> Engine<Fs> {
         key: &Item,
         changes: &[UpdateAction],
         condition: Option<&Condition>,
+    ) -> Result<Item, EngineError> {
+        self.update(partition, key, changes, condition, WriteMode::Logged)
+            .await
+    }
+
+    async fn update(
+        &self,
+        partition: PartitionId,
+        key: &Item,
+        changes: &[UpdateAction],
+        condition: Option<&Condition>,
+        mode: WriteMode,
     ) -> Result<Item, EngineError> {
         let schema = self.schema(partition)?;
         let encoded_key = schema.key_of_key(key)?;
@@ -369,7 +703,7 @@ impl<Fs: FileSystem> Engine<Fs> {
             }
         }
         let updated = self
-            .mutate(partition, encoded_key, condition, |current| {
+            .mutate(partition, encoded_key, condition, mode, |current| {
                 let mut item = current.unwrap_or_else(|| key.clone());
                 cairn_common::update::apply(&mut item, changes)?;
                 item.validate()?;
@@ -387,8 +721,19 @@ impl<Fs: FileSystem> Engine<Fs> {
         key: &Item,
         condition: Option<&Condition>,
     ) -> Result<(), EngineError> {
+        self.delete(partition, key, condition, WriteMode::Logged)
+            .await
+    }
+
+    async fn delete(
+        &self,
+        partition: PartitionId,
+        key: &Item,
+        condition: Option<&Condition>,
+        mode: WriteMode,
+    ) -> Result<(), EngineError> {
         let key = self.schema(partition)?.key_of_key(key)?;
-        self.mutate(partition, key, condition, |_| Ok(None))
+        self.mutate(partition, key, condition, mode, |_| Ok(None))
             .await
             .map(|_| ())
     }
@@ -402,11 +747,18 @@ impl<Fs: FileSystem> Engine<Fs> {
         partition: PartitionId,
         key: Vec<u8>,
         condition: Option<&Condition>,
+        mode: WriteMode,
         change: impl FnOnce(Option<Item>) -> Result<Option<Item>, EngineError>,
     ) -> Result<Option<Item>, EngineError> {
         self.check_running()?;
-        if self.dirty_nodes.get() * self.config.page_size > self.config.dirty_bytes_max {
-            return Err(EngineError::Throttled);
+        if mode == WriteMode::Logged {
+            if self.dirty_nodes.get() * self.config.page_size > self.config.dirty_bytes_max {
+                return Err(EngineError::Throttled);
+            }
+            if self.is_replicated(partition) {
+                // Its tree changes only through chosen commands.
+                return Err(EngineError::Replicated(partition));
+            }
         }
         self.fault_in(partition, &key).await?;
         let current = {
@@ -425,6 +777,12 @@ impl<Fs: FileSystem> Engine<Fs> {
             return Err(EngineError::ConditionFailed);
         }
         let new = change(current)?;
+        if mode == WriteMode::Applied {
+            // The accepted value in the log is this write's record.
+            let value = new.as_ref().map(Item::to_bytes);
+            self.apply(partition, key, value);
+            return Ok(new);
+        }
         let (payload, value) = match &new {
             Some(item) => {
                 let value = item.to_bytes();
@@ -473,6 +831,19 @@ impl<Fs: FileSystem> Engine<Fs> {
             unsynced.remove(&unsynced_key);
         }
         Ok(durable?)
+    }
+
+    /// Refuses a replicated write (retryably) before it is proposed while
+    /// unflushed pages or pending log bytes are over their bounds: once
+    /// chosen, a command must be applied, whatever the load.
+    pub fn admit_write(&self) -> Result<(), EngineError> {
+        if self.dirty_nodes.get() * self.config.page_size > self.config.dirty_bytes_max {
+            return Err(EngineError::Throttled);
+        }
+        if self.wal.pending_bytes() > self.config.wal.pending_bytes_max / 2 {
+            return Err(EngineError::Throttled);
+        }
+        Ok(())
     }
 
     /// Applies a put (`Some`) or delete (`None`) whose path is resident.
@@ -744,6 +1115,7 @@ impl<Fs: FileSystem> Engine<Fs> {
                 partition: *id,
                 schema: p.schema.encode(),
                 root: p.tree.root_addr().0,
+                group: p.group.as_ref().map(GroupLog::to_catalog),
             })
             .collect();
         CatalogPage { entries }
@@ -774,6 +1146,94 @@ impl<Fs: FileSystem> Engine<Fs> {
     pub fn store(&self) -> &PageStore<Fs> {
         &self.store
     }
+}
+
+/// A chosen command's effect on a replicated partition.
+#[derive(Debug, Clone, Copy)]
+pub enum ReplicatedWrite<'a> {
+    Put {
+        item: &'a Item,
+        condition: Option<&'a Condition>,
+    },
+    Delete {
+        key: &'a Item,
+        condition: Option<&'a Condition>,
+    },
+    Update {
+        key: &'a Item,
+        changes: &'a [UpdateAction],
+        condition: Option<&'a Condition>,
+    },
+}
+
+impl GroupLog {
+    fn new(spec: GroupSpec) -> GroupLog {
+        GroupLog {
+            spec,
+            durable: DurableState::default(),
+            committed_through: 0,
+            applied_through: 0,
+        }
+    }
+
+    /// Mirrors a promise or accepted value (values of applied slots are
+    /// not kept: the tree holds their effect).
+    fn record(&mut self, persist: &Persist) {
+        if let Persist::Accept { slot, .. } = persist
+            && *slot < self.applied_through
+        {
+            return;
+        }
+        self.durable.apply(persist);
+    }
+
+    fn to_catalog(&self) -> CatalogGroup {
+        CatalogGroup {
+            spec: self.spec.to_bytes(),
+            promised_round: self.durable.promised.round,
+            promised_leader: self.durable.promised.leader as u64,
+            committed_through: self.committed_through,
+            applied_through: self.applied_through,
+            accepted: self
+                .durable
+                .accepted
+                .iter()
+                .map(|(slot, (ballot, value))| CatalogAccepted {
+                    slot: *slot,
+                    round: ballot.round,
+                    leader: ballot.leader as u64,
+                    command: match value {
+                        Value::Noop => None,
+                        Value::Command(command) => Some(command.clone()),
+                    },
+                })
+                .collect(),
+        }
+    }
+}
+
+fn group_from_catalog(group: CatalogGroup) -> Result<GroupLog, String> {
+    let spec = GroupSpec::from_bytes(&group.spec).map_err(|e| e.to_string())?;
+    let ballot = |round, leader: u64| -> Result<Ballot, String> {
+        let leader = usize::try_from(leader).map_err(|e| e.to_string())?;
+        Ok(Ballot { round, leader })
+    };
+    let mut durable = DurableState {
+        promised: ballot(group.promised_round, group.promised_leader)?,
+        accepted: BTreeMap::new(),
+    };
+    for entry in group.accepted {
+        let value = entry.command.map_or(Value::Noop, Value::Command);
+        durable
+            .accepted
+            .insert(entry.slot, (ballot(entry.round, entry.leader)?, value));
+    }
+    Ok(GroupLog {
+        spec,
+        durable,
+        committed_through: group.committed_through,
+        applied_through: group.applied_through,
+    })
 }
 
 /// A put record's body: `key_len u32 ‖ key ‖ value`.

@@ -9,8 +9,9 @@
 //! [`server`] (each shard's QUIC face), [`preflight`] (start-up checks).
 //! docs/storage-format.md has the bytes.
 //!
-//! Beside them, [`paxos`] is the sans-IO Multi-Paxos replica that
-//! replication will drive (docs/replication.md); it is not wired in yet.
+//! Replication: [`paxos`] is the sans-IO Multi-Paxos replica, and
+//! [`replication`] the per-shard driver that runs it over the WAL, the
+//! network and the clock (docs/replication.md).
 
 pub mod btree;
 pub mod device;
@@ -18,10 +19,12 @@ pub mod engine;
 pub mod page;
 pub mod paxos;
 pub mod preflight;
+pub mod replication;
 pub mod server;
 pub mod shard;
 pub mod store;
 pub mod wal;
 
 pub use engine::{Engine, EngineConfig, EngineError, PartitionId, ScanPage};
+pub use replication::ReplicationConfig;
 pub use shard::{NodeConfig, NodeError, NodeNetwork, ScanRequest, StorageNode, shard_addr};

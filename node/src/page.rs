@@ -49,7 +49,9 @@ impl PageAddr {
 #[repr(u8)]
 pub enum PageKind {
     Node = 1,
-    Catalog = 2,
+    /// The first catalog layout ([`CatalogPageV1`]): read, never written.
+    CatalogV1 = 2,
+    Catalog = 3,
 }
 
 /// A B-tree node as stored. A branch with `n` keys has `n + 1` children;
@@ -74,6 +76,33 @@ pub struct CatalogEntry {
     pub schema: Vec<u8>,
     /// Root page, or 0 for an empty tree.
     pub root: u64,
+    /// For a replica of a replication group: its durable Paxos state.
+    pub group: Option<CatalogGroup>,
+}
+
+/// A replica's Paxos state at a checkpoint: what the WAL records it
+/// retires held (docs/storage-format.md, "Replicated partitions").
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CatalogGroup {
+    /// `GroupSpec::to_bytes`.
+    pub spec: Vec<u8>,
+    pub promised_round: u64,
+    pub promised_leader: u64,
+    /// Slots below are known chosen (the newest commit marker).
+    pub committed_through: u64,
+    /// Slots below are reflected in the tree.
+    pub applied_through: u64,
+    /// Accepted values of slots from `applied_through` on.
+    pub accepted: Vec<CatalogAccepted>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CatalogAccepted {
+    pub slot: u64,
+    pub round: u64,
+    pub leader: u64,
+    /// `None` for a no-op.
+    pub command: Option<Vec<u8>>,
 }
 
 /// The list of a core's partitions and their roots, written at checkpoint.
@@ -82,6 +111,36 @@ pub struct CatalogEntry {
 )]
 pub struct CatalogPage {
     pub entries: Vec<CatalogEntry>,
+}
+
+/// The first catalog layout (page kind 2), before replicated partitions.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CatalogPageV1 {
+    pub entries: Vec<CatalogEntryV1>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CatalogEntryV1 {
+    pub partition: u64,
+    pub schema: Vec<u8>,
+    pub root: u64,
+}
+
+impl From<CatalogPageV1> for CatalogPage {
+    fn from(v1: CatalogPageV1) -> Self {
+        CatalogPage {
+            entries: v1
+                .entries
+                .into_iter()
+                .map(|e| CatalogEntry {
+                    partition: e.partition,
+                    schema: e.schema,
+                    root: e.root,
+                    group: None,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Why a page could not be used.
@@ -128,6 +187,15 @@ pub fn frame(
 
 /// Checks a framed page read from `addr` and returns its archive, aligned.
 pub fn unframe(page: &[u8], addr: PageAddr, kind: PageKind) -> Result<AlignedVec, PageError> {
+    unframe_any(page, addr, &[kind]).map(|(_, archived)| archived)
+}
+
+/// Like [`unframe`], for a page of any of `kinds`; returns which it is.
+pub fn unframe_any(
+    page: &[u8],
+    addr: PageAddr,
+    kinds: &[PageKind],
+) -> Result<(PageKind, AlignedVec), PageError> {
     let corrupt = |reason: &str| PageError::Corrupt {
         addr: addr.0,
         reason: reason.to_owned(),
@@ -146,15 +214,15 @@ pub fn unframe(page: &[u8], addr: PageAddr, kind: PageKind) -> Result<AlignedVec
     if &page[0..4] != PAGE_MAGIC {
         return Err(corrupt("bad magic"));
     }
-    if page[12] != kind as u8 {
+    let Some(kind) = kinds.iter().copied().find(|k| page[12] == *k as u8) else {
         return Err(corrupt("unexpected page kind"));
-    }
+    };
     if u64::from_le_bytes(page[16..24].try_into().expect("8 bytes")) != addr.0 {
         return Err(corrupt("page holds another address (misdirected write)"));
     }
     let mut archived = AlignedVec::with_capacity(archived_len);
     archived.extend_from_slice(&page[PAGE_HEADER_BYTES..PAGE_HEADER_BYTES + archived_len]);
-    Ok(archived)
+    Ok((kind, archived))
 }
 
 /// A validated node archive, read in place.

@@ -29,21 +29,34 @@ pub type ReplicaId = usize;
 pub type Slot = u64;
 
 /// A proposal number; higher ballots win. Ordered by round, then replica.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
 pub struct Ballot {
     pub round: u64,
     pub leader: ReplicaId,
 }
 
 /// What a slot holds.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Value {
     /// Fills a slot a new leader found empty.
     Noop,
     Command(Vec<u8>),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Message {
     Prepare {
         ballot: Ballot,
@@ -73,10 +86,12 @@ pub enum Message {
         commit_through: Slot,
         seq: u64,
     },
-    /// Would you promise `ballot`? Asked before an election; changes no
-    /// state, so a replica cut off from a healthy leader cannot disrupt it.
+    /// Would you promise `ballot` to a candidate whose commit point is
+    /// `from_slot`? Asked before an election; changes no state, so a
+    /// replica cut off from a healthy leader cannot disrupt it.
     PreVote {
         ballot: Ballot,
+        from_slot: Slot,
     },
     PreVoteReply {
         ballot: Ballot,
@@ -195,8 +210,12 @@ pub struct Replica {
     /// Includes changes not yet durable; the driver persists them via Ready.
     state: DurableState,
     role: Role,
-    /// Every slot below is known chosen (this replica has its value).
+    /// Every slot below is known chosen (this replica has its value, or
+    /// has applied it and compacted it away).
     commit_through: Slot,
+    /// Values of slots below were dropped from memory ([`Replica::compact`]):
+    /// this replica can neither report them in a Promise nor resend them.
+    log_start: Slot,
     /// Slots below were reported in `Ready::committed`.
     reported_through: Slot,
     /// The leader's ballot and commit point, as last heard.
@@ -220,17 +239,25 @@ pub struct Replica {
 
 impl Replica {
     /// A replica starting at `now` from `state` (empty for a new one, or
-    /// what a crashed one had made durable). It may have granted a lease
-    /// before it crashed and forgotten it, so for one lease period it
-    /// promises no candidate.
-    pub fn new(config: Config, state: DurableState, now: Instant) -> Replica {
+    /// what a crashed one had made durable), whose state machine has
+    /// applied every slot below `applied_through` (those slots are chosen,
+    /// and are not reported again). It may have granted a lease before it
+    /// crashed and forgotten it, so for one lease period it promises no
+    /// candidate.
+    pub fn new(
+        config: Config,
+        state: DurableState,
+        applied_through: Slot,
+        now: Instant,
+    ) -> Replica {
         let rng = config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         Replica {
             config,
             state,
             role: Role::Follower,
-            commit_through: 0,
-            reported_through: 0,
+            commit_through: applied_through,
+            log_start: applied_through,
+            reported_through: applied_through,
             leader: None,
             election_deadline: None,
             last_heartbeat: None,
@@ -266,6 +293,25 @@ impl Replica {
 
     pub fn commit_through(&self) -> Slot {
         self.commit_through
+    }
+
+    /// The first slot whose value this replica still holds in memory.
+    pub fn log_start(&self) -> Slot {
+        self.log_start
+    }
+
+    /// Drops the values of chosen slots below `below` (at most the commit
+    /// point), bounding memory. A peer that needs them later must be
+    /// caught up some other way (a snapshot), and a candidate whose commit
+    /// point is below the compacted point gets no promise from here, so it
+    /// can never take those slots for holes.
+    pub fn compact(&mut self, below: Slot) {
+        let below = below.min(self.commit_through).min(self.reported_through);
+        if below <= self.log_start {
+            return;
+        }
+        self.state.accepted = self.state.accepted.split_off(&below);
+        self.log_start = below;
     }
 
     fn majority(&self) -> usize {
@@ -445,12 +491,16 @@ impl Replica {
     /// any promise, no lease this replica granted another leader may still
     /// be in force, and it is not itself a leader holding a lease (refusing
     /// is always safe; a leader that lost its majority loses its lease).
-    fn would_promise(&self, ballot: Ballot, now: Instant) -> bool {
+    ///
+    /// A candidate whose commit point lies below what this replica has
+    /// compacted would learn nothing of those slots from its promise and
+    /// fill them with no-ops, so it gets no promise either.
+    fn would_promise(&self, ballot: Ballot, from_slot: Slot, now: Instant) -> bool {
         let leased = self.leader_contact.is_some_and(|(leader, at)| {
             leader != ballot.leader && now < at + self.config.lease_duration
         });
         let leading = self.lease_expiry().is_some_and(|expiry| now < expiry);
-        ballot > self.state.promised && !leased && !leading
+        ballot > self.state.promised && !leased && !leading && from_slot >= self.log_start
     }
 
     fn start_pre_vote(&mut self, now: Instant) {
@@ -460,9 +510,12 @@ impl Replica {
             grants: BTreeSet::from([self.config.id]),
         };
         self.election_deadline = Some(now + self.jitter());
+        let from_slot = self.commit_through;
         let peers: Vec<ReplicaId> = self.peers().collect();
         for peer in peers {
-            self.ready.send.push((peer, Message::PreVote { ballot }));
+            self.ready
+                .send
+                .push((peer, Message::PreVote { ballot, from_slot }));
         }
         self.advance_pre_vote(now);
     }
@@ -509,7 +562,7 @@ impl Replica {
             Message::Prepare { ballot, from_slot } => {
                 // While the lease this replica granted its leader may still
                 // be in force, no other candidate gets a promise.
-                if self.would_promise(ballot, now) {
+                if self.would_promise(ballot, from_slot, now) {
                     self.step_down_if_outranked(ballot);
                     self.persist(Persist::Promise(ballot));
                     let accepted = self
@@ -531,8 +584,8 @@ impl Replica {
                     ));
                 }
             }
-            Message::PreVote { ballot } => {
-                let granted = self.would_promise(ballot, now);
+            Message::PreVote { ballot, from_slot } => {
+                let granted = self.would_promise(ballot, from_slot, now);
                 self.ready
                     .send
                     .push((from, Message::PreVoteReply { ballot, granted }));

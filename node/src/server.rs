@@ -1,6 +1,11 @@
 //! The node's network face: each shard answers [`NodeRequest`]s for its own
 //! partitions on its own QUIC port (the node's base port + shard index), so
 //! a router reaches the owning core directly and no request crosses cores.
+//!
+//! Writes to a replicated partition become proposals of its group
+//! ([`Replication::propose`]); a replica that is not the leader answers
+//! `NotLeader` with a hint. Consistent reads are checked against the
+//! leader's lease. The same port carries replication batches from peers.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -11,6 +16,7 @@ use cairn_common::{Item, KeySchema};
 
 use crate::device::DmaFs;
 use crate::engine::{Engine, EngineError};
+use crate::replication::Replication;
 use crate::shard::{NodeError, Op, Outcome, ScanRequest, execute};
 use crate::wal::WalError;
 
@@ -37,6 +43,7 @@ impl EngineError {
                 ErrorCode::Throttling
             }
             EngineError::Stopped(_) => ErrorCode::Unavailable,
+            EngineError::Replicated(_) => ErrorCode::Validation,
             _ => ErrorCode::Internal,
         }
     }
@@ -45,14 +52,17 @@ impl EngineError {
 /// Accepts connections on `endpoint` and serves them on this shard.
 pub async fn serve(
     engine: Rc<Engine<DmaFs>>,
+    replication: Option<Rc<Replication>>,
     endpoint: Endpoint,
     in_flight: Rc<Cell<usize>>,
     in_flight_max: usize,
 ) {
     while let Ok(connection) = endpoint.accept().await {
-        let (engine, in_flight) = (engine.clone(), in_flight.clone());
+        let (engine, replication, in_flight) =
+            (engine.clone(), replication.clone(), in_flight.clone());
         glommio::spawn_local(serve_connection(
             engine,
+            replication,
             connection,
             in_flight,
             in_flight_max,
@@ -63,6 +73,7 @@ pub async fn serve(
 
 async fn serve_connection(
     engine: Rc<Engine<DmaFs>>,
+    replication: Option<Rc<Replication>>,
     connection: Connection,
     in_flight: Rc<Cell<usize>>,
     in_flight_max: usize,
@@ -74,11 +85,15 @@ async fn serve_connection(
             continue;
         }
         in_flight.set(in_flight.get() + 1);
-        let (engine, connection, in_flight) =
-            (engine.clone(), connection.clone(), in_flight.clone());
+        let (engine, replication, connection, in_flight) = (
+            engine.clone(),
+            replication.clone(),
+            connection.clone(),
+            in_flight.clone(),
+        );
         glommio::spawn_local(async move {
             let response = match request.body {
-                Ok(body) => answer(&engine, &body).await,
+                Ok(body) => answer(&engine, replication.as_ref(), &body).await,
                 Err(error) => Response::error(ErrorCode::Malformed, error.to_string()),
             };
             in_flight.set(in_flight.get() - 1);
@@ -89,16 +104,64 @@ async fn serve_connection(
     }
 }
 
-async fn answer(engine: &Engine<DmaFs>, body: &[u8]) -> Response {
+async fn answer(
+    engine: &Engine<DmaFs>,
+    replication: Option<&Rc<Replication>>,
+    body: &[u8],
+) -> Response {
     let request = match wire::decode_node_request(body) {
         Ok(request) => request,
         Err(error) => return Response::error(ErrorCode::Malformed, error.to_string()),
     };
     let partition = request.partition;
+    let no_replication = || {
+        Response::error(
+            ErrorCode::Validation,
+            "this node runs without a network face; replication is off",
+        )
+    };
+    let consistent = match &request.op {
+        NodeOp::Replication { batch } => {
+            let Some(replication) = replication else {
+                return no_replication();
+            };
+            return match replication.receive(batch) {
+                Ok(()) => Response::Done,
+                Err(message) => Response::error(ErrorCode::Malformed, message),
+            };
+        }
+        NodeOp::CreatePartition {
+            schema,
+            group: Some(spec),
+        } => {
+            let Some(replication) = replication else {
+                return no_replication();
+            };
+            return create_replicated(engine, replication, partition, schema, spec).await;
+        }
+        NodeOp::Get { consistent, .. } | NodeOp::Scan { consistent, .. } => Some(*consistent),
+        _ => None,
+    };
+    let replicated = engine.is_replicated(partition);
     let op = match to_op(request) {
         Ok(op) => op,
         Err(error) => return Response::error(ErrorCode::Malformed, error.to_string()),
     };
+    if replicated && let Some(replication) = replication {
+        match consistent {
+            Some(consistent) => {
+                if let Err(response) = replication.admit_read(partition, consistent).await {
+                    return response;
+                }
+            }
+            None => {
+                if let Err(error) = validate_write(engine, partition, &op) {
+                    return Response::error(error.code(), error.to_string());
+                }
+                return replication.propose(partition, body).await;
+            }
+        }
+    }
     match execute(engine, partition, op).await {
         Ok(Outcome::Done) => Response::Done,
         Ok(Outcome::Item(item)) => Response::Item(item.map(|i| i.to_bytes())),
@@ -110,6 +173,49 @@ async fn answer(engine: &Engine<DmaFs>, body: &[u8]) -> Response {
     }
 }
 
+async fn create_replicated(
+    engine: &Engine<DmaFs>,
+    replication: &Rc<Replication>,
+    partition: u64,
+    schema: &[u8],
+    spec: &wire::GroupSpec,
+) -> Response {
+    let schema = match KeySchema::decode(schema) {
+        Ok(schema) => schema,
+        Err(error) => return Response::error(ErrorCode::Malformed, error.to_string()),
+    };
+    // The stored form is validated on the way in, as it will be at recovery.
+    let spec = match wire::GroupSpec::from_bytes(&spec.to_bytes()) {
+        Ok(spec) => spec,
+        Err(error) => return Response::error(ErrorCode::Validation, error.to_string()),
+    };
+    if let Err(error) = engine.create_replicated(partition, schema, spec).await {
+        return Response::error(error.code(), error.to_string());
+    }
+    match replication.add_group(partition).await {
+        Ok(()) => Response::Done,
+        Err(error) => Response::error(error.code(), error.to_string()),
+    }
+}
+
+/// Checks what can be checked of a write before it is proposed, so the log
+/// holds no command that is wrong whatever the state: the key against the
+/// schema, the item's size and shape.
+fn validate_write(engine: &Engine<DmaFs>, partition: u64, op: &Op) -> Result<(), EngineError> {
+    let schema = engine.schema(partition)?;
+    match op {
+        Op::Put { item, .. } => {
+            schema.key_of_item(item)?;
+            item.validate()?;
+        }
+        Op::Delete { key, .. } | Op::Update { key, .. } => {
+            schema.key_of_key(key)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 fn bound(bound: WireBound) -> std::ops::Bound<Vec<u8>> {
     match bound {
         WireBound::Unbounded => std::ops::Bound::Unbounded,
@@ -119,10 +225,10 @@ fn bound(bound: WireBound) -> std::ops::Bound<Vec<u8>> {
 }
 
 /// Decodes a request's items, keys and conditions into an engine operation.
-fn to_op(request: NodeRequest) -> Result<Op, DecodeError> {
+pub(crate) fn to_op(request: NodeRequest) -> Result<Op, DecodeError> {
     let condition = |c: Option<wire::WireCondition>| c.map(|c| c.to_condition()).transpose();
     Ok(match request.op {
-        NodeOp::CreatePartition { schema } => Op::CreatePartition {
+        NodeOp::CreatePartition { schema, .. } => Op::CreatePartition {
             schema: KeySchema::decode(&schema)
                 .map_err(|e| DecodeError::Malformed(e.to_string()))?,
         },
@@ -130,7 +236,7 @@ fn to_op(request: NodeRequest) -> Result<Op, DecodeError> {
             item: Item::decode(&item)?,
             condition: condition(c)?,
         },
-        NodeOp::Get { key } => Op::Get {
+        NodeOp::Get { key, .. } => Op::Get {
             key: Item::decode(&key)?,
         },
         NodeOp::Update {
@@ -155,6 +261,7 @@ fn to_op(request: NodeRequest) -> Result<Op, DecodeError> {
             reverse,
             limit,
             resume_after,
+            ..
         } => Op::Scan(ScanRequest {
             start: bound(start),
             end: bound(end),
@@ -162,6 +269,11 @@ fn to_op(request: NodeRequest) -> Result<Op, DecodeError> {
             limit: (limit as usize).clamp(1, SCAN_LIMIT_MAX),
             resume_after,
         }),
+        NodeOp::Replication { .. } => {
+            return Err(DecodeError::Malformed(
+                "a replication batch is not an operation".into(),
+            ));
+        }
     })
 }
 

@@ -30,6 +30,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::device::DmaFs;
 use crate::engine::{Engine, EngineConfig, EngineError, OpenReport, PartitionId, ScanPage};
 use crate::preflight::{IO_MEMORY_BYTES, PreflightError, preflight};
+use crate::replication::{Replication, ReplicationConfig};
 
 /// How to run a node.
 #[derive(Clone, Debug)]
@@ -44,7 +45,9 @@ pub struct NodeConfig {
     /// How often a shard's upkeep task looks at checkpoint and WAL needs.
     pub upkeep_interval: Duration,
     /// Serve requests over QUIC (shard `i` on port `listen.port() + i`).
+    /// Replicated partitions need it: their replicas talk over it.
     pub network: Option<NodeNetwork>,
+    pub replication: ReplicationConfig,
 }
 
 /// Where and as whom a node serves the network.
@@ -52,6 +55,8 @@ pub struct NodeConfig {
 pub struct NodeNetwork {
     pub listen: SocketAddr,
     pub identity: Identity,
+    /// The name peer nodes' certificates are issued for.
+    pub peer_server_name: String,
 }
 
 /// The address shard `index` of a node listening on `base` serves.
@@ -69,6 +74,7 @@ impl NodeConfig {
             in_flight_max: 1024,
             upkeep_interval: Duration::from_millis(20),
             network: None,
+            replication: ReplicationConfig::default(),
         }
     }
 }
@@ -467,18 +473,33 @@ async fn run_shard(
     let in_flight = Rc::new(Cell::new(0usize));
     if let Some(network) = &config.network {
         let addr = shard_addr(network.listen, index);
-        let server = network
+        let tls = network
             .identity
             .server_config()
+            .and_then(|server| Ok((server, network.identity.client_config()?)))
             .map_err(|e| format!("TLS identity: {e}"));
-        let endpoint = server.and_then(|server| {
-            Endpoint::bind(addr, Some(server), None)
+        let endpoint = tls.and_then(|(server, client)| {
+            Endpoint::bind(addr, Some(server), Some(client))
                 .map_err(|e| format!("listening on {addr}: {e}"))
         });
-        match endpoint {
-            Ok(endpoint) => {
+        let started = match endpoint {
+            Ok(endpoint) => Replication::start(
+                index,
+                engine.clone(),
+                endpoint.clone(),
+                network.peer_server_name.clone(),
+                config.replication.clone(),
+            )
+            .await
+            .map(|replication| (endpoint, replication))
+            .map_err(|e| format!("starting replication: {e}")),
+            Err(message) => Err(message),
+        };
+        match started {
+            Ok((endpoint, replication)) => {
                 let serving = crate::server::serve(
                     engine.clone(),
+                    Some(replication),
                     endpoint,
                     in_flight.clone(),
                     config.in_flight_max,

@@ -23,7 +23,8 @@ use rkyv::rancor;
 
 use crate::device::{BLOCK_SIZE, BlockFile, FileSystem, OpenMode};
 use crate::page::{
-    ArchivedNodePage, CatalogPage, PageAddr, PageBytes, PageCache, PageError, PageKind, unframe,
+    ArchivedNodePage, CatalogPage, CatalogPageV1, PageAddr, PageBytes, PageCache, PageError, PageKind,
+    unframe, unframe_any,
 };
 use crate::wal::Lsn;
 
@@ -254,13 +255,18 @@ impl<Fs: FileSystem> PageStore<Fs> {
 
     async fn read_catalog(&self, addr: PageAddr) -> Result<CatalogPage, StoreError> {
         let bytes = self.read_extent(addr).await?;
-        let archived = unframe(&bytes, addr, PageKind::Catalog)?;
-        let catalog = rkyv::from_bytes::<CatalogPage, rancor::Error>(&archived).map_err(|e| {
-            PageError::Corrupt {
-                addr: addr.0,
-                reason: format!("catalog: {e}"),
-            }
-        })?;
+        let (kind, archived) =
+            unframe_any(&bytes, addr, &[PageKind::Catalog, PageKind::CatalogV1])?;
+        let corrupt = |e: rancor::Error| PageError::Corrupt {
+            addr: addr.0,
+            reason: format!("catalog: {e}"),
+        };
+        let catalog = match kind {
+            PageKind::CatalogV1 => rkyv::from_bytes::<CatalogPageV1, rancor::Error>(&archived)
+                .map_err(corrupt)?
+                .into(),
+            _ => rkyv::from_bytes::<CatalogPage, rancor::Error>(&archived).map_err(corrupt)?,
+        };
         Ok(catalog)
     }
 

@@ -456,6 +456,11 @@ impl<Fs: FileSystem> Wal<Fs> {
         self.state.borrow().durable_lsn
     }
 
+    /// Bytes submitted and not yet durable.
+    pub fn pending_bytes(&self) -> usize {
+        self.state.borrow().pending_bytes
+    }
+
     /// The LSN the next submitted record will get.
     pub fn next_lsn(&self) -> Lsn {
         self.state.borrow().next_lsn

@@ -117,7 +117,7 @@ impl Sim {
             command_limit: 400,
         };
         for id in 0..REPLICAS {
-            let replica = Replica::new(config(id, seed), DurableState::default(), sim.clock(id));
+            let replica = Replica::new(config(id, seed), DurableState::default(), 0, sim.clock(id));
             sim.replicas.push(Some(replica));
             sim.schedule(Duration::from_millis(1), Event::Tick(id));
         }
@@ -258,7 +258,7 @@ impl Sim {
             Event::Restart(id) => {
                 let config = config(id, self.seed ^ self.now.as_nanos() as u64);
                 self.replicas[id] =
-                    Some(Replica::new(config, self.disks[id].clone(), self.clock(id)));
+                    Some(Replica::new(config, self.disks[id].clone(), 0, self.clock(id)));
             }
             Event::Read => {
                 let id = self.rng.random_range(0..REPLICAS);

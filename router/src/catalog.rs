@@ -3,8 +3,9 @@
 //!
 //! A table of `P` partitions splits the 64-bit [`partition_hash`] of the
 //! encoded partition key into `P` equal ranges. Partition `i` of table `t` has id
-//! `t << 20 | i`, lives on node `(t + i) % nodes`, and on that node on shard
-//! `id % cores`. The catalog is one file, `catalog.db`: magic `CAIRNCAT`,
+//! `t << 20 | i`. Its replicas (one, or a replication group of three) live
+//! on the nodes from `(t + i) % nodes` on, one per zone where the zones
+//! allow ([`placement`]), and on each node on shard `id % cores`. The catalog is one file, `catalog.db`: magic `CAIRNCAT`,
 //! version u32, entry count u32, entries, then a crc32c of everything
 //! before it; it is replaced atomically (write temp, fsync, rename, fsync
 //! the directory).
@@ -17,9 +18,9 @@ use std::path::{Path, PathBuf};
 use cairn_common::KeySchema;
 
 const MAGIC: &[u8; 8] = b"CAIRNCAT";
-/// Version 2 adds the table-id counter after the table count; version 1
-/// files (no counter) are still read.
-const VERSION: u32 = 2;
+/// Version 2 adds the table-id counter after the table count; version 3 a
+/// replica count per table. Versions 1 and 2 are still read (one replica).
+const VERSION: u32 = 3;
 /// Most partitions a table may have.
 pub const PARTITIONS_MAX: u32 = 4096;
 
@@ -37,6 +38,8 @@ pub struct Table {
     pub id: u32,
     pub schema: KeySchema,
     pub partitions: u32,
+    /// Copies of each partition: 1, or a replication group of 3.
+    pub replicas: u32,
 }
 
 impl Table {
@@ -71,12 +74,35 @@ pub struct NodeAddress {
     /// Shard 0's address; shard `i` listens on port + i.
     pub addr: SocketAddr,
     pub cores: usize,
+    /// The node's availability zone: a group's replicas never share one
+    /// while enough zones exist.
+    pub zone: String,
 }
 
-/// Where a partition lives: the node shard's address.
-pub fn placement(nodes: &[NodeAddress], table: &Table, index: u32) -> SocketAddr {
-    let node = &nodes[(table.id as usize + index as usize) % nodes.len()];
-    let shard = (table.partition_id(index) % node.cores as u64) as u16;
+/// The nodes that hold a partition's replicas, in replica order: walking
+/// the nodes from `(table + index) % nodes`, first one node per zone not
+/// yet used, then (if there are fewer zones than replicas) any other node.
+pub fn placement<'a>(nodes: &'a [NodeAddress], table: &Table, index: u32) -> Vec<&'a NodeAddress> {
+    let start = table.id as usize + index as usize;
+    let ring = (0..nodes.len()).map(|k| &nodes[(start + k) % nodes.len()]);
+    let wanted = (table.replicas as usize).min(nodes.len());
+    let mut chosen: Vec<&NodeAddress> = Vec::with_capacity(wanted);
+    for node in ring.clone() {
+        if chosen.len() < wanted && chosen.iter().all(|c| c.zone != node.zone) {
+            chosen.push(node);
+        }
+    }
+    for node in ring {
+        if chosen.len() < wanted && !chosen.iter().any(|c| std::ptr::eq(*c, node)) {
+            chosen.push(node);
+        }
+    }
+    chosen
+}
+
+/// The address of the shard that holds partition `id` on `node`.
+pub fn shard_of(node: &NodeAddress, id: u64) -> SocketAddr {
+    let shard = (id % node.cores as u64) as u16;
     SocketAddr::new(node.addr.ip(), node.addr.port() + shard)
 }
 
@@ -155,6 +181,7 @@ fn encode(tables: &BTreeMap<String, Table>, next_id: u32) -> Vec<u8> {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(&table.id.to_le_bytes());
         out.extend_from_slice(&table.partitions.to_le_bytes());
+        out.extend_from_slice(&table.replicas.to_le_bytes());
         out.extend_from_slice(&(schema.len() as u32).to_le_bytes());
         out.extend_from_slice(&schema);
     }
@@ -178,7 +205,7 @@ fn decode(bytes: &[u8]) -> Result<(BTreeMap<String, Table>, u32), String> {
         Ok(u32::from_le_bytes(value.try_into().expect("4 bytes")))
     };
     let version = u32_at(&mut at)?;
-    if version != 1 && version != VERSION {
+    if !(1..=VERSION).contains(&version) {
         return Err(format!("unsupported version {version}"));
     }
     let count = u32_at(&mut at)?;
@@ -195,6 +222,7 @@ fn decode(bytes: &[u8]) -> Result<(BTreeMap<String, Table>, u32), String> {
         at += len;
         let id = u32_at(&mut at)?;
         let partitions = u32_at(&mut at)?;
+        let replicas = if version >= 3 { u32_at(&mut at)? } else { 1 };
         let len = u32_at(&mut at)? as usize;
         let schema = KeySchema::decode(body.get(at..at + len).ok_or("truncated schema")?)
             .map_err(|e| e.to_string())?;
@@ -205,6 +233,7 @@ fn decode(bytes: &[u8]) -> Result<(BTreeMap<String, Table>, u32), String> {
                 id,
                 schema,
                 partitions,
+                replicas,
             },
         );
     }
@@ -226,7 +255,43 @@ mod tests {
             id,
             schema: KeySchema::new(KeyAttribute::new("k", KeyType::S), None),
             partitions,
+            replicas: 1,
         }
+    }
+
+    fn node(port: u16, zone: &str) -> NodeAddress {
+        NodeAddress {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            cores: 2,
+            zone: zone.into(),
+        }
+    }
+
+    #[test]
+    fn replicas_are_placed_in_distinct_zones() {
+        let nodes = [
+            node(1, "a"),
+            node(2, "a"),
+            node(3, "b"),
+            node(4, "b"),
+            node(5, "c"),
+        ];
+        let mut t = table(1, 64);
+        t.replicas = 3;
+        for index in 0..t.partitions {
+            let replicas = placement(&nodes, &t, index);
+            assert_eq!(replicas.len(), 3);
+            let mut zones: Vec<&str> = replicas.iter().map(|n| n.zone.as_str()).collect();
+            zones.sort_unstable();
+            assert_eq!(zones, ["a", "b", "c"], "partition {index}");
+        }
+        // Fewer zones than replicas: distinct nodes still.
+        let two_zones = [node(1, "a"), node(2, "a"), node(3, "b")];
+        let replicas = placement(&two_zones, &t, 0);
+        assert_eq!(replicas.len(), 3);
+        let mut ports: Vec<u16> = replicas.iter().map(|n| n.addr.port()).collect();
+        ports.sort_unstable();
+        assert_eq!(ports, [1, 2, 3]);
     }
 
     #[test]

@@ -2,11 +2,17 @@
 //! key's partition through the partition map, forwards the request to the
 //! node shard that owns it, and passes typed errors back.
 //!
-//! For now the router runs one glommio executor. The partition map is the
+//! The router runs one glommio executor per core. The partition map is the
 //! static [`catalog`] (MemDS will replace it). Connections to node shards
 //! are opened on first use and dropped when they fail, so the next request
 //! reconnects; a request to an unreachable node answers `Unavailable`,
 //! which clients retry.
+//!
+//! A replicated partition is reached through its leader: the router keeps
+//! a leader guess per partition, follows `NotLeader` hints, and tries the
+//! other replicas (with a short backoff) while a group elects, within a
+//! deadline. A write whose fate is unknown (the connection failed after it
+//! was sent) is not retried here: the client is told `Unavailable`.
 
 pub mod catalog;
 pub mod dynamodb;
@@ -29,7 +35,7 @@ use cairn_common::wire::{
 use cairn_common::{AttributeValue, Item, ItemError, KeySchema};
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::catalog::{Catalog, NodeAddress, PARTITIONS_MAX, Table, placement};
+use crate::catalog::{Catalog, NodeAddress, PARTITIONS_MAX, Table, placement, shard_of};
 
 /// How long the router waits for a node: well under the client's own
 /// timeout, so a dead node gets the client a retryable `Unavailable` from
@@ -39,6 +45,17 @@ const _: () =
     assert!(NODE_TIMEOUT.as_millis() * 2 <= cairn_common::client::REQUEST_TIMEOUT.as_millis());
 /// Most items one Query or Scan page returns.
 const PAGE_LIMIT_MAX: u32 = 1000;
+/// How long the router tries the replicas of a group before it answers
+/// `Unavailable`: about two elections.
+const GROUP_DEADLINE: Duration = Duration::from_millis(1800);
+const _: () =
+    assert!(GROUP_DEADLINE.as_millis() * 2 <= cairn_common::client::REQUEST_TIMEOUT.as_millis());
+/// One attempt at one replica of a group.
+const REPLICA_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Connecting to a replica: a dead node should cost little of the deadline.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+/// Pause before trying the next replica when none is known to lead.
+const ELECTION_BACKOFF: Duration = Duration::from_millis(20);
 
 /// How to run a router.
 #[derive(Debug, Clone)]
@@ -54,6 +71,9 @@ pub struct RouterConfig {
     pub cores: usize,
     /// The DynamoDB-compatible HTTP endpoint, if wanted.
     pub dynamodb: Option<DynamoDbEndpoint>,
+    /// Copies of each partition of tables created from now on: 1, or 3 (a
+    /// Multi-Paxos group across zones).
+    pub replicas: u32,
 }
 
 /// Where the DynamoDB endpoint listens and who may use it.
@@ -86,6 +106,19 @@ impl Router {
         }
         if config.cores == 0 {
             return Err(RouterError::Config("cores must be at least 1".into()));
+        }
+        if !(config.replicas == 1 || config.replicas == 3) {
+            return Err(RouterError::Config(format!(
+                "replication must be 1 or 3, not {}",
+                config.replicas
+            )));
+        }
+        if config.replicas as usize > config.nodes.len() {
+            return Err(RouterError::Config(format!(
+                "replication {} needs at least as many nodes; {} configured",
+                config.replicas,
+                config.nodes.len()
+            )));
         }
         // Fail early, with the file's name, if the catalog is unreadable.
         Catalog::open(&config.data_dir).map_err(|e| RouterError::Startup(e.to_string()))?;
@@ -182,8 +215,10 @@ async fn run_core(
         catalog: RefCell::new(catalog),
         nodes: config.nodes.clone(),
         links: RefCell::default(),
+        leaders: RefCell::default(),
         to_nodes,
         node_server_name: config.node_server_name.clone(),
+        replicas: config.replicas,
     });
     if let (Some(listener), Some(dynamodb)) = (http, &config.dynamodb) {
         let access = Rc::new(dynamodb.access.clone());
@@ -249,9 +284,21 @@ struct State {
     catalog: RefCell<Catalog>,
     nodes: Vec<NodeAddress>,
     links: RefCell<HashMap<SocketAddr, Connection>>,
+    /// Replicated partitions: the replica (index in placement order)
+    /// believed to lead.
+    leaders: RefCell<HashMap<u64, usize>>,
     /// Connections to nodes go out from here.
     to_nodes: Endpoint,
     node_server_name: String,
+    replicas: u32,
+}
+
+/// Why a request to a node shard got no answer.
+enum SendError {
+    /// It never left: retrying anywhere is safe.
+    NotSent(String),
+    /// It may have been acted on.
+    Lost(String),
 }
 
 /// An exclusive lock on the catalog across cores and processes, taken
@@ -364,8 +411,13 @@ impl State {
                     Err(response) => response,
                 }
             }
-            ClientRequest::GetItem { table, key, .. } => {
-                self.keyed(&table, &key, |key| NodeOp::Get { key }).await
+            ClientRequest::GetItem {
+                table,
+                key,
+                consistent,
+            } => {
+                self.keyed(&table, &key, |key| NodeOp::Get { key, consistent })
+                    .await
             }
             ClientRequest::DeleteItem {
                 table,
@@ -449,50 +501,122 @@ impl State {
     }
 
     async fn forward(&self, table: &Table, index: u32, op: NodeOp) -> Response {
-        let addr = placement(&self.nodes, table, index);
-        let request = NodeRequest {
-            partition: table.partition_id(index),
+        let replicas = placement(&self.nodes, table, index);
+        let id = table.partition_id(index);
+        let is_write = matches!(
             op,
-        };
-        let connection = match self.link(addr).await {
-            Ok(connection) => connection,
-            Err(response) => return response,
-        };
-        match connection
-            .request(&wire::encode_node_request(&request), NODE_TIMEOUT)
+            NodeOp::Put { .. } | NodeOp::Update { .. } | NodeOp::Delete { .. }
+        );
+        let request = wire::encode_node_request(&NodeRequest { partition: id, op });
+        if replicas.len() == 1 {
+            let addr = shard_of(replicas[0], id);
+            return match self.send(addr, &request, NODE_TIMEOUT, NODE_TIMEOUT).await {
+                Ok(response) => response,
+                Err(SendError::NotSent(message) | SendError::Lost(message)) => {
+                    Response::error(ErrorCode::Unavailable, message)
+                }
+            };
+        }
+        let deadline = std::time::Instant::now() + GROUP_DEADLINE;
+        let mut target = self.leaders.borrow().get(&id).copied().unwrap_or(0) % replicas.len();
+        let mut last_error = String::from("no replica answered");
+        while std::time::Instant::now() < deadline {
+            let addr = shard_of(replicas[target], id);
+            let next = (target + 1) % replicas.len();
+            match self
+                .send(addr, &request, CONNECT_TIMEOUT, REPLICA_TIMEOUT)
+                .await
+            {
+                Ok(Response::NotLeader {
+                    leader: Some(leader),
+                }) if (leader as usize) < replicas.len() && leader as usize != target => {
+                    target = leader as usize;
+                    self.leaders.borrow_mut().insert(id, target);
+                    continue;
+                }
+                Ok(Response::NotLeader { .. }) => {
+                    last_error = format!("partition {id}: no leader known at {addr}");
+                    target = next;
+                }
+                Ok(Response::Error {
+                    code: ErrorCode::Unavailable,
+                    message,
+                }) if !is_write => {
+                    last_error = message;
+                    target = next;
+                }
+                Ok(response) => {
+                    self.leaders.borrow_mut().insert(id, target);
+                    return response;
+                }
+                Err(SendError::NotSent(message)) => {
+                    last_error = message;
+                    target = next;
+                }
+                Err(SendError::Lost(message)) if is_write => {
+                    return Response::error(
+                        ErrorCode::Unavailable,
+                        format!("{message}; the write may or may not have been applied"),
+                    );
+                }
+                Err(SendError::Lost(message)) => {
+                    last_error = message;
+                    target = next;
+                }
+            }
+            glommio::timer::sleep(ELECTION_BACKOFF).await;
+        }
+        Response::error(
+            ErrorCode::Unavailable,
+            format!("partition {id} has no reachable leader: {last_error}"),
+        )
+    }
+
+    /// One request to one node shard.
+    async fn send(
+        &self,
+        addr: SocketAddr,
+        request: &[u8],
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Response, SendError> {
+        let connection = self
+            .link(addr, connect_timeout)
             .await
-        {
-            Ok(bytes) => wire::decode_response(&bytes).unwrap_or_else(|e| {
+            .map_err(SendError::NotSent)?;
+        match connection.request(request, timeout).await {
+            Ok(bytes) => Ok(wire::decode_response(&bytes).unwrap_or_else(|e| {
                 Response::error(
                     ErrorCode::Internal,
                     format!("node {addr} answered badly: {e}"),
                 )
-            }),
+            })),
             Err(error) => {
                 self.links.borrow_mut().remove(&addr);
-                Response::error(ErrorCode::Unavailable, format!("node {addr}: {error}"))
+                let message = format!("node {addr}: {error}");
+                Err(match error {
+                    cairn_common::quic::TransportError::Overloaded => SendError::NotSent(message),
+                    _ => SendError::Lost(message),
+                })
             }
         }
     }
 
-    async fn link(&self, addr: SocketAddr) -> Result<Connection, Response> {
+    async fn link(&self, addr: SocketAddr, timeout: Duration) -> Result<Connection, String> {
         if let Some(connection) = self.links.borrow().get(&addr) {
             return Ok(connection.clone());
         }
         let connected = self.to_nodes.connect(addr, &self.node_server_name);
         let timed = async {
-            glommio::timer::sleep(NODE_TIMEOUT).await;
-            Err(cairn_common::quic::TransportError::TimedOut(NODE_TIMEOUT))
+            glommio::timer::sleep(timeout).await;
+            Err(cairn_common::quic::TransportError::TimedOut(timeout))
         };
         match futures_lite::future::or(connected, timed).await {
             Ok(connection) => {
                 self.links.borrow_mut().insert(addr, connection.clone());
                 Ok(connection)
             }
-            Err(error) => Err(Response::error(
-                ErrorCode::Unavailable,
-                format!("node {addr}: {error}"),
-            )),
+            Err(error) => Err(format!("node {addr}: {error}")),
         }
     }
 
@@ -547,14 +671,11 @@ impl State {
             id,
             schema,
             partitions,
+            replicas: self.replicas,
         };
         for index in 0..partitions {
-            let op = NodeOp::CreatePartition {
-                schema: table.schema.encode(),
-            };
-            match self.forward(&table, index, op).await {
-                Response::Done => {}
-                other => return other,
+            if let Err(response) = self.create_partition(&table, index).await {
+                return response;
             }
         }
         let mut catalog = self.catalog.borrow_mut();
@@ -568,6 +689,41 @@ impl State {
             }
             Err(error) => Response::error(ErrorCode::Internal, error.to_string()),
         }
+    }
+
+    /// Creates every replica of one partition; a replicated one learns its
+    /// group (every member, and which one it is).
+    async fn create_partition(&self, table: &Table, index: u32) -> Result<(), Response> {
+        let replicas = placement(&self.nodes, table, index);
+        let id = table.partition_id(index);
+        let members: Vec<wire::GroupMember> = replicas
+            .iter()
+            .map(|node| wire::GroupMember {
+                addr: node.addr.to_string(),
+                cores: node.cores as u32,
+                zone: node.zone.clone(),
+            })
+            .collect();
+        for (replica, node) in replicas.iter().enumerate() {
+            let group = (table.replicas > 1).then(|| wire::GroupSpec {
+                replica: replica as u32,
+                members: members.clone(),
+            });
+            let op = NodeOp::CreatePartition {
+                schema: table.schema.encode(),
+                group,
+            };
+            let request = wire::encode_node_request(&NodeRequest { partition: id, op });
+            let addr = shard_of(node, id);
+            match self.send(addr, &request, NODE_TIMEOUT, NODE_TIMEOUT).await {
+                Ok(Response::Done) => {}
+                Ok(other) => return Err(other),
+                Err(SendError::NotSent(message) | SendError::Lost(message)) => {
+                    return Err(Response::error(ErrorCode::Unavailable, message));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn delete_table(&self, name: &str) -> Response {
@@ -647,6 +803,7 @@ impl State {
             reverse,
             limit: limit.clamp(1, PAGE_LIMIT_MAX),
             resume_after: exclusive_start_key,
+            consistent: true,
         };
         self.forward_key(&table, &prefix, op).await
     }
@@ -674,6 +831,7 @@ impl State {
                 reverse: false,
                 limit: limit - items.len() as u32,
                 resume_after: resume.take(),
+                consistent: true,
             };
             match self.forward(&table, index, op).await {
                 Response::Page {

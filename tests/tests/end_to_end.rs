@@ -20,7 +20,7 @@ use cairn_router::{Router, RouterConfig};
 use cairn_tests::free_udp_ports;
 
 struct Cluster {
-    _node: StorageNode,
+    _nodes: Vec<StorageNode>,
     _router: Router,
     router: SocketAddr,
     identity: Identity,
@@ -28,32 +28,46 @@ struct Cluster {
 }
 
 fn cluster() -> Cluster {
+    cluster_of(1)
+}
+
+/// A router and `replicas` nodes of two shards each (one zone each); every
+/// table gets `replicas` copies.
+fn cluster_of(replicas: u32) -> Cluster {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let identity = Identity::self_signed(&["localhost"]).unwrap();
-    let base = free_udp_ports(3);
-    let node_addr: SocketAddr = format!("127.0.0.1:{}", base + 1).parse().unwrap();
-    let mut config = NodeConfig::new(dir.path().join("node"), 2);
-    config.network = Some(NodeNetwork {
-        listen: node_addr,
-        identity: identity.clone(),
-    });
-    let node = StorageNode::start(config).unwrap();
+    let base = free_udp_ports(1 + 2 * replicas as u16);
+    let mut nodes = Vec::new();
+    let mut addresses = Vec::new();
+    for n in 0..replicas as u16 {
+        let node_addr: SocketAddr = format!("127.0.0.1:{}", base + 1 + 2 * n).parse().unwrap();
+        let mut config = NodeConfig::new(dir.path().join(format!("node-{n}")), 2);
+        config.network = Some(NodeNetwork {
+            listen: node_addr,
+            identity: identity.clone(),
+            peer_server_name: "localhost".into(),
+        });
+        nodes.push(StorageNode::start(config).unwrap());
+        addresses.push(NodeAddress {
+            addr: node_addr,
+            cores: 2,
+            zone: format!("zone-{n}"),
+        });
+    }
     let router = Router::start(RouterConfig {
         data_dir: dir.path().join("router"),
         listen: format!("127.0.0.1:{base}").parse().unwrap(),
-        nodes: vec![NodeAddress {
-            addr: node_addr,
-            cores: 2,
-        }],
+        nodes: addresses,
         identity: identity.clone(),
         node_server_name: "localhost".into(),
         dynamodb: None,
         cores: 2,
+        replicas,
     })
     .unwrap();
     Cluster {
         router: router.addr(),
-        _node: node,
+        _nodes: nodes,
         _router: router,
         identity,
         _dir: dir,
@@ -83,7 +97,18 @@ fn code(result: Result<impl std::fmt::Debug, ClientError>) -> ErrorCode {
 
 #[test]
 fn every_operation_over_the_network() {
-    let cluster = cluster();
+    every_operation(&cluster());
+}
+
+/// The same operations, each write chosen by a three-replica Multi-Paxos
+/// group and applied by every replica, each consistent read served by the
+/// leader under its lease.
+#[test]
+fn every_operation_through_replication_groups() {
+    every_operation(&cluster_of(3));
+}
+
+fn every_operation(cluster: &Cluster) {
     with_client(&cluster, async |client| {
         client.create_table("events", &schema(), 4).await.unwrap();
         assert_eq!(
@@ -247,7 +272,15 @@ fn every_operation_over_the_network() {
 
 #[test]
 fn bad_input_gets_typed_errors_and_the_cluster_keeps_serving() {
-    let cluster = cluster();
+    bad_input(&cluster());
+}
+
+#[test]
+fn bad_input_to_replication_groups_gets_typed_errors() {
+    bad_input(&cluster_of(3));
+}
+
+fn bad_input(cluster: &Cluster) {
     with_client(&cluster, async |client| {
         client.create_table("things", &schema(), 2).await.unwrap();
         // Unknown table.

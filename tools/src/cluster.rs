@@ -20,6 +20,7 @@ pub fn start_node(path: &Path) -> anyhow::Result<StorageNode> {
     node_config.network = Some(NodeNetwork {
         listen: file.listen,
         identity,
+        peer_server_name: file.peer_server_name,
     });
     StorageNode::start(node_config)
         .with_context(|| format!("starting the node of {}", path.display()))
@@ -38,8 +39,10 @@ pub fn start_router(path: &Path) -> anyhow::Result<Router> {
             .map(|n| NodeAddress {
                 addr: n.addr,
                 cores: n.cores,
+                zone: n.zone.clone(),
             })
             .collect(),
+        replicas: file.replication,
         identity,
         node_server_name: file.node_server_name,
         cores: file.cores,
@@ -89,7 +92,7 @@ fn random_letters(count: usize) -> anyhow::Result<String> {
 /// What `cairn up` started.
 #[derive(Debug)]
 pub struct LocalCluster {
-    pub node: StorageNode,
+    pub nodes: Vec<StorageNode>,
     pub router: Router,
     pub dir: PathBuf,
     pub router_addr: SocketAddr,
@@ -97,8 +100,9 @@ pub struct LocalCluster {
 }
 
 /// Creates (or reuses) a local cluster directory with a self-signed
-/// certificate and config files, and starts its node and router here.
-pub fn up(dir: &Path, cores: usize, port: u16) -> anyhow::Result<LocalCluster> {
+/// certificate and config files, and starts its nodes (three in three
+/// zones for replication 3, else one) and router here.
+pub fn up(dir: &Path, cores: usize, port: u16, replication: u32) -> anyhow::Result<LocalCluster> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     let (certificate, private_key) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -108,14 +112,35 @@ pub fn up(dir: &Path, cores: usize, port: u16) -> anyhow::Result<LocalCluster> {
         std::fs::write(&certificate, cert_pem)?;
         std::fs::write(&private_key, key_pem)?;
     }
-    let node_listen: SocketAddr = format!("127.0.0.1:{}", port + 100).parse()?;
-    let node = NodeFile {
-        data_dir: "node".into(),
-        cores,
-        listen: node_listen,
-        certificate: "cert.pem".into(),
-        private_key: "key.pem".into(),
-    };
+    let node_count = replication.max(1) as u16;
+    let mut node_files = Vec::new();
+    let mut entries = Vec::new();
+    for n in 0..node_count {
+        let listen: SocketAddr =
+            format!("127.0.0.1:{}", port + 100 + n * cores as u16).parse()?;
+        let zone = format!("zone-{}", (b'a' + n as u8) as char);
+        let name = if node_count == 1 {
+            "node".to_owned()
+        } else {
+            format!("node-{zone}")
+        };
+        node_files.push((
+            dir.join(format!("{name}.toml")),
+            NodeFile {
+                data_dir: name.into(),
+                cores,
+                listen,
+                certificate: "cert.pem".into(),
+                private_key: "key.pem".into(),
+                peer_server_name: "localhost".into(),
+            },
+        ));
+        entries.push(NodeEntry {
+            addr: listen,
+            cores,
+            zone,
+        });
+    }
     let router = RouterFile {
         data_dir: "router".into(),
         listen: format!("127.0.0.1:{port}").parse()?,
@@ -128,15 +153,18 @@ pub fn up(dir: &Path, cores: usize, port: u16) -> anyhow::Result<LocalCluster> {
             require_signature: true,
             access_keys: vec![access_key(&dir)?],
         }),
-        nodes: vec![NodeEntry {
-            addr: node_listen,
-            cores,
-        }],
+        nodes: entries,
+        replication,
     };
-    let (node_path, router_path) = (dir.join("node.toml"), dir.join("router.toml"));
-    std::fs::write(&node_path, toml::to_string(&node)?)?;
+    let router_path = dir.join("router.toml");
+    let mut nodes = Vec::new();
+    for (path, file) in &node_files {
+        std::fs::write(path, toml::to_string(file)?)?;
+    }
     std::fs::write(&router_path, toml::to_string(&router)?)?;
-    let node = start_node(&node_path)?;
+    for (path, _) in &node_files {
+        nodes.push(start_node(path)?);
+    }
     let dynamodb = router
         .dynamodb
         .as_ref()
@@ -144,7 +172,7 @@ pub fn up(dir: &Path, cores: usize, port: u16) -> anyhow::Result<LocalCluster> {
     let router_process = start_router(&router_path)?;
     Ok(LocalCluster {
         router_addr: router_process.addr(),
-        node,
+        nodes,
         router: router_process,
         dir,
         dynamodb,
@@ -153,18 +181,34 @@ pub fn up(dir: &Path, cores: usize, port: u16) -> anyhow::Result<LocalCluster> {
 
 impl LocalCluster {
     pub fn describe(&self) -> String {
-        let cores = self.node.cores();
-        let first = self.router_addr.port() + 100;
-        let shards = shard_addr(SocketAddr::new(self.router_addr.ip(), first), cores - 1);
-        format!(
-            "Cairn is up.\n  router:  {} (QUIC; server name localhost; certificate {})\n  node:    127.0.0.1:{first}..{} ({cores} shards)\n  data:    {}\n  configs: {}, {}\n",
+        let mut out = format!(
+            "Cairn is up.\n  router:  {} (QUIC; server name localhost; certificate {})\n",
             self.router_addr,
             self.dir.join("cert.pem").display(),
-            shards.port(),
+        );
+        let mut first = self.router_addr.port() + 100;
+        for (n, node) in self.nodes.iter().enumerate() {
+            let cores = node.cores();
+            let last = shard_addr(SocketAddr::new(self.router_addr.ip(), first), cores - 1);
+            out += &format!(
+                "  node {}: 127.0.0.1:{first}..{} ({cores} shards, zone-{})\n",
+                n + 1,
+                last.port(),
+                (b'a' + n as u8) as char
+            );
+            first += cores as u16;
+        }
+        let replicas = if self.nodes.len() > 1 {
+            format!("{} (Multi-Paxos across zones)", self.nodes.len())
+        } else {
+            "1".to_owned()
+        };
+        out += &format!(
+            "  replicas per partition: {replicas}\n  data:    {}\n  configs: {}/*.toml\n",
             self.dir.display(),
-            self.dir.join("node.toml").display(),
-            self.dir.join("router.toml").display(),
-        ) + &match &self.dynamodb {
+            self.dir.display(),
+        );
+        out + &match &self.dynamodb {
             Some((addr, key)) => format!(
                 "  DynamoDB endpoint: http://{addr}\n    aws_access_key_id = {}\n    aws_secret_access_key = {}\n",
                 key.id, key.secret

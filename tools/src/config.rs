@@ -23,6 +23,9 @@ pub struct NodeFile {
     pub certificate: PathBuf,
     /// PEM (PKCS#8) private key of the certificate.
     pub private_key: PathBuf,
+    /// The name peer nodes' certificates are issued for (replication).
+    #[serde(default = "localhost")]
+    pub peer_server_name: String,
 }
 
 /// One node as a router sees it.
@@ -31,6 +34,17 @@ pub struct NodeFile {
 pub struct NodeEntry {
     pub addr: SocketAddr,
     pub cores: usize,
+    /// Availability zone; a partition's replicas go to distinct zones.
+    #[serde(default = "default_zone")]
+    pub zone: String,
+}
+
+fn default_zone() -> String {
+    "zone-a".into()
+}
+
+fn one_replica() -> u32 {
+    1
 }
 
 /// `cairn router --config FILE`.
@@ -51,6 +65,10 @@ pub struct RouterFile {
     #[serde(default = "one")]
     pub cores: usize,
     pub nodes: Vec<NodeEntry>,
+    /// Copies of each partition of new tables: 1, or 3 (a Multi-Paxos group
+    /// across zones).
+    #[serde(default = "one_replica")]
+    pub replication: u32,
     /// The DynamoDB-compatible HTTP endpoint (docs/dynamodb-api.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dynamodb: Option<DynamoDbFile>,

@@ -26,8 +26,9 @@ enum Command {
     /// percentiles per operation. Without --router it starts a local
     /// cluster in this process.
     Bench(cairn_bench::BenchArgs),
-    /// Start a local cluster (a node and a router) in this process and
-    /// print its endpoint; runs until interrupted.
+    /// Start a local cluster (three nodes in three zones and a router, or
+    /// one node with --replication 1) in this process and print its
+    /// endpoint; runs until interrupted.
     Up {
         /// Directory for data, certificate and generated config files.
         #[arg(long, default_value = "cairn-data")]
@@ -35,9 +36,13 @@ enum Command {
         /// Node cores (shards).
         #[arg(long, default_value_t = 2)]
         cores: usize,
-        /// Router port; the node listens on port + 100 and up.
+        /// Router port; the nodes listen on port + 100 and up.
         #[arg(long, default_value_t = 7000)]
         port: u16,
+        /// Copies of each partition: 3 (three nodes in three zones, a
+        /// Multi-Paxos group per partition) or 1 (one node).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=3))]
+        replication: u32,
     },
     /// Run a storage node from a config file (docs/configuration.md).
     Node {
@@ -81,8 +86,13 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => {
             cairn_bench::run(&args)?;
         }
-        Command::Up { dir, cores, port } => {
-            let cluster = cluster::up(&dir, cores, port)?;
+        Command::Up {
+            dir,
+            cores,
+            port,
+            replication,
+        } => {
+            let cluster = cluster::up(&dir, cores, port, replication)?;
             print!("{}", cluster.describe());
             println!(
                 "Stop it with Ctrl-C; data stays in {}.",

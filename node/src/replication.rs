@@ -1,0 +1,665 @@
+//! The shell around [`paxos::Replica`]: one per shard, driving the replicas
+//! of that shard's replicated partitions with its WAL, its QUIC endpoint
+//! and its clock (docs/replication.md, "The node's driver").
+//!
+//! - **Durability.** A `Ready`'s `persist` goes to the shard's WAL as
+//!   PROMISE/ACCEPT records (group commit shares one flush among every
+//!   group on the core). Only when they are durable does the driver call
+//!   `persisted` and release `send_after_persist`.
+//! - **Messages** for the same peer shard are gathered in one outbox and
+//!   leave as one framed batch per flush of the outbox, whatever the number
+//!   of groups: heartbeats of many groups to one peer share a packet.
+//!   Sends are bounded per peer; beyond the bound messages are dropped,
+//!   which Paxos tolerates (the leader retransmits).
+//! - **Apply.** Chosen values are applied to the engine in slot order by
+//!   one task per shard; the leader answers a proposal's client with the
+//!   result of applying it. A COMMIT marker per batch of chosen slots lets
+//!   recovery apply them without the leader.
+//! - **Reads.** A consistent read is served by the leader while its lease
+//!   holds, once it has applied the lease's commit point; other reads are
+//!   served by any replica from what it has applied.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use cairn_common::quic::{Connection, Endpoint, TransportError};
+use cairn_common::wire::{self, ErrorCode, GroupSpec, NodeOp, NodeRequest, Response};
+use event_listener::Event;
+use rkyv::rancor;
+
+use crate::device::DmaFs;
+use crate::engine::{Engine, EngineError, PartitionId, ReplicatedWrite};
+use crate::paxos::{self, Message, Replica, ReplicaId, Slot, Value};
+use crate::shard::{Op, shard_addr};
+
+/// Timing and bounds of replication.
+#[derive(Clone, Debug)]
+pub struct ReplicationConfig {
+    pub heartbeat_interval: Duration,
+    /// Must be shorter than `election_timeout`.
+    pub lease_duration: Duration,
+    pub election_timeout: Duration,
+    pub clock_drift_max: f64,
+    /// How often every group's timers are looked at.
+    pub tick_interval: Duration,
+    /// Chosen values a group keeps in memory for lagging peers.
+    pub retained_slots: u64,
+    /// Proposals one group may have waiting for their slot to be chosen.
+    pub proposals_max: usize,
+    /// How long a client waits for its proposal to be chosen and applied.
+    pub proposal_timeout: Duration,
+    /// Batches in flight to one peer shard; beyond it messages are dropped.
+    pub sends_in_flight_max: usize,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_millis(50),
+            lease_duration: Duration::from_millis(300),
+            election_timeout: Duration::from_millis(400),
+            clock_drift_max: 0.05,
+            tick_interval: Duration::from_millis(10),
+            retained_slots: 20_000,
+            proposals_max: 4096,
+            proposal_timeout: Duration::from_millis(1500),
+            sends_in_flight_max: 64,
+        }
+    }
+}
+
+/// One message between replicas of a group, as batched on the wire.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct PeerMessage {
+    pub partition: u64,
+    pub from: u32,
+    pub message: Message,
+}
+
+/// What one shard sends another in one request.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct PeerBatch {
+    pub messages: Vec<PeerMessage>,
+}
+
+/// Most bytes of messages gathered into one batch.
+const BATCH_BYTES_MAX: usize = 1 << 20;
+/// How long a peer may take to answer a batch before its link is dropped.
+const PEER_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+struct Pending {
+    id: u64,
+    reply: async_channel::Sender<Response>,
+}
+
+#[derive(Debug)]
+struct Group {
+    replica: Replica,
+    /// The shard address of each member, by replica id.
+    members: Vec<SocketAddr>,
+    /// Proposals of this leader, by slot, waiting to be applied.
+    pending: HashMap<Slot, Pending>,
+}
+
+#[derive(Debug, Default)]
+struct Link {
+    connection: Option<Connection>,
+    connecting: bool,
+    in_flight: usize,
+}
+
+/// The replication driver of one shard.
+#[derive(Debug)]
+pub struct Replication {
+    shard: usize,
+    engine: Rc<Engine<DmaFs>>,
+    config: ReplicationConfig,
+    endpoint: Endpoint,
+    server_name: String,
+    groups: RefCell<BTreeMap<PartitionId, Group>>,
+    outbox: RefCell<BTreeMap<SocketAddr, Vec<PeerMessage>>>,
+    outbox_ready: Event,
+    to_apply: RefCell<VecDeque<(PartitionId, Slot, Value)>>,
+    apply_ready: Event,
+    applied: Event,
+    links: RefCell<HashMap<SocketAddr, Link>>,
+    next_id: Cell<u64>,
+}
+
+/// A proposal's command: `id u64 ‖ NodeRequest` (the request as the router
+/// sent it; the id tells the proposer its own command from another's).
+fn encode_command(id: u64, request: &[u8]) -> Vec<u8> {
+    let mut command = Vec::with_capacity(8 + request.len());
+    command.extend_from_slice(&id.to_le_bytes());
+    command.extend_from_slice(request);
+    command
+}
+
+fn decode_command(command: &[u8]) -> Option<(u64, NodeRequest)> {
+    let id = u64::from_le_bytes(command.get(..8)?.try_into().ok()?);
+    let request = wire::decode_node_request(&command[8..]).ok()?;
+    Some((id, request))
+}
+
+fn engine_error(error: &EngineError) -> Response {
+    Response::error(error.code(), error.to_string())
+}
+
+fn unavailable(message: impl Into<String>) -> Response {
+    Response::error(ErrorCode::Unavailable, message)
+}
+
+/// Each member's shard address for `partition`.
+fn member_addrs(spec: &GroupSpec, partition: PartitionId) -> Result<Vec<SocketAddr>, String> {
+    spec.members
+        .iter()
+        .map(|m| {
+            let base: SocketAddr = m.addr.parse().map_err(|e| format!("{}: {e}", m.addr))?;
+            Ok(shard_addr(base, (partition % u64::from(m.cores)) as usize))
+        })
+        .collect()
+}
+
+impl Replication {
+    /// Starts the driver's tasks on this executor and brings up a replica
+    /// for every replicated partition the engine recovered.
+    pub async fn start(
+        shard: usize,
+        engine: Rc<Engine<DmaFs>>,
+        endpoint: Endpoint,
+        server_name: String,
+        config: ReplicationConfig,
+    ) -> Result<Rc<Replication>, EngineError> {
+        let replication = Rc::new(Replication {
+            shard,
+            engine,
+            config,
+            endpoint,
+            server_name,
+            groups: RefCell::default(),
+            outbox: RefCell::default(),
+            outbox_ready: Event::new(),
+            to_apply: RefCell::default(),
+            apply_ready: Event::new(),
+            applied: Event::new(),
+            links: RefCell::default(),
+            next_id: Cell::new(0),
+        });
+        for partition in replication.engine.partition_ids() {
+            if replication.engine.is_replicated(partition) {
+                replication.add_group(partition).await?;
+            }
+        }
+        glommio::spawn_local(replication.clone().tick_loop()).detach();
+        glommio::spawn_local(replication.clone().apply_loop()).detach();
+        glommio::spawn_local(replication.clone().send_loop()).detach();
+        Ok(replication)
+    }
+
+    /// Brings up the replica of a replicated partition: first applies the
+    /// slots its commit markers say are chosen, then starts the Paxos
+    /// replica from the durable state.
+    pub async fn add_group(&self, partition: PartitionId) -> Result<(), EngineError> {
+        let log = self
+            .engine
+            .group(partition)
+            .ok_or(EngineError::UnknownPartition(partition))?;
+        for slot in log.applied_through..log.committed_through {
+            let Some((_, value)) = log.durable.accepted.get(&slot) else {
+                break; // a gap: the leader will resend from here
+            };
+            self.apply_one(partition, slot, value).await?;
+        }
+        let log = self
+            .engine
+            .group(partition)
+            .ok_or(EngineError::UnknownPartition(partition))?;
+        let members = member_addrs(&log.spec, partition).map_err(|reason| {
+            EngineError::CorruptRecord {
+                lsn: 0,
+                reason: format!("partition {partition}: {reason}"),
+            }
+        })?;
+        let seed = partition.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ u64::from(log.spec.replica) << 56
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+        let config = paxos::Config {
+            id: log.spec.replica as ReplicaId,
+            replicas: log.spec.members.len(),
+            heartbeat_interval: self.config.heartbeat_interval,
+            lease_duration: self.config.lease_duration,
+            clock_drift_max: self.config.clock_drift_max,
+            election_timeout: self.config.election_timeout,
+            seed,
+        };
+        let replica = Replica::new(config, log.durable, log.applied_through, Instant::now());
+        tracing::info!(
+            shard = self.shard,
+            partition,
+            replica = log.spec.replica,
+            applied_through = log.applied_through,
+            "replica started"
+        );
+        self.groups.borrow_mut().insert(
+            partition,
+            Group {
+                replica,
+                members,
+                pending: HashMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Proposes the write `request` (its encoded bytes, already validated)
+    /// and answers once it is chosen and applied here.
+    pub async fn propose(self: &Rc<Self>, partition: PartitionId, request: &[u8]) -> Response {
+        if let Err(error) = self.engine.admit_write() {
+            return engine_error(&error);
+        }
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        let (reply, answer) = async_channel::bounded(1);
+        {
+            let mut groups = self.groups.borrow_mut();
+            let Some(group) = groups.get_mut(&partition) else {
+                return engine_error(&EngineError::UnknownPartition(partition));
+            };
+            if group.pending.len() >= self.config.proposals_max {
+                return Response::error(ErrorCode::Throttling, "too many writes in flight; retry");
+            }
+            match group.replica.propose(encode_command(id, request)) {
+                Ok(slot) => {
+                    group.pending.insert(slot, Pending { id, reply });
+                }
+                Err(not_leader) => {
+                    return Response::NotLeader {
+                        leader: not_leader.hint.map(|h| h as u32),
+                    };
+                }
+            }
+        }
+        self.drive(partition);
+        let timeout = self.config.proposal_timeout;
+        let timer = async {
+            glommio::timer::sleep(timeout).await;
+            None
+        };
+        match futures_lite::future::or(async { answer.recv().await.ok() }, timer).await {
+            Some(response) => response,
+            None => unavailable(format!(
+                "write not confirmed within {timeout:?} (leader change?); it may or may not have been applied"
+            )),
+        }
+    }
+
+    /// Checks that a read of `partition` may be served here: `Ok` to read
+    /// the local state, or the answer to give instead.
+    pub async fn admit_read(&self, partition: PartitionId, consistent: bool) -> Result<(), Response> {
+        if !consistent {
+            return Ok(());
+        }
+        let slot = {
+            let groups = self.groups.borrow();
+            let group = groups
+                .get(&partition)
+                .ok_or_else(|| engine_error(&EngineError::UnknownPartition(partition)))?;
+            match group.replica.lease_read(Instant::now()) {
+                Some(slot) => slot,
+                None if group.replica.is_leader() => {
+                    return Err(unavailable("new leader: lease not established yet; retry"));
+                }
+                None => {
+                    return Err(Response::NotLeader {
+                        leader: group.replica.leader_hint().map(|h| h as u32),
+                    });
+                }
+            }
+        };
+        // Wait (bounded) until the state machine has caught up with the
+        // commit point the lease vouches for.
+        let deadline = Instant::now() + self.config.proposal_timeout;
+        loop {
+            let listener = self.applied.listen();
+            if self.engine.applied_through(partition).unwrap_or(0) >= slot {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(unavailable("leader is still applying; retry"));
+            }
+            let timer = glommio::timer::sleep(self.config.tick_interval);
+            futures_lite::future::or(listener, timer).await;
+        }
+    }
+
+    /// Handles a batch of messages from a peer shard.
+    pub fn receive(self: &Rc<Self>, batch: &[u8]) -> Result<(), String> {
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(batch.len());
+        aligned.extend_from_slice(batch);
+        let batch = rkyv::from_bytes::<PeerBatch, rancor::Error>(&aligned)
+            .map_err(|e| format!("malformed replication batch: {e}"))?;
+        let now = Instant::now();
+        let mut touched = BTreeSet::new();
+        {
+            let mut groups = self.groups.borrow_mut();
+            for PeerMessage {
+                partition,
+                from,
+                message,
+            } in batch.messages
+            {
+                // A group this shard does not (yet) host: drop; Paxos
+                // retransmits what matters.
+                if let Some(group) = groups.get_mut(&partition)
+                    && (from as usize) < group.members.len()
+                {
+                    group.replica.handle(from as ReplicaId, message, now);
+                    touched.insert(partition);
+                }
+            }
+        }
+        for partition in touched {
+            self.drive(partition);
+        }
+        Ok(())
+    }
+
+    /// Drains one group's outputs: persists, sends, queues chosen values.
+    fn drive(self: &Rc<Self>, partition: PartitionId) {
+        let (ready, me) = {
+            let mut groups = self.groups.borrow_mut();
+            let Some(group) = groups.get_mut(&partition) else {
+                return;
+            };
+            (group.replica.poll_ready(), group.replica.id())
+        };
+        if ready.is_empty() {
+            return;
+        }
+        self.enqueue(partition, me, ready.send);
+        if let Some((last, _)) = ready.committed.last() {
+            let through = last + 1;
+            if let Err(error) = self.engine.log_commit(partition, through) {
+                tracing::warn!(partition, %error, "commit marker not logged");
+            }
+            let mut to_apply = self.to_apply.borrow_mut();
+            to_apply.extend(ready.committed.into_iter().map(|(s, v)| (partition, s, v)));
+            self.apply_ready.notify(1);
+        }
+        if ready.persist.is_empty() {
+            self.enqueue(partition, me, ready.send_after_persist);
+            return;
+        }
+        let lsn = match self.engine.log_paxos(partition, &ready.persist) {
+            Ok(lsn) => lsn,
+            Err(error) => {
+                // Nothing is acknowledged; the leader retransmits.
+                tracing::warn!(partition, %error, "Paxos state not logged; messages withheld");
+                return;
+            }
+        };
+        let this = self.clone();
+        glommio::spawn_local(async move {
+            if let Err(error) = this.engine.wal().wait_durable(lsn).await {
+                tracing::error!(partition, %error, "Paxos state not durable; messages withheld");
+                return;
+            }
+            if let Some(group) = this.groups.borrow_mut().get_mut(&partition) {
+                group.replica.persisted(&ready.persist);
+            }
+            this.enqueue(partition, me, ready.send_after_persist);
+            this.drive(partition);
+        })
+        .detach();
+    }
+
+    fn enqueue(&self, partition: PartitionId, me: ReplicaId, messages: Vec<(ReplicaId, Message)>) {
+        if messages.is_empty() {
+            return;
+        }
+        let groups = self.groups.borrow();
+        let Some(group) = groups.get(&partition) else {
+            return;
+        };
+        let mut outbox = self.outbox.borrow_mut();
+        for (to, message) in messages {
+            let Some(addr) = group.members.get(to) else {
+                continue;
+            };
+            outbox.entry(*addr).or_default().push(PeerMessage {
+                partition,
+                from: me as u32,
+                message,
+            });
+        }
+        self.outbox_ready.notify(1);
+    }
+
+    /// Timers of every group.
+    async fn tick_loop(self: Rc<Self>) {
+        loop {
+            glommio::timer::sleep(self.config.tick_interval).await;
+            let now = Instant::now();
+            let partitions: Vec<PartitionId> = {
+                let mut groups = self.groups.borrow_mut();
+                for group in groups.values_mut() {
+                    group.replica.tick(now);
+                }
+                groups.keys().copied().collect()
+            };
+            for partition in partitions {
+                self.drive(partition);
+            }
+        }
+    }
+
+    /// Applies chosen values in slot order and answers their proposers.
+    async fn apply_loop(self: Rc<Self>) {
+        loop {
+            let listener = self.apply_ready.listen();
+            let next = self.to_apply.borrow_mut().pop_front();
+            let Some((partition, slot, value)) = next else {
+                listener.await;
+                continue;
+            };
+            let applied = self.engine.applied_through(partition).unwrap_or(0);
+            if slot < applied {
+                continue; // recovery applied it already
+            }
+            let outcome = self.apply_one(partition, slot, &value).await;
+            let response = match &outcome {
+                Ok(response) => response.clone(),
+                Err(error) => {
+                    tracing::error!(shard = self.shard, partition, slot, %error, "apply failed");
+                    engine_error(error)
+                }
+            };
+            let mine = match &value {
+                Value::Command(command) => decode_command(command).map(|(id, _)| id),
+                Value::Noop => None,
+            };
+            {
+                let mut groups = self.groups.borrow_mut();
+                if let Some(group) = groups.get_mut(&partition) {
+                    if let Some(pending) = group.pending.remove(&slot) {
+                        let answer = if Some(pending.id) == mine {
+                            response
+                        } else {
+                            unavailable("a new leader filled this write's slot; it was not applied")
+                        };
+                        let _ = pending.reply.try_send(answer);
+                    }
+                    let retained = self.config.retained_slots;
+                    if slot % 1024 == 0 && slot > retained {
+                        group.replica.compact(slot - retained);
+                    }
+                }
+            }
+            self.applied.notify(usize::MAX);
+            if outcome.is_err() {
+                return; // the engine stopped
+            }
+        }
+    }
+
+    /// Applies one chosen value; the answer for its proposer.
+    async fn apply_one(
+        &self,
+        partition: PartitionId,
+        slot: Slot,
+        value: &Value,
+    ) -> Result<Response, EngineError> {
+        let command = match value {
+            Value::Noop => None,
+            Value::Command(bytes) => match decode_command(bytes).map(|(_, r)| r) {
+                Some(request) => match crate::server::to_op(request) {
+                    Ok(op) => Some(op),
+                    Err(error) => {
+                        // Every replica holds the same bytes and decides alike.
+                        tracing::error!(partition, slot, %error, "undecodable command; applied as a no-op");
+                        None
+                    }
+                },
+                None => {
+                    tracing::error!(partition, slot, "undecodable command; applied as a no-op");
+                    None
+                }
+            },
+        };
+        let write = match &command {
+            None => None,
+            Some(Op::Put { item, condition }) => Some(ReplicatedWrite::Put {
+                item,
+                condition: condition.as_ref(),
+            }),
+            Some(Op::Delete { key, condition }) => Some(ReplicatedWrite::Delete {
+                key,
+                condition: condition.as_ref(),
+            }),
+            Some(Op::Update {
+                key,
+                changes,
+                condition,
+            }) => Some(ReplicatedWrite::Update {
+                key,
+                changes,
+                condition: condition.as_ref(),
+            }),
+            Some(_) => None, // reads and admin ops are never proposed
+        };
+        match self.engine.apply_committed(partition, slot, write).await {
+            Ok(Some(item)) => Ok(Response::Item(Some(item.to_bytes()))),
+            Ok(None) => Ok(Response::Done),
+            Err(error) if error.is_answer() => Ok(engine_error(&error)),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Sends what the outbox holds, one batch per peer shard at a time.
+    async fn send_loop(self: Rc<Self>) {
+        loop {
+            let listener = self.outbox_ready.listen();
+            let outbox = std::mem::take(&mut *self.outbox.borrow_mut());
+            if outbox.is_empty() {
+                listener.await;
+                continue;
+            }
+            for (addr, messages) in outbox {
+                let mut batch = Vec::new();
+                let mut bytes = 0;
+                for message in messages {
+                    bytes += 64
+                        + match &message.message {
+                            Message::Accept {
+                                value: Value::Command(c),
+                                ..
+                            } => c.len(),
+                            _ => 0,
+                        };
+                    batch.push(message);
+                    if bytes >= BATCH_BYTES_MAX {
+                        self.send_batch(addr, std::mem::take(&mut batch));
+                        bytes = 0;
+                    }
+                }
+                if !batch.is_empty() {
+                    self.send_batch(addr, batch);
+                }
+            }
+            // Let other tasks add to the next batch.
+            glommio::executor().yield_task_queue_now().await;
+        }
+    }
+
+    fn send_batch(self: &Rc<Self>, addr: SocketAddr, messages: Vec<PeerMessage>) {
+        {
+            let mut links = self.links.borrow_mut();
+            let link = links.entry(addr).or_default();
+            if link.in_flight >= self.config.sends_in_flight_max || link.connecting {
+                return; // dropped: the peer is slow or unreachable
+            }
+            link.in_flight += 1;
+            if link.connection.is_none() {
+                link.connecting = true;
+            }
+        }
+        let this = self.clone();
+        glommio::spawn_local(async move {
+            let result = this.send_now(addr, messages).await;
+            let mut links = this.links.borrow_mut();
+            let link = links.entry(addr).or_default();
+            link.in_flight -= 1;
+            link.connecting = false;
+            if let Err(error) = result {
+                tracing::debug!(%addr, %error, "replication batch not delivered");
+                link.connection = None;
+            }
+        })
+        .detach();
+    }
+
+    async fn send_now(
+        &self,
+        addr: SocketAddr,
+        messages: Vec<PeerMessage>,
+    ) -> Result<(), TransportError> {
+        let existing = self
+            .links
+            .borrow()
+            .get(&addr)
+            .and_then(|l| l.connection.clone());
+        let connection = match existing {
+            Some(connection) => connection,
+            None => {
+                let connect = self.endpoint.connect(addr, &self.server_name);
+                let timer = async {
+                    glommio::timer::sleep(PEER_TIMEOUT).await;
+                    Err(TransportError::TimedOut(PEER_TIMEOUT))
+                };
+                let connection = futures_lite::future::or(connect, timer).await?;
+                let mut links = self.links.borrow_mut();
+                let link = links.entry(addr).or_default();
+                link.connection = Some(connection.clone());
+                link.connecting = false;
+                connection
+            }
+        };
+        let batch = rkyv::to_bytes::<rancor::Error>(&PeerBatch { messages })
+            .expect("serializing to memory cannot fail")
+            .to_vec();
+        let request = NodeRequest {
+            partition: 0,
+            op: NodeOp::Replication { batch },
+        };
+        connection
+            .request(&wire::encode_node_request(&request), PEER_TIMEOUT)
+            .await?;
+        Ok(())
+    }
+}
