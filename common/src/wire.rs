@@ -148,10 +148,7 @@ pub enum NodeOp {
     },
     /// `consistent` reads go to the leader and see every acknowledged
     /// write; others may be served by any replica, possibly stale.
-    Get {
-        key: Vec<u8>,
-        consistent: bool,
-    },
+    Get { key: Vec<u8>, consistent: bool },
     Update {
         key: Vec<u8>,
         changes: Vec<WireChange>,
@@ -172,9 +169,7 @@ pub enum NodeOp {
     },
     /// Replication messages between the replicas of groups on two shards
     /// (a node-internal format, docs/replication.md).
-    Replication {
-        batch: Vec<u8>,
-    },
+    Replication { batch: Vec<u8> },
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -308,9 +303,14 @@ impl GroupSpec {
         let spec = rkyv::from_bytes::<GroupSpec, rancor::Error>(&aligned)
             .map_err(|e| DecodeError::Malformed(e.to_string()))?;
         let valid = (spec.replica as usize) < spec.members.len()
-            && spec.members.iter().all(|m| m.cores > 0 && m.addr.parse::<std::net::SocketAddr>().is_ok());
+            && spec
+                .members
+                .iter()
+                .all(|m| m.cores > 0 && m.addr.parse::<std::net::SocketAddr>().is_ok());
         if !valid {
-            return Err(DecodeError::Malformed(format!("invalid replication group {spec:?}")));
+            return Err(DecodeError::Malformed(format!(
+                "invalid replication group {spec:?}"
+            )));
         }
         Ok(spec)
     }

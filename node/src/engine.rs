@@ -542,7 +542,11 @@ impl<Fs: FileSystem> Engine<Fs> {
     /// Submits a replica's promises and accepted values to the log and
     /// returns the LSN to wait on before telling the replica they are
     /// durable.
-    pub fn log_paxos(&self, partition: PartitionId, persist: &[Persist]) -> Result<Lsn, EngineError> {
+    pub fn log_paxos(
+        &self,
+        partition: PartitionId,
+        persist: &[Persist],
+    ) -> Result<Lsn, EngineError> {
         self.check_running()?;
         let mut last = None;
         for entry in persist {
@@ -598,11 +602,10 @@ impl<Fs: FileSystem> Engine<Fs> {
         assert_eq!(slot, expected, "chosen slots are applied in order, once");
         let result = match write {
             None => Ok(None),
-            Some(ReplicatedWrite::Put { item, condition }) => {
-                self.put(partition, item, condition, WriteMode::Applied)
-                    .await
-                    .map(|()| None)
-            }
+            Some(ReplicatedWrite::Put { item, condition }) => self
+                .put(partition, item, condition, WriteMode::Applied)
+                .await
+                .map(|()| None),
             Some(ReplicatedWrite::Delete { key, condition }) => self
                 .delete(partition, key, condition, WriteMode::Applied)
                 .await
@@ -651,7 +654,8 @@ impl<Fs: FileSystem> Engine<Fs> {
         item: &Item,
         condition: Option<&Condition>,
     ) -> Result<(), EngineError> {
-        self.put(partition, item, condition, WriteMode::Logged).await
+        self.put(partition, item, condition, WriteMode::Logged)
+            .await
     }
 
     async fn put(

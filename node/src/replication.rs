@@ -218,12 +218,11 @@ impl Replication {
             .engine
             .group(partition)
             .ok_or(EngineError::UnknownPartition(partition))?;
-        let members = member_addrs(&log.spec, partition).map_err(|reason| {
-            EngineError::CorruptRecord {
+        let members =
+            member_addrs(&log.spec, partition).map_err(|reason| EngineError::CorruptRecord {
                 lsn: 0,
                 reason: format!("partition {partition}: {reason}"),
-            }
-        })?;
+            })?;
         let seed = partition.wrapping_mul(0x9E37_79B9_7F4A_7C15)
             ^ u64::from(log.spec.replica) << 56
             ^ std::time::SystemTime::now()
@@ -301,7 +300,11 @@ impl Replication {
 
     /// Checks that a read of `partition` may be served here: `Ok` to read
     /// the local state, or the answer to give instead.
-    pub async fn admit_read(&self, partition: PartitionId, consistent: bool) -> Result<(), Response> {
+    pub async fn admit_read(
+        &self,
+        partition: PartitionId,
+        consistent: bool,
+    ) -> Result<(), Response> {
         if !consistent {
             return Ok(());
         }

@@ -23,8 +23,8 @@ use rkyv::rancor;
 
 use crate::device::{BLOCK_SIZE, BlockFile, FileSystem, OpenMode};
 use crate::page::{
-    ArchivedNodePage, CatalogPage, CatalogPageV1, PageAddr, PageBytes, PageCache, PageError, PageKind,
-    unframe, unframe_any,
+    ArchivedNodePage, CatalogPage, CatalogPageV1, PageAddr, PageBytes, PageCache, PageError,
+    PageKind, unframe, unframe_any,
 };
 use crate::wal::Lsn;
 

@@ -257,8 +257,12 @@ impl Sim {
             }
             Event::Restart(id) => {
                 let config = config(id, self.seed ^ self.now.as_nanos() as u64);
-                self.replicas[id] =
-                    Some(Replica::new(config, self.disks[id].clone(), 0, self.clock(id)));
+                self.replicas[id] = Some(Replica::new(
+                    config,
+                    self.disks[id].clone(),
+                    0,
+                    self.clock(id),
+                ));
             }
             Event::Read => {
                 let id = self.rng.random_range(0..REPLICAS);

@@ -2,6 +2,8 @@
 //! crash writer and its verifier agree on, and the deterministic items it
 //! writes, so a verifier can tell a whole item from a torn one.
 
+pub mod linearizable;
+
 use std::path::Path;
 
 use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType, Number};

@@ -116,8 +116,7 @@ pub fn up(dir: &Path, cores: usize, port: u16, replication: u32) -> anyhow::Resu
     let mut node_files = Vec::new();
     let mut entries = Vec::new();
     for n in 0..node_count {
-        let listen: SocketAddr =
-            format!("127.0.0.1:{}", port + 100 + n * cores as u16).parse()?;
+        let listen: SocketAddr = format!("127.0.0.1:{}", port + 100 + n * cores as u16).parse()?;
         let zone = format!("zone-{}", (b'a' + n as u8) as char);
         let name = if node_count == 1 {
             "node".to_owned()

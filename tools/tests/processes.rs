@@ -47,7 +47,17 @@ fn a_killed_node_restarts_with_every_acknowledged_write() {
     let cluster = cluster_dir.to_str().unwrap();
     // `cairn up` once, to write the certificate and config files.
     start(
-        &["up", "--dir", cluster, "--port", &port, "--cores", "2"],
+        &[
+            "up",
+            "--dir",
+            cluster,
+            "--port",
+            &port,
+            "--cores",
+            "2",
+            "--replication",
+            "1",
+        ],
         "Cairn is up.",
     )
     .kill();

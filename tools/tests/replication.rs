@@ -1,0 +1,312 @@
+//! A replication group of three `cairn node` processes behind a `cairn
+//! router` process on loopback. Clients write and read a few keys
+//! concurrently while the group's leader is killed with SIGKILL, restarted,
+//! and then the next leader is killed too (so the restarted replica must
+//! have caught up to form a majority). Every client operation is recorded
+//! with its invocation and return times, and each key's history must be
+//! linearizable (tests/src/linearizable.rs): no acknowledged write lost, no
+//! stale or flickering read.
+
+#![allow(clippy::unwrap_used)] // Test helpers: a panic is the failure report.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_common::client::Client;
+use cairn_common::quic::{Endpoint, Identity};
+use cairn_common::wire::{self, NodeOp, NodeRequest, Response};
+use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType, Number};
+use cairn_tests::Process;
+use cairn_tests::linearizable::{self, Action, Operation};
+
+const KEYS: u64 = 4;
+const CLIENTS: u64 = 8;
+/// Bound on each phase's wait for client progress.
+const PROGRESS_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn start(args: &[&str], ready: &str) -> Process {
+    Process::start(env!("CARGO_BIN_EXE_cairn"), args, ready)
+}
+
+fn key(k: u64) -> Item {
+    Item::new().with("id", AttributeValue::S(format!("key-{k}")))
+}
+
+fn value_of(item: &Item) -> Option<u64> {
+    match item.get("v") {
+        Some(AttributeValue::N(n)) => n.to_string().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Counts acknowledged writes so the test thread can wait for progress.
+#[derive(Default)]
+struct Progress {
+    acknowledged: Mutex<u64>,
+    changed: Condvar,
+}
+
+impl Progress {
+    fn add(&self) {
+        *self.acknowledged.lock().unwrap() += 1;
+        self.changed.notify_all();
+    }
+
+    fn now(&self) -> u64 {
+        *self.acknowledged.lock().unwrap()
+    }
+
+    /// Waits until `more` further writes are acknowledged (bounded).
+    fn wait_for(&self, more: u64, what: &str) {
+        let target = self.now() + more;
+        let guard = self.acknowledged.lock().unwrap();
+        let (guard, timeout) = self
+            .changed
+            .wait_timeout_while(guard, PROGRESS_TIMEOUT, |n| *n < target)
+            .unwrap();
+        assert!(
+            !timeout.timed_out(),
+            "{what}: only {} of {target} writes acknowledged within {PROGRESS_TIMEOUT:?}",
+            *guard
+        );
+    }
+}
+
+/// One node process of the group and where its shard 0 listens.
+struct Node {
+    config: PathBuf,
+    shard0: SocketAddr,
+    process: Option<Process>,
+}
+
+impl Node {
+    fn start(&mut self) {
+        self.process = Some(start(
+            &["node", "--config", self.config.to_str().unwrap()],
+            "node running",
+        ));
+    }
+
+    fn kill(&mut self) {
+        self.process.take().expect("running").kill();
+    }
+}
+
+/// Asks each node's shard directly which one leads `partition` (a
+/// consistent read only the leader answers), until one does.
+fn leader_of(nodes: &[Node], partition: u64, cert: &Path) -> usize {
+    let identity = Identity::trusting_pem_file(cert).unwrap();
+    let client = identity.client_config().unwrap();
+    let shards: Vec<Option<SocketAddr>> = nodes
+        .iter()
+        .map(|n| n.process.as_ref().map(|_| n.shard0))
+        .collect();
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(move || async move {
+            let endpoint =
+                Endpoint::bind("127.0.0.1:0".parse().unwrap(), None, Some(client)).unwrap();
+            let probe = wire::encode_node_request(&NodeRequest {
+                partition,
+                op: NodeOp::Get {
+                    key: key(0).to_bytes(),
+                    consistent: true,
+                },
+            });
+            let deadline = Instant::now() + PROGRESS_TIMEOUT;
+            while Instant::now() < deadline {
+                for (index, shard) in shards.iter().enumerate() {
+                    let Some(shard) = shard else { continue };
+                    let Ok(connection) = endpoint.connect(*shard, "localhost").await else {
+                        continue;
+                    };
+                    let answer = connection.request(&probe, Duration::from_secs(1)).await;
+                    connection.close();
+                    if let Ok(bytes) = answer
+                        && let Ok(Response::Item(_)) = wire::decode_response(&bytes)
+                    {
+                        return index;
+                    }
+                }
+            }
+            panic!("no leader within {PROGRESS_TIMEOUT:?}");
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+/// Runs the clients until `stop`; returns every key's history.
+fn run_clients(
+    router: SocketAddr,
+    cert: PathBuf,
+    progress: Arc<Progress>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Vec<Operation>>> {
+    std::thread::spawn(move || {
+        let identity = Identity::trusting_pem_file(&cert).unwrap();
+        cairn_tests::with_client(router, &identity, async move |client| {
+            let client = Rc::new(client);
+            let epoch = Instant::now();
+            let history = Rc::new(std::cell::RefCell::new(vec![Vec::new(); KEYS as usize]));
+            let mut tasks = Vec::new();
+            for c in 0..CLIENTS {
+                let (client, history, progress, stop) = (
+                    client.clone(),
+                    history.clone(),
+                    progress.clone(),
+                    stop.clone(),
+                );
+                tasks.push(glommio::spawn_local(async move {
+                    client_loop(c, &client, epoch, &history, &progress, &stop).await;
+                }));
+            }
+            for task in tasks {
+                task.await;
+            }
+            history.take()
+        })
+    })
+}
+
+async fn client_loop(
+    c: u64,
+    client: &Client,
+    epoch: Instant,
+    history: &std::cell::RefCell<Vec<Vec<Operation>>>,
+    progress: &Progress,
+    stop: &AtomicBool,
+) {
+    let ns = || epoch.elapsed().as_nanos() as u64;
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        seq += 1;
+        let k = (c + seq) % KEYS;
+        let call_ns = ns();
+        if seq % 2 == 0 {
+            let value = c * 1_000_000 + seq;
+            let item = key(k).with("v", AttributeValue::N(Number::from_i64(value as i64)));
+            let result = client.put_item("kv-table", &item, None).await;
+            let return_ns = result.is_ok().then(ns);
+            if result.is_ok() {
+                progress.add();
+            }
+            history.borrow_mut()[k as usize].push(Operation {
+                call_ns,
+                return_ns,
+                action: Action::Write(value),
+            });
+        } else if let Ok(found) = client.get_item("kv-table", &key(k)).await {
+            history.borrow_mut()[k as usize].push(Operation {
+                call_ns,
+                return_ns: Some(ns()),
+                action: Action::Read(found.as_ref().and_then(value_of)),
+            });
+        }
+    }
+}
+
+#[test]
+fn killing_leaders_loses_no_acknowledged_write_and_reads_stay_linearizable() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let base = cairn_tests::free_udp_ports(200);
+    let port = base.to_string();
+    let cluster_dir = dir.path().join("cluster");
+    let cluster = cluster_dir.to_str().unwrap();
+    // `cairn up` once, to write the certificate and the config files.
+    start(
+        &["up", "--dir", cluster, "--port", &port, "--cores", "2"],
+        "Cairn is up.",
+    )
+    .kill();
+    let cert = cluster_dir.join("cert.pem");
+    let mut nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .enumerate()
+        .map(|(n, zone)| Node {
+            config: cluster_dir.join(format!("node-zone-{zone}.toml")),
+            shard0: format!("127.0.0.1:{}", base + 100 + 2 * n as u16)
+                .parse()
+                .unwrap(),
+            process: None,
+        })
+        .collect();
+    for node in &mut nodes {
+        node.start();
+    }
+    let router_config = cluster_dir.join("router.toml");
+    let _router = start(
+        &["router", "--config", router_config.to_str().unwrap()],
+        "router listening",
+    );
+    let router: SocketAddr = format!("127.0.0.1:{base}").parse().unwrap();
+    let identity = Identity::trusting_pem_file(&cert).unwrap();
+    cairn_tests::with_client(router, &identity, async |client| {
+        let schema = KeySchema::new(KeyAttribute::new("id", KeyType::S), None);
+        client.create_table("kv-table", &schema, 1).await.unwrap();
+    });
+    // The first table gets id 1: its one partition is 1 << 20, on shard 0.
+    let partition = 1 << 20;
+
+    let progress = Arc::new(Progress::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = run_clients(router, cert.clone(), progress.clone(), stop.clone());
+    progress.wait_for(100, "before any failure");
+
+    let first = leader_of(&nodes, partition, &cert);
+    nodes[first].kill();
+    let killed_at = Instant::now();
+    progress.wait_for(100, "after the first leader was killed");
+    eprintln!(
+        "writes resumed within {:?} of killing leader {first}",
+        killed_at.elapsed()
+    );
+
+    nodes[first].start();
+    progress.wait_for(100, "after the killed node restarted");
+    // Now kill whoever leads: the restarted node must form the majority.
+    let second = leader_of(&nodes, partition, &cert);
+    nodes[second].kill();
+    progress.wait_for(100, "after the second leader was killed");
+    nodes[second].start();
+    progress.wait_for(50, "with all three nodes back");
+    stop.store(true, Ordering::Relaxed);
+    let histories = clients.join().unwrap();
+
+    // Client-side unavailability: the longest stretch with no write
+    // acknowledged (it spans a leader's death and the next election).
+    let mut acknowledged: Vec<u64> = histories
+        .iter()
+        .flatten()
+        .filter(|op| matches!(op.action, Action::Write(_)))
+        .filter_map(|op| op.return_ns)
+        .collect();
+    acknowledged.sort_unstable();
+    let gap_ns = acknowledged
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or(0);
+    eprintln!(
+        "longest stretch without an acknowledged write: {:.0} ms",
+        gap_ns as f64 / 1e6
+    );
+    for (k, history) in histories.iter().enumerate() {
+        let writes = history
+            .iter()
+            .filter(|op| matches!(op.action, Action::Write(_)) && op.return_ns.is_some())
+            .count();
+        let reads = history
+            .iter()
+            .filter(|op| matches!(op.action, Action::Read(_)))
+            .count();
+        eprintln!("key {k}: {writes} acknowledged writes, {reads} reads");
+        assert!(writes > 0 && reads > 0, "key {k} saw no traffic");
+        if let Err(error) = linearizable::check(history) {
+            panic!("key {k}: history is not linearizable: {error:?}");
+        }
+    }
+}
