@@ -223,11 +223,11 @@ impl Replication {
                 lsn: 0,
                 reason: format!("partition {partition}: {reason}"),
             })?;
+        // Election jitter must differ between the members and across
+        // restarts: the partition, the replica id and this process's id.
         let seed = partition.wrapping_mul(0x9E37_79B9_7F4A_7C15)
             ^ u64::from(log.spec.replica) << 56
-            ^ std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
+            ^ u64::from(std::process::id()) << 24;
         let config = paxos::Config {
             id: log.spec.replica as ReplicaId,
             replicas: log.spec.members.len(),
@@ -499,7 +499,7 @@ impl Replication {
                         let _ = pending.reply.try_send(answer);
                     }
                     let retained = self.config.retained_slots;
-                    if slot % 1024 == 0 && slot > retained {
+                    if slot.is_multiple_of(1024) && slot > retained {
                         group.replica.compact(slot - retained);
                     }
                 }

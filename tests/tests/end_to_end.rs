@@ -109,7 +109,7 @@ fn every_operation_through_replication_groups() {
 }
 
 fn every_operation(cluster: &Cluster) {
-    with_client(&cluster, async |client| {
+    with_client(cluster, async |client| {
         client.create_table("events", &schema(), 4).await.unwrap();
         assert_eq!(
             code(client.create_table("events", &schema(), 4).await),
@@ -281,7 +281,7 @@ fn bad_input_to_replication_groups_gets_typed_errors() {
 }
 
 fn bad_input(cluster: &Cluster) {
-    with_client(&cluster, async |client| {
+    with_client(cluster, async |client| {
         client.create_table("things", &schema(), 2).await.unwrap();
         // Unknown table.
         assert_eq!(

@@ -186,7 +186,7 @@ async fn client_loop(
         seq += 1;
         let k = (c + seq) % KEYS;
         let call_ns = ns();
-        if seq % 2 == 0 {
+        if seq.is_multiple_of(2) {
             let value = c * 1_000_000 + seq;
             let item = key(k).with("v", AttributeValue::N(Number::from_i64(value as i64)));
             let result = client.put_item("kv-table", &item, None).await;
