@@ -3,8 +3,10 @@
 //! - [`ycsb`]: the YCSB core workloads and key distributions (pure);
 //! - [`histogram`]: per-operation HdrHistograms, tables, `.hgrm`, JSON;
 //! - [`run`]: `cairn bench`, the driver;
+//! - [`baseline`]: the durable-write and round-trip floor, same run;
 //! - [`report`]: same-run ratios for the criterion benches in `benches/`.
 
+pub mod baseline;
 pub mod cluster;
 pub mod dynamo;
 pub mod histogram;

@@ -91,6 +91,11 @@ pub struct BenchArgs {
     /// group on three nodes in three zones) or 1.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=3))]
     pub replication: u32,
+    /// Before the load, measure this machine's floor for a replicated
+    /// write (4 KiB pwrite + fdatasync, and a QUIC round trip) and compare
+    /// the update p50 with it.
+    #[arg(long)]
+    pub baseline: bool,
 }
 
 /// Which front door the clients use.
@@ -213,6 +218,18 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         args.workload, args.clients, args.duration_s, args.records
     );
     println!("target: {target}");
+    let baseline = if args.baseline {
+        let baseline = crate::baseline::measure(&dir.join("baseline"))?;
+        println!(
+            "baseline: durable 4 KiB write p50 {:.0} us, QUIC round trip p50 {:.0} us; floor of a replicated write (write + 3 round trips) {:.0} us",
+            baseline.durable_write_us_p50,
+            baseline.round_trip_us_p50,
+            baseline.replicated_write_floor_us()
+        );
+        Some(baseline)
+    } else {
+        None
+    };
 
     let partitions = prepare_table(router, &identity, args.cores as u32 * 2)?;
     let plan = Arc::new(Plan {
@@ -286,6 +303,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         args.protocol
     );
     print!("{}", report.recorder.table());
+    if let Some(baseline) = baseline
+        && let Some(updates) = report.recorder.histogram(Operation::Update)
+    {
+        let p50 = updates.value_at_quantile(0.5) as f64;
+        println!(
+            "\nupdate p50 {p50:.0} us against the floor {:.0} us: {:.2}x",
+            baseline.replicated_write_floor_us(),
+            p50 / baseline.replicated_write_floor_us()
+        );
+    }
     if let Some(dir) = &args.hgrm_dir {
         report
             .recorder

@@ -18,7 +18,8 @@ const SCRAMBLED_ITEM_COUNT: u64 = 10_000_000_000;
 /// zeta(10^10, 0.99), the constant YCSB precomputes for scrambled zipfian.
 const SCRAMBLED_ZETAN: f64 = 26.469_028_201_783_02;
 
-/// One of YCSB's core workloads.
+/// One of YCSB's core workloads, or `W`: updates only (YCSB's
+/// `updateproportion=1`), for measuring durable write throughput.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum WorkloadName {
     A,
@@ -27,6 +28,7 @@ pub enum WorkloadName {
     D,
     E,
     F,
+    W,
 }
 
 /// The operations a workload issues.
@@ -92,6 +94,7 @@ impl Workload {
                 vec![(Read, 0.5), (ReadModifyWrite, 0.5)],
                 Distribution::Zipfian,
             ),
+            WorkloadName::W => (vec![(Update, 1.0)], Distribution::Zipfian),
         };
         Workload {
             name,
