@@ -50,12 +50,16 @@ const PAGE_LIMIT_MAX: u32 = 1000;
 const GROUP_DEADLINE: Duration = Duration::from_millis(1800);
 const _: () =
     assert!(GROUP_DEADLINE.as_millis() * 2 <= cairn_common::client::REQUEST_TIMEOUT.as_millis());
-/// One attempt at one replica of a group.
-const REPLICA_TIMEOUT: Duration = Duration::from_millis(1000);
+/// One attempt at one replica of a group: a healthy leader answers in
+/// milliseconds, so waiting longer mostly waits on a dead node.
+const REPLICA_TIMEOUT: Duration = Duration::from_millis(500);
 /// Connecting to a replica: a dead node should cost little of the deadline.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 /// Pause before trying the next replica when none is known to lead.
 const ELECTION_BACKOFF: Duration = Duration::from_millis(20);
+/// How long a replica that failed to answer is passed over, and hints that
+/// name it ignored (its peers keep naming a dead leader until they elect).
+const SUSPECT_FOR: Duration = Duration::from_millis(800);
 
 /// How to run a router.
 #[derive(Debug, Clone)]
@@ -216,6 +220,7 @@ async fn run_core(
         nodes: config.nodes.clone(),
         links: RefCell::default(),
         leaders: RefCell::default(),
+        suspects: RefCell::default(),
         to_nodes,
         node_server_name: config.node_server_name.clone(),
         replicas: config.replicas,
@@ -287,6 +292,8 @@ struct State {
     /// Replicated partitions: the replica (index in placement order)
     /// believed to lead.
     leaders: RefCell<HashMap<u64, usize>>,
+    /// Node shards that recently failed to answer, and when.
+    suspects: RefCell<HashMap<SocketAddr, std::time::Instant>>,
     /// Connections to nodes go out from here.
     to_nodes: Endpoint,
     node_server_name: String,
@@ -518,18 +525,25 @@ impl State {
             };
         }
         let deadline = std::time::Instant::now() + GROUP_DEADLINE;
+        let addrs: Vec<SocketAddr> = replicas.iter().map(|n| shard_of(n, id)).collect();
         let mut target = self.leaders.borrow().get(&id).copied().unwrap_or(0) % replicas.len();
+        if self.is_suspect(addrs[target]) {
+            target = self.next_replica(&addrs, target);
+        }
         let mut last_error = String::from("no replica answered");
         while std::time::Instant::now() < deadline {
-            let addr = shard_of(replicas[target], id);
-            let next = (target + 1) % replicas.len();
+            let addr = addrs[target];
+            let next = self.next_replica(&addrs, target);
             match self
                 .send(addr, &request, CONNECT_TIMEOUT, REPLICA_TIMEOUT)
                 .await
             {
                 Ok(Response::NotLeader {
                     leader: Some(leader),
-                }) if (leader as usize) < replicas.len() && leader as usize != target => {
+                }) if (leader as usize) < replicas.len()
+                    && leader as usize != target
+                    && !self.is_suspect(addrs[leader as usize]) =>
+                {
                     target = leader as usize;
                     self.leaders.borrow_mut().insert(id, target);
                     continue;
@@ -552,8 +566,11 @@ impl State {
                 Err(SendError::NotSent(message)) => {
                     last_error = message;
                     target = next;
+                    // Later requests start at the next replica too.
+                    self.leaders.borrow_mut().insert(id, target);
                 }
                 Err(SendError::Lost(message)) if is_write => {
+                    self.leaders.borrow_mut().insert(id, next);
                     return Response::error(
                         ErrorCode::Unavailable,
                         format!("{message}; the write may or may not have been applied"),
@@ -562,6 +579,7 @@ impl State {
                 Err(SendError::Lost(message)) => {
                     last_error = message;
                     target = next;
+                    self.leaders.borrow_mut().insert(id, target);
                 }
             }
             glommio::timer::sleep(ELECTION_BACKOFF).await;
@@ -572,6 +590,21 @@ impl State {
         )
     }
 
+    fn is_suspect(&self, addr: SocketAddr) -> bool {
+        self.suspects
+            .borrow()
+            .get(&addr)
+            .is_some_and(|at| at.elapsed() < SUSPECT_FOR)
+    }
+
+    /// The replica after `from` that is not suspect (or simply the next).
+    fn next_replica(&self, addrs: &[SocketAddr], from: usize) -> usize {
+        (1..addrs.len())
+            .map(|k| (from + k) % addrs.len())
+            .find(|r| !self.is_suspect(addrs[*r]))
+            .unwrap_or((from + 1) % addrs.len())
+    }
+
     /// One request to one node shard.
     async fn send(
         &self,
@@ -580,19 +613,31 @@ impl State {
         connect_timeout: Duration,
         timeout: Duration,
     ) -> Result<Response, SendError> {
-        let connection = self
-            .link(addr, connect_timeout)
-            .await
-            .map_err(SendError::NotSent)?;
+        let connection = match self.link(addr, connect_timeout).await {
+            Ok(connection) => connection,
+            Err(message) => {
+                self.suspects
+                    .borrow_mut()
+                    .insert(addr, std::time::Instant::now());
+                return Err(SendError::NotSent(message));
+            }
+        };
         match connection.request(request, timeout).await {
-            Ok(bytes) => Ok(wire::decode_response(&bytes).unwrap_or_else(|e| {
-                Response::error(
-                    ErrorCode::Internal,
-                    format!("node {addr} answered badly: {e}"),
-                )
-            })),
+            Ok(bytes) => Ok(wire::decode_response(&bytes)
+                .inspect(|_| {
+                    self.suspects.borrow_mut().remove(&addr);
+                })
+                .unwrap_or_else(|e| {
+                    Response::error(
+                        ErrorCode::Internal,
+                        format!("node {addr} answered badly: {e}"),
+                    )
+                })),
             Err(error) => {
                 self.links.borrow_mut().remove(&addr);
+                self.suspects
+                    .borrow_mut()
+                    .insert(addr, std::time::Instant::now());
                 let message = format!("node {addr}: {error}");
                 Err(match error {
                     cairn_common::quic::TransportError::Overloaded => SendError::NotSent(message),

@@ -141,6 +141,7 @@ fn leader_of(nodes: &[Node], partition: u64, cert: &Path) -> usize {
 
 /// Runs the clients until `stop`; returns every key's history.
 fn run_clients(
+    epoch: Instant,
     router: SocketAddr,
     cert: PathBuf,
     progress: Arc<Progress>,
@@ -150,7 +151,6 @@ fn run_clients(
         let identity = Identity::trusting_pem_file(&cert).unwrap();
         cairn_tests::with_client(router, &identity, async move |client| {
             let client = Rc::new(client);
-            let epoch = Instant::now();
             let history = Rc::new(std::cell::RefCell::new(vec![Vec::new(); KEYS as usize]));
             let mut tasks = Vec::new();
             for c in 0..CLIENTS {
@@ -253,23 +253,22 @@ fn killing_leaders_loses_no_acknowledged_write_and_reads_stay_linearizable() {
 
     let progress = Arc::new(Progress::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let clients = run_clients(router, cert.clone(), progress.clone(), stop.clone());
+    let epoch = Instant::now();
+    let since = |at: Instant| at.duration_since(epoch).as_nanos() as u64;
+    let clients = run_clients(epoch, router, cert.clone(), progress.clone(), stop.clone());
     progress.wait_for(100, "before any failure");
 
     let first = leader_of(&nodes, partition, &cert);
     nodes[first].kill();
-    let killed_at = Instant::now();
+    let mut kills = vec![since(Instant::now())];
     progress.wait_for(100, "after the first leader was killed");
-    eprintln!(
-        "writes resumed within {:?} of killing leader {first}",
-        killed_at.elapsed()
-    );
 
     nodes[first].start();
     progress.wait_for(100, "after the killed node restarted");
     // Now kill whoever leads: the restarted node must form the majority.
     let second = leader_of(&nodes, partition, &cert);
     nodes[second].kill();
+    kills.push(since(Instant::now()));
     progress.wait_for(100, "after the second leader was killed");
     nodes[second].start();
     progress.wait_for(50, "with all three nodes back");
@@ -294,6 +293,18 @@ fn killing_leaders_loses_no_acknowledged_write_and_reads_stay_linearizable() {
         "longest stretch without an acknowledged write: {:.0} ms",
         gap_ns as f64 / 1e6
     );
+    for (n, kill) in kills.iter().enumerate() {
+        let before = acknowledged.iter().rev().find(|t| *t <= kill).copied();
+        let after = acknowledged.iter().find(|t| *t > kill).copied();
+        if let (Some(before), Some(after)) = (before, after) {
+            eprintln!(
+                "leader kill {}: no write acknowledged for {:.0} ms ({:.0} ms after the kill)",
+                n + 1,
+                (after - before) as f64 / 1e6,
+                (after - kill) as f64 / 1e6
+            );
+        }
+    }
     for (k, history) in histories.iter().enumerate() {
         let writes = history
             .iter()
