@@ -628,7 +628,15 @@ impl<Fs: FileSystem> Engine<Fs> {
         }
         self.with_group(partition, |group| {
             group.applied_through = slot + 1;
-            group.durable.accepted = group.durable.accepted.split_off(&(slot + 1));
+            let keep_from = (slot + 1).saturating_sub(RETAINED_APPLIED_SLOTS);
+            if group
+                .durable
+                .accepted
+                .first_key_value()
+                .is_some_and(|(s, _)| *s < keep_from)
+            {
+                group.durable.accepted = group.durable.accepted.split_off(&keep_from);
+            }
         })?;
         result
     }
@@ -1152,6 +1160,10 @@ impl<Fs: FileSystem> Engine<Fs> {
     }
 }
 
+/// Values of applied slots a replica keeps (in memory and in checkpoints)
+/// below its applied point, for lagging peers after it restarts.
+pub const RETAINED_APPLIED_SLOTS: u64 = 1024;
+
 /// A chosen command's effect on a replicated partition.
 #[derive(Debug, Clone, Copy)]
 pub enum ReplicatedWrite<'a> {
@@ -1180,11 +1192,13 @@ impl GroupLog {
         }
     }
 
-    /// Mirrors a promise or accepted value (values of applied slots are
-    /// not kept: the tree holds their effect).
+    /// Mirrors a promise or accepted value. Values of applied slots are
+    /// kept only for a window below the applied point: the tree holds
+    /// their effect, and the window lets this replica, once restarted and
+    /// leading, still ship them to a peer that lags a little.
     fn record(&mut self, persist: &Persist) {
         if let Persist::Accept { slot, .. } = persist
-            && *slot < self.applied_through
+            && *slot < self.applied_through.saturating_sub(RETAINED_APPLIED_SLOTS)
         {
             return;
         }

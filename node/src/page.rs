@@ -92,7 +92,8 @@ pub struct CatalogGroup {
     pub committed_through: u64,
     /// Slots below are reflected in the tree.
     pub applied_through: u64,
-    /// Accepted values of slots from `applied_through` on.
+    /// Accepted values from `applied_through` - 1024 on (the retained
+    /// window of applied slots, then the unapplied ones).
     pub accepted: Vec<CatalogAccepted>,
 }
 

@@ -251,12 +251,19 @@ impl Replica {
         now: Instant,
     ) -> Replica {
         let rng = config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        // Values it still holds below the applied point (the driver keeps
+        // a window of them) can still be shipped to lagging peers.
+        let log_start = state
+            .accepted
+            .keys()
+            .next()
+            .map_or(applied_through, |first| (*first).min(applied_through));
         Replica {
             config,
             state,
             role: Role::Follower,
             commit_through: applied_through,
-            log_start: applied_through,
+            log_start,
             reported_through: applied_through,
             leader: None,
             election_deadline: None,
@@ -683,6 +690,17 @@ impl Replica {
                             ballot,
                             applied_through,
                             seq,
+                        },
+                    ));
+                } else {
+                    // This replica promised a higher ballot in an election
+                    // that came to nothing: tell the leader, or it would
+                    // never learn (a caught-up leader sends it nothing else)
+                    // and this replica would never catch up.
+                    self.ready.send.push((
+                        from,
+                        Message::Reject {
+                            promised: self.state.promised,
                         },
                     ));
                 }

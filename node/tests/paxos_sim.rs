@@ -6,7 +6,10 @@
 //! values; after a liveness phase (faults healed) every acknowledged command
 //! must be chosen on every replica. Lease reads, served by whichever
 //! replica believes it holds a lease, must see every command acknowledged
-//! before they began. A failing seed is printed and
+//! before they began. Replicas checkpoint their state machine, compact
+//! their logs below what every replica has checkpointed, and restart from
+//! the checkpoint with what their log still holds, as the node does. A
+//! failing seed is printed and
 //! reproduces exactly: `CAIRN_SIM_SEED=N cargo test -p cairn-node --test paxos_sim`.
 
 #![allow(clippy::unwrap_used)] // Test helpers: a panic is the failure report.
@@ -42,6 +45,8 @@ enum Event {
     Propose,
     /// A client asks a random replica for a lease read.
     Read,
+    /// Replicas checkpoint and drop values every replica has checkpointed.
+    Compact,
 }
 
 struct Sim {
@@ -54,6 +59,11 @@ struct Sim {
     events: HashMap<u64, Event>,
     replicas: Vec<Option<Replica>>,
     disks: Vec<DurableState>,
+    /// Per replica, slots below are in its checkpointed state machine:
+    /// where a restart resumes (the node's `applied_through`).
+    applied_durable: Vec<Slot>,
+    /// Per replica, values of slots below were dropped from its log.
+    applied_floor: Vec<Slot>,
     epochs: Vec<u64>,
     skew: Vec<f64>,
     isolated: Option<ReplicaId>,
@@ -102,6 +112,8 @@ impl Sim {
             events: HashMap::new(),
             replicas: Vec::new(),
             disks: vec![DurableState::default(); REPLICAS],
+            applied_durable: vec![0; REPLICAS],
+            applied_floor: vec![0; REPLICAS],
             epochs: vec![0; REPLICAS],
             skew,
             isolated: None,
@@ -123,6 +135,7 @@ impl Sim {
         }
         sim.schedule(Duration::from_millis(5), Event::Propose);
         sim.schedule(Duration::from_millis(7), Event::Read);
+        sim.schedule(Duration::from_millis(25), Event::Compact);
         sim
     }
 
@@ -246,7 +259,12 @@ impl Sim {
             } => {
                 if epoch == self.epochs[replica] && self.replicas[replica].is_some() {
                     for entry in &persist {
-                        self.disks[replica].apply(entry);
+                        // As the engine does: values of dropped slots are
+                        // not kept.
+                        let dropped = matches!(entry, Persist::Accept { slot, .. } if *slot < self.applied_floor[replica]);
+                        if !dropped {
+                            self.disks[replica].apply(entry);
+                        }
                     }
                     self.replicas[replica].as_mut().unwrap().persisted(&persist);
                     for (to, message) in after {
@@ -260,9 +278,43 @@ impl Sim {
                 self.replicas[id] = Some(Replica::new(
                     config,
                     self.disks[id].clone(),
-                    0,
+                    self.applied_durable[id],
                     self.clock(id),
                 ));
+            }
+            Event::Compact => {
+                // A checkpoint: each live replica's state machine becomes
+                // durable through the slots whose chosen values its log
+                // holds durably (the node's checkpoint waits for the log).
+                for r in 0..REPLICAS {
+                    let Some(replica) = &self.replicas[r] else {
+                        continue;
+                    };
+                    let mut through = self.applied_durable[r].max(self.applied_floor[r]);
+                    while through < replica.commit_through()
+                        && self.disks[r].accepted.get(&through).map(|(_, v)| v)
+                            == self.chosen.get(&through)
+                    {
+                        through += 1;
+                    }
+                    self.applied_durable[r] = self.applied_durable[r].max(through);
+                }
+                // Then drop values below what every replica has
+                // checkpointed, less a little: a lagging peer can still be
+                // caught up by log shipping from any of them.
+                let floor = self.applied_durable.iter().copied().min().unwrap_or(0);
+                for r in 0..REPLICAS {
+                    let below = floor.saturating_sub(self.rng.random_range(0..16));
+                    if below <= self.applied_floor[r] {
+                        continue;
+                    }
+                    if let Some(replica) = self.replicas[r].as_mut() {
+                        replica.compact(below);
+                    }
+                    self.disks[r].accepted = self.disks[r].accepted.split_off(&below);
+                    self.applied_floor[r] = below;
+                }
+                self.schedule(Duration::from_millis(25), Event::Compact);
             }
             Event::Read => {
                 let id = self.rng.random_range(0..REPLICAS);
@@ -346,7 +398,9 @@ impl Sim {
     }
 }
 
-fn run_seed(seed: u64) -> (usize, u64) {
+/// Runs one seed: (commands acknowledged, lease reads checked, slots the
+/// least compacted replica dropped).
+fn run_seed(seed: u64) -> (usize, u64, u64) {
     let mut sim = Sim::new(seed);
     sim.run_until(SAFETY_PHASE);
     // Liveness: heal everything, restart the crashed, stop injecting faults.
@@ -367,7 +421,8 @@ fn run_seed(seed: u64) -> (usize, u64) {
             .iter()
             .all(|value| (0..REPLICAS).all(|r| sim.reported[r].values().any(|v| v == value)));
         if done {
-            return (sim.acknowledged.len(), sim.lease_reads);
+            let compacted = sim.applied_floor.iter().min().copied().unwrap_or(0);
+            return (sim.acknowledged.len(), sim.lease_reads, compacted);
         }
     }
     let missing: Vec<_> = (0..REPLICAS)
@@ -381,9 +436,11 @@ fn run_seed(seed: u64) -> (usize, u64) {
     let states: Vec<String> = (0..REPLICAS)
         .map(|r| match &sim.replicas[r] {
             Some(replica) => format!(
-                "replica {r}: leader={} commit_through={} hint={:?} promised={:?}",
+                "replica {r}: leader={} commit_through={} log_start={} applied_durable={} hint={:?} promised={:?}",
                 replica.is_leader(),
                 replica.commit_through(),
+                replica.log_start(),
+                sim.applied_durable[r],
                 replica.leader_hint(),
                 sim.disks[r].promised
             ),
@@ -399,20 +456,27 @@ fn run_seed(seed: u64) -> (usize, u64) {
 #[test]
 fn multi_paxos_is_safe_and_live_under_faults() {
     if let Ok(seed) = std::env::var("CAIRN_SIM_SEED") {
-        let (acknowledged, reads) = run_seed(seed.parse().unwrap());
-        println!("seed {seed}: {acknowledged} commands acknowledged, {reads} lease reads");
+        let (acknowledged, reads, compacted) = run_seed(seed.parse().unwrap());
+        println!(
+            "seed {seed}: {acknowledged} commands acknowledged, {reads} lease reads, {compacted} slots compacted"
+        );
         return;
     }
     let seeds: u64 = std::env::var("CAIRN_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
-    let (mut total, mut reads) = (0, 0);
+    let (mut total, mut reads, mut compacted) = (0, 0, 0);
     for seed in 0..seeds {
-        let (acknowledged, lease_reads) = run_seed(seed);
+        let (acknowledged, lease_reads, dropped) = run_seed(seed);
         total += acknowledged;
         reads += lease_reads;
+        compacted += dropped;
     }
+    assert!(
+        compacted > seeds * 50,
+        "only {compacted} slots compacted over {seeds} seeds"
+    );
     assert!(
         reads > seeds * 50,
         "only {reads} lease reads over {seeds} seeds"
@@ -422,7 +486,9 @@ fn multi_paxos_is_safe_and_live_under_faults() {
         total as u64 > seeds * 50,
         "only {total} commands acknowledged over {seeds} seeds"
     );
-    println!("{seeds} seeds, {total} commands acknowledged, {reads} lease reads checked");
+    println!(
+        "{seeds} seeds, {total} commands acknowledged, {reads} lease reads checked, {compacted} slots compacted"
+    );
 }
 
 fn leader(sim: &Sim) -> Option<(ReplicaId, cairn_node::paxos::Ballot)> {
