@@ -83,7 +83,7 @@ fn round_trip() -> anyhow::Result<f64> {
     let server = identity.server_config().map_err(anyhow::Error::msg)?;
     let client = identity.client_config().map_err(anyhow::Error::msg)?;
     let (addr_sender, addr) = std::sync::mpsc::channel();
-    let (stop, stopped) = async_channel_pair();
+    let (stop, stopped) = async_channel::bounded::<()>(1);
     let server_thread = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .spawn(move || async move {
             let endpoint = Endpoint::bind(
@@ -143,8 +143,4 @@ fn round_trip() -> anyhow::Result<f64> {
     let _ = stop.try_send(());
     let _ = server_thread.join();
     Ok(median_us(samples))
-}
-
-fn async_channel_pair() -> (async_channel::Sender<()>, async_channel::Receiver<()>) {
-    async_channel::bounded(1)
 }

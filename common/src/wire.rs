@@ -302,17 +302,35 @@ impl GroupSpec {
         aligned.extend_from_slice(bytes);
         let spec = rkyv::from_bytes::<GroupSpec, rancor::Error>(&aligned)
             .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-        let valid = (spec.replica as usize) < spec.members.len()
-            && spec
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// `replica` indexes `members`, and every member has cores and an
+    /// address that parses.
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        let valid = (self.replica as usize) < self.members.len()
+            && self
                 .members
                 .iter()
                 .all(|m| m.cores > 0 && m.addr.parse::<std::net::SocketAddr>().is_ok());
         if !valid {
             return Err(DecodeError::Malformed(format!(
-                "invalid replication group {spec:?}"
+                "invalid replication group {self:?}"
             )));
         }
-        Ok(spec)
+        Ok(())
+    }
+}
+
+impl NodeOp {
+    /// Whether the operation changes an item: for a replicated partition,
+    /// a command its leader proposes.
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self,
+            NodeOp::Put { .. } | NodeOp::Update { .. } | NodeOp::Delete { .. }
+        )
     }
 }
 

@@ -160,7 +160,8 @@ struct Partition {
 #[derive(Debug, Clone)]
 pub struct GroupLog {
     pub spec: GroupSpec,
-    /// Promise and accepted values (of slots from `applied_through` on).
+    /// Promise and accepted values (of slots from
+    /// `applied_through - RETAINED_APPLIED_SLOTS` on).
     pub durable: DurableState,
     /// Slots below are known chosen (from commit markers).
     pub committed_through: Slot,
@@ -460,25 +461,7 @@ impl<Fs: FileSystem> Engine<Fs> {
         partition: PartitionId,
         schema: KeySchema,
     ) -> Result<(), EngineError> {
-        self.check_running()?;
-        if self.partitions.borrow().contains_key(&partition) {
-            return Err(EngineError::PartitionExists(partition));
-        }
-        let mut payload = vec![record::CREATE_PARTITION];
-        payload.extend_from_slice(&schema.encode());
-        let lsn = self.wal.submit(partition, payload)?;
-        let tree = Tree::new(self.config.page_size);
-        self.partitions.borrow_mut().insert(
-            partition,
-            Partition {
-                schema,
-                tree,
-                group: None,
-            },
-        );
-        self.applied_lsn.set(lsn);
-        self.wal.wait_durable(lsn).await?;
-        Ok(())
+        self.create(partition, schema, None).await
     }
 
     /// Creates an empty replica of a replication group, durably.
@@ -488,15 +471,30 @@ impl<Fs: FileSystem> Engine<Fs> {
         schema: KeySchema,
         spec: GroupSpec,
     ) -> Result<(), EngineError> {
+        self.create(partition, schema, Some(spec)).await
+    }
+
+    async fn create(
+        &self,
+        partition: PartitionId,
+        schema: KeySchema,
+        spec: Option<GroupSpec>,
+    ) -> Result<(), EngineError> {
         self.check_running()?;
         if self.partitions.borrow().contains_key(&partition) {
             return Err(EngineError::PartitionExists(partition));
         }
         let schema_bytes = schema.encode();
-        let mut payload = vec![record::CREATE_REPLICATED];
-        payload.extend_from_slice(&(schema_bytes.len() as u32).to_le_bytes());
-        payload.extend_from_slice(&schema_bytes);
-        payload.extend_from_slice(&spec.to_bytes());
+        let payload = match &spec {
+            None => [&[record::CREATE_PARTITION][..], &schema_bytes].concat(),
+            Some(spec) => [
+                &[record::CREATE_REPLICATED][..],
+                &(schema_bytes.len() as u32).to_le_bytes(),
+                &schema_bytes,
+                &spec.to_bytes(),
+            ]
+            .concat(),
+        };
         let lsn = self.wal.submit(partition, payload)?;
         let tree = Tree::new(self.config.page_size);
         self.partitions.borrow_mut().insert(
@@ -504,7 +502,7 @@ impl<Fs: FileSystem> Engine<Fs> {
             Partition {
                 schema,
                 tree,
-                group: Some(GroupLog::new(spec)),
+                group: spec.map(GroupLog::new),
             },
         );
         self.applied_lsn.set(lsn);
@@ -593,7 +591,7 @@ impl<Fs: FileSystem> Engine<Fs> {
         &self,
         partition: PartitionId,
         slot: Slot,
-        write: Option<ReplicatedWrite<'_>>,
+        write: Option<Write<'_>>,
     ) -> Result<Option<Item>, EngineError> {
         self.check_running()?;
         let expected = self
@@ -602,22 +600,7 @@ impl<Fs: FileSystem> Engine<Fs> {
         assert_eq!(slot, expected, "chosen slots are applied in order, once");
         let result = match write {
             None => Ok(None),
-            Some(ReplicatedWrite::Put { item, condition }) => self
-                .put(partition, item, condition, WriteMode::Applied)
-                .await
-                .map(|()| None),
-            Some(ReplicatedWrite::Delete { key, condition }) => self
-                .delete(partition, key, condition, WriteMode::Applied)
-                .await
-                .map(|()| None),
-            Some(ReplicatedWrite::Update {
-                key,
-                changes,
-                condition,
-            }) => self
-                .update(partition, key, changes, condition, WriteMode::Applied)
-                .await
-                .map(Some),
+            Some(write) => self.write(partition, write, WriteMode::Applied).await,
         };
         if let Err(error) = &result
             && !error.is_answer()
@@ -628,7 +611,7 @@ impl<Fs: FileSystem> Engine<Fs> {
         }
         self.with_group(partition, |group| {
             group.applied_through = slot + 1;
-            let keep_from = (slot + 1).saturating_sub(RETAINED_APPLIED_SLOTS);
+            let keep_from = group.keep_from();
             if group
                 .durable
                 .accepted
@@ -662,19 +645,8 @@ impl<Fs: FileSystem> Engine<Fs> {
         item: &Item,
         condition: Option<&Condition>,
     ) -> Result<(), EngineError> {
-        self.put(partition, item, condition, WriteMode::Logged)
-            .await
-    }
-
-    async fn put(
-        &self,
-        partition: PartitionId,
-        item: &Item,
-        condition: Option<&Condition>,
-        mode: WriteMode,
-    ) -> Result<(), EngineError> {
-        let key = self.schema(partition)?.key_of_item(item)?;
-        self.mutate(partition, key, condition, mode, |_| Ok(Some(item.clone())))
+        let write = Write::Put { item, condition };
+        self.write(partition, write, WriteMode::Logged)
             .await
             .map(|_| ())
     }
@@ -689,39 +661,12 @@ impl<Fs: FileSystem> Engine<Fs> {
         changes: &[UpdateAction],
         condition: Option<&Condition>,
     ) -> Result<Item, EngineError> {
-        self.update(partition, key, changes, condition, WriteMode::Logged)
-            .await
-    }
-
-    async fn update(
-        &self,
-        partition: PartitionId,
-        key: &Item,
-        changes: &[UpdateAction],
-        condition: Option<&Condition>,
-        mode: WriteMode,
-    ) -> Result<Item, EngineError> {
-        let schema = self.schema(partition)?;
-        let encoded_key = schema.key_of_key(key)?;
-        for action in changes {
-            let name = action.attribute();
-            let is_key = *name == schema.partition.name
-                || schema.sort.as_ref().is_some_and(|s| *name == s.name);
-            if is_key {
-                return Err(ItemError::KeyAttributeUpdate {
-                    name: name.to_owned(),
-                }
-                .into());
-            }
-        }
-        let updated = self
-            .mutate(partition, encoded_key, condition, mode, |current| {
-                let mut item = current.unwrap_or_else(|| key.clone());
-                cairn_common::update::apply(&mut item, changes)?;
-                item.validate()?;
-                Ok(Some(item))
-            })
-            .await?;
+        let write = Write::Update {
+            key,
+            changes,
+            condition,
+        };
+        let updated = self.write(partition, write, WriteMode::Logged).await?;
         Ok(updated.expect("an update always leaves an item"))
     }
 
@@ -733,21 +678,60 @@ impl<Fs: FileSystem> Engine<Fs> {
         key: &Item,
         condition: Option<&Condition>,
     ) -> Result<(), EngineError> {
-        self.delete(partition, key, condition, WriteMode::Logged)
-            .await
-    }
-
-    async fn delete(
-        &self,
-        partition: PartitionId,
-        key: &Item,
-        condition: Option<&Condition>,
-        mode: WriteMode,
-    ) -> Result<(), EngineError> {
-        let key = self.schema(partition)?.key_of_key(key)?;
-        self.mutate(partition, key, condition, mode, |_| Ok(None))
+        let write = Write::Delete { key, condition };
+        self.write(partition, write, WriteMode::Logged)
             .await
             .map(|_| ())
+    }
+
+    /// Checks `write` against the partition's key schema and performs it;
+    /// returns the new item (for an update; `None` otherwise).
+    async fn write(
+        &self,
+        partition: PartitionId,
+        write: Write<'_>,
+        mode: WriteMode,
+    ) -> Result<Option<Item>, EngineError> {
+        let schema = self.schema(partition)?;
+        match write {
+            Write::Put { item, condition } => {
+                let key = schema.key_of_item(item)?;
+                self.mutate(partition, key, condition, mode, |_| Ok(Some(item.clone())))
+                    .await?;
+                Ok(None)
+            }
+            Write::Delete { key, condition } => {
+                let key = schema.key_of_key(key)?;
+                self.mutate(partition, key, condition, mode, |_| Ok(None))
+                    .await?;
+                Ok(None)
+            }
+            Write::Update {
+                key,
+                changes,
+                condition,
+            } => {
+                let encoded_key = schema.key_of_key(key)?;
+                for action in changes {
+                    let name = action.attribute();
+                    let is_key = *name == schema.partition.name
+                        || schema.sort.as_ref().is_some_and(|s| *name == s.name);
+                    if is_key {
+                        return Err(ItemError::KeyAttributeUpdate {
+                            name: name.to_owned(),
+                        }
+                        .into());
+                    }
+                }
+                self.mutate(partition, encoded_key, condition, mode, |current| {
+                    let mut item = current.unwrap_or_else(|| key.clone());
+                    cairn_common::update::apply(&mut item, changes)?;
+                    item.validate()?;
+                    Ok(Some(item))
+                })
+                .await
+            }
+        }
     }
 
     /// Reads the current item under `key`, checks `condition` on it, and
@@ -1164,9 +1148,10 @@ impl<Fs: FileSystem> Engine<Fs> {
 /// below its applied point, for lagging peers after it restarts.
 pub const RETAINED_APPLIED_SLOTS: u64 = 1024;
 
-/// A chosen command's effect on a replicated partition.
+/// A write to a partition: a single-copy one's request, or the effect of a
+/// replicated one's chosen command.
 #[derive(Debug, Clone, Copy)]
-pub enum ReplicatedWrite<'a> {
+pub enum Write<'a> {
     Put {
         item: &'a Item,
         condition: Option<&'a Condition>,
@@ -1192,13 +1177,18 @@ impl GroupLog {
         }
     }
 
-    /// Mirrors a promise or accepted value. Values of applied slots are
-    /// kept only for a window below the applied point: the tree holds
-    /// their effect, and the window lets this replica, once restarted and
+    /// The first slot whose value is kept: values of applied slots are
+    /// kept only for a window below the applied point. The tree holds
+    /// their effect; the window lets this replica, once restarted and
     /// leading, still ship them to a peer that lags a little.
+    fn keep_from(&self) -> Slot {
+        self.applied_through.saturating_sub(RETAINED_APPLIED_SLOTS)
+    }
+
+    /// Mirrors a promise or accepted value.
     fn record(&mut self, persist: &Persist) {
         if let Persist::Accept { slot, .. } = persist
-            && *slot < self.applied_through.saturating_sub(RETAINED_APPLIED_SLOTS)
+            && *slot < self.keep_from()
         {
             return;
         }

@@ -313,7 +313,9 @@ impl Replica {
     /// point is below the compacted point gets no promise from here, so it
     /// can never take those slots for holes.
     pub fn compact(&mut self, below: Slot) {
-        let below = below.min(self.commit_through).min(self.reported_through);
+        // Reported slots are chosen (reported_through <= commit_through)
+        // and, once the driver applied them, needed by no one here.
+        let below = below.min(self.reported_through);
         if below <= self.log_start {
             return;
         }

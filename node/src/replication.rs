@@ -31,7 +31,7 @@ use event_listener::Event;
 use rkyv::rancor;
 
 use crate::device::DmaFs;
-use crate::engine::{Engine, EngineError, PartitionId, ReplicatedWrite};
+use crate::engine::{Engine, EngineError, PartitionId, Write};
 use crate::paxos::{self, Message, Replica, ReplicaId, Slot, Value};
 use crate::shard::{Op, shard_addr};
 
@@ -139,10 +139,13 @@ fn encode_command(id: u64, request: &[u8]) -> Vec<u8> {
     command
 }
 
-fn decode_command(command: &[u8]) -> Option<(u64, NodeRequest)> {
-    let id = u64::from_le_bytes(command.get(..8)?.try_into().ok()?);
-    let request = wire::decode_node_request(&command[8..]).ok()?;
-    Some((id, request))
+/// The proposer's id of a command, without decoding the request.
+fn command_id(command: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(command.get(..8)?.try_into().ok()?))
+}
+
+fn decode_command(command: &[u8]) -> Option<NodeRequest> {
+    wire::decode_node_request(command.get(8..)?).ok()
 }
 
 fn engine_error(error: &EngineError) -> Response {
@@ -484,7 +487,7 @@ impl Replication {
                 }
             };
             let mine = match &value {
-                Value::Command(command) => decode_command(command).map(|(id, _)| id),
+                Value::Command(command) => command_id(command),
                 Value::Noop => None,
             };
             {
@@ -520,7 +523,7 @@ impl Replication {
     ) -> Result<Response, EngineError> {
         let command = match value {
             Value::Noop => None,
-            Value::Command(bytes) => match decode_command(bytes).map(|(_, r)| r) {
+            Value::Command(bytes) => match decode_command(bytes) {
                 Some(request) => match crate::server::to_op(request) {
                     Ok(op) => Some(op),
                     Err(error) => {
@@ -537,11 +540,11 @@ impl Replication {
         };
         let write = match &command {
             None => None,
-            Some(Op::Put { item, condition }) => Some(ReplicatedWrite::Put {
+            Some(Op::Put { item, condition }) => Some(Write::Put {
                 item,
                 condition: condition.as_ref(),
             }),
-            Some(Op::Delete { key, condition }) => Some(ReplicatedWrite::Delete {
+            Some(Op::Delete { key, condition }) => Some(Write::Delete {
                 key,
                 condition: condition.as_ref(),
             }),
@@ -549,7 +552,7 @@ impl Replication {
                 key,
                 changes,
                 condition,
-            }) => Some(ReplicatedWrite::Update {
+            }) => Some(Write::Update {
                 key,
                 changes,
                 condition: condition.as_ref(),

@@ -120,7 +120,7 @@ async fn answer(
             "this node runs without a network face; replication is off",
         )
     };
-    let consistent = match &request.op {
+    match &request.op {
         NodeOp::Replication { batch } => {
             let Some(replication) = replication else {
                 return no_replication();
@@ -139,27 +139,30 @@ async fn answer(
             };
             return create_replicated(engine, replication, partition, schema, spec).await;
         }
+        _ => {}
+    }
+    let is_write = request.op.is_write();
+    let read_consistency = match &request.op {
         NodeOp::Get { consistent, .. } | NodeOp::Scan { consistent, .. } => Some(*consistent),
         _ => None,
     };
-    let replicated = engine.is_replicated(partition);
     let op = match to_op(request) {
         Ok(op) => op,
         Err(error) => return Response::error(ErrorCode::Malformed, error.to_string()),
     };
-    if replicated && let Some(replication) = replication {
-        match consistent {
-            Some(consistent) => {
-                if let Err(response) = replication.admit_read(partition, consistent).await {
-                    return response;
-                }
+    if let Some(replication) = replication
+        && engine.is_replicated(partition)
+    {
+        if is_write {
+            if let Err(error) = validate_write(engine, partition, &op) {
+                return Response::error(error.code(), error.to_string());
             }
-            None => {
-                if let Err(error) = validate_write(engine, partition, &op) {
-                    return Response::error(error.code(), error.to_string());
-                }
-                return replication.propose(partition, body).await;
-            }
+            return replication.propose(partition, body).await;
+        }
+        if let Some(consistent) = read_consistency
+            && let Err(response) = replication.admit_read(partition, consistent).await
+        {
+            return response;
         }
     }
     match execute(engine, partition, op).await {
@@ -184,12 +187,14 @@ async fn create_replicated(
         Ok(schema) => schema,
         Err(error) => return Response::error(ErrorCode::Malformed, error.to_string()),
     };
-    // The stored form is validated on the way in, as it will be at recovery.
-    let spec = match wire::GroupSpec::from_bytes(&spec.to_bytes()) {
-        Ok(spec) => spec,
-        Err(error) => return Response::error(ErrorCode::Validation, error.to_string()),
-    };
-    if let Err(error) = engine.create_replicated(partition, schema, spec).await {
+    // Checked on the way in, as it will be at recovery.
+    if let Err(error) = spec.validate() {
+        return Response::error(ErrorCode::Validation, error.to_string());
+    }
+    if let Err(error) = engine
+        .create_replicated(partition, schema, spec.clone())
+        .await
+    {
         return Response::error(error.code(), error.to_string());
     }
     match replication.add_group(partition).await {
@@ -211,7 +216,7 @@ fn validate_write(engine: &Engine<DmaFs>, partition: u64, op: &Op) -> Result<(),
         Op::Delete { key, .. } | Op::Update { key, .. } => {
             schema.key_of_key(key)?;
         }
-        _ => {}
+        _ => {} // only writes get here
     }
     Ok(())
 }

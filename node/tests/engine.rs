@@ -505,7 +505,7 @@ fn power_loss_before_the_first_superblock_recovers_from_the_log() {
 #[test]
 fn a_replicated_partition_recovers_its_paxos_state_across_checkpoints() {
     use cairn_common::wire::{GroupMember, GroupSpec};
-    use cairn_node::engine::{RETAINED_APPLIED_SLOTS, ReplicatedWrite};
+    use cairn_node::engine::{RETAINED_APPLIED_SLOTS, Write};
     use cairn_node::paxos::{Ballot, Persist, Value};
 
     let fs = MemFs::new();
@@ -538,7 +538,7 @@ fn a_replicated_partition_recovers_its_paxos_state_across_checkpoints() {
         block_on(engine.wal().wait_durable(lsn)).unwrap();
         for slot in 0..slots {
             let item = item(slot as u32, 0, slot, 10);
-            let write = ReplicatedWrite::Put {
+            let write = Write::Put {
                 item: &item,
                 condition: None,
             };

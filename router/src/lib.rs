@@ -510,10 +510,7 @@ impl State {
     async fn forward(&self, table: &Table, index: u32, op: NodeOp) -> Response {
         let replicas = placement(&self.nodes, table, index);
         let id = table.partition_id(index);
-        let is_write = matches!(
-            op,
-            NodeOp::Put { .. } | NodeOp::Update { .. } | NodeOp::Delete { .. }
-        );
+        let is_write = op.is_write();
         let request = wire::encode_node_request(&NodeRequest { partition: id, op });
         if replicas.len() == 1 {
             let addr = shard_of(replicas[0], id);

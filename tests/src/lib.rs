@@ -1,6 +1,8 @@
 //! Shared pieces of Cairn's multi-process tests: the configuration the
 //! crash writer and its verifier agree on, and the deterministic items it
-//! writes, so a verifier can tell a whole item from a torn one.
+//! writes, so a verifier can tell a whole item from a torn one; child
+//! processes and cluster files; and a linearizability checker
+//! ([`linearizable`]).
 
 pub mod linearizable;
 
@@ -107,6 +109,29 @@ pub fn with_client<T: Send + 'static>(
 
 /// Bound on waiting for a process to report it is ready.
 pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs `cairn up` (the binary at `cairn`) once in `dir`, to write the
+/// certificate and the config files of a cluster with `replication` copies
+/// whose router listens on `port`, then stops it.
+pub fn write_cluster_files(cairn: &str, dir: &Path, port: u16, replication: u32) {
+    let (dir, port, replication) = (
+        dir.to_str().expect("a UTF-8 path"),
+        port.to_string(),
+        replication.to_string(),
+    );
+    let args = [
+        "up",
+        "--dir",
+        dir,
+        "--port",
+        &port,
+        "--cores",
+        "2",
+        "--replication",
+        &replication,
+    ];
+    Process::start(cairn, &args, "Cairn is up.").kill();
+}
 
 /// A child process that has reported it is ready; killed (SIGKILL) when
 /// dropped.

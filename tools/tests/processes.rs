@@ -42,25 +42,8 @@ fn item(i: u32) -> Item {
 fn a_killed_node_restarts_with_every_acknowledged_write() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let base = cairn_tests::free_udp_ports(200);
-    let port = base.to_string();
     let cluster_dir = dir.path().join("cluster");
-    let cluster = cluster_dir.to_str().unwrap();
-    // `cairn up` once, to write the certificate and config files.
-    start(
-        &[
-            "up",
-            "--dir",
-            cluster,
-            "--port",
-            &port,
-            "--cores",
-            "2",
-            "--replication",
-            "1",
-        ],
-        "Cairn is up.",
-    )
-    .kill();
+    cairn_tests::write_cluster_files(env!("CARGO_BIN_EXE_cairn"), &cluster_dir, base, 1);
     let node_config = cluster_dir.join("node.toml");
     let router_config = cluster_dir.join("router.toml");
     let cert = cluster_dir.join("cert.pem");

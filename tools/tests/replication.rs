@@ -213,15 +213,8 @@ async fn client_loop(
 fn killing_leaders_loses_no_acknowledged_write_and_reads_stay_linearizable() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let base = cairn_tests::free_udp_ports(200);
-    let port = base.to_string();
     let cluster_dir = dir.path().join("cluster");
-    let cluster = cluster_dir.to_str().unwrap();
-    // `cairn up` once, to write the certificate and the config files.
-    start(
-        &["up", "--dir", cluster, "--port", &port, "--cores", "2"],
-        "Cairn is up.",
-    )
-    .kill();
+    cairn_tests::write_cluster_files(env!("CARGO_BIN_EXE_cairn"), &cluster_dir, base, 3);
     let cert = cluster_dir.join("cert.pem");
     let mut nodes: Vec<Node> = ["a", "b", "c"]
         .iter()
