@@ -1,3 +1,10 @@
-//! The metadata service (not built yet): the authoritative partition map in
-//! a Paxos-replicated group and the MemDS fleet that serves compressed
-//! lookups to routers. See `shared/DESIGN.md` and the open issues.
+//! The metadata system's sans-IO parts: the compressed partition map MemDS
+//! holds ([`map`]) and the router's constant-work cache of it ([`cache`]).
+//! See `docs/metadata.md`.
+
+pub mod cache;
+pub mod map;
+mod varint;
+
+pub use cache::{CacheStats, Refresh, RouteCache};
+pub use map::{Located, MapError, Partition, PartitionMap, REPLICAS_MAX, Replicas};
