@@ -1,5 +1,6 @@
 //! An embedded cluster for `cairn bench` without `--router`: storage nodes
-//! (three, one per zone, for replication 3) and a router in this process,
+//! (three, one per zone, for replication 3), a MemDS and a router in this
+//! process,
 //! on free loopback ports, with a fresh self-signed certificate. The load
 //! still goes through QUIC and the router, and replicas still talk QUIC to
 //! each other, as they would across machines.
@@ -9,6 +10,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use cairn_common::quic::Identity;
+use cairn_memds::server::{Memds, MemdsConfig};
 use cairn_node::{NodeConfig, NodeNetwork, StorageNode};
 use cairn_router::catalog::NodeAddress;
 use cairn_router::dynamodb::Access;
@@ -17,18 +19,27 @@ use cairn_router::{DynamoDbEndpoint, Router, RouterConfig};
 /// A running embedded cluster; dropping it stops it.
 #[derive(Debug)]
 pub struct EmbeddedCluster {
-    // Field order is drop order: the router goes before the node.
+    // Field order is drop order: the router goes before MemDS and the nodes.
     pub router: Router,
+    pub memds: Memds,
     pub nodes: Vec<StorageNode>,
     pub identity: Identity,
     /// The DynamoDB endpoint and its access key, if started with one.
     pub dynamodb: Option<(SocketAddr, (String, String))>,
 }
 
-/// `count` consecutive free UDP ports on loopback.
+/// `count` consecutive free UDP ports on loopback. The search starts at a
+/// place that depends on the process id, so two benches started at once
+/// (as tests do) do not both find the same range free and race for it.
 fn free_ports(count: u16) -> anyhow::Result<u16> {
-    for base in (30_000..60_000u16).step_by(count as usize + 7) {
-        if (0..count).all(|offset| UdpSocket::bind(("127.0.0.1", base + offset)).is_ok()) {
+    let stride = count as usize + 7;
+    let offset = (std::process::id() as usize * stride) % 25_000;
+    for k in (0..30_000).step_by(stride) {
+        let base = (30_000 + (offset + k) % 30_000) as u16;
+        if base.checked_add(count).is_none() {
+            continue;
+        }
+        if (0..count).all(|o| UdpSocket::bind(("127.0.0.1", base + o)).is_ok()) {
             return Ok(base);
         }
     }
@@ -46,7 +57,7 @@ impl EmbeddedCluster {
     ) -> anyhow::Result<EmbeddedCluster> {
         let identity = Identity::self_signed(&["localhost"]).map_err(anyhow::Error::msg)?;
         let node_count = replicas.max(1) as u16;
-        let base = free_ports(node_count * cores as u16 + 1)?;
+        let base = free_ports(node_count * cores as u16 + 2)?;
         let mut nodes = Vec::new();
         let mut addresses = Vec::new();
         for n in 0..node_count {
@@ -88,10 +99,25 @@ impl EmbeddedCluster {
         } else {
             None
         };
+        let memds_addr: SocketAddr =
+            format!("127.0.0.1:{}", base + 1 + node_count * cores as u16).parse()?;
+        let records = addresses
+            .iter()
+            .enumerate()
+            .map(|(id, node)| node.record(id))
+            .collect();
+        let memds = Memds::start(MemdsConfig::new(
+            memds_addr,
+            identity.clone(),
+            records,
+            "localhost".into(),
+        ))
+        .map_err(anyhow::Error::msg)
+        .context("starting the embedded MemDS")?;
         let router = Router::start(RouterConfig {
-            data_dir: dir.join("router"),
             listen: format!("127.0.0.1:{base}").parse()?,
             nodes: addresses,
+            memds: vec![memds.addr()],
             replicas,
             identity: identity.clone(),
             node_server_name: "localhost".into(),
@@ -109,6 +135,7 @@ impl EmbeddedCluster {
         .context("starting the embedded router")?;
         Ok(EmbeddedCluster {
             router,
+            memds,
             nodes,
             identity,
             dynamodb,

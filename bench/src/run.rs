@@ -149,8 +149,6 @@ struct Plan {
     records: u64,
     /// Keys loaded or inserted so far (the insert counter).
     inserted: AtomicU64,
-    /// Partition count of the table, to address scans.
-    partitions: u32,
     seed: u64,
     /// The DynamoDB endpoint and access key, with `--protocol dynamodb`.
     dynamodb: Option<(SocketAddr, (String, String))>,
@@ -231,14 +229,13 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         None
     };
 
-    let partitions = prepare_table(router, &identity, args.cores as u32 * 2)?;
+    prepare_table(router, &identity, args.cores as u32 * 2)?;
     let plan = Arc::new(Plan {
         router,
         identity,
         workload: Workload::new(args.workload),
         records: args.records,
         inserted: AtomicU64::new(0),
-        partitions,
         seed: args.seed,
         dynamodb: match args.protocol {
             Protocol::Native => None,
@@ -359,15 +356,15 @@ async fn connect(router: SocketAddr, identity: &Identity) -> anyhow::Result<Clie
         .with_context(|| format!("connecting to {router}"))
 }
 
-/// Creates the YCSB table (or finds it) and returns its partition count.
-fn prepare_table(router: SocketAddr, identity: &Identity, partitions: u32) -> anyhow::Result<u32> {
+/// Creates the YCSB table (or finds it).
+fn prepare_table(router: SocketAddr, identity: &Identity, partitions: u32) -> anyhow::Result<()> {
     with_client(router, identity, async move |client| {
         match client.create_table(TABLE, &schema(), partitions).await {
             Ok(()) => {}
             Err(error) if error.code() == Some(ErrorCode::ResourceInUse) => {}
             Err(error) => return Err(error),
         }
-        Ok(client.describe_table(TABLE).await?.partitions)
+        client.describe_table(TABLE).await.map(|_| ())
     })
     .context("creating the YCSB table")
 }
@@ -462,19 +459,14 @@ impl Conn {
     }
 
     /// `length` items from `key` on.
-    async fn scan(&mut self, plan: &Plan, key: &Item, length: u32) -> Result<(), OpError> {
+    async fn scan(&mut self, key: &Item, length: u32) -> Result<(), OpError> {
         match self {
             Conn::Native(client) => {
                 let stored = schema().key_of_key(key).expect("bench keys are valid");
-                let table = cairn_router::catalog::Table {
-                    id: 0,
-                    schema: schema(),
-                    partitions: plan.partitions,
-                    replicas: 1,
-                };
-                let partition = table.partition_index(&stored);
+                let prefix = 2 + u16::from_be_bytes([stored[0], stored[1]]) as usize;
+                let hash = cairn_router::catalog::partition_hash(&stored[..prefix]);
                 client
-                    .scan(TABLE, length, Some((partition, stored)))
+                    .scan(TABLE, length, Some((hash, stored)))
                     .await
                     .map(|_| ())
                     .map_err(Into::into)
@@ -662,7 +654,7 @@ async fn execute(
         Operation::Scan => {
             let key = key_item(&key_name(chooser.next(rng, existing)));
             let length = plan.workload.scan_length(rng) as u32;
-            conn.scan(plan, &key, length).await
+            conn.scan(&key, length).await
         }
         Operation::ReadModifyWrite => {
             let key = key_item(&key_name(chooser.next(rng, existing)));

@@ -64,7 +64,7 @@ pub struct QueryPage {
 pub struct ScanPage {
     pub items: Vec<Item>,
     /// Pass back as `exclusive_start` for the next page.
-    pub last: Option<(u32, Vec<u8>)>,
+    pub last: Option<(u64, Vec<u8>)>,
 }
 
 /// A connection to a router.
@@ -271,7 +271,7 @@ impl Client {
         &self,
         table: &str,
         limit: u32,
-        exclusive_start: Option<(u32, Vec<u8>)>,
+        exclusive_start: Option<(u64, Vec<u8>)>,
     ) -> Result<ScanPage, ClientError> {
         let request = ClientRequest::Scan {
             table: table.into(),

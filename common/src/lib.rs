@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod condition;
+pub mod group;
 pub mod item;
 pub mod key;
 pub mod number;

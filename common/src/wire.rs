@@ -13,7 +13,7 @@ use crate::item::{AttributeValue, CodecError, Item};
 use crate::update::UpdateAction;
 
 /// Wire format version, checked in every request.
-pub const WIRE_VERSION: u16 = 2;
+pub const WIRE_VERSION: u16 = 3;
 
 /// A bound of a range: on attribute values (Query) or encoded keys (node scans).
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -55,7 +55,7 @@ pub struct TableDescription {
     /// `KeySchema::encode` bytes.
     pub schema: Vec<u8>,
     pub partitions: u32,
-    /// "ACTIVE" (tables are created synchronously for now).
+    /// "CREATING", "ACTIVE" or "DELETING".
     pub status: String,
 }
 
@@ -108,11 +108,12 @@ pub enum ClientRequest {
         exclusive_start_key: Option<Vec<u8>>,
     },
     /// A page of the whole table; resume with the previous page's
-    /// (partition index, stored key).
+    /// (hash, stored key): the scan goes on in the partition holding the
+    /// hash, after the key (from the partition's start if it is empty).
     Scan {
         table: String,
         limit: u32,
-        exclusive_start: Option<(u32, Vec<u8>)>,
+        exclusive_start: Option<(u64, Vec<u8>)>,
     },
 }
 
@@ -223,7 +224,7 @@ pub enum Response {
     },
     TablePage {
         items: Vec<Vec<u8>>,
-        last: Option<(u32, Vec<u8>)>,
+        last: Option<(u64, Vec<u8>)>,
     },
     Table(TableDescription),
     Tables(Vec<String>),
@@ -284,7 +285,81 @@ macro_rules! message_codec {
     };
 }
 
+/// What a router asks MemDS.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum MemdsRequest {
+    /// The partitions now holding these (table, hash) pairs: the router
+    /// cache's refreshes, batched.
+    Lookup { keys: Vec<(u32, u64)> },
+    /// Tables and nodes, unless the map is still at `since`.
+    Catalog { since: u64 },
+    /// The MemDS process's counters.
+    Stats,
+}
+
+/// One partition as MemDS reports it: its hash range `start..=last`.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct WireLocated {
+    pub table: u32,
+    pub id: u64,
+    pub start: u64,
+    pub last: u64,
+    pub version: u64,
+    /// Node ids, in replica order.
+    pub replicas: Vec<u16>,
+    pub leader: Option<u8>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct WireTable {
+    pub name: String,
+    pub id: u32,
+    /// `KeySchema::encode` bytes.
+    pub schema: Vec<u8>,
+    pub replicas: u32,
+    pub status: String,
+    pub version: u64,
+    pub partitions: u32,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct WireNode {
+    pub id: u16,
+    pub addr: String,
+    pub cores: u32,
+    pub zone: String,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum MemdsResponse {
+    /// One answer per key asked, in order; `None` for an unknown table.
+    Located(Vec<Option<WireLocated>>),
+    Catalog {
+        version: u64,
+        tables: Vec<WireTable>,
+        nodes: Vec<WireNode>,
+    },
+    Unchanged {
+        version: u64,
+    },
+    Stats {
+        /// Requests served, of any kind.
+        requests: u64,
+        /// Keys looked up.
+        lookups: u64,
+        /// Loads of the metadata partition.
+        reloads: u64,
+        version: u64,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
 message_codec!(encode_client_request, decode_client_request, ClientRequest);
+message_codec!(encode_memds_request, decode_memds_request, MemdsRequest);
+message_codec!(encode_memds_response, decode_memds_response, MemdsResponse);
 message_codec!(encode_node_request, decode_node_request, NodeRequest);
 message_codec!(encode_response, decode_response, Response);
 

@@ -65,17 +65,29 @@ impl RouteCache {
     /// The cached range holding `hash`, if any. Queues a refresh either way.
     pub fn lookup(&mut self, table: u32, hash: u64) -> Option<Located> {
         self.stats.lookups += 1;
+        self.request(table, hash);
+        let found = self.find(table, hash).map(|key| self.entries[&key]);
+        if found.is_some() {
+            self.stats.hits += 1;
+        }
+        found
+    }
+
+    /// The cached range holding `hash`, without counting a lookup or
+    /// queuing a refresh (for a request already waiting on one).
+    pub fn peek(&self, table: u32, hash: u64) -> Option<Located> {
+        self.find(table, hash).map(|key| self.entries[&key])
+    }
+
+    /// Queues a refresh with no lookup: a waiting request asks again after
+    /// an answer that did not cover it.
+    pub fn request(&mut self, table: u32, hash: u64) {
         if self.refreshes.len() < self.refreshes_max {
             self.refreshes.push_back(Refresh { table, hash });
             self.stats.refreshes += 1;
         } else {
             self.stats.refreshes_dropped += 1;
         }
-        let found = self.find(table, hash).map(|key| self.entries[&key]);
-        if found.is_some() {
-            self.stats.hits += 1;
-        }
-        found
     }
 
     /// Up to `max` queued refreshes, oldest first.

@@ -3,7 +3,10 @@
 //! See `docs/metadata.md`.
 
 pub mod cache;
+pub mod control;
 pub mod map;
+pub mod meta;
+pub mod server;
 mod varint;
 
 pub use cache::{CacheStats, Refresh, RouteCache};

@@ -2,71 +2,78 @@
 //! key's partition through the partition map, forwards the request to the
 //! node shard that owns it, and passes typed errors back.
 //!
-//! The router runs one glommio executor per core. The partition map is the
-//! static [`catalog`] (MemDS will replace it). Connections to node shards
-//! are opened on first use and dropped when they fail, so the next request
-//! reconnects; a request to an unreachable node answers `Unavailable`,
-//! which clients retry.
+//! The router runs one glommio executor per core. Each core finds
+//! partitions through its own constant-work cache of MemDS's partition map
+//! ([`cairn_memds::RouteCache`]): every lookup, hit or miss, sends MemDS
+//! one refresh, batched per core, so MemDS's load follows client traffic
+//! and not the hit rate. Tables and nodes come from MemDS's catalog,
+//! refreshed in the background; tables are created and deleted through the
+//! authoritative metadata partition ([`cairn_memds::control`]).
 //!
-//! A replicated partition is reached through its leader: the router keeps
-//! a leader guess per partition, follows `NotLeader` hints, and tries the
-//! other replicas (with a short backoff) while a group elects, within a
-//! deadline. A write whose fate is unknown (the connection failed after it
-//! was sent) is not retried here: the client is told `Unavailable`.
+//! Requests reach node shards through [`NodeLinks`]: a replicated
+//! partition through its leader, following `NotLeader` hints within a
+//! deadline; a write whose fate is unknown is not retried here, the client
+//! is told `Unavailable`.
 
 pub mod catalog;
 pub mod dynamodb;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Bound;
-use std::os::unix::io::AsRawFd;
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use cairn_common::group::NodeLinks;
 use cairn_common::quic::{Connection, Endpoint, Identity};
 use cairn_common::wire::{
-    self, ClientRequest, ErrorCode, NodeOp, NodeRequest, Response, TableDescription, WireBound,
+    self, ClientRequest, ErrorCode, MemdsRequest, MemdsResponse, NodeOp, NodeRequest, Response,
+    TableDescription, WireBound, WireTable,
 };
 use cairn_common::{AttributeValue, Item, ItemError, KeySchema};
+use cairn_memds::control::MetaClient;
+use cairn_memds::meta::TableStatus;
+use cairn_memds::{Located, Partition, Replicas, RouteCache};
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::catalog::{Catalog, NodeAddress, PARTITIONS_MAX, Table, placement, shard_of};
+use crate::catalog::{Catalog, NodeAddress, Table, partition_hash};
 
-/// How long the router waits for a node: well under the client's own
-/// timeout, so a dead node gets the client a retryable `Unavailable` from
-/// the router rather than a timeout of its own.
-const NODE_TIMEOUT: Duration = Duration::from_secs(2);
-const _: () =
-    assert!(NODE_TIMEOUT.as_millis() * 2 <= cairn_common::client::REQUEST_TIMEOUT.as_millis());
 /// Most items one Query or Scan page returns.
 const PAGE_LIMIT_MAX: u32 = 1000;
-/// How long the router tries the replicas of a group before it answers
-/// `Unavailable`: about two elections.
-const GROUP_DEADLINE: Duration = Duration::from_millis(1800);
-const _: () =
-    assert!(GROUP_DEADLINE.as_millis() * 2 <= cairn_common::client::REQUEST_TIMEOUT.as_millis());
-/// One attempt at one replica of a group: a healthy leader answers in
-/// milliseconds, so waiting longer mostly waits on a dead node.
-const REPLICA_TIMEOUT: Duration = Duration::from_millis(500);
-/// Connecting to a replica: a dead node should cost little of the deadline.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
-/// Pause before trying the next replica when none is known to lead.
-const ELECTION_BACKOFF: Duration = Duration::from_millis(20);
-/// How long a replica that failed to answer is passed over, and hints that
-/// name it ignored (its peers keep naming a dead leader until they elect).
-const SUSPECT_FOR: Duration = Duration::from_millis(800);
+/// Ranges one router core caches.
+const CACHE_RANGES: usize = 1 << 20;
+/// Refreshes queued for MemDS per core; beyond it they are dropped (and
+/// counted), hits and misses alike.
+const REFRESHES_MAX: usize = 8192;
+/// Keys in one MemDS lookup request.
+const LOOKUP_BATCH: usize = 1024;
+/// How long MemDS gets to answer one request.
+const MEMDS_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a request waits for a range it has no cached entry for.
+const LOCATE_DEADLINE: Duration = Duration::from_secs(1);
+/// A waiting request asks again this often (MemDS may not have loaded a
+/// new table yet).
+const LOCATE_RETRY: Duration = Duration::from_millis(50);
+/// The catalog (tables, nodes) is refreshed this often.
+const CATALOG_EVERY: Duration = Duration::from_millis(500);
+/// An unknown table name forces a catalog refresh at most this often.
+const CATALOG_FORCE_MIN: Duration = Duration::from_millis(100);
+/// How long CreateTable and DeleteTable wait for every MemDS to show the
+/// change.
+const TABLE_CHANGE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// How to run a router.
 #[derive(Debug, Clone)]
 pub struct RouterConfig {
-    pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// The cluster's nodes, in the order every router and MemDS lists
+    /// them: registered at bootstrap, and the first ones hold the
+    /// metadata group.
     pub nodes: Vec<NodeAddress>,
+    /// MemDS processes to look partitions up in.
+    pub memds: Vec<SocketAddr>,
     /// Presented to clients, and trusted on node connections.
     pub identity: Identity,
     /// The name nodes' certificates are issued for.
@@ -124,10 +131,13 @@ impl Router {
                 config.nodes.len()
             )));
         }
-        // Fail early, with the file's name, if the catalog is unreadable.
-        Catalog::open(&config.data_dir).map_err(|e| RouterError::Startup(e.to_string()))?;
-        let generation = Arc::new(AtomicU64::new(0));
+        if config.memds.is_empty() {
+            return Err(RouterError::Config(
+                "at least one MemDS address is needed".into(),
+            ));
+        }
         let (stop, stopped) = async_channel::bounded::<()>(config.cores);
+        let generation = Arc::new(AtomicU64::new(0));
         let mut threads = Vec::new();
         let mut addr = config.listen;
         for core in 0..config.cores {
@@ -178,8 +188,8 @@ impl Drop for Router {
     }
 }
 
-/// One router core: its own socket on the shared port, its own copy of
-/// the catalog and its own node connections.
+/// One router core: its own socket on the shared port, its own cache of
+/// the partition map and its own node connections.
 async fn run_core(
     config: RouterConfig,
     core: usize,
@@ -187,11 +197,8 @@ async fn run_core(
     ready: async_channel::Sender<Result<SocketAddr, String>>,
     stopped: async_channel::Receiver<()>,
 ) {
-    let opened = Catalog::open(&config.data_dir).map_err(|e| e.to_string());
-    let bound =
-        opened.and_then(|catalog| bind(&config, core).map(|endpoints| (catalog, endpoints)));
-    let (catalog, (endpoint, to_nodes)) = match bound {
-        Ok(bound) => bound,
+    let (endpoint, to_nodes) = match bind(&config, core) {
+        Ok(endpoints) => endpoints,
         Err(message) => {
             let _ = ready.send(Err(message)).await;
             return;
@@ -212,19 +219,38 @@ async fn run_core(
     let _ = ready
         .send(endpoint.local_addr().map_err(|e| e.to_string()))
         .await;
+    let links = Rc::new(NodeLinks::new(to_nodes, config.node_server_name.clone()));
+    let records = config
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(id, node)| node.record(id))
+        .collect();
     let state = Rc::new(State {
+        meta: MetaClient::new(links.clone(), records),
+        links,
+        memds: config.memds.clone(),
+        memds_next: Cell::new(core),
+        catalog: RefCell::default(),
         loaded_generation: Cell::new(generation.load(Ordering::Acquire)),
         generation,
-        data_dir: config.data_dir.clone(),
-        catalog: RefCell::new(catalog),
-        nodes: config.nodes.clone(),
-        links: RefCell::default(),
-        leaders: RefCell::default(),
-        suspects: RefCell::default(),
-        to_nodes,
-        node_server_name: config.node_server_name.clone(),
+        catalog_forced: Cell::new(None),
+        cache: RefCell::new(RouteCache::new(CACHE_RANGES, REFRESHES_MAX)),
+        queued: event_listener::Event::new(),
+        answered: event_listener::Event::new(),
         replicas: config.replicas,
     });
+    if core == 0 {
+        let state = state.clone();
+        glommio::spawn_local(async move {
+            if let Err(error) = state.meta.bootstrap().await {
+                tracing::warn!(?error, "router: bootstrapping the metadata group");
+            }
+        })
+        .detach();
+    }
+    glommio::spawn_local(refresh_partitions(state.clone())).detach();
+    glommio::spawn_local(refresh_catalog(state.clone())).detach();
     if let (Some(listener), Some(dynamodb)) = (http, &config.dynamodb) {
         let access = Rc::new(dynamodb.access.clone());
         glommio::spawn_local(dynamodb::serve(state.clone(), listener, access)).detach();
@@ -282,52 +308,80 @@ fn bind(config: &RouterConfig, core: usize) -> Result<(Endpoint, Endpoint), Stri
 
 #[derive(Debug)]
 struct State {
-    /// Bumped by whichever core changes the catalog; the others reload.
+    links: Rc<NodeLinks>,
+    meta: MetaClient,
+    memds: Vec<SocketAddr>,
+    /// Lookups go to the MemDS processes in turn.
+    memds_next: Cell<usize>,
+    catalog: RefCell<Catalog>,
+    /// Bumped by whichever core of this router changed a table; the others
+    /// then reload their catalog before serving, so a change is seen by
+    /// every core once it is acknowledged.
     generation: Arc<AtomicU64>,
     loaded_generation: Cell<u64>,
-    data_dir: PathBuf,
-    catalog: RefCell<Catalog>,
-    nodes: Vec<NodeAddress>,
-    links: RefCell<HashMap<SocketAddr, Connection>>,
-    /// Replicated partitions: the replica (index in placement order)
-    /// believed to lead.
-    leaders: RefCell<HashMap<u64, usize>>,
-    /// Node shards that recently failed to answer, and when.
-    suspects: RefCell<HashMap<SocketAddr, std::time::Instant>>,
-    /// Connections to nodes go out from here.
-    to_nodes: Endpoint,
-    node_server_name: String,
+    /// When an unknown table name last forced a catalog refresh.
+    catalog_forced: Cell<Option<Instant>>,
+    cache: RefCell<RouteCache>,
+    /// A refresh was queued.
+    queued: event_listener::Event,
+    /// MemDS answered a lookup batch.
+    answered: event_listener::Event,
     replicas: u32,
 }
 
-/// Why a request to a node shard got no answer.
-enum SendError {
-    /// It never left: retrying anywhere is safe.
-    NotSent(String),
-    /// It may have been acted on.
-    Lost(String),
-}
-
-/// An exclusive lock on the catalog across cores and processes, taken
-/// without blocking (the executor must keep serving).
-struct CatalogLock {
-    /// Held for its lock, which closing the file releases.
-    _file: std::fs::File,
-}
-
-impl CatalogLock {
-    fn try_take(dir: &std::path::Path) -> Result<CatalogLock, Response> {
-        let file = std::fs::File::create(dir.join("catalog.lock"))
-            .map_err(|e| Response::error(ErrorCode::Internal, format!("catalog lock: {e}")))?;
-        // SAFETY: flock on a descriptor we own; released when the file closes.
-        let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-        if !taken {
-            return Err(Response::error(
-                ErrorCode::Throttling,
-                "another table operation is running; retry",
-            ));
+/// Sends the cache's queued refreshes to MemDS, one batch in flight per
+/// core, and feeds the answers back.
+async fn refresh_partitions(state: Rc<State>) {
+    loop {
+        let listener = state.queued.listen();
+        let keys: Vec<(u32, u64)> = state
+            .cache
+            .borrow_mut()
+            .take_refreshes(LOOKUP_BATCH)
+            .into_iter()
+            .map(|r| (r.table, r.hash))
+            .collect();
+        if keys.is_empty() {
+            listener.await;
+            continue;
         }
-        Ok(CatalogLock { _file: file })
+        match state
+            .ask_memds(&MemdsRequest::Lookup { keys: keys.clone() })
+            .await
+        {
+            Ok(MemdsResponse::Located(answers)) => {
+                let mut cache = state.cache.borrow_mut();
+                for answer in answers.into_iter().flatten() {
+                    let Ok(replicas) = Replicas::new(&answer.replicas) else {
+                        continue;
+                    };
+                    let located = Located {
+                        partition: Partition {
+                            id: answer.id,
+                            start: answer.start,
+                            version: answer.version,
+                            replicas,
+                            leader: answer.leader,
+                        },
+                        last: answer.last,
+                    };
+                    cache.learn(answer.table, located);
+                }
+            }
+            Ok(other) => tracing::warn!(?other, "router: unexpected MemDS answer"),
+            Err(message) => tracing::debug!(%message, "router: MemDS lookup failed"),
+        }
+        state.answered.notify(usize::MAX);
+    }
+}
+
+/// Keeps the core's catalog of tables and nodes close to MemDS's.
+async fn refresh_catalog(state: Rc<State>) {
+    loop {
+        if let Err(message) = state.refresh_catalog().await {
+            tracing::debug!(%message, "router: catalog refresh failed");
+        }
+        glommio::timer::sleep(CATALOG_EVERY).await;
     }
 }
 
@@ -352,6 +406,13 @@ fn validation(error: impl std::fmt::Display) -> Response {
     Response::error(ErrorCode::Validation, error.to_string())
 }
 
+fn not_found(name: &str) -> Response {
+    Response::error(
+        ErrorCode::ResourceNotFound,
+        format!("table {name:?} does not exist"),
+    )
+}
+
 /// The partition-key prefix of an encoded stored key.
 fn partition_prefix(key: &[u8]) -> &[u8] {
     let len = u16::from_be_bytes([key[0], key[1]]) as usize;
@@ -359,27 +420,11 @@ fn partition_prefix(key: &[u8]) -> &[u8] {
 }
 
 impl State {
-    /// Reloads the catalog if another core changed it.
-    fn refresh(&self) -> Result<(), Response> {
+    async fn handle(&self, request: ClientRequest) -> Response {
         let current = self.generation.load(Ordering::Acquire);
         if current != self.loaded_generation.get() {
-            let catalog = Catalog::open(&self.data_dir)
-                .map_err(|e| Response::error(ErrorCode::Internal, e.to_string()))?;
-            *self.catalog.borrow_mut() = catalog;
             self.loaded_generation.set(current);
-        }
-        Ok(())
-    }
-
-    /// After a catalog change by this core: tell the others.
-    fn publish(&self) {
-        let next = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        self.loaded_generation.set(next);
-    }
-
-    async fn handle(&self, request: ClientRequest) -> Response {
-        if let Err(response) = self.refresh() {
-            return response;
+            let _ = self.refresh_catalog().await;
         }
         match request {
             ClientRequest::CreateTable {
@@ -387,25 +432,27 @@ impl State {
                 schema,
                 partitions,
             } => self.create_table(table, &schema, partitions).await,
-            ClientRequest::DescribeTable { table } => match self.table(&table) {
+            ClientRequest::DescribeTable { table } => match self.any_table(&table).await {
                 Ok(t) => Response::Table(TableDescription {
                     name: table,
                     schema: t.schema.encode(),
                     partitions: t.partitions,
-                    status: "ACTIVE".into(),
+                    status: t.status.as_str().into(),
                 }),
                 Err(response) => response,
             },
             ClientRequest::ListTables => {
-                Response::Tables(self.catalog.borrow().tables.keys().cloned().collect())
+                let mut names: Vec<String> = self.catalog.borrow().tables.keys().cloned().collect();
+                names.sort_unstable();
+                Response::Tables(names)
             }
-            ClientRequest::DeleteTable { table } => self.delete_table(&table),
+            ClientRequest::DeleteTable { table } => self.delete_table(&table).await,
             ClientRequest::PutItem {
                 table,
                 item,
                 condition,
             } => {
-                let routed = self.table(&table).and_then(|t| {
+                let routed = self.table(&table).await.and_then(|t| {
                     let decoded = Item::decode(&item).map_err(validation)?;
                     let key = t.schema.key_of_item(&decoded).map_err(validation)?;
                     Ok((t, key))
@@ -475,23 +522,132 @@ impl State {
         }
     }
 
-    fn table(&self, name: &str) -> Result<Table, Response> {
+    /// One request to a MemDS process (the next in turn; the others if it
+    /// fails).
+    async fn ask_memds(&self, request: &MemdsRequest) -> Result<MemdsResponse, String> {
+        let mut last = String::from("no MemDS configured");
+        for _ in 0..self.memds.len() {
+            let at = self.memds_next.get() % self.memds.len();
+            self.memds_next.set(at + 1);
+            match self.ask_memds_at(self.memds[at], request).await {
+                Ok(answer) => return Ok(answer),
+                Err(message) => last = message,
+            }
+        }
+        Err(last)
+    }
+
+    async fn ask_memds_at(
+        &self,
+        addr: SocketAddr,
+        request: &MemdsRequest,
+    ) -> Result<MemdsResponse, String> {
+        let connection = self.links.link(addr, MEMDS_TIMEOUT).await?;
+        match connection
+            .request(&wire::encode_memds_request(request), MEMDS_TIMEOUT)
+            .await
+        {
+            Ok(answer) => wire::decode_memds_response(&answer)
+                .map_err(|e| format!("MemDS {addr} answered badly: {e}")),
+            Err(error) => {
+                self.links.drop_link(addr);
+                Err(format!("MemDS {addr}: {error}"))
+            }
+        }
+    }
+
+    /// Waits, within [`TABLE_CHANGE_DEADLINE`], until every MemDS's
+    /// catalog passes `check`; then tells this router's other cores to
+    /// reload theirs. Returns whether all did.
+    async fn await_catalog(&self, check: impl Fn(&[WireTable]) -> bool) -> bool {
+        let deadline = Instant::now() + TABLE_CHANGE_DEADLINE;
+        let mut all = true;
+        for addr in &self.memds {
+            loop {
+                let seen = matches!(
+                    self.ask_memds_at(*addr, &MemdsRequest::Catalog { since: 0 }).await,
+                    Ok(MemdsResponse::Catalog { ref tables, .. }) if check(tables)
+                );
+                if seen {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    all = false;
+                    break;
+                }
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let _ = self.refresh_catalog().await;
+        let next = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.loaded_generation.set(next);
+        all
+    }
+
+    async fn refresh_catalog(&self) -> Result<(), String> {
+        let since = self.catalog.borrow().version;
+        match self.ask_memds(&MemdsRequest::Catalog { since }).await? {
+            MemdsResponse::Catalog {
+                version,
+                tables,
+                nodes,
+            } => {
+                let mut catalog = self.catalog.borrow_mut();
+                let before: Vec<u32> = catalog.tables.values().map(|t| t.id).collect();
+                catalog.replace(version, &tables, &nodes);
+                let gone: Vec<u32> = before
+                    .into_iter()
+                    .filter(|id| !catalog.tables.values().any(|t| t.id == *id))
+                    .collect();
+                drop(catalog);
+                let mut cache = self.cache.borrow_mut();
+                for id in gone {
+                    cache.forget_table(id);
+                }
+                Ok(())
+            }
+            MemdsResponse::Unchanged { .. } => Ok(()),
+            other => Err(format!("unexpected MemDS answer {other:?}")),
+        }
+    }
+
+    /// A table in any state; an unknown name first refreshes the catalog
+    /// (at most every [`CATALOG_FORCE_MIN`]), in case it is new.
+    async fn any_table(&self, name: &str) -> Result<Table, Response> {
+        if let Some(table) = self.catalog.borrow().tables.get(name) {
+            return Ok(table.clone());
+        }
+        let recent = self
+            .catalog_forced
+            .get()
+            .is_some_and(|at| at.elapsed() < CATALOG_FORCE_MIN);
+        if !recent {
+            self.catalog_forced.set(Some(Instant::now()));
+            let _ = self.refresh_catalog().await;
+        }
         self.catalog
             .borrow()
             .tables
             .get(name)
             .cloned()
-            .ok_or_else(|| {
-                Response::error(
-                    ErrorCode::ResourceNotFound,
-                    format!("table {name:?} does not exist"),
-                )
-            })
+            .ok_or_else(|| not_found(name))
+    }
+
+    /// A table that serves reads and writes.
+    async fn table(&self, name: &str) -> Result<Table, Response> {
+        let table = self.any_table(name).await?;
+        match table.status {
+            TableStatus::Active => Ok(table),
+            other => Err(Response::error(
+                ErrorCode::ResourceNotFound,
+                format!("table {name:?} is {}", other.as_str()),
+            )),
+        }
     }
 
     /// Forwards an operation whose request carries a key item.
     async fn keyed(&self, table: &str, key: &[u8], op: impl FnOnce(Vec<u8>) -> NodeOp) -> Response {
-        let routed = self.table(table).and_then(|t| {
+        let routed = self.table(table).await.and_then(|t| {
             let decoded = Item::decode(key).map_err(validation)?;
             let encoded = t.schema.key_of_key(&decoded).map_err(validation)?;
             Ok((t, encoded))
@@ -503,295 +659,110 @@ impl State {
     }
 
     async fn forward_key(&self, table: &Table, encoded_key: &[u8], op: NodeOp) -> Response {
-        let index = table.partition_index(partition_prefix(encoded_key));
-        self.forward(table, index, op).await
+        let hash = partition_hash(partition_prefix(encoded_key));
+        match self.locate(table.id, hash).await {
+            Ok(located) => self.forward(&located.partition, op).await,
+            Err(response) => response,
+        }
     }
 
-    async fn forward(&self, table: &Table, index: u32, op: NodeOp) -> Response {
-        let replicas = placement(&self.nodes, table, index);
-        let id = table.partition_id(index);
+    /// The range holding `hash`: from the cache (which queues a refresh
+    /// either way), or by waiting for MemDS's answer.
+    async fn locate(&self, table: u32, hash: u64) -> Result<Located, Response> {
+        let cached = self.cache.borrow_mut().lookup(table, hash);
+        self.queued.notify(1);
+        if let Some(located) = cached {
+            return Ok(located);
+        }
+        let deadline = Instant::now() + LOCATE_DEADLINE;
+        let mut asked = Instant::now();
+        loop {
+            let listener = self.answered.listen();
+            if let Some(located) = self.cache.borrow().peek(table, hash) {
+                return Ok(located);
+            }
+            if Instant::now() >= deadline {
+                return Err(Response::error(
+                    ErrorCode::Unavailable,
+                    format!("MemDS did not locate hash {hash:#x} of table {table}"),
+                ));
+            }
+            if asked.elapsed() >= LOCATE_RETRY {
+                self.cache.borrow_mut().request(table, hash);
+                self.queued.notify(1);
+                asked = Instant::now();
+            }
+            futures_lite::future::or(listener, glommio::timer::sleep(LOCATE_RETRY)).await;
+        }
+    }
+
+    /// Sends `op` to a partition's replicas.
+    async fn forward(&self, partition: &Partition, op: NodeOp) -> Response {
+        let addrs: Option<Vec<SocketAddr>> = {
+            let catalog = self.catalog.borrow();
+            partition
+                .replicas
+                .as_slice()
+                .iter()
+                .map(|node| catalog.nodes.get(node).map(|n| n.shard_of(partition.id)))
+                .collect()
+        };
+        let Some(addrs) = addrs else {
+            let _ = self.refresh_catalog().await;
+            return Response::error(
+                ErrorCode::Unavailable,
+                format!(
+                    "partition {}: a replica's node is not known yet",
+                    partition.id
+                ),
+            );
+        };
         let is_write = op.is_write();
-        let request = wire::encode_node_request(&NodeRequest { partition: id, op });
-        if replicas.len() == 1 {
-            let addr = shard_of(replicas[0], id);
-            return match self.send(addr, &request, NODE_TIMEOUT, NODE_TIMEOUT).await {
-                Ok(response) => response,
-                Err(SendError::NotSent(message) | SendError::Lost(message)) => {
-                    Response::error(ErrorCode::Unavailable, message)
-                }
-            };
-        }
-        let deadline = std::time::Instant::now() + GROUP_DEADLINE;
-        let addrs: Vec<SocketAddr> = replicas.iter().map(|n| shard_of(n, id)).collect();
-        let mut target = self.leaders.borrow().get(&id).copied().unwrap_or(0) % replicas.len();
-        if self.is_suspect(addrs[target]) {
-            target = self.next_replica(&addrs, target);
-        }
-        let mut last_error = String::from("no replica answered");
-        while std::time::Instant::now() < deadline {
-            let addr = addrs[target];
-            let next = self.next_replica(&addrs, target);
-            match self
-                .send(addr, &request, CONNECT_TIMEOUT, REPLICA_TIMEOUT)
-                .await
-            {
-                Ok(Response::NotLeader {
-                    leader: Some(leader),
-                }) if (leader as usize) < replicas.len()
-                    && leader as usize != target
-                    && !self.is_suspect(addrs[leader as usize]) =>
-                {
-                    target = leader as usize;
-                    self.leaders.borrow_mut().insert(id, target);
-                    continue;
-                }
-                Ok(Response::NotLeader { .. }) => {
-                    last_error = format!("partition {id}: no leader known at {addr}");
-                    target = next;
-                }
-                Ok(Response::Error {
-                    code: ErrorCode::Unavailable,
-                    message,
-                }) if !is_write => {
-                    last_error = message;
-                    target = next;
-                }
-                Ok(response) => {
-                    self.leaders.borrow_mut().insert(id, target);
-                    return response;
-                }
-                Err(SendError::NotSent(message)) => {
-                    last_error = message;
-                    target = next;
-                    // Later requests start at the next replica too.
-                    self.leaders.borrow_mut().insert(id, target);
-                }
-                Err(SendError::Lost(message)) if is_write => {
-                    self.leaders.borrow_mut().insert(id, next);
-                    return Response::error(
-                        ErrorCode::Unavailable,
-                        format!("{message}; the write may or may not have been applied"),
-                    );
-                }
-                Err(SendError::Lost(message)) => {
-                    last_error = message;
-                    target = next;
-                    self.leaders.borrow_mut().insert(id, target);
-                }
-            }
-            glommio::timer::sleep(ELECTION_BACKOFF).await;
-        }
-        Response::error(
-            ErrorCode::Unavailable,
-            format!("partition {id} has no reachable leader: {last_error}"),
-        )
-    }
-
-    fn is_suspect(&self, addr: SocketAddr) -> bool {
-        self.suspects
-            .borrow()
-            .get(&addr)
-            .is_some_and(|at| at.elapsed() < SUSPECT_FOR)
-    }
-
-    /// The replica after `from` that is not suspect (or simply the next).
-    fn next_replica(&self, addrs: &[SocketAddr], from: usize) -> usize {
-        (1..addrs.len())
-            .map(|k| (from + k) % addrs.len())
-            .find(|r| !self.is_suspect(addrs[*r]))
-            .unwrap_or((from + 1) % addrs.len())
-    }
-
-    /// One request to one node shard.
-    async fn send(
-        &self,
-        addr: SocketAddr,
-        request: &[u8],
-        connect_timeout: Duration,
-        timeout: Duration,
-    ) -> Result<Response, SendError> {
-        let connection = match self.link(addr, connect_timeout).await {
-            Ok(connection) => connection,
-            Err(message) => {
-                self.suspects
-                    .borrow_mut()
-                    .insert(addr, std::time::Instant::now());
-                return Err(SendError::NotSent(message));
-            }
-        };
-        match connection.request(request, timeout).await {
-            Ok(bytes) => Ok(wire::decode_response(&bytes)
-                .inspect(|_| {
-                    self.suspects.borrow_mut().remove(&addr);
-                })
-                .unwrap_or_else(|e| {
-                    Response::error(
-                        ErrorCode::Internal,
-                        format!("node {addr} answered badly: {e}"),
-                    )
-                })),
-            Err(error) => {
-                self.links.borrow_mut().remove(&addr);
-                self.suspects
-                    .borrow_mut()
-                    .insert(addr, std::time::Instant::now());
-                let message = format!("node {addr}: {error}");
-                Err(match error {
-                    cairn_common::quic::TransportError::Overloaded => SendError::NotSent(message),
-                    _ => SendError::Lost(message),
-                })
-            }
-        }
-    }
-
-    async fn link(&self, addr: SocketAddr, timeout: Duration) -> Result<Connection, String> {
-        if let Some(connection) = self.links.borrow().get(&addr) {
-            return Ok(connection.clone());
-        }
-        let connected = self.to_nodes.connect(addr, &self.node_server_name);
-        let timed = async {
-            glommio::timer::sleep(timeout).await;
-            Err(cairn_common::quic::TransportError::TimedOut(timeout))
-        };
-        match futures_lite::future::or(connected, timed).await {
-            Ok(connection) => {
-                self.links.borrow_mut().insert(addr, connection.clone());
-                Ok(connection)
-            }
-            Err(error) => Err(format!("node {addr}: {error}")),
-        }
+        let request = wire::encode_node_request(&NodeRequest {
+            partition: partition.id,
+            op,
+        });
+        self.links
+            .forward(partition.id, &addrs, &request, is_write)
+            .await
     }
 
     async fn create_table(&self, name: String, schema: &[u8], partitions: u32) -> Response {
-        let valid_name = (3..=255).contains(&name.len())
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-        if !valid_name {
-            return validation(format!(
-                "table name {name:?} must be 3-255 characters of [A-Za-z0-9_.-]"
-            ));
-        }
-        if !(1..=PARTITIONS_MAX).contains(&partitions) {
-            return validation(format!("partitions must be 1..={PARTITIONS_MAX}"));
-        }
         let schema = match KeySchema::decode(schema) {
             Ok(schema) => schema,
             Err(error) => return validation(error),
         };
-        let lock = match CatalogLock::try_take(&self.data_dir) {
-            Ok(lock) => lock,
+        let record = match self
+            .meta
+            .create_table(&name, schema, partitions, self.replicas)
+            .await
+        {
+            Ok(record) => record,
             Err(response) => return response,
         };
-        // Another process or core may have changed the catalog.
-        match Catalog::open(&self.data_dir) {
-            Ok(catalog) => *self.catalog.borrow_mut() = catalog,
-            Err(error) => return Response::error(ErrorCode::Internal, error.to_string()),
+        // Answer once every MemDS serves the table, so any router's next
+        // request finds it.
+        let id = record.id;
+        if !self
+            .await_catalog(|tables| tables.iter().any(|t| t.id == id && t.status == "ACTIVE"))
+            .await
+        {
+            tracing::warn!(table = %name, "a MemDS did not serve the new table in time");
         }
-        let response = self.create_table_locked(name, schema, partitions).await;
-        drop(lock);
-        response
+        Response::Done
     }
 
-    async fn create_table_locked(
-        &self,
-        name: String,
-        schema: KeySchema,
-        partitions: u32,
-    ) -> Response {
-        if self.catalog.borrow().tables.contains_key(&name) {
-            return Response::error(
-                ErrorCode::ResourceInUse,
-                format!("table {name:?} already exists"),
-            );
+    async fn delete_table(&self, name: &str) -> Response {
+        if let Err(response) = self.meta.delete_table(name).await {
+            return response;
         }
-        let id = match self.catalog.borrow_mut().reserve_table_id() {
-            Ok(id) => id,
-            Err(error) => return Response::error(ErrorCode::Internal, error.to_string()),
-        };
-        let table = Table {
-            id,
-            schema,
-            partitions,
-            replicas: self.replicas,
-        };
-        for index in 0..partitions {
-            if let Err(response) = self.create_partition(&table, index).await {
-                return response;
-            }
+        if !self
+            .await_catalog(|tables| tables.iter().all(|t| t.name != name))
+            .await
+        {
+            tracing::warn!(table = %name, "a MemDS still served the deleted table");
         }
-        let mut catalog = self.catalog.borrow_mut();
-        catalog.tables.insert(name, table);
-        let saved = catalog.save();
-        drop(catalog);
-        match saved {
-            Ok(()) => {
-                self.publish();
-                Response::Done
-            }
-            Err(error) => Response::error(ErrorCode::Internal, error.to_string()),
-        }
-    }
-
-    /// Creates every replica of one partition; a replicated one learns its
-    /// group (every member, and which one it is).
-    async fn create_partition(&self, table: &Table, index: u32) -> Result<(), Response> {
-        let replicas = placement(&self.nodes, table, index);
-        let id = table.partition_id(index);
-        let members: Vec<wire::GroupMember> = replicas
-            .iter()
-            .map(|node| wire::GroupMember {
-                addr: node.addr.to_string(),
-                cores: node.cores as u32,
-                zone: node.zone.clone(),
-            })
-            .collect();
-        for (replica, node) in replicas.iter().enumerate() {
-            let group = (table.replicas > 1).then(|| wire::GroupSpec {
-                replica: replica as u32,
-                members: members.clone(),
-            });
-            let op = NodeOp::CreatePartition {
-                schema: table.schema.encode(),
-                group,
-            };
-            let request = wire::encode_node_request(&NodeRequest { partition: id, op });
-            let addr = shard_of(node, id);
-            match self.send(addr, &request, NODE_TIMEOUT, NODE_TIMEOUT).await {
-                Ok(Response::Done) => {}
-                Ok(other) => return Err(other),
-                Err(SendError::NotSent(message) | SendError::Lost(message)) => {
-                    return Err(Response::error(ErrorCode::Unavailable, message));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn delete_table(&self, name: &str) -> Response {
-        let _lock = match CatalogLock::try_take(&self.data_dir) {
-            Ok(lock) => lock,
-            Err(response) => return response,
-        };
-        let mut catalog = match Catalog::open(&self.data_dir) {
-            Ok(catalog) => catalog,
-            Err(error) => return Response::error(ErrorCode::Internal, error.to_string()),
-        };
-        if catalog.tables.remove(name).is_none() {
-            return Response::error(
-                ErrorCode::ResourceNotFound,
-                format!("table {name:?} does not exist"),
-            );
-        }
-        let saved = catalog.save();
-        *self.catalog.borrow_mut() = catalog;
-        match saved {
-            Ok(()) => {
-                self.publish();
-                Response::Done
-            }
-            Err(error) => Response::error(ErrorCode::Internal, error.to_string()),
-        }
+        Response::Done
     }
 
     #[allow(clippy::too_many_arguments)] // One per Query parameter.
@@ -805,7 +776,7 @@ impl State {
         limit: u32,
         exclusive_start_key: Option<Vec<u8>>,
     ) -> Response {
-        let table = match self.table(table) {
+        let table = match self.table(table).await {
             Ok(table) => table,
             Err(response) => return response,
         };
@@ -850,23 +821,28 @@ impl State {
         self.forward_key(&table, &prefix, op).await
     }
 
+    /// A page of the whole table, partition by partition in hash order.
     async fn scan(
         &self,
         table: &str,
         limit: u32,
-        exclusive_start: Option<(u32, Vec<u8>)>,
+        exclusive_start: Option<(u64, Vec<u8>)>,
     ) -> Response {
-        let table = match self.table(table) {
+        let table = match self.table(table).await {
             Ok(table) => table,
             Err(response) => return response,
         };
         let limit = limit.clamp(1, PAGE_LIMIT_MAX);
-        let (mut index, mut resume) = match exclusive_start {
-            Some((index, key)) => (index, (!key.is_empty()).then_some(key)),
+        let (mut hash, mut resume) = match exclusive_start {
+            Some((hash, key)) => (hash, (!key.is_empty()).then_some(key)),
             None => (0, None),
         };
         let mut items = Vec::new();
-        while index < table.partitions {
+        loop {
+            let located = match self.locate(table.id, hash).await {
+                Ok(located) => located,
+                Err(response) => return response,
+            };
             let op = NodeOp::Scan {
                 start: WireBound::Unbounded,
                 end: WireBound::Unbounded,
@@ -875,7 +851,7 @@ impl State {
                 resume_after: resume.take(),
                 consistent: true,
             };
-            match self.forward(&table, index, op).await {
+            match self.forward(&located.partition, op).await {
                 Response::Page {
                     items: page,
                     last_key,
@@ -884,18 +860,22 @@ impl State {
                     if let Some(last_key) = last_key {
                         return Response::TablePage {
                             items,
-                            last: Some((index, last_key)),
+                            last: Some((hash, last_key)),
                         };
                     }
                 }
                 other => return other,
             }
-            index += 1;
+            if located.last == u64::MAX {
+                return Response::TablePage { items, last: None };
+            }
+            hash = located.last + 1;
             if items.len() as u32 >= limit {
-                let last = (index < table.partitions).then(|| (index, Vec::new()));
-                return Response::TablePage { items, last };
+                return Response::TablePage {
+                    items,
+                    last: Some((hash, Vec::new())),
+                };
             }
         }
-        Response::TablePage { items, last: None }
     }
 }

@@ -133,6 +133,18 @@ pub fn write_cluster_files(cairn: &str, dir: &Path, port: u16, replication: u32)
     Process::start(cairn, &args, "Cairn is up.").kill();
 }
 
+/// Starts the MemDS processes whose configs `cairn up` wrote in `dir`
+/// (`memds-1.toml`, `memds-2.toml`).
+pub fn start_memds(cairn: &str, dir: &Path) -> Vec<Process> {
+    (1..=2)
+        .map(|m| {
+            let config = dir.join(format!("memds-{m}.toml"));
+            let config = config.to_str().expect("a UTF-8 path");
+            Process::start(cairn, &["memds", "--config", config], "MemDS listening")
+        })
+        .collect()
+}
+
 /// A child process that has reported it is ready; killed (SIGKILL) when
 /// dropped.
 #[derive(Debug)]

@@ -14,14 +14,17 @@ use cairn_common::quic::{Endpoint, Identity};
 use cairn_common::update::UpdateAction;
 use cairn_common::wire::ErrorCode;
 use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType, Number};
+use cairn_memds::server::{Memds, MemdsConfig};
 use cairn_node::{NodeConfig, NodeNetwork, StorageNode};
 use cairn_router::catalog::NodeAddress;
 use cairn_router::{Router, RouterConfig};
 use cairn_tests::free_udp_ports;
 
 struct Cluster {
-    _nodes: Vec<StorageNode>,
+    // Field order is drop order: router, MemDS, then nodes.
     _router: Router,
+    _memds: Memds,
+    _nodes: Vec<StorageNode>,
     router: SocketAddr,
     identity: Identity,
     _dir: tempfile::TempDir,
@@ -31,12 +34,12 @@ fn cluster() -> Cluster {
     cluster_of(1)
 }
 
-/// A router and `replicas` nodes of two shards each (one zone each); every
-/// table gets `replicas` copies.
+/// A router, a MemDS and `replicas` nodes of two shards each (one zone
+/// each); every table gets `replicas` copies.
 fn cluster_of(replicas: u32) -> Cluster {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let identity = Identity::self_signed(&["localhost"]).unwrap();
-    let base = free_udp_ports(1 + 2 * replicas as u16);
+    let base = free_udp_ports(2 + 2 * replicas as u16);
     let mut nodes = Vec::new();
     let mut addresses = Vec::new();
     for n in 0..replicas as u16 {
@@ -54,10 +57,25 @@ fn cluster_of(replicas: u32) -> Cluster {
             zone: format!("zone-{n}"),
         });
     }
+    let memds_addr: SocketAddr = format!("127.0.0.1:{}", base + 1 + 2 * replicas as u16)
+        .parse()
+        .unwrap();
+    let records = addresses
+        .iter()
+        .enumerate()
+        .map(|(id, node)| node.record(id))
+        .collect();
+    let memds = Memds::start(MemdsConfig::new(
+        memds_addr,
+        identity.clone(),
+        records,
+        "localhost".into(),
+    ))
+    .unwrap();
     let router = Router::start(RouterConfig {
-        data_dir: dir.path().join("router"),
         listen: format!("127.0.0.1:{base}").parse().unwrap(),
         nodes: addresses,
+        memds: vec![memds.addr()],
         identity: identity.clone(),
         node_server_name: "localhost".into(),
         dynamodb: None,
@@ -68,6 +86,7 @@ fn cluster_of(replicas: u32) -> Cluster {
     Cluster {
         router: router.addr(),
         _nodes: nodes,
+        _memds: memds,
         _router: router,
         identity,
         _dir: dir,

@@ -1,16 +1,48 @@
-//! Running nodes and routers: `cairn node`, `cairn router`, `cairn up`.
+//! Running nodes, MemDS and routers: `cairn node`, `cairn memds`,
+//! `cairn router`, `cairn up`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use cairn_common::quic::Identity;
+use cairn_memds::server::{Memds, MemdsConfig};
 use cairn_node::{NodeConfig, NodeNetwork, StorageNode, shard_addr};
 use cairn_router::catalog::NodeAddress;
 use cairn_router::dynamodb::Access;
 use cairn_router::{DynamoDbEndpoint, Router, RouterConfig};
 
-use crate::config::{self, AccessKey, DynamoDbFile, NodeEntry, NodeFile, RouterFile};
+use crate::config::{self, AccessKey, DynamoDbFile, MemdsFile, NodeEntry, NodeFile, RouterFile};
+
+/// MemDS processes `cairn up` runs.
+const MEMDS_COUNT: u16 = 2;
+
+fn node_addresses(entries: &[NodeEntry]) -> Vec<NodeAddress> {
+    entries
+        .iter()
+        .map(|n| NodeAddress {
+            addr: n.addr,
+            cores: n.cores,
+            zone: n.zone.clone(),
+        })
+        .collect()
+}
+
+/// Starts a MemDS process from its config file.
+pub fn start_memds(path: &Path) -> anyhow::Result<Memds> {
+    let file: MemdsFile = config::load(path)?;
+    let identity = config::identity(path, &file.certificate, &file.private_key)?;
+    let nodes = node_addresses(&file.nodes)
+        .iter()
+        .enumerate()
+        .map(|(id, node)| node.record(id))
+        .collect();
+    let mut memds_config = MemdsConfig::new(file.listen, identity, nodes, file.node_server_name);
+    memds_config.poll = std::time::Duration::from_millis(file.poll_ms.max(1));
+    Memds::start(memds_config)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("starting the MemDS of {}", path.display()))
+}
 
 /// Starts a storage node from its config file.
 pub fn start_node(path: &Path) -> anyhow::Result<StorageNode> {
@@ -31,17 +63,9 @@ pub fn start_router(path: &Path) -> anyhow::Result<Router> {
     let file: RouterFile = config::load(path)?;
     let identity = config::identity(path, &file.certificate, &file.private_key)?;
     let router_config = RouterConfig {
-        data_dir: config::resolve(path, &file.data_dir),
         listen: file.listen,
-        nodes: file
-            .nodes
-            .iter()
-            .map(|n| NodeAddress {
-                addr: n.addr,
-                cores: n.cores,
-                zone: n.zone.clone(),
-            })
-            .collect(),
+        nodes: node_addresses(&file.nodes),
+        memds: file.memds.clone(),
         replicas: file.replication,
         identity,
         node_server_name: file.node_server_name,
@@ -93,6 +117,7 @@ fn random_letters(count: usize) -> anyhow::Result<String> {
 #[derive(Debug)]
 pub struct LocalCluster {
     pub nodes: Vec<StorageNode>,
+    pub memds: Vec<Memds>,
     pub router: Router,
     pub dir: PathBuf,
     pub router_addr: SocketAddr,
@@ -101,7 +126,8 @@ pub struct LocalCluster {
 
 /// Creates (or reuses) a local cluster directory with a self-signed
 /// certificate and config files, and starts its nodes (three in three
-/// zones for replication 3, else one) and router here.
+/// zones for replication 3, else one), two MemDS processes and a router
+/// here.
 pub fn up(dir: &Path, cores: usize, port: u16, replication: u32) -> anyhow::Result<LocalCluster> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
@@ -140,8 +166,24 @@ pub fn up(dir: &Path, cores: usize, port: u16, replication: u32) -> anyhow::Resu
             zone,
         });
     }
+    let memds_files: Vec<(PathBuf, MemdsFile)> = (0..MEMDS_COUNT)
+        .map(|m| {
+            let listen: SocketAddr = format!("127.0.0.1:{}", port + 90 + m).parse()?;
+            Ok((
+                dir.join(format!("memds-{}.toml", m + 1)),
+                MemdsFile {
+                    listen,
+                    certificate: "cert.pem".into(),
+                    private_key: "key.pem".into(),
+                    node_server_name: "localhost".into(),
+                    poll_ms: 50,
+                    nodes: entries.clone(),
+                },
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
     let router = RouterFile {
-        data_dir: "router".into(),
+        memds: memds_files.iter().map(|(_, f)| f.listen).collect(),
         listen: format!("127.0.0.1:{port}").parse()?,
         certificate: "cert.pem".into(),
         private_key: "key.pem".into(),
@@ -160,10 +202,17 @@ pub fn up(dir: &Path, cores: usize, port: u16, replication: u32) -> anyhow::Resu
     for (path, file) in &node_files {
         std::fs::write(path, toml::to_string(file)?)?;
     }
+    for (path, file) in &memds_files {
+        std::fs::write(path, toml::to_string(file)?)?;
+    }
     std::fs::write(&router_path, toml::to_string(&router)?)?;
     for (path, _) in &node_files {
         nodes.push(start_node(path)?);
     }
+    let memds = memds_files
+        .iter()
+        .map(|(path, _)| start_memds(path))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let dynamodb = router
         .dynamodb
         .as_ref()
@@ -172,6 +221,7 @@ pub fn up(dir: &Path, cores: usize, port: u16, replication: u32) -> anyhow::Resu
     Ok(LocalCluster {
         router_addr: router_process.addr(),
         nodes,
+        memds,
         router: router_process,
         dir,
         dynamodb,
@@ -202,6 +252,9 @@ impl LocalCluster {
         } else {
             "1".to_owned()
         };
+        for (m, memds) in self.memds.iter().enumerate() {
+            out += &format!("  MemDS {}: {}\n", m + 1, memds.addr());
+        }
         out += &format!(
             "  replicas per partition: {replicas}\n  data:    {}\n  configs: {}/*.toml\n",
             self.dir.display(),

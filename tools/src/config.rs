@@ -1,6 +1,6 @@
-//! Configuration files of `cairn node` and `cairn router` (TOML). The
-//! format is documented in docs/configuration.md; `cairn up` writes a
-//! working example of each into its directory.
+//! Configuration files of `cairn node`, `cairn memds` and `cairn router`
+//! (TOML). The format is documented in docs/configuration.md; `cairn up`
+//! writes a working example of each into its directory.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,7 +28,9 @@ pub struct NodeFile {
     pub peer_server_name: String,
 }
 
-/// One node as a router sees it.
+/// One node as routers and MemDS see it. Every router and MemDS must list
+/// the cluster's nodes in the same order: the order gives node ids, and
+/// the first nodes (one per zone) hold the metadata group.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeEntry {
@@ -51,8 +53,6 @@ fn one_replica() -> u32 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouterFile {
-    /// Where the router keeps its table catalog.
-    pub data_dir: PathBuf,
     /// Clients connect here.
     pub listen: SocketAddr,
     /// PEM certificate presented to clients and trusted on node connections.
@@ -65,6 +65,8 @@ pub struct RouterFile {
     #[serde(default = "one")]
     pub cores: usize,
     pub nodes: Vec<NodeEntry>,
+    /// MemDS processes, for partition lookups and the table catalog.
+    pub memds: Vec<SocketAddr>,
     /// Copies of each partition of new tables: 1, or 3 (a Multi-Paxos group
     /// across zones).
     #[serde(default = "one_replica")]
@@ -72,6 +74,28 @@ pub struct RouterFile {
     /// The DynamoDB-compatible HTTP endpoint (docs/dynamodb-api.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dynamodb: Option<DynamoDbFile>,
+}
+
+/// `cairn memds --config FILE`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemdsFile {
+    /// Routers connect here.
+    pub listen: SocketAddr,
+    /// PEM certificate presented to routers and trusted on node
+    /// connections.
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    #[serde(default = "localhost")]
+    pub node_server_name: String,
+    /// How often the map version is read, in milliseconds.
+    #[serde(default = "fifty")]
+    pub poll_ms: u64,
+    pub nodes: Vec<NodeEntry>,
+}
+
+fn fifty() -> u64 {
+    50
 }
 
 /// `[dynamodb]` in a router's config.

@@ -26,9 +26,9 @@ enum Command {
     /// percentiles per operation. Without --router it starts a local
     /// cluster in this process.
     Bench(cairn_bench::BenchArgs),
-    /// Start a local cluster (three nodes in three zones and a router, or
-    /// one node with --replication 1) in this process and print its
-    /// endpoint; runs until interrupted.
+    /// Start a local cluster (three nodes in three zones, two MemDS and a
+    /// router, or one node with --replication 1) in this process and print
+    /// its endpoint; runs until interrupted.
     Up {
         /// Directory for data, certificate and generated config files.
         #[arg(long, default_value = "cairn-data")]
@@ -46,6 +46,11 @@ enum Command {
     },
     /// Run a storage node from a config file (docs/configuration.md).
     Node {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a MemDS process from a config file (docs/configuration.md).
+    Memds {
         #[arg(long)]
         config: PathBuf,
     },
@@ -108,6 +113,11 @@ fn main() -> anyhow::Result<()> {
                 config.display()
             );
             park_forever();
+        }
+        Command::Memds { config } => {
+            let memds = cluster::start_memds(&config)?;
+            println!("MemDS listening on {}", memds.addr());
+            memds.wait();
         }
         Command::Router { config } => {
             let router = cluster::start_router(&config)?;

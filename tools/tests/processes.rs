@@ -1,6 +1,6 @@
 //! A cluster of real processes on loopback: `cairn up` writes the
-//! configuration, then `cairn node` and `cairn router` run as separate
-//! processes. The node is killed with SIGKILL and restarted; every
+//! configuration, then `cairn node`, `cairn memds` and `cairn router` run
+//! as separate processes. The node is killed with SIGKILL and restarted; every
 //! acknowledged write is still readable, and while it is down requests get
 //! a retryable error instead of hanging.
 
@@ -51,6 +51,7 @@ fn a_killed_node_restarts_with_every_acknowledged_write() {
         &["node", "--config", node_config.to_str().unwrap()],
         "node running",
     );
+    let _memds = cairn_tests::start_memds(env!("CARGO_BIN_EXE_cairn"), &cluster_dir);
     let _router = start(
         &["router", "--config", router_config.to_str().unwrap()],
         "router listening",

@@ -327,8 +327,8 @@ fn page_json(
     Ok(page)
 }
 
-fn table_of(state: &State, name: &str) -> Result<crate::catalog::Table, ApiError> {
-    state.table(name).map_err(|response| match response {
+async fn table_of(state: &State, name: &str) -> Result<crate::catalog::Table, ApiError> {
+    state.table(name).await.map_err(|response| match response {
         Response::Error { code, message } => ApiError::from_code(code, message),
         _ => unexpected(),
     })
@@ -479,7 +479,7 @@ pub(crate) async fn dispatch(
         "Query" => {
             refuse_unsupported(body)?;
             let name = string(body, "TableName")?.to_owned();
-            let table = table_of(state, &name)?;
+            let table = table_of(state, &name).await?;
             let placeholders = Placeholders::from_request(body).map_err(expression_error)?;
             let key =
                 super::expr::key_condition(string(body, "KeyConditionExpression")?, &placeholders)
@@ -545,7 +545,7 @@ pub(crate) async fn dispatch(
         "Scan" => {
             refuse_unsupported(body)?;
             let name = string(body, "TableName")?.to_owned();
-            let table = table_of(state, &name)?;
+            let table = table_of(state, &name).await?;
             let exclusive_start = match body.get("ExclusiveStartKey") {
                 Some(json) => {
                     let item = item_from_json(json)
@@ -555,7 +555,10 @@ pub(crate) async fn dispatch(
                         .key_of_key(&item)
                         .map_err(|e| ApiError::validation(format!("ExclusiveStartKey: {e}")))?;
                     let prefix_len = 2 + u16::from_be_bytes([stored[0], stored[1]]) as usize;
-                    Some((table.partition_index(&stored[..prefix_len]), stored))
+                    Some((
+                        crate::catalog::partition_hash(&stored[..prefix_len]),
+                        stored,
+                    ))
                 }
                 None => None,
             };

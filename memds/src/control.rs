@@ -1,0 +1,436 @@
+//! The control plane's operations on the authoritative metadata: bootstrap
+//! the metadata group, create and delete tables, read everything back.
+//! They run wherever a router or MemDS needs them, as ordinary conditional
+//! writes to the metadata partition, so two of them racing is settled by
+//! the partition's leader, not by a lock.
+//!
+//! Creating a table: take an id (compare-and-set on `counter/table_id`)
+//! and a map version, claim the name with a `CREATING` record written only
+//! if none exists, create every replica of every partition, write the
+//! record `ACTIVE`, then bump the map version so MemDS reloads. A creator
+//! that dies half-way leaves a `CREATING` record (the name stays taken)
+//! and possibly some partitions; deleting the table clears the name.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use cairn_common::group::{NODE_TIMEOUT, NodeLinks, SendError};
+use cairn_common::wire::{
+    self, ErrorCode, GroupMember, GroupSpec, NodeOp, NodeRequest, Response, WireBound, WireChange,
+    WireCondition,
+};
+use cairn_common::{Item, KeySchema};
+
+use crate::meta::{
+    self, META_PARTITION, NodeRecord, PARTITIONS_MAX, Snapshot, TableRecord, TableStatus,
+};
+
+/// Attempts at a compare-and-set before giving up with a throttle.
+const CAS_ATTEMPTS: usize = 16;
+/// How long bootstrap keeps trying while the metadata group elects.
+const BOOTSTRAP_ATTEMPTS: usize = 30;
+const BOOTSTRAP_BACKOFF: Duration = Duration::from_millis(200);
+
+fn internal(message: impl Into<String>) -> Response {
+    Response::error(ErrorCode::Internal, message)
+}
+
+fn validation(message: impl Into<String>) -> Response {
+    Response::error(ErrorCode::Validation, message)
+}
+
+/// Reads and writes the metadata partition.
+#[derive(Debug)]
+pub struct MetaClient {
+    links: Rc<NodeLinks>,
+    /// The configured nodes, registered at bootstrap.
+    nodes: Vec<NodeRecord>,
+    /// The metadata group's members, in replica order.
+    members: Vec<NodeRecord>,
+    replicas: Vec<SocketAddr>,
+    bootstrapped: std::cell::Cell<bool>,
+}
+
+impl MetaClient {
+    /// `nodes` is the configured node list; its order gives node ids and
+    /// places the metadata group, so every process must list the same.
+    pub fn new(links: Rc<NodeLinks>, nodes: Vec<NodeRecord>) -> MetaClient {
+        let members: Vec<NodeRecord> = meta::meta_placement(&nodes)
+            .into_iter()
+            .map(|id| nodes[usize::from(id)].clone())
+            .collect();
+        let replicas = members.iter().map(|n| n.shard_of(META_PARTITION)).collect();
+        MetaClient {
+            links,
+            nodes,
+            members,
+            replicas,
+            bootstrapped: std::cell::Cell::new(false),
+        }
+    }
+
+    pub fn links(&self) -> &Rc<NodeLinks> {
+        &self.links
+    }
+
+    async fn call(&self, op: NodeOp) -> Response {
+        let is_write = op.is_write();
+        let request = wire::encode_node_request(&NodeRequest {
+            partition: META_PARTITION,
+            op,
+        });
+        self.links
+            .forward(META_PARTITION, &self.replicas, &request, is_write)
+            .await
+    }
+
+    /// Creates the metadata group's replicas and registers the configured
+    /// nodes; both are no-ops when done before (by anyone). Retries while
+    /// the group elects its first leader. Once it succeeded, it returns at
+    /// once.
+    pub async fn bootstrap(&self) -> Result<(), Response> {
+        if self.bootstrapped.get() {
+            return Ok(());
+        }
+        let mut last = internal("bootstrap did not run");
+        for _ in 0..BOOTSTRAP_ATTEMPTS {
+            match self.bootstrap_once().await {
+                Ok(()) => {
+                    self.bootstrapped.set(true);
+                    return Ok(());
+                }
+                Err(Response::Error { code, message }) if code.is_retryable() => {
+                    last = Response::error(code, message);
+                }
+                Err(other) => return Err(other),
+            }
+            glommio::timer::sleep(BOOTSTRAP_BACKOFF).await;
+        }
+        Err(last)
+    }
+
+    async fn bootstrap_once(&self) -> Result<(), Response> {
+        let members: Vec<GroupMember> = self
+            .members
+            .iter()
+            .map(|n| GroupMember {
+                addr: n.addr.to_string(),
+                cores: n.cores,
+                zone: n.zone.clone(),
+            })
+            .collect();
+        for (replica, addr) in self.replicas.iter().enumerate() {
+            let group = (members.len() > 1).then(|| GroupSpec {
+                replica: replica as u32,
+                members: members.clone(),
+            });
+            create_replica(
+                &self.links,
+                *addr,
+                META_PARTITION,
+                &meta::meta_schema(),
+                group,
+            )
+            .await?;
+        }
+        for node in &self.nodes {
+            let op = NodeOp::Put {
+                item: node.to_item().to_bytes(),
+                condition: Some(WireCondition::NotExists("k".into())),
+            };
+            match self.call(op).await {
+                Response::Done
+                | Response::Error {
+                    code: ErrorCode::ConditionalCheckFailed,
+                    ..
+                } => {}
+                other => return Err(unexpected(other)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Every record, read by consistent pages from the leader.
+    pub async fn load(&self) -> Result<Snapshot, Response> {
+        let mut snapshot = Snapshot::default();
+        let mut resume = None;
+        loop {
+            let op = NodeOp::Scan {
+                start: WireBound::Unbounded,
+                end: WireBound::Unbounded,
+                reverse: false,
+                limit: 1000,
+                resume_after: resume.take(),
+                consistent: true,
+            };
+            match self.call(op).await {
+                Response::Page { items, last_key } => {
+                    for bytes in items {
+                        let item = Item::decode(&bytes).map_err(|e| internal(e.to_string()))?;
+                        snapshot
+                            .absorb(&item)
+                            .map_err(|e| internal(e.to_string()))?;
+                    }
+                    match last_key {
+                        Some(key) => resume = Some(key),
+                        None => return Ok(snapshot),
+                    }
+                }
+                other => return Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// The current map version (0 before the first change).
+    pub async fn version(&self) -> Result<u64, Response> {
+        match self.counter("version").await? {
+            Some(value) => Ok(value),
+            None => Ok(0),
+        }
+    }
+
+    async fn counter(&self, name: &str) -> Result<Option<u64>, Response> {
+        let op = NodeOp::Get {
+            key: meta::key_item("counter", name).to_bytes(),
+            consistent: true,
+        };
+        match self.call(op).await {
+            Response::Item(None) => Ok(None),
+            Response::Item(Some(bytes)) => {
+                let item = Item::decode(&bytes).map_err(|e| internal(e.to_string()))?;
+                meta::counter_value(&item)
+                    .map(Some)
+                    .map_err(|e| internal(e.to_string()))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Adds one to a counter by compare-and-set; returns the new value.
+    async fn increment(&self, name: &str) -> Result<u64, Response> {
+        for _ in 0..CAS_ATTEMPTS {
+            let (op, next) = match self.counter(name).await? {
+                None => (
+                    NodeOp::Put {
+                        item: meta::key_item("counter", name)
+                            .with("n", meta::number(1))
+                            .to_bytes(),
+                        condition: Some(WireCondition::NotExists("k".into())),
+                    },
+                    1,
+                ),
+                Some(value) => (
+                    NodeOp::Update {
+                        key: meta::key_item("counter", name).to_bytes(),
+                        changes: vec![WireChange::Set {
+                            name: "n".into(),
+                            value: meta::number(value + 1).to_bytes(),
+                        }],
+                        condition: Some(WireCondition::Compare {
+                            attribute: "n".into(),
+                            op: 0,
+                            value: meta::number(value).to_bytes(),
+                        }),
+                    },
+                    value + 1,
+                ),
+            };
+            // An update answers with the item it left.
+            match self.call(op).await {
+                Response::Done | Response::Item(_) => return Ok(next),
+                Response::Error {
+                    code: ErrorCode::ConditionalCheckFailed,
+                    ..
+                } => continue,
+                other => return Err(unexpected(other)),
+            }
+        }
+        Err(Response::error(
+            ErrorCode::Throttling,
+            format!("counter {name} is contended; retry"),
+        ))
+    }
+
+    /// Creates a table of `partitions` even ranges with `replicas` copies
+    /// each, and returns its record (ACTIVE).
+    pub async fn create_table(
+        &self,
+        name: &str,
+        schema: KeySchema,
+        partitions: u32,
+        replicas: u32,
+    ) -> Result<TableRecord, Response> {
+        let valid_name = (3..=255).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !valid_name {
+            return Err(validation(format!(
+                "table name {name:?} must be 3-255 characters of [A-Za-z0-9_.-]"
+            )));
+        }
+        if !(1..=PARTITIONS_MAX).contains(&partitions) {
+            return Err(validation(format!(
+                "partitions must be 1..={PARTITIONS_MAX}"
+            )));
+        }
+        self.bootstrap().await?;
+        let existing = self.table(name).await?;
+        if existing.is_some() {
+            return Err(in_use(name));
+        }
+        let snapshot = self.load().await?;
+        let nodes: Vec<NodeRecord> = snapshot.nodes.values().cloned().collect();
+        if (replicas as usize) > nodes.len() {
+            return Err(validation(format!(
+                "{replicas} replicas need as many nodes; {} registered",
+                nodes.len()
+            )));
+        }
+        let id = u32::try_from(self.increment("table_id").await?)
+            .map_err(|_| internal("table ids are exhausted"))?;
+        let version = self.increment("version").await?;
+        let mut record = TableRecord {
+            name: name.to_owned(),
+            id,
+            schema,
+            replicas,
+            status: TableStatus::Creating,
+            version,
+            partitions: meta::new_partitions(id, partitions, replicas, version, &nodes)
+                .map_err(|e| internal(e.to_string()))?,
+        };
+        let claim = NodeOp::Put {
+            item: record.to_item().to_bytes(),
+            condition: Some(WireCondition::NotExists("k".into())),
+        };
+        match self.call(claim).await {
+            Response::Done => {}
+            Response::Error {
+                code: ErrorCode::ConditionalCheckFailed,
+                ..
+            } => return Err(in_use(name)),
+            other => return Err(unexpected(other)),
+        }
+        for partition in &record.partitions {
+            let members: Vec<&NodeRecord> = partition
+                .replicas
+                .as_slice()
+                .iter()
+                .map(|id| &snapshot.nodes[id])
+                .collect();
+            let group_members: Vec<GroupMember> = members
+                .iter()
+                .map(|n| GroupMember {
+                    addr: n.addr.to_string(),
+                    cores: n.cores,
+                    zone: n.zone.clone(),
+                })
+                .collect();
+            for (replica, node) in members.iter().enumerate() {
+                let group = (members.len() > 1).then(|| GroupSpec {
+                    replica: replica as u32,
+                    members: group_members.clone(),
+                });
+                let addr = node.shard_of(partition.id);
+                create_replica(&self.links, addr, partition.id, &record.schema, group).await?;
+            }
+        }
+        record.status = TableStatus::Active;
+        let activate = NodeOp::Put {
+            item: record.to_item().to_bytes(),
+            condition: Some(WireCondition::Exists("k".into())),
+        };
+        match self.call(activate).await {
+            Response::Done => {}
+            other => return Err(unexpected(other)),
+        }
+        self.increment("version").await?;
+        Ok(record)
+    }
+
+    /// One table's record, read consistently.
+    pub async fn table(&self, name: &str) -> Result<Option<TableRecord>, Response> {
+        let op = NodeOp::Get {
+            key: meta::key_item("table", name).to_bytes(),
+            consistent: true,
+        };
+        match self.call(op).await {
+            Response::Item(None) => Ok(None),
+            Response::Item(Some(bytes)) => {
+                let item = Item::decode(&bytes).map_err(|e| internal(e.to_string()))?;
+                TableRecord::from_item(&item)
+                    .map(Some)
+                    .map_err(|e| internal(e.to_string()))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Removes a table from the map. Its partitions stay on the nodes (no
+    /// reclamation yet), and its id is never handed out again.
+    pub async fn delete_table(&self, name: &str) -> Result<(), Response> {
+        let op = NodeOp::Delete {
+            key: meta::key_item("table", name).to_bytes(),
+            condition: Some(WireCondition::Exists("k".into())),
+        };
+        match self.call(op).await {
+            Response::Done => {}
+            Response::Error {
+                code: ErrorCode::ConditionalCheckFailed,
+                ..
+            } => {
+                return Err(Response::error(
+                    ErrorCode::ResourceNotFound,
+                    format!("table {name:?} does not exist"),
+                ));
+            }
+            other => return Err(unexpected(other)),
+        }
+        self.increment("version").await.map(|_| ())
+    }
+}
+
+/// An error passes through; any other answer is a protocol bug, reported.
+fn unexpected(response: Response) -> Response {
+    match response {
+        Response::Error { .. } => response,
+        other => internal(format!("metadata partition answered {other:?}")),
+    }
+}
+
+fn in_use(name: &str) -> Response {
+    Response::error(
+        ErrorCode::ResourceInUse,
+        format!("table {name:?} already exists"),
+    )
+}
+
+/// Creates one replica; one that exists already is fine.
+async fn create_replica(
+    links: &NodeLinks,
+    addr: SocketAddr,
+    partition: u64,
+    schema: &KeySchema,
+    group: Option<GroupSpec>,
+) -> Result<(), Response> {
+    let op = NodeOp::CreatePartition {
+        schema: schema.encode(),
+        group,
+    };
+    let request = wire::encode_node_request(&NodeRequest { partition, op });
+    match links.send(addr, &request, NODE_TIMEOUT, NODE_TIMEOUT).await {
+        Ok(
+            Response::Done
+            | Response::Error {
+                code: ErrorCode::ResourceInUse,
+                ..
+            },
+        ) => Ok(()),
+        Ok(other) => Err(unexpected(other)),
+        Err(SendError::NotSent(message) | SendError::Lost(message)) => {
+            Err(Response::error(ErrorCode::Unavailable, message))
+        }
+    }
+}

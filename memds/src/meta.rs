@@ -1,0 +1,456 @@
+//! The authoritative metadata, as items of a system table (sans-IO).
+//!
+//! The source of truth is one replicated partition — id [`META_PARTITION`]
+//! of table [`META_TABLE`] — on the storage nodes, so it is a Multi-Paxos
+//! group like any other and gets the same WAL, checkpoints and failover.
+//! Its key schema is `k` (S) and `s` (S); the records are:
+//!
+//! | `k` | `s` | attributes |
+//! |---|---|---|
+//! | `counter` | `version` | `n`: the map version, bumped after every change |
+//! | `counter` | `table_id` | `n`: the last table id handed out |
+//! | `node` | node id, 5 digits | `addr`, `cores`, `zone` |
+//! | `table` | table name | `id`, `schema`, `replicas`, `status`, `version`, `parts` |
+//!
+//! `parts` is the table's partition list (layout in `docs/metadata.md`).
+//! The group lives on the first nodes of the configured list, one per zone
+//! ([`meta_placement`]), so every router and MemDS finds it from its config
+//! alone.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType, Number};
+
+use crate::map::{MapError, Partition, PartitionMap, REPLICAS_MAX, Replicas};
+
+/// The system table; user tables get ids from 1.
+pub const META_TABLE: u32 = 0;
+/// Its one partition.
+pub const META_PARTITION: u64 = 0;
+/// Most partitions a table may have.
+pub const PARTITIONS_MAX: u32 = 4096;
+/// A partition's id is `table << PARTITION_BITS | index`.
+pub const PARTITION_BITS: u32 = 20;
+const PARTS_VERSION: u8 = 1;
+
+pub fn meta_schema() -> KeySchema {
+    KeySchema::new(
+        KeyAttribute::new("k", KeyType::S),
+        Some(KeyAttribute::new("s", KeyType::S)),
+    )
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetaError {
+    #[error("metadata record {record}: {reason}")]
+    Malformed { record: String, reason: String },
+    #[error(transparent)]
+    Map(#[from] MapError),
+}
+
+fn malformed(record: &str, reason: impl Into<String>) -> MetaError {
+    MetaError::Malformed {
+        record: record.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableStatus {
+    Creating,
+    Active,
+    Deleting,
+}
+
+impl TableStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableStatus::Creating => "CREATING",
+            TableStatus::Active => "ACTIVE",
+            TableStatus::Deleting => "DELETING",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TableStatus> {
+        match text {
+            "CREATING" => Some(TableStatus::Creating),
+            "ACTIVE" => Some(TableStatus::Active),
+            "DELETING" => Some(TableStatus::Deleting),
+            _ => None,
+        }
+    }
+}
+
+/// A storage node, as registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub id: u16,
+    /// Shard 0's address; shard `i` listens on port + i.
+    pub addr: SocketAddr,
+    pub cores: u32,
+    pub zone: String,
+}
+
+impl NodeRecord {
+    /// The address of the shard that holds partition `partition`.
+    pub fn shard_of(&self, partition: u64) -> SocketAddr {
+        let shard = (partition % u64::from(self.cores.max(1))) as u16;
+        SocketAddr::new(self.addr.ip(), self.addr.port() + shard)
+    }
+
+    pub fn to_item(&self) -> Item {
+        key_item("node", &format!("{:05}", self.id))
+            .with("addr", AttributeValue::S(self.addr.to_string()))
+            .with("cores", number(u64::from(self.cores)))
+            .with("zone", AttributeValue::S(self.zone.clone()))
+    }
+
+    pub fn from_item(item: &Item) -> Result<NodeRecord, MetaError> {
+        let name = string(item, "node", "s")?;
+        let id = name
+            .parse()
+            .map_err(|_| malformed("node", format!("id {name:?}")))?;
+        let addr = string(item, "node", "addr")?;
+        Ok(NodeRecord {
+            id,
+            addr: addr
+                .parse()
+                .map_err(|_| malformed("node", format!("address {addr:?}")))?,
+            cores: unsigned(item, "node", "cores")? as u32,
+            zone: string(item, "node", "zone")?.to_owned(),
+        })
+    }
+}
+
+/// A table and its partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRecord {
+    pub name: String,
+    pub id: u32,
+    pub schema: KeySchema,
+    pub replicas: u32,
+    pub status: TableStatus,
+    /// The map version of the table's last change.
+    pub version: u64,
+    /// Sorted by start; the first starts at 0.
+    pub partitions: Vec<Partition>,
+}
+
+impl TableRecord {
+    pub fn to_item(&self) -> Item {
+        key_item("table", &self.name)
+            .with("id", number(u64::from(self.id)))
+            .with("schema", AttributeValue::B(self.schema.encode()))
+            .with("replicas", number(u64::from(self.replicas)))
+            .with("status", AttributeValue::S(self.status.as_str().into()))
+            .with("version", number(self.version))
+            .with("parts", AttributeValue::B(encode_parts(&self.partitions)))
+    }
+
+    pub fn from_item(item: &Item) -> Result<TableRecord, MetaError> {
+        let name = string(item, "table", "s")?.to_owned();
+        let schema = match item.get("schema") {
+            Some(AttributeValue::B(bytes)) => {
+                KeySchema::decode(bytes).map_err(|e| malformed(&name, format!("schema: {e}")))?
+            }
+            _ => return Err(malformed(&name, "no schema")),
+        };
+        let status = string(item, &name, "status")?;
+        let parts = match item.get("parts") {
+            Some(AttributeValue::B(bytes)) => {
+                decode_parts(bytes).map_err(|e| malformed(&name, e))?
+            }
+            _ => return Err(malformed(&name, "no partitions")),
+        };
+        Ok(TableRecord {
+            id: unsigned(item, &name, "id")? as u32,
+            schema,
+            replicas: unsigned(item, &name, "replicas")? as u32,
+            status: TableStatus::parse(status)
+                .ok_or_else(|| malformed(&name, format!("status {status:?}")))?,
+            version: unsigned(item, &name, "version")?,
+            partitions: parts,
+            name,
+        })
+    }
+}
+
+/// The key of a metadata record.
+pub fn key_item(k: &str, s: &str) -> Item {
+    Item::new()
+        .with("k", AttributeValue::S(k.into()))
+        .with("s", AttributeValue::S(s.into()))
+}
+
+pub fn number(value: u64) -> AttributeValue {
+    AttributeValue::N(value.to_string().parse::<Number>().expect("digits parse"))
+}
+
+/// A counter record's value.
+pub fn counter_value(item: &Item) -> Result<u64, MetaError> {
+    unsigned(item, "counter", "n")
+}
+
+fn string<'a>(item: &'a Item, record: &str, name: &str) -> Result<&'a str, MetaError> {
+    match item.get(name) {
+        Some(AttributeValue::S(text)) => Ok(text),
+        _ => Err(malformed(record, format!("no string {name:?}"))),
+    }
+}
+
+fn unsigned(item: &Item, record: &str, name: &str) -> Result<u64, MetaError> {
+    match item.get(name) {
+        Some(AttributeValue::N(n)) => n
+            .to_string()
+            .parse()
+            .map_err(|_| malformed(record, format!("{name} = {n} is not a count"))),
+        _ => Err(malformed(record, format!("no number {name:?}"))),
+    }
+}
+
+/// `parts`: version u8 ‖ count u32 ‖ per partition (id u64 ‖ start u64 ‖
+/// version u64 ‖ replica count u8 ‖ leader u8 (0xFF: none) ‖ node ids
+/// u16…) ‖ crc32c u32 of all before it; little endian.
+pub fn encode_parts(partitions: &[Partition]) -> Vec<u8> {
+    let mut out = vec![PARTS_VERSION];
+    out.extend_from_slice(&(partitions.len() as u32).to_le_bytes());
+    for p in partitions {
+        out.extend_from_slice(&p.id.to_le_bytes());
+        out.extend_from_slice(&p.start.to_le_bytes());
+        out.extend_from_slice(&p.version.to_le_bytes());
+        out.push(p.replicas.len() as u8);
+        out.push(p.leader.unwrap_or(0xFF));
+        for node in p.replicas.as_slice() {
+            out.extend_from_slice(&node.to_le_bytes());
+        }
+    }
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+pub fn decode_parts(bytes: &[u8]) -> Result<Vec<Partition>, String> {
+    if bytes.len() < 9 {
+        return Err("partition list too short".into());
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+        return Err("partition list checksum mismatch".into());
+    }
+    if body[0] != PARTS_VERSION {
+        return Err(format!("partition list version {}", body[0]));
+    }
+    let mut at = 1;
+    let mut take = |n: usize| -> Result<&[u8], String> {
+        let slice = body.get(at..at + n).ok_or("partition list truncated")?;
+        at += n;
+        Ok(slice)
+    };
+    let u64_of = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));
+    let count = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes"));
+    let mut partitions = Vec::with_capacity(count.min(PARTITIONS_MAX) as usize);
+    for _ in 0..count {
+        let (id, start, version) = (u64_of(take(8)?), u64_of(take(8)?), u64_of(take(8)?));
+        let header = take(2)?;
+        let (len, leader) = (usize::from(header[0]), header[1]);
+        if len == 0 || len > REPLICAS_MAX {
+            return Err(format!("partition {id} has {len} replicas"));
+        }
+        let nodes: Vec<u16> = take(2 * len)?
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        partitions.push(Partition {
+            id,
+            start,
+            version,
+            replicas: Replicas::new(&nodes).map_err(|e| e.to_string())?,
+            leader: (leader != 0xFF).then_some(leader),
+        });
+    }
+    if at != body.len() {
+        return Err("trailing bytes after the partition list".into());
+    }
+    Ok(partitions)
+}
+
+/// The first hashes of `count` equal ranges, on multiples of 2^32 (so the
+/// compressed map stores each delta in a few bytes).
+pub fn even_starts(count: u32) -> Vec<u64> {
+    (0..u64::from(count))
+        .map(|i| ((i << 32) / u64::from(count)) << 32)
+        .collect()
+}
+
+/// The nodes for a partition's replicas: walking the nodes from `start`
+/// round the ring, first one node per zone not yet used, then (with fewer
+/// zones than replicas) any other node.
+pub fn place(nodes: &[NodeRecord], start: usize, replicas: usize) -> Vec<u16> {
+    if nodes.is_empty() {
+        return Vec::new();
+    }
+    let ring = (0..nodes.len()).map(|k| &nodes[(start + k) % nodes.len()]);
+    let wanted = replicas.min(nodes.len());
+    let mut chosen: Vec<&NodeRecord> = Vec::with_capacity(wanted);
+    for node in ring.clone() {
+        if chosen.len() < wanted && chosen.iter().all(|c| c.zone != node.zone) {
+            chosen.push(node);
+        }
+    }
+    for node in ring {
+        if chosen.len() < wanted && !chosen.iter().any(|c| c.id == node.id) {
+            chosen.push(node);
+        }
+    }
+    chosen.iter().map(|n| n.id).collect()
+}
+
+/// The metadata group's replicas: three across zones when there are three
+/// nodes, else one.
+pub fn meta_placement(nodes: &[NodeRecord]) -> Vec<u16> {
+    let replicas = if nodes.len() >= 3 { 3 } else { 1 };
+    place(nodes, 0, replicas)
+}
+
+/// The partitions of a new table: even ranges, placed round the ring from
+/// the table's id so tables spread over the nodes.
+pub fn new_partitions(
+    table: u32,
+    count: u32,
+    replicas: u32,
+    version: u64,
+    nodes: &[NodeRecord],
+) -> Result<Vec<Partition>, MetaError> {
+    even_starts(count)
+        .into_iter()
+        .enumerate()
+        .map(|(index, start)| {
+            let placed = place(nodes, table as usize + index, replicas as usize);
+            Ok(Partition {
+                id: u64::from(table) << PARTITION_BITS | index as u64,
+                start,
+                version,
+                replicas: Replicas::new(&placed)?,
+                leader: None,
+            })
+        })
+        .collect()
+}
+
+/// Everything the metadata partition holds, read at one map version.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub version: u64,
+    pub tables: BTreeMap<String, TableRecord>,
+    pub nodes: BTreeMap<u16, NodeRecord>,
+}
+
+impl Snapshot {
+    /// Adds one record read from the metadata partition.
+    pub fn absorb(&mut self, item: &Item) -> Result<(), MetaError> {
+        match string(item, "record", "k")? {
+            "counter" if string(item, "counter", "s")? == "version" => {
+                self.version = counter_value(item)?;
+            }
+            "counter" => {}
+            "node" => {
+                let node = NodeRecord::from_item(item)?;
+                self.nodes.insert(node.id, node);
+            }
+            "table" => {
+                let table = TableRecord::from_item(item)?;
+                self.tables.insert(table.name.clone(), table);
+            }
+            other => return Err(malformed(other, "unknown record kind")),
+        }
+        Ok(())
+    }
+
+    /// The compressed map of every active table.
+    pub fn map(&self) -> Result<PartitionMap, MetaError> {
+        let mut map = PartitionMap::new();
+        for table in self.tables.values() {
+            if table.status == TableStatus::Active {
+                map.set_table(table.id, &table.partitions)?;
+            }
+        }
+        Ok(map)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u16, zone: &str) -> NodeRecord {
+        NodeRecord {
+            id,
+            addr: SocketAddr::from(([127, 0, 0, 1], 7000 + id)),
+            cores: 2,
+            zone: zone.into(),
+        }
+    }
+
+    #[test]
+    fn records_round_trip_through_items() {
+        let nodes = [node(0, "a"), node(1, "b"), node(2, "c")];
+        let table = TableRecord {
+            name: "users".into(),
+            id: 7,
+            schema: KeySchema::new(KeyAttribute::new("u", KeyType::S), None),
+            replicas: 3,
+            status: TableStatus::Active,
+            version: 42,
+            partitions: new_partitions(7, 5, 3, 42, &nodes).unwrap(),
+        };
+        let mut snapshot = Snapshot::default();
+        for n in &nodes {
+            snapshot.absorb(&n.to_item()).unwrap();
+        }
+        snapshot.absorb(&table.to_item()).unwrap();
+        snapshot
+            .absorb(&key_item("counter", "version").with("n", number(43)))
+            .unwrap();
+        assert_eq!(snapshot.version, 43);
+        assert_eq!(snapshot.tables["users"], table);
+        assert_eq!(snapshot.nodes[&1], nodes[1]);
+        let map = snapshot.map().unwrap();
+        assert_eq!(map.lookup(7, u64::MAX).unwrap().partition.id, 7 << 20 | 4);
+        // A damaged partition list is refused, not half-read.
+        let mut parts = encode_parts(&table.partitions);
+        parts[10] ^= 1;
+        assert!(decode_parts(&parts).unwrap_err().contains("checksum"));
+        let bad = table.to_item().with("parts", AttributeValue::B(parts));
+        assert!(matches!(
+            TableRecord::from_item(&bad),
+            Err(MetaError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn new_tables_spread_over_zones_and_cover_the_hash_space() {
+        let nodes = [node(0, "a"), node(1, "a"), node(2, "b"), node(3, "c")];
+        let partitions = new_partitions(3, 7, 3, 1, &nodes).unwrap();
+        assert_eq!(partitions[0].start, 0);
+        assert!(partitions.windows(2).all(|w| w[0].start < w[1].start));
+        for p in &partitions {
+            let mut zones: Vec<&str> = p
+                .replicas
+                .as_slice()
+                .iter()
+                .map(|id| nodes[*id as usize].zone.as_str())
+                .collect();
+            zones.sort_unstable();
+            assert_eq!(zones, ["a", "b", "c"]);
+        }
+        assert_eq!(meta_placement(&nodes[..2]), [0]);
+        assert_eq!(meta_placement(&nodes).len(), 3);
+        // Hashes fall in the range of the index they always had.
+        let starts = even_starts(16);
+        for hash in [0u64, 1 << 60, u64::MAX, 0x8000_0000_0000_0000] {
+            let by_range = starts.partition_point(|s| *s <= hash) - 1;
+            assert_eq!(by_range, ((u128::from(hash) * 16) >> 64) as usize);
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! A MemDS process: follows the authoritative metadata partition, holds
+//! the whole partition map in its compressed form, and answers routers'
+//! lookups over QUIC. Any number can run; each holds everything, so more
+//! processes serve more lookups.
+//!
+//! Following: every `poll`, one consistent read of the map version from
+//! the metadata group's leader; when it moved (or `reload_every` passed,
+//! which catches a creator that died before bumping it), a paged read of
+//! every record and a rebuild of the map. Lookups are answered from the
+//! last complete map, never from a half-read one.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use cairn_common::group::NodeLinks;
+use cairn_common::quic::{Connection, Endpoint, Identity};
+use cairn_common::wire::{
+    self, ErrorCode, MemdsRequest, MemdsResponse, WireLocated, WireNode, WireTable,
+};
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::control::MetaClient;
+use crate::map::PartitionMap;
+use crate::meta::{NodeRecord, Snapshot};
+
+/// Most keys one lookup request may carry.
+pub const LOOKUP_KEYS_MAX: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct MemdsConfig {
+    pub listen: SocketAddr,
+    /// Presented to routers, and trusted on node connections.
+    pub identity: Identity,
+    /// The cluster's configured nodes (the same list, in the same order,
+    /// as the routers'): they locate the metadata group.
+    pub nodes: Vec<NodeRecord>,
+    pub node_server_name: String,
+    /// How often the map version is read.
+    pub poll: Duration,
+    /// A full reload at least this often, whatever the version says.
+    pub reload_every: Duration,
+}
+
+impl MemdsConfig {
+    pub fn new(
+        listen: SocketAddr,
+        identity: Identity,
+        nodes: Vec<NodeRecord>,
+        node_server_name: String,
+    ) -> MemdsConfig {
+        MemdsConfig {
+            listen,
+            identity,
+            nodes,
+            node_server_name,
+            poll: Duration::from_millis(50),
+            reload_every: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A running MemDS process (one executor).
+#[derive(Debug)]
+pub struct Memds {
+    addr: SocketAddr,
+    stop: async_channel::Sender<()>,
+    thread: Option<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl Memds {
+    pub fn start(config: MemdsConfig) -> Result<Memds, String> {
+        if config.nodes.is_empty() {
+            return Err("MemDS needs the cluster's node list".into());
+        }
+        let (stop, stopped) = async_channel::bounded::<()>(1);
+        let (ready_sender, ready) = async_channel::bounded(1);
+        let thread = LocalExecutorBuilder::new(Placement::Unbound)
+            .name("cairn-memds")
+            .spawn(move || async move { run(config, ready_sender, stopped).await })
+            .map_err(|e| e.to_string())?;
+        let addr = futures_lite::future::block_on(ready.recv())
+            .map_err(|_| "MemDS exited while starting".to_owned())??;
+        Ok(Memds {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Blocks until the process stops (it runs until the process ends).
+    pub fn wait(mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Memds {
+    fn drop(&mut self) {
+        let _ = self.stop.try_send(());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What lookups are answered from: replaced whole after each reload.
+#[derive(Debug, Default)]
+struct Served {
+    version: u64,
+    map: PartitionMap,
+    tables: Vec<WireTable>,
+    nodes: Vec<WireNode>,
+}
+
+impl Served {
+    fn from_snapshot(snapshot: &Snapshot) -> Result<Served, String> {
+        Ok(Served {
+            version: snapshot.version,
+            map: snapshot.map().map_err(|e| e.to_string())?,
+            tables: snapshot
+                .tables
+                .values()
+                .map(|t| WireTable {
+                    name: t.name.clone(),
+                    id: t.id,
+                    schema: t.schema.encode(),
+                    replicas: t.replicas,
+                    status: t.status.as_str().into(),
+                    version: t.version,
+                    partitions: t.partitions.len() as u32,
+                })
+                .collect(),
+            nodes: snapshot
+                .nodes
+                .values()
+                .map(|n| WireNode {
+                    id: n.id,
+                    addr: n.addr.to_string(),
+                    cores: n.cores,
+                    zone: n.zone.clone(),
+                })
+                .collect(),
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: Cell<u64>,
+    lookups: Cell<u64>,
+    reloads: Cell<u64>,
+}
+
+async fn run(
+    config: MemdsConfig,
+    ready: async_channel::Sender<Result<SocketAddr, String>>,
+    stopped: async_channel::Receiver<()>,
+) {
+    let bound = (|| {
+        let server = config.identity.server_config()?;
+        let client = config.identity.client_config()?;
+        let listening = Endpoint::bind(config.listen, Some(server), None)
+            .map_err(|e| format!("listening on {}: {e}", config.listen))?;
+        let outbound = SocketAddr::new(config.listen.ip(), 0);
+        let to_nodes = Endpoint::bind(outbound, None, Some(client))
+            .map_err(|e| format!("binding {outbound}: {e}"))?;
+        Ok::<_, String>((listening, to_nodes))
+    })();
+    let (listening, to_nodes) = match bound {
+        Ok(bound) => bound,
+        Err(message) => {
+            let _ = ready.send(Err(message)).await;
+            return;
+        }
+    };
+    let _ = ready
+        .send(listening.local_addr().map_err(|e| e.to_string()))
+        .await;
+    let links = Rc::new(NodeLinks::new(to_nodes, config.node_server_name.clone()));
+    let meta = Rc::new(MetaClient::new(links, config.nodes.clone()));
+    let served = Rc::new(RefCell::new(Served::default()));
+    let counters = Rc::new(Counters::default());
+    glommio::spawn_local(follow(
+        meta,
+        served.clone(),
+        counters.clone(),
+        config.poll,
+        config.reload_every,
+    ))
+    .detach();
+    let accepting = async {
+        while let Ok(connection) = listening.accept().await {
+            glommio::spawn_local(serve(connection, served.clone(), counters.clone())).detach();
+        }
+    };
+    futures_lite::future::or(accepting, async {
+        let _ = stopped.recv().await;
+    })
+    .await;
+}
+
+/// Keeps `served` up to date with the metadata partition.
+async fn follow(
+    meta: Rc<MetaClient>,
+    served: Rc<RefCell<Served>>,
+    counters: Rc<Counters>,
+    poll: Duration,
+    reload_every: Duration,
+) {
+    // The metadata group may not exist yet on a new cluster.
+    while let Err(error) = meta.bootstrap().await {
+        tracing::warn!(?error, "MemDS: the metadata group is not reachable yet");
+        glommio::timer::sleep(poll).await;
+    }
+    let mut loaded_at: Option<Instant> = None;
+    loop {
+        let due = loaded_at.is_none_or(|at| at.elapsed() >= reload_every);
+        let moved = match meta.version().await {
+            Ok(version) => version != served.borrow().version,
+            Err(error) => {
+                tracing::warn!(?error, "MemDS: reading the map version");
+                false
+            }
+        };
+        if due || moved {
+            match meta.load().await {
+                Ok(snapshot) => match Served::from_snapshot(&snapshot) {
+                    Ok(next) => {
+                        *served.borrow_mut() = next;
+                        counters.reloads.set(counters.reloads.get() + 1);
+                        loaded_at = Some(Instant::now());
+                    }
+                    Err(error) => tracing::error!(%error, "MemDS: the metadata is invalid"),
+                },
+                Err(error) => tracing::warn!(?error, "MemDS: loading the metadata"),
+            }
+        }
+        glommio::timer::sleep(poll).await;
+    }
+}
+
+async fn serve(connection: Connection, served: Rc<RefCell<Served>>, counters: Rc<Counters>) {
+    while let Ok(request) = connection.next_request().await {
+        counters.requests.set(counters.requests.get() + 1);
+        let response = match request.body {
+            Ok(body) => match wire::decode_memds_request(&body) {
+                Ok(request) => answer(request, &served.borrow(), &counters),
+                Err(error) => malformed(error.to_string()),
+            },
+            Err(error) => malformed(error.to_string()),
+        };
+        let _ = connection.respond(request.stream, &wire::encode_memds_response(&response));
+    }
+}
+
+fn malformed(message: String) -> MemdsResponse {
+    MemdsResponse::Error {
+        code: ErrorCode::Malformed,
+        message,
+    }
+}
+
+fn answer(request: MemdsRequest, served: &Served, counters: &Counters) -> MemdsResponse {
+    match request {
+        MemdsRequest::Lookup { keys } => {
+            if keys.len() > LOOKUP_KEYS_MAX {
+                return MemdsResponse::Error {
+                    code: ErrorCode::Validation,
+                    message: format!("at most {LOOKUP_KEYS_MAX} keys per lookup"),
+                };
+            }
+            counters
+                .lookups
+                .set(counters.lookups.get() + keys.len() as u64);
+            MemdsResponse::Located(
+                keys.iter()
+                    .map(|(table, hash)| {
+                        served.map.lookup(*table, *hash).map(|l| WireLocated {
+                            table: *table,
+                            id: l.partition.id,
+                            start: l.partition.start,
+                            last: l.last,
+                            version: l.partition.version,
+                            replicas: l.partition.replicas.as_slice().to_vec(),
+                            leader: l.partition.leader,
+                        })
+                    })
+                    .collect(),
+            )
+        }
+        MemdsRequest::Catalog { since } if since == served.version && since != 0 => {
+            MemdsResponse::Unchanged {
+                version: served.version,
+            }
+        }
+        MemdsRequest::Catalog { .. } => MemdsResponse::Catalog {
+            version: served.version,
+            tables: served.tables.clone(),
+            nodes: served.nodes.clone(),
+        },
+        MemdsRequest::Stats => MemdsResponse::Stats {
+            requests: counters.requests.get(),
+            lookups: counters.lookups.get(),
+            reloads: counters.reloads.get(),
+            version: served.version,
+        },
+    }
+}
