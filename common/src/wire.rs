@@ -293,6 +293,8 @@ pub enum MemdsRequest {
     Lookup { keys: Vec<(u32, u64)> },
     /// Tables and nodes, unless the map is still at `since`.
     Catalog { since: u64 },
+    /// Every partition of a table, in hash order (for operators' tools).
+    Partitions { table: u32 },
     /// The MemDS process's counters.
     Stats,
 }

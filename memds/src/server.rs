@@ -295,6 +295,31 @@ fn answer(request: MemdsRequest, served: &Served, counters: &Counters) -> MemdsR
                     .collect(),
             )
         }
+        MemdsRequest::Partitions { table } => {
+            let partitions = served.map.partitions(table).unwrap_or_default();
+            let lasts = partitions
+                .iter()
+                .skip(1)
+                .map(|p| p.start - 1)
+                .chain(std::iter::once(u64::MAX));
+            MemdsResponse::Located(
+                partitions
+                    .iter()
+                    .zip(lasts)
+                    .map(|(p, last)| {
+                        Some(WireLocated {
+                            table,
+                            id: p.id,
+                            start: p.start,
+                            last,
+                            version: p.version,
+                            replicas: p.replicas.as_slice().to_vec(),
+                            leader: p.leader,
+                        })
+                    })
+                    .collect(),
+            )
+        }
         MemdsRequest::Catalog { since } if since == served.version && since != 0 => {
             MemdsResponse::Unchanged {
                 version: served.version,

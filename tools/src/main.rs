@@ -2,6 +2,7 @@
 
 mod cluster;
 mod config;
+mod status;
 mod table;
 
 use std::path::PathBuf;
@@ -62,6 +63,8 @@ enum Command {
     /// Create, describe, list or delete tables.
     #[command(subcommand)]
     Table(table::TableCommand),
+    /// Show what MemDS serves: nodes, tables, partitions and their replicas.
+    Status(status::StatusArgs),
     /// Check this machine and a data directory for what a node needs.
     Preflight {
         /// Where the node would keep its data.
@@ -125,6 +128,7 @@ fn main() -> anyhow::Result<()> {
             router.wait();
         }
         Command::Table(command) => table::run(command)?,
+        Command::Status(args) => print!("{}", status::report(&args)?),
         Command::Preflight { data_dir, cores } => {
             let report = cairn_node::preflight::preflight(&data_dir, cores)
                 .with_context(|| format!("preflight of {}", data_dir.display()))?;

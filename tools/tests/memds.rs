@@ -1,7 +1,8 @@
 //! The router's partition-map cache does constant work: MemDS sees the
 //! same lookups for the same client traffic whether the router's cache is
 //! warm or the router was just restarted cold. Real processes: a node, two
-//! MemDS and a router; the router is SIGKILLed between the two runs.
+//! MemDS and a router; the router is SIGKILLed between the two runs. Also
+//! `cairn status`, which reads what MemDS serves.
 
 #![allow(clippy::unwrap_used)] // Test helpers: a panic is the failure report.
 
@@ -129,6 +130,22 @@ fn memds_sees_the_same_lookups_from_a_cold_router_as_from_a_warm_one() {
         let schema = KeySchema::new(KeyAttribute::new("id", KeyType::S), None);
         client.create_table("constant", &schema, 16).await.unwrap();
     });
+
+    // What an operator sees: the table, its 16 ranges, and where they live.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["status", "--memds", &memds[0].to_string(), "--certificate"])
+        .arg(&cert)
+        .output()
+        .unwrap();
+    let report = String::from_utf8(status.stdout).unwrap();
+    assert!(status.status.success(), "{report}");
+    assert!(
+        report.contains("constant (id 1): ACTIVE, 16 partitions, 1 replicas each"),
+        "{report}"
+    );
+    assert_eq!(report.matches("    partition 0x").count(), 16, "{report}");
+    assert!(report.contains("hashes 0x0000000000000000..="), "{report}");
+    assert!(report.contains("..=0xffffffffffffffff"), "{report}");
 
     // Warm the cache, then measure a warm run.
     paced_reads(router, &cert);
