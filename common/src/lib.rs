@@ -3,6 +3,7 @@
 //! the item codec. Every other crate depends on this one, never on each
 //! other's internals.
 
+pub mod admission;
 pub mod client;
 pub mod condition;
 pub mod group;

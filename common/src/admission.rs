@@ -1,0 +1,531 @@
+//! Admission control's sans-IO core (docs/admission.md): capacity units,
+//! token buckets, a partition's steady and burst buckets behind its node's,
+//! and global admission control (GAC) — the service that keeps a table's
+//! limit across many routers — as a server core and a router-side client
+//! core. Nothing here reads a clock or does IO: time is passed in as
+//! nanoseconds, so a seeded simulation drives it exactly.
+//!
+//! Units are counted in thousandths (milli-units), so an eventually
+//! consistent read's half unit is exact and refill never drifts.
+
+/// A read unit covers up to this many bytes.
+pub const READ_UNIT_BYTES: usize = 4096;
+/// A write unit covers up to this many bytes.
+pub const WRITE_UNIT_BYTES: usize = 1024;
+/// One capacity unit, in the milli-units buckets count.
+pub const UNIT: u64 = 1000;
+/// A partition keeps up to this much unused capacity for bursts.
+pub const BURST_SECONDS: u64 = 300;
+/// A partition serves at most this many units per second, whatever its
+/// table's capacity (DynamoDB's per-partition limits).
+pub const PARTITION_READ_UNITS_MAX: u64 = 3000;
+pub const PARTITION_WRITE_UNITS_MAX: u64 = 1000;
+
+const NANOS: u128 = 1_000_000_000;
+
+/// What a read costs: one unit per started 4 KB, half for an eventually
+/// consistent read; at least one (or a half).
+pub fn read_cost(bytes: usize, consistent: bool) -> u64 {
+    let units = bytes.div_ceil(READ_UNIT_BYTES).max(1) as u64 * UNIT;
+    if consistent { units } else { units / 2 }
+}
+
+/// What a write costs: one unit per started 1 KB, at least one.
+pub fn write_cost(bytes: usize) -> u64 {
+    bytes.div_ceil(WRITE_UNIT_BYTES).max(1) as u64 * UNIT
+}
+
+/// A token bucket: `rate` milli-units per second, holding at most
+/// `capacity`. Refill is exact: the fraction of a milli-unit earned so far
+/// is carried, not rounded away.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: u64,
+    capacity: u64,
+    tokens: u64,
+    at_ns: u64,
+    /// Earned but not yet whole milli-units, times 10^9.
+    carry: u128,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate: u64, capacity: u64, now_ns: u64) -> TokenBucket {
+        TokenBucket {
+            rate,
+            capacity,
+            tokens: capacity,
+            at_ns: now_ns,
+            carry: 0,
+        }
+    }
+
+    /// An empty bucket.
+    pub fn empty(rate: u64, capacity: u64, now_ns: u64) -> TokenBucket {
+        TokenBucket {
+            tokens: 0,
+            ..TokenBucket::new(rate, capacity, now_ns)
+        }
+    }
+
+    /// Adds what was earned since the last call; returns what did not fit
+    /// (the overflow, which a burst bucket collects).
+    pub fn refill(&mut self, now_ns: u64) -> u64 {
+        let elapsed = u128::from(now_ns.saturating_sub(self.at_ns));
+        self.at_ns = self.at_ns.max(now_ns);
+        let earned = elapsed * u128::from(self.rate) + self.carry;
+        self.carry = earned % NANOS;
+        let earned = u64::try_from(earned / NANOS).unwrap_or(u64::MAX);
+        let total = self.tokens.saturating_add(earned);
+        self.tokens = total.min(self.capacity);
+        total - self.tokens
+    }
+
+    pub fn available(&mut self, now_ns: u64) -> u64 {
+        self.refill(now_ns);
+        self.tokens
+    }
+
+    /// Takes `cost` if the bucket holds it.
+    pub fn try_take(&mut self, cost: u64, now_ns: u64) -> bool {
+        self.refill(now_ns);
+        self.take_refilled(cost)
+    }
+
+    fn take_refilled(&mut self, cost: u64) -> bool {
+        if self.tokens >= cost {
+            self.tokens -= cost;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Adds tokens from elsewhere (a burst bucket's fill), up to capacity.
+    pub fn deposit(&mut self, amount: u64) {
+        self.tokens = self.tokens.saturating_add(amount).min(self.capacity);
+    }
+
+    pub fn rate(&self) -> u64 {
+        self.rate
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Changes the rate (and capacity) from `now_ns` on; tokens held stay,
+    /// up to the new capacity.
+    pub fn set_rate(&mut self, rate: u64, capacity: u64, now_ns: u64) {
+        self.refill(now_ns);
+        self.rate = rate;
+        self.capacity = capacity;
+        self.tokens = self.tokens.min(capacity);
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throttled {
+    /// The partition (steady and burst) has no capacity left.
+    Partition,
+    /// The node is at its limit.
+    Node,
+    /// The table's limit across routers (GAC) is used up.
+    Table,
+}
+
+/// One partition's buckets: steady capacity (one second of its rate), and
+/// a burst bucket holding up to [`BURST_SECONDS`] of capacity it left
+/// unused.
+#[derive(Debug, Clone)]
+pub struct PartitionBuckets {
+    steady: TokenBucket,
+    burst: TokenBucket,
+}
+
+impl PartitionBuckets {
+    /// A partition of `rate` milli-units per second, starting with a full
+    /// second of capacity and nothing saved.
+    pub fn new(rate: u64, now_ns: u64) -> PartitionBuckets {
+        PartitionBuckets {
+            steady: TokenBucket::new(rate, rate, now_ns),
+            burst: TokenBucket::empty(0, rate.saturating_mul(BURST_SECONDS), now_ns),
+        }
+    }
+
+    fn refill(&mut self, now_ns: u64) {
+        let unused = self.steady.refill(now_ns);
+        self.burst.deposit(unused);
+    }
+
+    /// Saved burst capacity.
+    pub fn burst_available(&mut self, now_ns: u64) -> u64 {
+        self.refill(now_ns);
+        self.burst.tokens
+    }
+
+    pub fn set_rate(&mut self, rate: u64, now_ns: u64) {
+        self.refill(now_ns);
+        self.steady.set_rate(rate, rate, now_ns);
+        self.burst
+            .set_rate(0, rate.saturating_mul(BURST_SECONDS), now_ns);
+    }
+}
+
+/// A node's capacity, which every partition on it draws from too.
+#[derive(Debug, Clone)]
+pub struct NodeBuckets {
+    bucket: TokenBucket,
+}
+
+/// A partition may burst only while its node keeps this share of a
+/// second's capacity free after the request (in percent).
+pub const NODE_HEADROOM_PERCENT: u64 = 20;
+
+impl NodeBuckets {
+    pub fn new(rate: u64, now_ns: u64) -> NodeBuckets {
+        NodeBuckets {
+            bucket: TokenBucket::new(rate, rate, now_ns),
+        }
+    }
+
+    /// Whether the node could give `cost` and still keep its headroom.
+    pub fn has_spare(&mut self, cost: u64, now_ns: u64) -> bool {
+        let headroom = self.bucket.capacity() * NODE_HEADROOM_PERCENT / 100;
+        self.bucket.available(now_ns) >= cost.saturating_add(headroom)
+    }
+
+    /// Admits one request of `cost` to `partition` on this node. Steady
+    /// capacity first; beyond it, saved burst capacity, but only while
+    /// this node — and, for a write, the nodes of the other replicas
+    /// (`peers_spare`, from their heartbeats) — has spare capacity.
+    pub fn admit(
+        &mut self,
+        partition: &mut PartitionBuckets,
+        cost: u64,
+        peers_spare: bool,
+        now_ns: u64,
+    ) -> Result<(), Throttled> {
+        partition.refill(now_ns);
+        if self.bucket.available(now_ns) < cost {
+            return Err(Throttled::Node);
+        }
+        if partition.steady.take_refilled(cost) {
+            self.bucket.take_refilled(cost);
+            return Ok(());
+        }
+        if peers_spare && self.has_spare(cost, now_ns) && partition.burst.take_refilled(cost) {
+            self.bucket.take_refilled(cost);
+            return Ok(());
+        }
+        Err(Throttled::Partition)
+    }
+}
+
+/// GAC's server core: each table's limit, handed out to routers as
+/// tokens they spend locally. Tokens come from one bucket per table
+/// refilled at the table's rate, holding one grant period's worth, so
+/// what all routers spend together never exceeds the rate by more than a
+/// period's worth. A grant is capped at the router's max-min fair share of
+/// a period's capacity, given what every active router last asked for: a
+/// router that wants little gets all of it, and the rest is shared evenly
+/// by the others.
+#[derive(Debug, Clone)]
+pub struct GacServer {
+    period_ns: u64,
+    tables: std::collections::BTreeMap<u32, GacTable>,
+}
+
+#[derive(Debug, Clone)]
+struct GacTable {
+    bucket: TokenBucket,
+    /// When each router last asked, and for how much.
+    routers: std::collections::BTreeMap<u32, (u64, u64)>,
+}
+
+impl GacServer {
+    /// Routers ask every `period_ns`.
+    pub fn new(period_ns: u64) -> GacServer {
+        GacServer {
+            period_ns: period_ns.max(1),
+            tables: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// Sets a table's limit (milli-units per second).
+    pub fn set_table(&mut self, table: u32, rate: u64, now_ns: u64) {
+        let capacity = self.period_capacity(rate);
+        match self.tables.get_mut(&table) {
+            Some(t) => t.bucket.set_rate(rate, capacity, now_ns),
+            None => {
+                self.tables.insert(
+                    table,
+                    GacTable {
+                        bucket: TokenBucket::new(rate, capacity, now_ns),
+                        routers: std::collections::BTreeMap::new(),
+                    },
+                );
+            }
+        }
+    }
+
+    fn period_capacity(&self, rate: u64) -> u64 {
+        (u128::from(rate) * u128::from(self.period_ns) / NANOS) as u64
+    }
+
+    /// A router asks for `wanted` milli-units of `table` for the next
+    /// period; returns what it is granted (0 for an unknown table).
+    pub fn grant(&mut self, table: u32, router: u32, wanted: u64, now_ns: u64) -> u64 {
+        let period = self.period_ns;
+        let Some(t) = self.tables.get_mut(&table) else {
+            return 0;
+        };
+        t.routers.insert(router, (now_ns, wanted));
+        // Routers that asked within the last two periods share the table.
+        t.routers
+            .retain(|_, (at, _)| now_ns.saturating_sub(*at) <= 2 * period);
+        let mut wants: Vec<u64> = t.routers.values().map(|(_, w)| *w).collect();
+        let share = fair_share(&mut wants, t.bucket.capacity());
+        let granted = wanted.min(share).min(t.bucket.available(now_ns));
+        t.bucket.take_refilled(granted);
+        granted
+    }
+}
+
+/// The max-min fair level for `wants` sharing `capacity`: every want at
+/// or below it is met in full, every larger one gets exactly it.
+fn fair_share(wants: &mut [u64], capacity: u64) -> u64 {
+    wants.sort_unstable();
+    let mut left = capacity;
+    for (at, want) in wants.iter().enumerate() {
+        let even = left / (wants.len() - at) as u64;
+        if *want > even {
+            return even;
+        }
+        left -= want;
+    }
+    u64::MAX
+}
+
+/// A router's side of GAC for one table: tokens granted for a period,
+/// spent locally, and expiring at the period's end so a router that lost
+/// GAC cannot spend old grants forever.
+#[derive(Debug, Clone)]
+pub struct GacTokens {
+    tokens: u64,
+    expires_ns: u64,
+    /// Spent since the last request: what to ask for next.
+    spent: u64,
+    /// Refused for want of tokens since the last request.
+    refused: u64,
+}
+
+impl GacTokens {
+    pub fn new() -> GacTokens {
+        GacTokens {
+            tokens: 0,
+            expires_ns: 0,
+            spent: 0,
+            refused: 0,
+        }
+    }
+
+    /// Spends `cost` if the current grant covers it.
+    pub fn try_spend(&mut self, cost: u64, now_ns: u64) -> bool {
+        if now_ns >= self.expires_ns {
+            self.tokens = 0;
+        }
+        if self.tokens >= cost {
+            self.tokens -= cost;
+            self.spent += cost;
+            true
+        } else {
+            self.refused += cost;
+            false
+        }
+    }
+
+    /// What to ask GAC for, for the next period: what this router spent
+    /// and was refused in the last one, plus a quarter for growth; and the
+    /// counters restart.
+    pub fn wanted(&mut self) -> u64 {
+        let demand = self.spent + self.refused;
+        self.spent = 0;
+        self.refused = 0;
+        demand + demand / 4 + UNIT
+    }
+
+    /// A grant for the period ending at `expires_ns`; it replaces what is
+    /// left of the last one.
+    pub fn granted(&mut self, tokens: u64, expires_ns: u64) {
+        self.tokens = tokens;
+        self.expires_ns = expires_ns;
+    }
+}
+
+impl Default for GacTokens {
+    fn default() -> Self {
+        GacTokens::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    #[test]
+    fn costs_follow_dynamodb_units() {
+        assert_eq!(read_cost(1, true), UNIT);
+        assert_eq!(read_cost(4096, true), UNIT);
+        assert_eq!(read_cost(4097, true), 2 * UNIT);
+        assert_eq!(read_cost(100, false), UNIT / 2);
+        assert_eq!(write_cost(0), UNIT);
+        assert_eq!(write_cost(1024), UNIT);
+        assert_eq!(write_cost(1025), 2 * UNIT);
+    }
+
+    #[test]
+    fn refill_is_exact_over_many_small_steps() {
+        // 1/3 milli-unit per microsecond step: nothing may be lost.
+        let mut bucket = TokenBucket::empty(333, u64::MAX, 0);
+        for step in 1..=1_000_000u64 {
+            bucket.refill(step * 1000);
+        }
+        // One second at 333 milli-units per second.
+        assert_eq!(bucket.available(SECOND), 333);
+    }
+
+    /// A partition idle for 10 s saves 10 s of capacity; a spike of that
+    /// plus one second's steady capacity is absorbed, and not one request
+    /// more.
+    #[test]
+    fn a_burst_absorbs_what_was_saved_and_no_more() {
+        let rate = 100 * UNIT;
+        let mut node = NodeBuckets::new(100_000 * UNIT, 0);
+        for spike in [1100u64, 1200] {
+            let mut partition = PartitionBuckets::new(rate, 0);
+            let now = 10 * SECOND;
+            assert_eq!(partition.burst_available(now), 1000 * UNIT);
+            let admitted = (0..spike)
+                .filter(|_| node.admit(&mut partition, UNIT, true, now).is_ok())
+                .count() as u64;
+            assert_eq!(admitted, 1100, "spike of {spike}");
+        }
+    }
+
+    #[test]
+    fn saved_capacity_is_bounded_to_300_seconds() {
+        let mut partition = PartitionBuckets::new(10 * UNIT, 0);
+        assert_eq!(
+            partition.burst_available(3600 * SECOND),
+            10 * UNIT * BURST_SECONDS
+        );
+    }
+
+    /// A partition may burst only while its node has room to spare (and,
+    /// for a write, its peers): a node near its limit keeps partitions to
+    /// their steady rate.
+    #[test]
+    fn bursting_needs_spare_capacity_on_the_node_and_its_peers() {
+        let now = 100 * SECOND;
+        let mut busy = NodeBuckets::new(1000 * UNIT, now);
+        let mut partition = PartitionBuckets::new(100 * UNIT, 0);
+        // Another partition took 90 % of the node's second.
+        let mut other = PartitionBuckets::new(1000 * UNIT, now);
+        for _ in 0..900 {
+            busy.admit(&mut other, UNIT, true, now).unwrap();
+        }
+        let admitted = (0..500)
+            .filter(|_| busy.admit(&mut partition, UNIT, true, now).is_ok())
+            .count();
+        assert_eq!(admitted, 100, "steady only: the node had no headroom");
+        let mut idle = NodeBuckets::new(100_000 * UNIT, now);
+        let mut partition = PartitionBuckets::new(100 * UNIT, 0);
+        let refused_by_peers = (0..500)
+            .filter(|_| idle.admit(&mut partition, UNIT, false, now).is_ok())
+            .count();
+        assert_eq!(refused_by_peers, 100, "steady only: the peers were busy");
+        assert_eq!(
+            busy.admit(&mut partition, 1000 * UNIT, true, now),
+            Err(Throttled::Node)
+        );
+    }
+
+    /// Four routers with uneven, changing demand well above the table's
+    /// limit: what they admit together over a minute stays within 5 % of
+    /// the limit, and none of them starves.
+    #[test]
+    fn a_tables_limit_holds_across_four_routers() {
+        let limit = 1000 * UNIT;
+        let period = SECOND;
+        let mut gac = GacServer::new(period);
+        gac.set_table(7, limit, 0);
+        let mut routers: Vec<GacTokens> = (0..4).map(|_| GacTokens::new()).collect();
+        let mut admitted = [0u64; 4];
+        // Offered requests per millisecond per router (units of 1 each):
+        // 0.3, 0.6, 0.9 and 1.2 per ms, i.e. 3000/s together.
+        let offered = [3u64, 6, 9, 12];
+        let step = SECOND / 1000;
+        let end = 60 * SECOND;
+        let mut now = 0;
+        let mut next_ask = [0u64; 4];
+        while now < end {
+            for (r, tokens) in routers.iter_mut().enumerate() {
+                if now >= next_ask[r] {
+                    // Routers ask at staggered moments.
+                    let wanted = tokens.wanted();
+                    let grant = gac.grant(7, r as u32, wanted, now);
+                    tokens.granted(grant, now + period);
+                    next_ask[r] = now + period;
+                }
+                let tick = now / step;
+                let requests = offered[r] / 10 + u64::from(tick % 10 < offered[r] % 10);
+                for _ in 0..requests {
+                    if tokens.try_spend(UNIT, now) {
+                        admitted[r] += 1;
+                    }
+                }
+            }
+            now += step;
+        }
+        let total: u64 = admitted.iter().sum();
+        let expected = 60_000u64;
+        let error = (total as f64 - expected as f64).abs() / expected as f64;
+        assert!(
+            error <= 0.05,
+            "admitted {total} of {expected}: {admitted:?}"
+        );
+        for (r, count) in admitted.iter().enumerate() {
+            assert!(*count >= 60 * 100, "router {r} starved: {admitted:?}");
+        }
+    }
+
+    /// A router that wants little gets what it wants; the others share
+    /// the rest evenly.
+    #[test]
+    fn grants_are_max_min_fair() {
+        let mut wants = [100, 1000, 1000, 1000];
+        assert_eq!(fair_share(&mut wants, 1000), 300);
+        assert_eq!(fair_share(&mut [100, 200], 1000), u64::MAX);
+        assert_eq!(fair_share(&mut [600, 600], 1000), 500);
+        let mut gac = GacServer::new(SECOND);
+        gac.set_table(1, 1000 * UNIT, 0);
+        assert_eq!(gac.grant(1, 0, 100 * UNIT, 0), 100 * UNIT);
+        assert_eq!(gac.grant(1, 1, 2000 * UNIT, 0), 900 * UNIT);
+        assert_eq!(gac.grant(2, 1, 2000 * UNIT, 0), 0, "unknown table");
+    }
+
+    /// Grants expire: a router cut off from GAC stops spending at the end
+    /// of its period.
+    #[test]
+    fn grants_expire_without_gac() {
+        let mut tokens = GacTokens::new();
+        tokens.granted(10 * UNIT, SECOND);
+        assert!(tokens.try_spend(UNIT, SECOND / 2));
+        assert!(!tokens.try_spend(UNIT, SECOND));
+        assert_eq!(tokens.wanted(), 2 * UNIT + 2 * UNIT / 4 + UNIT);
+    }
+}
