@@ -1,10 +1,15 @@
-//! Conditions on a write (DynamoDB's ConditionExpression, in its common
-//! forms): attribute exists / not exists, comparisons, begins_with.
+//! Conditions on a write, and filters on a read (DynamoDB's condition
+//! expressions): attribute exists / not exists, comparisons between
+//! attributes, values and `size()`, `BETWEEN`, `IN`, `begins_with`,
+//! `contains`, `attribute_type`, joined with `AND`, `OR` and `NOT`, on
+//! top-level attributes.
 //!
 //! Comparison follows DynamoDB: `=` and `<>` compare any two values
-//! (values of different types are unequal); ordering comparisons and
-//! `begins_with` need both sides to be S, N or B of the same type, and are
-//! false otherwise. A condition on a missing item sees no attributes.
+//! (values of different types are unequal); ordering comparisons,
+//! `BETWEEN` and `begins_with` need both sides to be S, N or B of the same
+//! type, and are false otherwise. An operand naming a missing attribute
+//! makes its comparison false. A condition on a missing item sees no
+//! attributes.
 
 use std::cmp::Ordering;
 
@@ -21,6 +26,16 @@ pub enum CompareOp {
     Ge,
 }
 
+/// One side of a comparison.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Operand {
+    Attribute(String),
+    Value(AttributeValue),
+    /// `size(a)`: a string's length in characters, a binary's in bytes, a
+    /// set's, list's or map's element count.
+    Size(String),
+}
+
 /// A condition that must hold on the current item for a write to apply.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Condition {
@@ -35,7 +50,43 @@ pub enum Condition {
         attribute: String,
         prefix: AttributeValue,
     },
+    /// The general comparison (`a < b`, `size(a) >= :n`, `:v = a`).
+    CompareOperands {
+        left: Operand,
+        op: CompareOp,
+        right: Operand,
+    },
+    /// `value BETWEEN low AND high`, both ends included.
+    Between {
+        value: Operand,
+        low: Operand,
+        high: Operand,
+    },
+    /// `value IN (a, b, …)`: equal to one of them.
+    In {
+        value: Operand,
+        list: Vec<Operand>,
+    },
+    /// A string holding a substring, or a set or list holding an element.
+    Contains {
+        attribute: String,
+        operand: Operand,
+    },
+    /// `attribute_type(a, :t)` with `:t` one of S, N, B, BOOL, NULL, L, M,
+    /// SS, NS, BS.
+    AttributeType {
+        attribute: String,
+        type_name: String,
+    },
+    And(Box<Condition>, Box<Condition>),
+    Or(Box<Condition>, Box<Condition>),
+    Not(Box<Condition>),
 }
+
+/// Deepest nesting of AND, OR and NOT a decoded condition may have.
+pub const CONDITION_DEPTH_MAX: usize = 64;
+/// Most operands in one IN list (DynamoDB's limit).
+pub const IN_OPERANDS_MAX: usize = 100;
 
 /// Orders two scalar values of the same type; `None` otherwise.
 pub fn compare_scalars(a: &AttributeValue, b: &AttributeValue) -> Option<Ordering> {
@@ -47,39 +98,350 @@ pub fn compare_scalars(a: &AttributeValue, b: &AttributeValue) -> Option<Orderin
     }
 }
 
+fn size_of(value: &AttributeValue) -> Option<u64> {
+    Some(match value {
+        AttributeValue::S(s) => s.chars().count() as u64,
+        AttributeValue::B(b) => b.len() as u64,
+        AttributeValue::L(l) => l.len() as u64,
+        AttributeValue::M(m) => m.len() as u64,
+        AttributeValue::Ss(s) => s.len() as u64,
+        AttributeValue::Ns(s) => s.len() as u64,
+        AttributeValue::Bs(s) => s.len() as u64,
+        AttributeValue::N(_) | AttributeValue::Bool(_) | AttributeValue::Null => return None,
+    })
+}
+
+fn ordered(op: CompareOp, left: &AttributeValue, right: &AttributeValue) -> bool {
+    match op {
+        CompareOp::Eq => left == right,
+        CompareOp::Ne => left != right,
+        _ => compare_scalars(left, right).is_some_and(|ordering| match op {
+            CompareOp::Lt => ordering == Ordering::Less,
+            CompareOp::Le => ordering != Ordering::Greater,
+            CompareOp::Gt => ordering == Ordering::Greater,
+            CompareOp::Ge => ordering != Ordering::Less,
+            CompareOp::Eq | CompareOp::Ne => unreachable!("handled above"),
+        }),
+    }
+}
+
+impl Operand {
+    fn resolve(&self, item: Option<&Item>) -> Option<AttributeValue> {
+        let get = |name: &str| item.and_then(|i| i.get(name));
+        match self {
+            Operand::Attribute(name) => get(name).cloned(),
+            Operand::Value(value) => Some(value.clone()),
+            Operand::Size(name) => get(name)
+                .and_then(size_of)
+                .map(|n| AttributeValue::N(crate::number::Number::from_i64(n as i64))),
+        }
+    }
+}
+
 impl Condition {
     /// Whether the condition holds on `item` (`None`: no item stored).
     pub fn holds(&self, item: Option<&Item>) -> bool {
         let get = |name: &str| item.and_then(|i| i.get(name));
         match self {
+            Condition::CompareOperands { left, op, right } => {
+                match (left.resolve(item), right.resolve(item)) {
+                    (Some(l), Some(r)) => ordered(*op, &l, &r),
+                    _ => false,
+                }
+            }
+            Condition::Between { value, low, high } => {
+                match (value.resolve(item), low.resolve(item), high.resolve(item)) {
+                    (Some(v), Some(l), Some(h)) => {
+                        ordered(CompareOp::Ge, &v, &l) && ordered(CompareOp::Le, &v, &h)
+                    }
+                    _ => false,
+                }
+            }
+            Condition::In { value, list } => value.resolve(item).is_some_and(|v| {
+                list.iter()
+                    .any(|candidate| candidate.resolve(item).as_ref() == Some(&v))
+            }),
+            Condition::Contains { attribute, operand } => {
+                match (get(attribute), operand.resolve(item)) {
+                    (Some(AttributeValue::S(s)), Some(AttributeValue::S(sub))) => {
+                        s.contains(sub.as_str())
+                    }
+                    (Some(AttributeValue::Ss(set)), Some(AttributeValue::S(e))) => set.contains(&e),
+                    (Some(AttributeValue::Ns(set)), Some(AttributeValue::N(e))) => set.contains(&e),
+                    (Some(AttributeValue::Bs(set)), Some(AttributeValue::B(e))) => set.contains(&e),
+                    (Some(AttributeValue::B(b)), Some(AttributeValue::B(sub))) => {
+                        sub.is_empty() || b.windows(sub.len()).any(|w| w == sub.as_slice())
+                    }
+                    (Some(AttributeValue::L(list)), Some(e)) => list.contains(&e),
+                    _ => false,
+                }
+            }
+            Condition::AttributeType {
+                attribute,
+                type_name,
+            } => get(attribute).is_some_and(|v| v.type_name() == type_name),
+            Condition::And(a, b) => a.holds(item) && b.holds(item),
+            Condition::Or(a, b) => a.holds(item) || b.holds(item),
+            Condition::Not(a) => !a.holds(item),
             Condition::Exists(name) => get(name).is_some(),
             Condition::NotExists(name) => get(name).is_none(),
             Condition::Compare {
                 attribute,
                 op,
                 value,
-            } => {
-                let Some(current) = get(attribute) else {
-                    return false;
-                };
-                match op {
-                    CompareOp::Eq => current == value,
-                    CompareOp::Ne => current != value,
-                    _ => compare_scalars(current, value).is_some_and(|ordering| match op {
-                        CompareOp::Lt => ordering == Ordering::Less,
-                        CompareOp::Le => ordering != Ordering::Greater,
-                        CompareOp::Gt => ordering == Ordering::Greater,
-                        CompareOp::Ge => ordering != Ordering::Less,
-                        CompareOp::Eq | CompareOp::Ne => unreachable!("handled above"),
-                    }),
-                }
-            }
+            } => get(attribute).is_some_and(|current| ordered(*op, current, value)),
             Condition::BeginsWith { attribute, prefix } => match (get(attribute), prefix) {
                 (Some(AttributeValue::S(s)), AttributeValue::S(p)) => s.starts_with(p.as_str()),
                 (Some(AttributeValue::B(b)), AttributeValue::B(p)) => b.starts_with(p),
                 _ => false,
             },
         }
+    }
+}
+
+/// The stored and wire form of a condition: a tag byte per node,
+/// strings and values length-prefixed (u32, little endian; values in the
+/// item codec). Layout in docs/wire-format.md.
+impl Condition {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        fn string(out: &mut Vec<u8>, s: &str) {
+            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+        fn value(out: &mut Vec<u8>, v: &AttributeValue) {
+            let bytes = v.to_bytes();
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(&bytes);
+        }
+        fn operand(out: &mut Vec<u8>, o: &Operand) {
+            match o {
+                Operand::Attribute(name) => {
+                    out.push(1);
+                    string(out, name);
+                }
+                Operand::Value(v) => {
+                    out.push(2);
+                    value(out, v);
+                }
+                Operand::Size(name) => {
+                    out.push(3);
+                    string(out, name);
+                }
+            }
+        }
+        let op_byte = |op: CompareOp| op as u8;
+        match self {
+            Condition::Exists(name) => {
+                out.push(1);
+                string(out, name);
+            }
+            Condition::NotExists(name) => {
+                out.push(2);
+                string(out, name);
+            }
+            Condition::Compare {
+                attribute,
+                op,
+                value: v,
+            } => {
+                out.push(3);
+                string(out, attribute);
+                out.push(op_byte(*op));
+                value(out, v);
+            }
+            Condition::BeginsWith { attribute, prefix } => {
+                out.push(4);
+                string(out, attribute);
+                value(out, prefix);
+            }
+            Condition::CompareOperands { left, op, right } => {
+                out.push(5);
+                operand(out, left);
+                out.push(op_byte(*op));
+                operand(out, right);
+            }
+            Condition::Between {
+                value: v,
+                low,
+                high,
+            } => {
+                out.push(6);
+                for o in [v, low, high] {
+                    operand(out, o);
+                }
+            }
+            Condition::In { value: v, list } => {
+                out.push(7);
+                operand(out, v);
+                out.extend_from_slice(&(list.len() as u16).to_le_bytes());
+                for o in list {
+                    operand(out, o);
+                }
+            }
+            Condition::Contains {
+                attribute,
+                operand: o,
+            } => {
+                out.push(8);
+                string(out, attribute);
+                operand(out, o);
+            }
+            Condition::AttributeType {
+                attribute,
+                type_name,
+            } => {
+                out.push(9);
+                string(out, attribute);
+                string(out, type_name);
+            }
+            Condition::And(a, b) | Condition::Or(a, b) => {
+                out.push(if matches!(self, Condition::And(..)) {
+                    10
+                } else {
+                    11
+                });
+                a.encode(out);
+                b.encode(out);
+            }
+            Condition::Not(a) => {
+                out.push(12);
+                a.encode(out);
+            }
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode(&mut out);
+        out
+    }
+
+    /// Decodes a whole condition; anything malformed, too deep or with
+    /// bytes left over is an error.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Condition, String> {
+        let mut reader = Reader { bytes, at: 0 };
+        let condition = reader.condition(0)?;
+        if reader.at != bytes.len() {
+            return Err("trailing bytes after the condition".into());
+        }
+        Ok(condition)
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+        let slice = self
+            .bytes
+            .get(self.at..self.at.checked_add(n).ok_or("length overflow")?)
+            .ok_or("condition truncated")?;
+        self.at += n;
+        Ok(slice)
+    }
+
+    fn byte(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn len(&mut self) -> Result<usize, String> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        let n = self.len()?;
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "a name is not UTF-8".into())
+    }
+
+    fn value(&mut self) -> Result<AttributeValue, String> {
+        let n = self.len()?;
+        AttributeValue::from_bytes(self.take(n)?).map_err(|e| e.to_string())
+    }
+
+    fn op(&mut self) -> Result<CompareOp, String> {
+        Ok(match self.byte()? {
+            0 => CompareOp::Eq,
+            1 => CompareOp::Ne,
+            2 => CompareOp::Lt,
+            3 => CompareOp::Le,
+            4 => CompareOp::Gt,
+            5 => CompareOp::Ge,
+            other => return Err(format!("unknown comparison {other}")),
+        })
+    }
+
+    fn operand(&mut self) -> Result<Operand, String> {
+        Ok(match self.byte()? {
+            1 => Operand::Attribute(self.string()?),
+            2 => Operand::Value(self.value()?),
+            3 => Operand::Size(self.string()?),
+            other => return Err(format!("unknown operand kind {other}")),
+        })
+    }
+
+    fn condition(&mut self, depth: usize) -> Result<Condition, String> {
+        if depth > CONDITION_DEPTH_MAX {
+            return Err(format!(
+                "condition nested deeper than {CONDITION_DEPTH_MAX}"
+            ));
+        }
+        Ok(match self.byte()? {
+            1 => Condition::Exists(self.string()?),
+            2 => Condition::NotExists(self.string()?),
+            3 => Condition::Compare {
+                attribute: self.string()?,
+                op: self.op()?,
+                value: self.value()?,
+            },
+            4 => Condition::BeginsWith {
+                attribute: self.string()?,
+                prefix: self.value()?,
+            },
+            5 => Condition::CompareOperands {
+                left: self.operand()?,
+                op: self.op()?,
+                right: self.operand()?,
+            },
+            6 => Condition::Between {
+                value: self.operand()?,
+                low: self.operand()?,
+                high: self.operand()?,
+            },
+            7 => {
+                let value = self.operand()?;
+                let b = self.take(2)?;
+                let count = usize::from(u16::from_le_bytes([b[0], b[1]]));
+                if count == 0 || count > IN_OPERANDS_MAX {
+                    return Err(format!("IN takes 1..={IN_OPERANDS_MAX} operands"));
+                }
+                let list = (0..count)
+                    .map(|_| self.operand())
+                    .collect::<Result<_, _>>()?;
+                Condition::In { value, list }
+            }
+            8 => Condition::Contains {
+                attribute: self.string()?,
+                operand: self.operand()?,
+            },
+            9 => Condition::AttributeType {
+                attribute: self.string()?,
+                type_name: self.string()?,
+            },
+            10 => {
+                let a = self.condition(depth + 1)?;
+                Condition::And(Box::new(a), Box::new(self.condition(depth + 1)?))
+            }
+            11 => {
+                let a = self.condition(depth + 1)?;
+                Condition::Or(Box::new(a), Box::new(self.condition(depth + 1)?))
+            }
+            12 => Condition::Not(Box::new(self.condition(depth + 1)?)),
+            other => return Err(format!("unknown condition kind {other}")),
+        })
     }
 }
 
@@ -124,5 +486,109 @@ mod tests {
             attribute: "count".into(),
             prefix: AttributeValue::S("5".into())
         }));
+    }
+
+    fn s(v: &str) -> AttributeValue {
+        AttributeValue::S(v.into())
+    }
+
+    fn attr(name: &str) -> Operand {
+        Operand::Attribute(name.into())
+    }
+
+    fn val(v: AttributeValue) -> Operand {
+        Operand::Value(v)
+    }
+
+    #[test]
+    fn the_general_forms_follow_dynamodb_semantics() {
+        let item = Item::new()
+            .with("count", n(5))
+            .with("limit", n(9))
+            .with("name", s("alice"))
+            .with("tags", AttributeValue::Ss(["red".to_owned()].into()))
+            .with("list", AttributeValue::L(vec![n(1), s("x")]));
+        let holds = |c: &Condition| c.holds(Some(&item));
+        let lt = Condition::CompareOperands {
+            left: attr("count"),
+            op: CompareOp::Lt,
+            right: attr("limit"),
+        };
+        assert!(holds(&lt));
+        assert!(!holds(&Condition::Not(Box::new(lt.clone()))));
+        let size = |op, k| Condition::CompareOperands {
+            left: Operand::Size("name".into()),
+            op,
+            right: val(n(k)),
+        };
+        assert!(holds(&size(CompareOp::Eq, 5)));
+        assert!(!holds(&size(CompareOp::Gt, 5)));
+        let between = |lo, hi| Condition::Between {
+            value: attr("count"),
+            low: val(n(lo)),
+            high: val(n(hi)),
+        };
+        assert!(holds(&between(5, 5)) && holds(&between(1, 9)));
+        assert!(!holds(&between(6, 9)));
+        let within = Condition::In {
+            value: attr("name"),
+            list: vec![val(s("bob")), val(s("alice"))],
+        };
+        assert!(holds(&within));
+        let contains = |a: &str, o| Condition::Contains {
+            attribute: a.into(),
+            operand: val(o),
+        };
+        assert!(holds(&contains("name", s("lic"))));
+        assert!(holds(&contains("tags", s("red"))));
+        assert!(!holds(&contains("tags", s("blue"))));
+        assert!(holds(&contains("list", s("x"))));
+        assert!(!holds(&contains("count", n(5))), "numbers contain nothing");
+        let typed = |t: &str| Condition::AttributeType {
+            attribute: "tags".into(),
+            type_name: t.into(),
+        };
+        assert!(holds(&typed("SS")) && !holds(&typed("S")));
+        // A missing attribute makes a comparison false, and NOT of it true.
+        let missing = Condition::CompareOperands {
+            left: attr("nope"),
+            op: CompareOp::Ne,
+            right: val(n(1)),
+        };
+        assert!(!holds(&missing));
+        assert!(holds(&Condition::Not(Box::new(missing.clone()))));
+        let either = Condition::Or(Box::new(missing.clone()), Box::new(within.clone()));
+        let both = Condition::And(Box::new(missing), Box::new(within));
+        assert!(holds(&either) && !holds(&both));
+        for c in [
+            lt,
+            size(CompareOp::Ge, 2),
+            between(1, 2),
+            either,
+            both,
+            typed("N"),
+        ] {
+            assert_eq!(Condition::from_bytes(&c.to_bytes()).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn malformed_or_deep_encodings_are_refused() {
+        let c = Condition::Exists("a".into());
+        let bytes = c.to_bytes();
+        assert!(Condition::from_bytes(&bytes[..bytes.len() - 1]).is_err());
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(Condition::from_bytes(&trailing).is_err());
+        assert!(Condition::from_bytes(&[99]).is_err());
+        let mut deep = c;
+        for _ in 0..100 {
+            deep = Condition::Not(Box::new(deep));
+        }
+        assert!(
+            Condition::from_bytes(&deep.to_bytes())
+                .unwrap_err()
+                .contains("deeper")
+        );
     }
 }

@@ -38,6 +38,9 @@ pub enum WireCondition {
         attribute: String,
         prefix: Vec<u8>,
     },
+    /// Any other condition (AND, OR, NOT, BETWEEN, IN, functions), in its
+    /// own encoding (`Condition::to_bytes`).
+    Encoded(Vec<u8>),
 }
 
 /// One UpdateItem action; values are encoded attribute values.
@@ -334,8 +337,13 @@ pub struct WireNode {
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum MemdsResponse {
-    /// One answer per key asked, in order; `None` for an unknown table.
-    Located(Vec<Option<WireLocated>>),
+    /// The partitions holding the keys asked, each once, and for each key
+    /// in order the index of its partition in `partitions` (`u32::MAX`:
+    /// an unknown table).
+    Located {
+        partitions: Vec<WireLocated>,
+        of_key: Vec<u32>,
+    },
     Catalog {
         version: u64,
         tables: Vec<WireTable>,
@@ -436,6 +444,7 @@ impl WireCondition {
                 attribute: attribute.clone(),
                 prefix: prefix.to_bytes(),
             },
+            other => WireCondition::Encoded(other.to_bytes()),
         }
     }
 
@@ -468,6 +477,9 @@ impl WireCondition {
                 attribute: attribute.clone(),
                 prefix: AttributeValue::from_bytes(prefix)?,
             },
+            WireCondition::Encoded(bytes) => {
+                Condition::from_bytes(bytes).map_err(DecodeError::Malformed)?
+            }
         })
     }
 }

@@ -105,6 +105,21 @@ impl RouteCache {
     /// Returns whether it was taken.
     pub fn learn(&mut self, table: u32, answer: Located) -> bool {
         let (start, last) = (answer.partition.start, answer.last);
+        // The common case, a warm cache confirmed: nothing to change.
+        if let Some(cached) = self.entries.get(&(table, start))
+            && cached.last == last
+            && cached.partition.version >= answer.partition.version
+        {
+            if cached.partition.version > answer.partition.version {
+                self.stats.stale_answers += 1;
+                return false;
+            }
+            if cached.partition.replicas == answer.partition.replicas
+                && cached.partition.id == answer.partition.id
+            {
+                return true;
+            }
+        }
         let mut overlapping: Vec<(u32, u64)> = self
             .entries
             .range((table, start)..=(table, last))

@@ -22,7 +22,7 @@ use cairn_common::wire::{
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::control::MetaClient;
-use crate::map::PartitionMap;
+use crate::map::{Located, PartitionMap};
 use crate::meta::{NodeRecord, Snapshot};
 
 /// Most keys one lookup request may carry.
@@ -267,6 +267,18 @@ fn malformed(message: String) -> MemdsResponse {
     }
 }
 
+fn wire_located(table: u32, located: &Located) -> WireLocated {
+    WireLocated {
+        table,
+        id: located.partition.id,
+        start: located.partition.start,
+        last: located.last,
+        version: located.partition.version,
+        replicas: located.partition.replicas.as_slice().to_vec(),
+        leader: located.partition.leader,
+    }
+}
+
 fn answer(request: MemdsRequest, served: &Served, counters: &Counters) -> MemdsResponse {
     match request {
         MemdsRequest::Lookup { keys } => {
@@ -279,46 +291,48 @@ fn answer(request: MemdsRequest, served: &Served, counters: &Counters) -> MemdsR
             counters
                 .lookups
                 .set(counters.lookups.get() + keys.len() as u64);
-            MemdsResponse::Located(
-                keys.iter()
-                    .map(|(table, hash)| {
-                        served.map.lookup(*table, *hash).map(|l| WireLocated {
-                            table: *table,
-                            id: l.partition.id,
-                            start: l.partition.start,
-                            last: l.last,
-                            version: l.partition.version,
-                            replicas: l.partition.replicas.as_slice().to_vec(),
-                            leader: l.partition.leader,
-                        })
-                    })
-                    .collect(),
-            )
+            // Every key is looked up (that is the constant work); a
+            // partition is sent once however many keys it holds.
+            let mut partitions: Vec<WireLocated> = Vec::new();
+            let of_key = keys
+                .iter()
+                .map(|(table, hash)| match served.map.lookup(*table, *hash) {
+                    None => u32::MAX,
+                    Some(l) => {
+                        let known = partitions
+                            .iter()
+                            .rposition(|p| p.table == *table && p.id == l.partition.id);
+                        known.unwrap_or_else(|| {
+                            partitions.push(wire_located(*table, &l));
+                            partitions.len() - 1
+                        }) as u32
+                    }
+                })
+                .collect();
+            MemdsResponse::Located { partitions, of_key }
         }
         MemdsRequest::Partitions { table } => {
-            let partitions = served.map.partitions(table).unwrap_or_default();
-            let lasts = partitions
+            let listed = served.map.partitions(table).unwrap_or_default();
+            let lasts = listed
                 .iter()
                 .skip(1)
                 .map(|p| p.start - 1)
                 .chain(std::iter::once(u64::MAX));
-            MemdsResponse::Located(
-                partitions
-                    .iter()
-                    .zip(lasts)
-                    .map(|(p, last)| {
-                        Some(WireLocated {
-                            table,
-                            id: p.id,
-                            start: p.start,
+            let partitions: Vec<WireLocated> = listed
+                .iter()
+                .zip(lasts)
+                .map(|(p, last)| {
+                    wire_located(
+                        table,
+                        &Located {
+                            partition: *p,
                             last,
-                            version: p.version,
-                            replicas: p.replicas.as_slice().to_vec(),
-                            leader: p.leader,
-                        })
-                    })
-                    .collect(),
-            )
+                        },
+                    )
+                })
+                .collect();
+            let of_key = (0..partitions.len() as u32).collect();
+            MemdsResponse::Located { partitions, of_key }
         }
         MemdsRequest::Catalog { since } if since == served.version && since != 0 => {
             MemdsResponse::Unchanged {

@@ -49,6 +49,10 @@ const CACHE_RANGES: usize = 1 << 20;
 const REFRESHES_MAX: usize = 8192;
 /// Keys in one MemDS lookup request.
 const LOOKUP_BATCH: usize = 1024;
+/// While no request waits on a miss, refreshes are sent at most this
+/// often, so each MemDS request carries many keys: the keys sent are the
+/// same (constant work), the requests fewer.
+const REFRESH_EVERY: Duration = Duration::from_millis(2);
 /// How long MemDS gets to answer one request.
 const MEMDS_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a request waits for a range it has no cached entry for.
@@ -238,6 +242,8 @@ async fn run_core(
         cache: RefCell::new(RouteCache::new(CACHE_RANGES, REFRESHES_MAX)),
         queued: event_listener::Event::new(),
         answered: event_listener::Event::new(),
+        misses_waiting: Cell::new(0),
+        missed: event_listener::Event::new(),
         replicas: config.replicas,
     });
     if core == 0 {
@@ -326,14 +332,27 @@ struct State {
     queued: event_listener::Event,
     /// MemDS answered a lookup batch.
     answered: event_listener::Event,
+    /// Requests waiting on a miss: their refreshes go at once.
+    misses_waiting: Cell<usize>,
+    /// A request missed the cache.
+    missed: event_listener::Event,
     replicas: u32,
 }
 
 /// Sends the cache's queued refreshes to MemDS, one batch in flight per
-/// core, and feeds the answers back.
+/// core, and feeds the answers back. Refreshes of hits wait up to
+/// [`REFRESH_EVERY`] to share a request; a miss sends at once.
 async fn refresh_partitions(state: Rc<State>) {
+    let mut last_sent = Instant::now();
     loop {
         let listener = state.queued.listen();
+        let full = state.cache.borrow().refreshes_queued() >= LOOKUP_BATCH;
+        let early = REFRESH_EVERY.saturating_sub(last_sent.elapsed());
+        if state.misses_waiting.get() == 0 && !full && !early.is_zero() {
+            let missed = state.missed.listen();
+            futures_lite::future::or(missed, glommio::timer::sleep(early)).await;
+            continue;
+        }
         let keys: Vec<(u32, u64)> = state
             .cache
             .borrow_mut()
@@ -345,13 +364,11 @@ async fn refresh_partitions(state: Rc<State>) {
             listener.await;
             continue;
         }
-        match state
-            .ask_memds(&MemdsRequest::Lookup { keys: keys.clone() })
-            .await
-        {
-            Ok(MemdsResponse::Located(answers)) => {
+        last_sent = Instant::now();
+        match state.ask_memds(&MemdsRequest::Lookup { keys }).await {
+            Ok(MemdsResponse::Located { partitions, .. }) => {
                 let mut cache = state.cache.borrow_mut();
-                for answer in answers.into_iter().flatten() {
+                for answer in partitions {
                     let Ok(replicas) = Replicas::new(&answer.replicas) else {
                         continue;
                     };
@@ -399,6 +416,23 @@ async fn serve(state: Rc<State>, connection: Connection) {
             let _ = connection.respond(request.stream, &wire::encode_response(&response));
         })
         .detach();
+    }
+}
+
+/// Counts a request waiting on a cache miss for as long as it waits
+/// (dropped with the request if it is cancelled).
+struct MissWaiting<'a>(&'a Cell<usize>);
+
+impl<'a> MissWaiting<'a> {
+    fn new(state: &'a State) -> MissWaiting<'a> {
+        state.misses_waiting.set(state.misses_waiting.get() + 1);
+        MissWaiting(&state.misses_waiting)
+    }
+}
+
+impl Drop for MissWaiting<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
     }
 }
 
@@ -674,6 +708,12 @@ impl State {
         if let Some(located) = cached {
             return Ok(located);
         }
+        let _waiting = MissWaiting::new(self);
+        self.missed.notify(1);
+        self.await_located(table, hash).await
+    }
+
+    async fn await_located(&self, table: u32, hash: u64) -> Result<Located, Response> {
         let deadline = Instant::now() + LOCATE_DEADLINE;
         let mut asked = Instant::now();
         loop {

@@ -154,6 +154,36 @@ assert page["Count"] == 14 and page["ScannedCount"] == 24, page
 assert all(set(item) == {"ts", "v"} for item in page["Items"]), page["Items"]
 projected = ddb.get_item(TableName="events", Key={"user": {"S": "fay"}, "ts": {"N": "3"}}, ProjectionExpression="v")
 assert projected["Item"] == {"v": {"N": "9"}}, projected
+# Conditions combined: AND, OR, NOT, BETWEEN, IN, size, contains,
+# attribute_type, and comparisons between attributes.
+ddb.put_item(TableName="events", Item={
+    "user": {"S": "gus"}, "ts": {"N": "1"}, "v": {"N": "5"}, "cap": {"N": "9"},
+    "name": {"S": "gustav"}, "tags": {"SS": ["red", "blue"]},
+})
+key_gus = {"user": {"S": "gus"}, "ts": {"N": "1"}}
+values = {":five": {"N": "5"}, ":one": {"N": "1"}, ":seven": {"N": "7"}, ":red": {"S": "red"},
+          ":green": {"S": "green"}, ":ss": {"S": "SS"}, ":six": {"N": "6"}}
+def conditional_update(expression, update="SET v = v + :one"):
+    args = dict(TableName="events", Key=key_gus, UpdateExpression=update,
+                ConditionExpression=expression, ExpressionAttributeValues=values, ReturnValues="ALL_NEW")
+    if "#n" in expression:
+        args["ExpressionAttributeNames"] = {"#n": "name"}
+    return ddb.update_item(**args)["Attributes"]["v"]["N"]
+assert conditional_update("v BETWEEN :one AND :five AND contains(tags, :red)") == "6"
+assert conditional_update("v < cap AND (attribute_type(tags, :ss) OR attribute_not_exists(nope))") == "7"
+assert conditional_update("NOT contains(tags, :green) AND size(#n) = :six AND v IN (:one, cap, :seven)") == "8"
+for failing in ["v BETWEEN :one AND :five", "contains(tags, :green)", "NOT attribute_exists(v)",
+                "v > cap OR size(#n) > :six"]:
+    code = error_code(lambda: conditional_update(failing, update="SET v = :one"))
+    assert code == "ConditionalCheckFailedException", (failing, code)
+# A filter with OR and IN over a query.
+page = ddb.query(TableName="events", KeyConditionExpression="#u = :u",
+                 FilterExpression="v IN (:a, :b) OR ts = :c", ExpressionAttributeNames={"#u": "user"},
+                 ExpressionAttributeValues={":u": {"S": "fay"}, ":a": {"N": "4"}, ":b": {"N": "9"}, ":c": {"N": "23"}})
+assert sorted(int(i["ts"]["N"]) for i in page["Items"]) == [2, 3, 23], page["Items"]
+assert error_code(lambda: ddb.query(TableName="events", KeyConditionExpression="#u = :u",
+                                    FilterExpression="v = :u AND", ExpressionAttributeNames={"#u": "user"},
+                                    ExpressionAttributeValues={":u": {"S": "fay"}})) == "ValidationException"
 too_many = [{"PutRequest": {"Item": {"user": {"S": "x"}, "ts": {"N": str(i)}}}} for i in range(26)]
 assert error_code(lambda: ddb.batch_write_item(RequestItems={"events": too_many})) == "ValidationException"
 

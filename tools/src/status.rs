@@ -70,7 +70,7 @@ pub fn report(args: &StatusArgs) -> anyhow::Result<String> {
                     "  {} (id {}): {}, {} partitions, {} replicas each",
                     table.name, table.id, table.status, table.partitions, table.replicas
                 )?;
-                let MemdsResponse::Located(partitions) =
+                let MemdsResponse::Located { partitions, .. } =
                     ask(&connection, &MemdsRequest::Partitions { table: table.id }).await?
                 else {
                     bail!(
@@ -78,7 +78,7 @@ pub fn report(args: &StatusArgs) -> anyhow::Result<String> {
                         table.name
                     );
                 };
-                for p in partitions.into_iter().flatten() {
+                for p in partitions {
                     let replicas: Vec<String> = p
                         .replicas
                         .iter()

@@ -2,6 +2,10 @@
 //! conditions and update actions (docs/dynamodb-api.md lists it). Anything
 //! outside it is refused with a ValidationException, never half-applied.
 //!
+//! Conditions (ConditionExpression, FilterExpression) follow DynamoDB's
+//! grammar and precedence, loosest first: OR, AND, NOT, then a comparison,
+//! BETWEEN, IN, a function or a parenthesized condition.
+//!
 //! Placeholders are resolved as they are read: `#name` from
 //! ExpressionAttributeNames, `:value` from ExpressionAttributeValues.
 
@@ -9,7 +13,9 @@ use std::collections::HashMap;
 use std::ops::Bound;
 
 use cairn_common::AttributeValue;
-use cairn_common::condition::{CompareOp, Condition};
+use cairn_common::condition::{
+    CONDITION_DEPTH_MAX, CompareOp, Condition, IN_OPERANDS_MAX, Operand,
+};
 use cairn_common::update::UpdateAction;
 use serde_json::Value as Json;
 
@@ -125,13 +131,27 @@ fn tokenize(text: &str, placeholders: &Placeholders) -> Result<Vec<Token>, ExprE
 struct Parser {
     tokens: Vec<Token>,
     at: usize,
+    /// Nesting of NOT and parentheses so far.
+    depth: usize,
 }
+
+/// DynamoDB's limit on an expression's length.
+const EXPRESSION_BYTES_MAX: usize = 4096;
+
+/// The types `attribute_type` accepts.
+const TYPE_NAMES: [&str; 10] = ["S", "N", "B", "BOOL", "NULL", "L", "M", "SS", "NS", "BS"];
 
 impl Parser {
     fn new(text: &str, placeholders: &Placeholders) -> Result<Parser, ExprError> {
+        if text.len() > EXPRESSION_BYTES_MAX {
+            return err(format!(
+                "Expression size has exceeded the maximum allowed size ({EXPRESSION_BYTES_MAX} bytes)"
+            ));
+        }
         Ok(Parser {
             tokens: tokenize(text, placeholders)?,
             at: 0,
+            depth: 0,
         })
     }
 
@@ -190,55 +210,182 @@ impl Parser {
         })
     }
 
-    /// One condition atom: a function call or `name op :value`.
-    fn atom(&mut self) -> Result<Condition, ExprError> {
-        let word = self.name()?;
-        let function = word.to_ascii_lowercase();
-        if matches!(
-            function.as_str(),
-            "attribute_exists" | "attribute_not_exists" | "begins_with"
-        ) && self.peek() == Some(&Token::Symbol("("))
-        {
-            self.symbol("(")?;
-            let name = self.name()?;
-            let condition = match function.as_str() {
-                "attribute_exists" => Condition::Exists(name),
-                "attribute_not_exists" => Condition::NotExists(name),
-                _ => {
-                    self.symbol(",")?;
-                    Condition::BeginsWith {
-                        attribute: name,
-                        prefix: self.value()?,
-                    }
-                }
-            };
+    fn nested<T>(
+        &mut self,
+        parse: impl FnOnce(&mut Parser) -> Result<T, ExprError>,
+    ) -> Result<T, ExprError> {
+        self.depth += 1;
+        if self.depth > CONDITION_DEPTH_MAX {
+            return err(format!(
+                "conditions nested deeper than {CONDITION_DEPTH_MAX} are not supported"
+            ));
+        }
+        let parsed = parse(self);
+        self.depth -= 1;
+        parsed
+    }
+
+    /// `a OR b OR …`
+    fn or(&mut self) -> Result<Condition, ExprError> {
+        let mut left = self.and()?;
+        while self.keyword("OR") {
+            left = Condition::Or(Box::new(left), Box::new(self.and()?));
+        }
+        Ok(left)
+    }
+
+    /// `a AND b AND …`
+    fn and(&mut self) -> Result<Condition, ExprError> {
+        let mut left = self.not()?;
+        while self.keyword("AND") {
+            left = Condition::And(Box::new(left), Box::new(self.not()?));
+        }
+        Ok(left)
+    }
+
+    fn not(&mut self) -> Result<Condition, ExprError> {
+        if self.keyword("NOT") {
+            let inner = self.nested(Parser::not)?;
+            return Ok(Condition::Not(Box::new(inner)));
+        }
+        self.primary()
+    }
+
+    fn followed_by_parenthesis(&self) -> bool {
+        self.tokens.get(self.at + 1) == Some(&Token::Symbol("("))
+    }
+
+    /// A parenthesized condition, a function, or a comparison.
+    fn primary(&mut self) -> Result<Condition, ExprError> {
+        if self.peek() == Some(&Token::Symbol("(")) {
+            self.next();
+            let inner = self.nested(Parser::or)?;
             self.symbol(")")?;
-            return Ok(condition);
+            return Ok(inner);
+        }
+        if let Some(Token::Word(word)) = self.peek()
+            && self.followed_by_parenthesis()
+        {
+            let function = word.to_ascii_lowercase();
+            if function != "size" {
+                return self.function(&function);
+            }
+        }
+        let left = self.operand()?;
+        if self.keyword("BETWEEN") {
+            let low = self.operand()?;
+            if !self.keyword("AND") {
+                return err("BETWEEN needs AND between its bounds");
+            }
+            let high = self.operand()?;
+            return Ok(Condition::Between {
+                value: left,
+                low,
+                high,
+            });
+        }
+        if self.keyword("IN") {
+            self.symbol("(")?;
+            let mut list = vec![self.operand()?];
+            while self.peek() == Some(&Token::Symbol(",")) {
+                self.next();
+                list.push(self.operand()?);
+            }
+            self.symbol(")")?;
+            if list.len() > IN_OPERANDS_MAX {
+                return err(format!("IN takes at most {IN_OPERANDS_MAX} operands"));
+            }
+            return Ok(Condition::In { value: left, list });
         }
         let op = self.compare_op()?;
-        Ok(Condition::Compare {
-            attribute: word,
-            op,
-            value: self.value()?,
+        let right = self.operand()?;
+        Ok(match (left, right) {
+            (Operand::Attribute(attribute), Operand::Value(value)) => Condition::Compare {
+                attribute,
+                op,
+                value,
+            },
+            (left, right) => Condition::CompareOperands { left, op, right },
         })
     }
-}
 
-fn unsupported_if_more(parser: &Parser, what: &str) -> Result<(), ExprError> {
-    if parser.done() {
-        Ok(())
-    } else {
-        err(format!(
-            "{what}: only a single condition is supported yet (no AND, OR, NOT, BETWEEN or IN)"
-        ))
+    /// An attribute, a `:value`, or `size(attribute)`.
+    fn operand(&mut self) -> Result<Operand, ExprError> {
+        match self.next() {
+            Some(Token::Word(word))
+                if word.eq_ignore_ascii_case("size")
+                    && self.peek() == Some(&Token::Symbol("(")) =>
+            {
+                self.symbol("(")?;
+                let name = self.name()?;
+                self.symbol(")")?;
+                Ok(Operand::Size(name))
+            }
+            Some(Token::Word(word)) => Ok(Operand::Attribute(word)),
+            Some(Token::Value(value)) => Ok(Operand::Value(value)),
+            other => err(format!(
+                "expected an attribute, a :value or size(), found {other:?}"
+            )),
+        }
+    }
+
+    fn function(&mut self, function: &str) -> Result<Condition, ExprError> {
+        self.next();
+        self.symbol("(")?;
+        let name = self.name()?;
+        let condition = match function {
+            "attribute_exists" => Condition::Exists(name),
+            "attribute_not_exists" => Condition::NotExists(name),
+            "begins_with" => {
+                self.symbol(",")?;
+                match self.operand()? {
+                    Operand::Value(prefix) => Condition::BeginsWith {
+                        attribute: name,
+                        prefix,
+                    },
+                    _ => return err("begins_with takes a :value as its prefix, yet"),
+                }
+            }
+            "contains" => {
+                self.symbol(",")?;
+                Condition::Contains {
+                    attribute: name,
+                    operand: self.operand()?,
+                }
+            }
+            "attribute_type" => {
+                self.symbol(",")?;
+                match self.value()? {
+                    AttributeValue::S(type_name) if TYPE_NAMES.contains(&type_name.as_str()) => {
+                        Condition::AttributeType {
+                            attribute: name,
+                            type_name,
+                        }
+                    }
+                    other => {
+                        return err(format!(
+                            "attribute_type needs one of {TYPE_NAMES:?} as a string, not {other:?}"
+                        ));
+                    }
+                }
+            }
+            other => return err(format!("Invalid function name; function: {other}")),
+        };
+        self.symbol(")")?;
+        Ok(condition)
     }
 }
 
-/// A ConditionExpression: one comparison or function.
+/// A ConditionExpression or FilterExpression.
 pub fn condition(text: &str, placeholders: &Placeholders) -> Result<Condition, ExprError> {
     let mut parser = Parser::new(text, placeholders)?;
-    let condition = parser.atom()?;
-    unsupported_if_more(&parser, "ConditionExpression")?;
+    let condition = parser.or()?;
+    if !parser.done() {
+        return err(format!(
+            "unexpected {:?} after a complete condition",
+            parser.peek()
+        ));
+    }
     Ok(condition)
 }
 
@@ -395,7 +542,6 @@ mod tests {
                 value: AttributeValue::S("a".into())
             }
         );
-        assert!(condition("a = :a AND b = :a", &p).is_err());
         assert!(condition("a = :missing", &p).is_err());
         let actions = update("SET #s = :a, n = n + :one REMOVE old ADD c :one", &p).unwrap();
         assert_eq!(actions.len(), 4);
@@ -414,5 +560,85 @@ mod tests {
         assert!(key_condition("pk = :a AND begins_with(sk, :a)", &p).is_err());
         assert_eq!(projection("a, #s,b", &p).unwrap(), vec!["a", "status", "b"]);
         assert!(projection("a b", &p).is_err());
+    }
+
+    #[test]
+    fn conditions_combine_with_dynamodb_precedence() {
+        let p = placeholders();
+        let a = || Condition::Compare {
+            attribute: "a".into(),
+            op: CompareOp::Eq,
+            value: AttributeValue::S("a".into()),
+        };
+        let exists = |n: &str| Condition::Exists(n.into());
+        // AND binds tighter than OR, NOT tighter than AND.
+        assert_eq!(
+            condition(
+                "a = :a OR attribute_exists(b) AND NOT attribute_exists(c)",
+                &p
+            )
+            .unwrap(),
+            Condition::Or(
+                Box::new(a()),
+                Box::new(Condition::And(
+                    Box::new(exists("b")),
+                    Box::new(Condition::Not(Box::new(exists("c"))))
+                ))
+            )
+        );
+        assert_eq!(
+            condition(
+                "(a = :a OR attribute_exists(b)) AND attribute_exists(c)",
+                &p
+            )
+            .unwrap(),
+            Condition::And(
+                Box::new(Condition::Or(Box::new(a()), Box::new(exists("b")))),
+                Box::new(exists("c"))
+            )
+        );
+        assert!(matches!(
+            condition("#s BETWEEN :a AND :z", &p).unwrap(),
+            Condition::Between { .. }
+        ));
+        assert!(matches!(
+            condition("#s IN (:a, :z, other)", &p).unwrap(),
+            Condition::In { ref list, .. } if list.len() == 3
+        ));
+        assert!(matches!(
+            condition("size(#s) > :one", &p).unwrap(),
+            Condition::CompareOperands {
+                left: Operand::Size(_),
+                ..
+            }
+        ));
+        assert!(matches!(
+            condition("a < b", &p).unwrap(),
+            Condition::CompareOperands {
+                left: Operand::Attribute(_),
+                right: Operand::Attribute(_),
+                ..
+            }
+        ));
+        assert!(matches!(
+            condition("contains(tags, :a)", &p).unwrap(),
+            Condition::Contains { .. }
+        ));
+        assert!(
+            condition("attribute_type(a, :a)", &p).is_err(),
+            "\"a\" is no type"
+        );
+        assert!(condition("frobnicate(a)", &p).is_err());
+        assert!(condition("a = :a b = :a", &p).is_err());
+        assert!(condition("(a = :a", &p).is_err());
+        let deep = format!("{}a = :a{}", "(".repeat(100), ")".repeat(100));
+        assert!(condition(&deep, &p).unwrap_err().0.contains("deeper"));
+        let long = vec!["a = :a"; 700].join(" AND ");
+        assert!(
+            condition(&long, &p)
+                .unwrap_err()
+                .0
+                .contains("maximum allowed size")
+        );
     }
 }
