@@ -122,6 +122,8 @@ pub enum ItemError {
     KeyAttributeUpdate { name: String },
     #[error("ADD to attribute {name:?}: {reason}")]
     InvalidAdd { name: String, reason: String },
+    #[error("update of attribute {name:?}: {reason}")]
+    InvalidUpdate { name: String, reason: String },
 }
 
 /// An item: attribute name to value. Names are unique and ordered, so two

@@ -1,8 +1,14 @@
-//! UpdateItem actions: set an attribute, remove it, or add to it (DynamoDB's
-//! `ADD`: a number is incremented exactly, a set gains elements; a missing
-//! attribute starts from the operand).
+//! UpdateItem actions: set an attribute (to a value, or to an expression
+//! of the item's attributes: `if_not_exists`, `list_append`, `+`, `-`),
+//! remove it, add to it (DynamoDB's `ADD`: a number is incremented
+//! exactly, a set gains elements; a missing attribute starts from the
+//! operand), or delete elements from a set.
+//!
+//! As in DynamoDB, every expression on the right of a `SET` reads the item
+//! as it was before the update.
 
 use crate::item::{AttributeValue, Item, ItemError};
+use crate::number::Number;
 
 /// One change UpdateItem makes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -11,24 +17,261 @@ pub enum UpdateAction {
     Remove(String),
     /// Add a number to a number, or elements to a set of the same type.
     Add(String, AttributeValue),
+    /// Set an attribute to an expression of the item's attributes.
+    SetTo(String, SetValue),
+    /// Remove elements from a set; an emptied set is removed.
+    Delete(String, AttributeValue),
 }
+
+/// The right side of a `SET`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SetValue {
+    Value(AttributeValue),
+    /// The attribute's value; it must exist.
+    Attribute(String),
+    /// The attribute's value if it exists, else the fallback.
+    IfNotExists(String, Box<SetValue>),
+    /// Two lists, concatenated.
+    ListAppend(Box<SetValue>, Box<SetValue>),
+    Plus(Box<SetValue>, Box<SetValue>),
+    Minus(Box<SetValue>, Box<SetValue>),
+}
+
+/// Deepest nesting of a decoded `SetValue`.
+pub const SET_VALUE_DEPTH_MAX: usize = 32;
 
 impl UpdateAction {
     pub fn attribute(&self) -> &str {
         match self {
             UpdateAction::Set(name, _)
             | UpdateAction::Remove(name)
-            | UpdateAction::Add(name, _) => name,
+            | UpdateAction::Add(name, _)
+            | UpdateAction::SetTo(name, _)
+            | UpdateAction::Delete(name, _) => name,
         }
     }
 }
 
-/// Applies `actions` to `item` in order.
+fn invalid(name: &str, reason: impl Into<String>) -> ItemError {
+    ItemError::InvalidUpdate {
+        name: name.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+impl SetValue {
+    /// Evaluates against `before`, the item as it was before the update;
+    /// `name` is the attribute being set (for errors).
+    pub fn evaluate(&self, name: &str, before: &Item) -> Result<AttributeValue, ItemError> {
+        Ok(match self {
+            SetValue::Value(value) => value.clone(),
+            SetValue::Attribute(attribute) => before.get(attribute).cloned().ok_or_else(|| {
+                invalid(
+                    name,
+                    format!(
+                        "The provided expression refers to an attribute that does not exist in the item: {attribute}"
+                    ),
+                )
+            })?,
+            SetValue::IfNotExists(attribute, fallback) => match before.get(attribute) {
+                Some(value) => value.clone(),
+                None => fallback.evaluate(name, before)?,
+            },
+            SetValue::ListAppend(a, b) => {
+                match (a.evaluate(name, before)?, b.evaluate(name, before)?) {
+                    (AttributeValue::L(mut a), AttributeValue::L(b)) => {
+                        a.extend(b);
+                        AttributeValue::L(a)
+                    }
+                    (a, b) => {
+                        return Err(invalid(
+                            name,
+                            format!(
+                                "list_append takes two lists, not {} and {}",
+                                a.type_name(),
+                                b.type_name()
+                            ),
+                        ));
+                    }
+                }
+            }
+            SetValue::Plus(a, b) | SetValue::Minus(a, b) => {
+                match (a.evaluate(name, before)?, b.evaluate(name, before)?) {
+                    (AttributeValue::N(a), AttributeValue::N(b)) => {
+                        let b = if matches!(self, SetValue::Minus(..)) {
+                            negate(&b)
+                        } else {
+                            b
+                        };
+                        AttributeValue::N(a.checked_add(&b).map_err(|e| invalid(name, e.to_string()))?)
+                    }
+                    (a, b) => {
+                        return Err(invalid(
+                            name,
+                            format!(
+                                "+ and - take two numbers, not {} and {}",
+                                a.type_name(),
+                                b.type_name()
+                            ),
+                        ));
+                    }
+                }
+            }
+        })
+    }
+
+    /// Stored and wire form: a tag byte, then the fields (names and values
+    /// length-prefixed, u32 little endian; values in the item codec).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let bytes = |out: &mut Vec<u8>, b: &[u8]| {
+            out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+            out.extend_from_slice(b);
+        };
+        match self {
+            SetValue::Value(value) => {
+                out.push(1);
+                bytes(out, &value.to_bytes());
+            }
+            SetValue::Attribute(name) => {
+                out.push(2);
+                bytes(out, name.as_bytes());
+            }
+            SetValue::IfNotExists(name, fallback) => {
+                out.push(3);
+                bytes(out, name.as_bytes());
+                fallback.encode(out);
+            }
+            SetValue::ListAppend(a, b) | SetValue::Plus(a, b) | SetValue::Minus(a, b) => {
+                out.push(match self {
+                    SetValue::ListAppend(..) => 4,
+                    SetValue::Plus(..) => 5,
+                    _ => 6,
+                });
+                a.encode(out);
+                b.encode(out);
+            }
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode(&mut out);
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<SetValue, String> {
+        let mut at = 0;
+        let value = decode_set_value(bytes, &mut at, 0)?;
+        if at != bytes.len() {
+            return Err("trailing bytes after a SET expression".into());
+        }
+        Ok(value)
+    }
+}
+
+fn decode_set_value(bytes: &[u8], at: &mut usize, depth: usize) -> Result<SetValue, String> {
+    if depth > SET_VALUE_DEPTH_MAX {
+        return Err(format!(
+            "SET expression nested deeper than {SET_VALUE_DEPTH_MAX}"
+        ));
+    }
+    let mut take = |n: usize| -> Result<&[u8], String> {
+        let end = at.checked_add(n).ok_or("length overflow")?;
+        let slice = bytes.get(*at..end).ok_or("SET expression truncated")?;
+        *at = end;
+        Ok(slice)
+    };
+    let tag = take(1)?[0];
+    let mut field = || -> Result<&[u8], String> {
+        let len = {
+            let end = at.checked_add(4).ok_or("length overflow")?;
+            let b = bytes.get(*at..end).ok_or("SET expression truncated")?;
+            *at = end;
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize
+        };
+        let end = at.checked_add(len).ok_or("length overflow")?;
+        let slice = bytes.get(*at..end).ok_or("SET expression truncated")?;
+        *at = end;
+        Ok(slice)
+    };
+    let name =
+        |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| "a name is not UTF-8".to_owned());
+    Ok(match tag {
+        1 => SetValue::Value(AttributeValue::from_bytes(field()?).map_err(|e| e.to_string())?),
+        2 => SetValue::Attribute(name(field()?)?),
+        3 => {
+            let attribute = name(field()?)?;
+            SetValue::IfNotExists(attribute, Box::new(decode_set_value(bytes, at, depth + 1)?))
+        }
+        4..=6 => {
+            let a = Box::new(decode_set_value(bytes, at, depth + 1)?);
+            let b = Box::new(decode_set_value(bytes, at, depth + 1)?);
+            match tag {
+                4 => SetValue::ListAppend(a, b),
+                5 => SetValue::Plus(a, b),
+                _ => SetValue::Minus(a, b),
+            }
+        }
+        other => return Err(format!("unknown SET expression kind {other}")),
+    })
+}
+
+/// `-n`.
+pub fn negate(n: &Number) -> Number {
+    Number::from_parts(!n.is_negative(), n.significand(), i32::from(n.exponent())).unwrap_or(*n)
+}
+
+/// Applies `actions` to `item` in order; the right sides of `SetTo` read
+/// the item as it was before any of them.
 pub fn apply(item: &mut Item, actions: &[UpdateAction]) -> Result<(), ItemError> {
+    let before = actions
+        .iter()
+        .any(|a| matches!(a, UpdateAction::SetTo(..)))
+        .then(|| item.clone());
     for action in actions {
         match action {
             UpdateAction::Set(name, value) => {
                 item.insert(name.clone(), value.clone());
+            }
+            UpdateAction::SetTo(name, value) => {
+                let before = before.as_ref().expect("cloned when a SetTo is present");
+                let value = value.evaluate(name, before)?;
+                item.insert(name.clone(), value);
+            }
+            UpdateAction::Delete(name, elements) => {
+                let remaining = match (item.get(name), elements) {
+                    (None, _) => continue,
+                    (Some(AttributeValue::Ss(set)), AttributeValue::Ss(gone)) => {
+                        AttributeValue::Ss(set.difference(gone).cloned().collect())
+                    }
+                    (Some(AttributeValue::Ns(set)), AttributeValue::Ns(gone)) => {
+                        AttributeValue::Ns(set.difference(gone).copied().collect())
+                    }
+                    (Some(AttributeValue::Bs(set)), AttributeValue::Bs(gone)) => {
+                        AttributeValue::Bs(set.difference(gone).cloned().collect())
+                    }
+                    (Some(found), _) => {
+                        return Err(invalid(
+                            name,
+                            format!(
+                                "DELETE takes a set of the attribute's type; it is {} and the operand {}",
+                                found.type_name(),
+                                elements.type_name()
+                            ),
+                        ));
+                    }
+                };
+                let empty = match &remaining {
+                    AttributeValue::Ss(s) => s.is_empty(),
+                    AttributeValue::Ns(s) => s.is_empty(),
+                    AttributeValue::Bs(s) => s.is_empty(),
+                    _ => false,
+                };
+                if empty {
+                    item.remove(name);
+                } else {
+                    item.insert(name.clone(), remaining);
+                }
             }
             UpdateAction::Remove(name) => {
                 item.remove(name);
@@ -154,5 +397,103 @@ mod tests {
             apply(&mut item, &[UpdateAction::Add("big".into(), n("0.1"))]),
             Err(ItemError::InvalidAdd { .. })
         ));
+    }
+
+    fn l(values: &[AttributeValue]) -> AttributeValue {
+        AttributeValue::L(values.to_vec())
+    }
+
+    #[test]
+    fn set_expressions_read_the_item_before_the_update() {
+        let mut item = Item::new()
+            .with("count", n("2"))
+            .with("log", l(&[n("1")]))
+            .with(
+                "tags",
+                AttributeValue::Ss(["a".to_owned(), "b".to_owned()].into()),
+            );
+        let value = |v: AttributeValue| Box::new(SetValue::Value(v));
+        let attr = |a: &str| Box::new(SetValue::Attribute(a.into()));
+        apply(
+            &mut item,
+            &[
+                // Both read count = 2, not the 12 the first one writes.
+                UpdateAction::SetTo(
+                    "count".into(),
+                    SetValue::Plus(attr("count"), value(n("10"))),
+                ),
+                UpdateAction::SetTo(
+                    "copy".into(),
+                    SetValue::Minus(attr("count"), value(n("0.5"))),
+                ),
+                UpdateAction::SetTo(
+                    "hits".into(),
+                    SetValue::Plus(
+                        Box::new(SetValue::IfNotExists("hits".into(), value(n("0")))),
+                        value(n("1")),
+                    ),
+                ),
+                UpdateAction::SetTo(
+                    "log".into(),
+                    SetValue::ListAppend(attr("log"), value(l(&[n("2")]))),
+                ),
+                UpdateAction::Delete(
+                    "tags".into(),
+                    AttributeValue::Ss(["a".to_owned(), "z".to_owned()].into()),
+                ),
+                UpdateAction::Delete("absent".into(), AttributeValue::Ss(["a".to_owned()].into())),
+            ],
+        )
+        .unwrap();
+        assert_eq!(item.get("count"), Some(&n("12")));
+        assert_eq!(item.get("copy"), Some(&n("1.5")));
+        assert_eq!(item.get("hits"), Some(&n("1")));
+        assert_eq!(item.get("log"), Some(&l(&[n("1"), n("2")])));
+        assert_eq!(
+            item.get("tags"),
+            Some(&AttributeValue::Ss(["b".to_owned()].into()))
+        );
+        // An emptied set is removed.
+        apply(
+            &mut item,
+            &[UpdateAction::Delete(
+                "tags".into(),
+                AttributeValue::Ss(["b".to_owned()].into()),
+            )],
+        )
+        .unwrap();
+        assert_eq!(item.get("tags"), None);
+        // Errors: a missing operand, wrong types.
+        for bad in [
+            SetValue::Attribute("nope".into()),
+            SetValue::Plus(attr("log"), value(n("1"))),
+            SetValue::ListAppend(attr("count"), attr("log")),
+        ] {
+            assert!(matches!(
+                apply(&mut item, &[UpdateAction::SetTo("x".into(), bad)]),
+                Err(ItemError::InvalidUpdate { .. })
+            ));
+        }
+        assert!(matches!(
+            apply(
+                &mut item,
+                &[UpdateAction::Delete(
+                    "count".into(),
+                    AttributeValue::Ns([Number::from_i64(1)].into())
+                )]
+            ),
+            Err(ItemError::InvalidUpdate { .. })
+        ));
+        let nested = SetValue::IfNotExists(
+            "a".into(),
+            Box::new(SetValue::ListAppend(attr("b"), value(l(&[])))),
+        );
+        assert_eq!(SetValue::from_bytes(&nested.to_bytes()).unwrap(), nested);
+        let mut deep = SetValue::Value(n("1"));
+        for _ in 0..40 {
+            deep = SetValue::Plus(Box::new(deep), value(n("1")));
+        }
+        assert!(SetValue::from_bytes(&deep.to_bytes()).is_err());
+        assert!(SetValue::from_bytes(&[9]).is_err());
     }
 }

@@ -46,9 +46,28 @@ pub enum WireCondition {
 /// One UpdateItem action; values are encoded attribute values.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum WireChange {
-    Set { name: String, value: Vec<u8> },
-    Remove { name: String },
-    Add { name: String, value: Vec<u8> },
+    Set {
+        name: String,
+        value: Vec<u8>,
+    },
+    Remove {
+        name: String,
+    },
+    Add {
+        name: String,
+        value: Vec<u8>,
+    },
+    /// `SET name = expression`, the expression in its own encoding
+    /// (`SetValue::to_bytes`).
+    SetTo {
+        name: String,
+        value: Vec<u8>,
+    },
+    /// Remove the elements of the set `value` from the set `name`.
+    Delete {
+        name: String,
+        value: Vec<u8>,
+    },
 }
 
 /// A table's shape, as DescribeTable returns it.
@@ -496,6 +515,14 @@ impl WireChange {
                 name: name.clone(),
                 value: value.to_bytes(),
             },
+            UpdateAction::SetTo(name, value) => WireChange::SetTo {
+                name: name.clone(),
+                value: value.to_bytes(),
+            },
+            UpdateAction::Delete(name, value) => WireChange::Delete {
+                name: name.clone(),
+                value: value.to_bytes(),
+            },
         }
     }
 
@@ -507,6 +534,13 @@ impl WireChange {
             WireChange::Remove { name } => UpdateAction::Remove(name.clone()),
             WireChange::Add { name, value } => {
                 UpdateAction::Add(name.clone(), AttributeValue::from_bytes(value)?)
+            }
+            WireChange::SetTo { name, value } => UpdateAction::SetTo(
+                name.clone(),
+                crate::update::SetValue::from_bytes(value).map_err(DecodeError::Malformed)?,
+            ),
+            WireChange::Delete { name, value } => {
+                UpdateAction::Delete(name.clone(), AttributeValue::from_bytes(value)?)
             }
         })
     }

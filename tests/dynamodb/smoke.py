@@ -176,6 +176,24 @@ for failing in ["v BETWEEN :one AND :five", "contains(tags, :green)", "NOT attri
                 "v > cap OR size(#n) > :six"]:
     code = error_code(lambda: conditional_update(failing, update="SET v = :one"))
     assert code == "ConditionalCheckFailedException", (failing, code)
+# SET with if_not_exists, list_append and arithmetic; the DELETE clause.
+key_hal = {"user": {"S": "hal"}, "ts": {"N": "1"}}
+exprs = {":zero": {"N": "0"}, ":one": {"N": "1"}, ":empty": {"L": []}, ":x": {"L": [{"S": "x"}]},
+         ":red": {"SS": ["red"]}}
+def update_hal(expression):
+    return ddb.update_item(TableName="events", Key=key_hal, UpdateExpression=expression,
+                           ExpressionAttributeValues={k: v for k, v in exprs.items() if k in expression},
+                           ReturnValues="ALL_NEW")["Attributes"]
+for expected in ["1", "2"]:
+    got = update_hal("SET c = if_not_exists(c, :zero) + :one, l = list_append(if_not_exists(l, :empty), :x)")
+    assert got["c"] == {"N": expected}, got
+assert got["l"] == {"L": [{"S": "x"}, {"S": "x"}]}, got
+got = update_hal("SET d = c - :one, tags = :red")
+assert got["d"] == {"N": "1"} and got["tags"] == {"SS": ["red"]}, got
+got = update_hal("DELETE tags :red")
+assert "tags" not in got, got  # an emptied set is removed
+assert error_code(lambda: update_hal("SET e = missing + :one")) == "ValidationException"
+assert error_code(lambda: update_hal("SET e = list_append(c, :x)")) == "ValidationException"
 # A filter with OR and IN over a query.
 page = ddb.query(TableName="events", KeyConditionExpression="#u = :u",
                  FilterExpression="v IN (:a, :b) OR ts = :c", ExpressionAttributeNames={"#u": "user"},

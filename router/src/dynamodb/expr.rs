@@ -16,7 +16,7 @@ use cairn_common::AttributeValue;
 use cairn_common::condition::{
     CONDITION_DEPTH_MAX, CompareOp, Condition, IN_OPERANDS_MAX, Operand,
 };
-use cairn_common::update::UpdateAction;
+use cairn_common::update::{SET_VALUE_DEPTH_MAX, SetValue, UpdateAction};
 use serde_json::Value as Json;
 
 use super::json::value_from_json;
@@ -210,6 +210,54 @@ impl Parser {
         })
     }
 
+    /// The right side of a SET: an operand, or two joined by `+` or `-`.
+    fn set_value(&mut self, depth: usize) -> Result<SetValue, ExprError> {
+        if depth > SET_VALUE_DEPTH_MAX {
+            return err(format!(
+                "SET expressions nested deeper than {SET_VALUE_DEPTH_MAX} are not supported"
+            ));
+        }
+        let left = self.set_operand(depth)?;
+        let joined = match self.peek() {
+            Some(Token::Symbol("+")) => SetValue::Plus,
+            Some(Token::Symbol("-")) => SetValue::Minus,
+            _ => return Ok(left),
+        };
+        self.next();
+        let right = self.set_operand(depth)?;
+        Ok(joined(Box::new(left), Box::new(right)))
+    }
+
+    /// A `:value`, an attribute, `if_not_exists(a, x)` or
+    /// `list_append(x, y)`.
+    fn set_operand(&mut self, depth: usize) -> Result<SetValue, ExprError> {
+        match self.next() {
+            Some(Token::Value(value)) => Ok(SetValue::Value(value)),
+            Some(Token::Word(word)) if self.peek() == Some(&Token::Symbol("(")) => {
+                self.symbol("(")?;
+                let value = match word.to_ascii_lowercase().as_str() {
+                    "if_not_exists" => {
+                        let name = self.name()?;
+                        self.symbol(",")?;
+                        SetValue::IfNotExists(name, Box::new(self.set_value(depth + 1)?))
+                    }
+                    "list_append" => {
+                        let first = self.set_value(depth + 1)?;
+                        self.symbol(",")?;
+                        SetValue::ListAppend(Box::new(first), Box::new(self.set_value(depth + 1)?))
+                    }
+                    other => {
+                        return err(format!("Invalid function name in SET; function: {other}"));
+                    }
+                };
+                self.symbol(")")?;
+                Ok(value)
+            }
+            Some(Token::Word(word)) => Ok(SetValue::Attribute(word)),
+            other => err(format!("expected a SET operand, found {other:?}")),
+        }
+    }
+
     fn nested<T>(
         &mut self,
         parse: impl FnOnce(&mut Parser) -> Result<T, ExprError>,
@@ -400,30 +448,14 @@ pub fn update(text: &str, placeholders: &Placeholders) -> Result<Vec<UpdateActio
                 "SET" => {
                     let name = parser.name()?;
                     parser.symbol("=")?;
-                    match parser.next() {
-                        Some(Token::Value(value)) => actions.push(UpdateAction::Set(name, value)),
-                        Some(Token::Word(operand)) if operand == name => {
-                            let sign = parser.next();
-                            let value = parser.value()?;
-                            let value = match (sign, value) {
-                                (Some(Token::Symbol("+")), value @ AttributeValue::N(_)) => value,
-                                (Some(Token::Symbol("-")), AttributeValue::N(n)) => {
-                                    AttributeValue::N(negate(&n))
-                                }
-                                _ => {
-                                    return err(
-                                        "SET supports `a = :v` and `a = a + :n` / `a = a - :n` only, yet",
-                                    );
-                                }
-                            };
-                            actions.push(UpdateAction::Add(name, value));
-                        }
-                        _ => {
-                            return err(
-                                "SET supports `a = :v` and `a = a + :n` / `a = a - :n` only, yet",
-                            );
-                        }
-                    }
+                    actions.push(match parser.set_value(0)? {
+                        SetValue::Value(value) => UpdateAction::Set(name, value),
+                        other => UpdateAction::SetTo(name, other),
+                    });
+                }
+                "DELETE" => {
+                    let name = parser.name()?;
+                    actions.push(UpdateAction::Delete(name, parser.value()?));
                 }
                 "REMOVE" => actions.push(UpdateAction::Remove(parser.name()?)),
                 "ADD" => {
@@ -443,11 +475,6 @@ pub fn update(text: &str, placeholders: &Placeholders) -> Result<Vec<UpdateActio
         return err("UpdateExpression is empty");
     }
     Ok(actions)
-}
-
-fn negate(n: &cairn_common::Number) -> cairn_common::Number {
-    cairn_common::Number::from_parts(!n.is_negative(), n.significand(), i32::from(n.exponent()))
-        .unwrap_or(*n)
 }
 
 /// A ProjectionExpression: top-level attribute names, comma-separated.
@@ -547,10 +574,37 @@ mod tests {
         assert_eq!(actions.len(), 4);
         assert_eq!(
             actions[1],
-            UpdateAction::Add("n".into(), AttributeValue::N("1".parse().unwrap()))
+            UpdateAction::SetTo(
+                "n".into(),
+                SetValue::Plus(
+                    Box::new(SetValue::Attribute("n".into())),
+                    Box::new(SetValue::Value(AttributeValue::N("1".parse().unwrap())))
+                )
+            )
         );
         assert!(update("SET a.b = :a", &p).is_err());
-        assert!(update("DELETE s :a", &p).is_err());
+        assert_eq!(
+            update("DELETE s :a", &p).unwrap(),
+            vec![UpdateAction::Delete(
+                "s".into(),
+                AttributeValue::S("a".into())
+            )]
+        );
+        let counter = update(
+            "SET c = if_not_exists(c, :one) + :one, l = list_append(l, :a)",
+            &p,
+        )
+        .unwrap();
+        assert!(
+            matches!(&counter[0], UpdateAction::SetTo(_, SetValue::Plus(a, _))
+            if matches!(**a, SetValue::IfNotExists(..)))
+        );
+        assert!(matches!(
+            &counter[1],
+            UpdateAction::SetTo(_, SetValue::ListAppend(..))
+        ));
+        assert!(update("SET c = frob(c)", &p).is_err());
+        assert!(update("SET c = :one +", &p).is_err());
         let key = key_condition("pk = :a AND sk BETWEEN :a AND :z", &p).unwrap();
         assert_eq!(key.partition, ("pk".into(), AttributeValue::S("a".into())));
         assert!(matches!(
