@@ -277,6 +277,7 @@ impl Client {
             table: table.into(),
             limit,
             exclusive_start,
+            segment: None,
         };
         match self.call(&request).await? {
             Response::TablePage { items, last } => Ok(ScanPage {

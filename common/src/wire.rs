@@ -136,6 +136,10 @@ pub enum ClientRequest {
         table: String,
         limit: u32,
         exclusive_start: Option<(u64, Vec<u8>)>,
+        /// A parallel scan's (segment, total segments): segment `s` of `n`
+        /// holds the items whose partition-key hash is in the `s`-th of
+        /// `n` equal slices of the hash space.
+        segment: Option<(u32, u32)>,
     },
 }
 

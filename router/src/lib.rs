@@ -552,7 +552,8 @@ impl State {
                 table,
                 limit,
                 exclusive_start,
-            } => self.scan(&table, limit, exclusive_start).await,
+                segment,
+            } => self.scan(&table, limit, exclusive_start, segment).await,
         }
     }
 
@@ -861,21 +862,49 @@ impl State {
         self.forward_key(&table, &prefix, op).await
     }
 
-    /// A page of the whole table, partition by partition in hash order.
+    /// A page of the whole table (or of one segment of it), partition by
+    /// partition in hash order.
     async fn scan(
         &self,
         table: &str,
         limit: u32,
         exclusive_start: Option<(u64, Vec<u8>)>,
+        segment: Option<(u32, u32)>,
     ) -> Response {
         let table = match self.table(table).await {
             Ok(table) => table,
             Err(response) => return response,
         };
+        let (low, high) = match segment {
+            None => (0, u64::MAX),
+            Some((segment, total)) if total >= 1 && segment < total => {
+                let edge = |s: u32| ((u128::from(s) << 64) / u128::from(total)) as u64;
+                let high = if segment + 1 == total {
+                    u64::MAX
+                } else {
+                    edge(segment + 1) - 1
+                };
+                (edge(segment), high)
+            }
+            Some((segment, total)) => {
+                return validation(format!(
+                    "segment {segment} of {total}: the segment must be below the total, which must be at least 1"
+                ));
+            }
+        };
+        let in_segment = |bytes: &Vec<u8>| {
+            segment.is_none()
+                || Item::decode(bytes)
+                    .ok()
+                    .and_then(|item| table.schema.key_of_item(&item).ok())
+                    .is_some_and(|key| {
+                        (low..=high).contains(&partition_hash(partition_prefix(&key)))
+                    })
+        };
         let limit = limit.clamp(1, PAGE_LIMIT_MAX);
         let (mut hash, mut resume) = match exclusive_start {
-            Some((hash, key)) => (hash, (!key.is_empty()).then_some(key)),
-            None => (0, None),
+            Some((hash, key)) => (hash.max(low), (!key.is_empty()).then_some(key)),
+            None => (low, None),
         };
         let mut items = Vec::new();
         loop {
@@ -896,7 +925,7 @@ impl State {
                     items: page,
                     last_key,
                 } => {
-                    items.extend(page);
+                    items.extend(page.into_iter().filter(in_segment));
                     if let Some(last_key) = last_key {
                         return Response::TablePage {
                             items,
@@ -906,7 +935,7 @@ impl State {
                 }
                 other => return other,
             }
-            if located.last == u64::MAX {
+            if located.last >= high {
                 return Response::TablePage { items, last: None };
             }
             hash = located.last + 1;

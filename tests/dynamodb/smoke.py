@@ -202,6 +202,50 @@ assert sorted(int(i["ts"]["N"]) for i in page["Items"]) == [2, 3, 23], page["Ite
 assert error_code(lambda: ddb.query(TableName="events", KeyConditionExpression="#u = :u",
                                     FilterExpression="v = :u AND", ExpressionAttributeNames={"#u": "user"},
                                     ExpressionAttributeValues={":u": {"S": "fay"}})) == "ValidationException"
+# Legacy parameters, as older clients still send them.
+key_ivy = {"user": {"S": "ivy"}, "ts": {"N": "1"}}
+ddb.put_item(TableName="events", Item={**key_ivy, "v": {"N": "3"}}, Expected={"user": {"Exists": False}})
+assert error_code(lambda: ddb.put_item(TableName="events", Item=key_ivy,
+                                       Expected={"user": {"Exists": False}})) == "ConditionalCheckFailedException"
+got = ddb.update_item(
+    TableName="events", Key=key_ivy,
+    AttributeUpdates={"v": {"Action": "ADD", "Value": {"N": "2"}}, "w": {"Action": "PUT", "Value": {"S": "x"}}},
+    Expected={"v": {"ComparisonOperator": "EQ", "AttributeValueList": [{"N": "3"}]}}, ReturnValues="ALL_NEW",
+)["Attributes"]
+assert got["v"] == {"N": "5"} and got["w"] == {"S": "x"}, got
+page = ddb.query(
+    TableName="events",
+    KeyConditions={"user": {"ComparisonOperator": "EQ", "AttributeValueList": [{"S": "fay"}]},
+                   "ts": {"ComparisonOperator": "BETWEEN", "AttributeValueList": [{"N": "2"}, {"N": "5"}]}},
+    QueryFilter={"v": {"ComparisonOperator": "GT", "AttributeValueList": [{"N": "4"}]}},
+    AttributesToGet=["ts"],
+)
+assert [i["ts"]["N"] for i in page["Items"]] == ["3", "4", "5"], page
+assert all(set(i) == {"ts"} for i in page["Items"]), page
+counted = ddb.query(TableName="events", KeyConditionExpression="#u = :u", ExpressionAttributeNames={"#u": "user"},
+                    ExpressionAttributeValues={":u": {"S": "fay"}}, Select="COUNT")
+assert counted["Count"] == 24 and "Items" not in counted, counted
+assert error_code(lambda: ddb.query(
+    TableName="events", KeyConditionExpression="#u = :u", ExpressionAttributeNames={"#u": "user"},
+    ExpressionAttributeValues={":u": {"S": "fay"}},
+    QueryFilter={"v": {"ComparisonOperator": "NOT_NULL"}})) == "ValidationException"  # mixed styles
+assert error_code(lambda: ddb.scan(TableName="events", IndexName="by-v")) == "ValidationException"
+# A parallel scan: four segments see every item exactly once between them.
+def scan_all(**extra):
+    keys, start = [], None
+    while True:
+        page = ddb.scan(TableName="events", Limit=5, **extra, **({"ExclusiveStartKey": start} if start else {}))
+        keys += [(i["user"]["S"], i["ts"]["N"]) for i in page["Items"]]
+        start = page.get("LastEvaluatedKey")
+        if not start:
+            return keys
+everything = scan_all()
+segments = [scan_all(Segment=s, TotalSegments=4) for s in range(4)]
+assert len(set(everything)) == len(everything) > 50, len(everything)
+assert sorted(sum(segments, [])) == sorted(everything), (len(everything), [len(s) for s in segments])
+assert sum(1 for s in segments if s) >= 2, [len(s) for s in segments]
+assert error_code(lambda: ddb.scan(TableName="events", Segment=4, TotalSegments=4)) == "ValidationException"
+assert error_code(lambda: ddb.scan(TableName="events", Segment=0)) == "ValidationException"
 too_many = [{"PutRequest": {"Item": {"user": {"S": "x"}, "ts": {"N": str(i)}}}} for i in range(26)]
 assert error_code(lambda: ddb.batch_write_item(RequestItems={"events": too_many})) == "ValidationException"
 

@@ -95,19 +95,13 @@ fn string<'a>(body: &'a Json, name: &str) -> Result<&'a str, ApiError> {
         .ok_or_else(|| ApiError::validation(format!("{name} must be a string")))
 }
 
-/// Expression and legacy parameters this endpoint does not read yet: a
-/// request that uses one is refused rather than half-honoured.
-const UNSUPPORTED_PARAMETERS: [&str; 7] = [
-    "Expected",
-    "AttributesToGet",
-    "ConditionalOperator",
-    "AttributeUpdates",
-    "KeyConditions",
-    "Segment",
-    "Select",
-];
+/// Parameters this endpoint does not read yet: a request that uses one is
+/// refused rather than half-honoured (a Query on an index would otherwise
+/// read the table).
+const UNSUPPORTED_PARAMETERS: [&str; 1] = ["IndexName"];
 
 fn refuse_unsupported(body: &Json) -> Result<(), ApiError> {
+    super::legacy::refuse_mixed(body)?;
     for name in UNSUPPORTED_PARAMETERS {
         if body.get(name).is_some() {
             return Err(ApiError::validation(format!(
@@ -200,18 +194,17 @@ fn expression_error(error: super::expr::ExprError) -> ApiError {
     ApiError::validation(format!("Invalid expression: {error}"))
 }
 
-/// The request's ConditionExpression, if any, in wire form.
+/// The request's ConditionExpression (or legacy `Expected`), if any, in
+/// wire form.
 fn wire_condition(
     body: &Json,
     placeholders: &Placeholders,
 ) -> Result<Option<WireCondition>, ApiError> {
-    match body.get("ConditionExpression").and_then(Json::as_str) {
-        Some(text) => {
-            let condition = super::expr::condition(text, placeholders).map_err(expression_error)?;
-            Ok(Some(WireCondition::from_condition(&condition)))
-        }
-        None => Ok(None),
-    }
+    let condition = match body.get("ConditionExpression").and_then(Json::as_str) {
+        Some(text) => Some(super::expr::condition(text, placeholders).map_err(expression_error)?),
+        None => super::legacy::expected(body)?,
+    };
+    Ok(condition.as_ref().map(WireCondition::from_condition))
 }
 
 /// What PutItem and DeleteItem read first: the table, ReturnValues (NONE
@@ -237,6 +230,33 @@ fn return_values(body: &Json, allowed: &[&str]) -> Result<String, ApiError> {
     Ok(value.to_owned())
 }
 
+/// A parallel Scan's `Segment` and `TotalSegments`: both or neither.
+fn segment(body: &Json) -> Result<Option<(u32, u32)>, ApiError> {
+    const TOTAL_SEGMENTS_MAX: u64 = 1_000_000;
+    match (body.get("Segment"), body.get("TotalSegments")) {
+        (None, None) => Ok(None),
+        (Some(segment), Some(total)) => {
+            let total = total
+                .as_u64()
+                .filter(|t| (1..=TOTAL_SEGMENTS_MAX).contains(t))
+                .ok_or_else(|| {
+                    ApiError::validation(format!(
+                        "TotalSegments must be between 1 and {TOTAL_SEGMENTS_MAX}"
+                    ))
+                })?;
+            let segment = segment.as_u64().filter(|s| *s < total).ok_or_else(|| {
+                ApiError::validation(format!(
+                    "Segment must be at least 0 and less than TotalSegments ({total})"
+                ))
+            })?;
+            Ok(Some((segment as u32, total as u32)))
+        }
+        _ => Err(ApiError::validation(
+            "Segment and TotalSegments must be given together",
+        )),
+    }
+}
+
 fn limit(body: &Json) -> Result<u32, ApiError> {
     match body.get("Limit") {
         None => Ok(1000),
@@ -260,29 +280,54 @@ fn key_of(item: &Item, schema: &KeySchema) -> Json {
 }
 
 /// What a read returns of each item: a FilterExpression (applied after
-/// the read, as in DynamoDB: Limit counts items examined) and a
-/// ProjectionExpression.
+/// the read, as in DynamoDB: Limit counts items examined), a
+/// ProjectionExpression, and `Select`; or their legacy forms (QueryFilter,
+/// ScanFilter, AttributesToGet).
 #[derive(Debug, Default)]
 struct Shaping {
     filter: Option<cairn_common::condition::Condition>,
     projection: Option<Vec<String>>,
+    /// `Select: COUNT`: counts only, no items.
+    count_only: bool,
 }
 
 impl Shaping {
     fn from_request(body: &Json, placeholders: &Placeholders) -> Result<Shaping, ApiError> {
-        let filter = body
-            .get("FilterExpression")
-            .and_then(Json::as_str)
-            .map(|text| super::expr::condition(text, placeholders))
-            .transpose()
-            .map_err(expression_error)?;
-        let projection = body
-            .get("ProjectionExpression")
-            .and_then(Json::as_str)
-            .map(|text| super::expr::projection(text, placeholders))
-            .transpose()
-            .map_err(expression_error)?;
-        Ok(Shaping { filter, projection })
+        let filter = match body.get("FilterExpression").and_then(Json::as_str) {
+            Some(text) => {
+                Some(super::expr::condition(text, placeholders).map_err(expression_error)?)
+            }
+            None => match super::legacy::filter(body, "QueryFilter")? {
+                Some(filter) => Some(filter),
+                None => super::legacy::filter(body, "ScanFilter")?,
+            },
+        };
+        let projection = match body.get("ProjectionExpression").and_then(Json::as_str) {
+            Some(text) => {
+                Some(super::expr::projection(text, placeholders).map_err(expression_error)?)
+            }
+            None => super::legacy::attributes_to_get(body)?,
+        };
+        let count_only = match body.get("Select").and_then(Json::as_str) {
+            None | Some("ALL_ATTRIBUTES") => false,
+            Some("COUNT") => true,
+            Some("SPECIFIC_ATTRIBUTES") if projection.is_some() => false,
+            Some("SPECIFIC_ATTRIBUTES") => {
+                return Err(ApiError::validation(
+                    "Select SPECIFIC_ATTRIBUTES needs ProjectionExpression or AttributesToGet",
+                ));
+            }
+            Some(other) => {
+                return Err(ApiError::validation(format!(
+                    "Select {other} is not supported (Cairn has no secondary indexes yet)"
+                )));
+            }
+        };
+        Ok(Shaping {
+            filter,
+            projection,
+            count_only,
+        })
     }
 
     fn project(&self, item: &Item) -> Json {
@@ -319,8 +364,10 @@ fn page_json(
     let mut page = json!({
         "Count": matching.len(),
         "ScannedCount": decoded.len(),
-        "Items": matching,
     });
+    if !shaping.count_only {
+        page["Items"] = Json::Array(matching);
+    }
     if more && let Some(last) = decoded.last() {
         page["LastEvaluatedKey"] = key_of(last, schema);
     }
@@ -457,8 +504,11 @@ pub(crate) async fn dispatch(
             let key = key_item(body)?;
             let returns = return_values(body, &["NONE", "ALL_NEW"])?;
             let placeholders = Placeholders::from_request(body).map_err(expression_error)?;
-            let actions = super::expr::update(string(body, "UpdateExpression")?, &placeholders)
-                .map_err(expression_error)?;
+            let actions = match super::legacy::attribute_updates(body)? {
+                Some(actions) => actions,
+                None => super::expr::update(string(body, "UpdateExpression")?, &placeholders)
+                    .map_err(expression_error)?,
+            };
             let condition = wire_condition(body, &placeholders)?;
             let changes = actions.iter().map(WireChange::from_action).collect();
             let request = ClientRequest::UpdateItem {
@@ -481,9 +531,14 @@ pub(crate) async fn dispatch(
             let name = string(body, "TableName")?.to_owned();
             let table = table_of(state, &name).await?;
             let placeholders = Placeholders::from_request(body).map_err(expression_error)?;
-            let key =
-                super::expr::key_condition(string(body, "KeyConditionExpression")?, &placeholders)
-                    .map_err(expression_error)?;
+            let key = match super::legacy::key_conditions(body, &table.schema.partition.name)? {
+                Some(key) => key,
+                None => super::expr::key_condition(
+                    string(body, "KeyConditionExpression")?,
+                    &placeholders,
+                )
+                .map_err(expression_error)?,
+            };
             if key.partition.0 != table.schema.partition.name {
                 return Err(ApiError::validation(format!(
                     "Query condition missed key schema element: {}",
@@ -568,6 +623,7 @@ pub(crate) async fn dispatch(
                 table: name,
                 limit: limit(body)?,
                 exclusive_start,
+                segment: segment(body)?,
             };
             let Response::TablePage { items, last } = call(state, request).await? else {
                 return Err(unexpected());

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod expr;
 pub mod json;
+pub mod legacy;
 pub mod sigv4;
 
 use std::collections::HashMap;
