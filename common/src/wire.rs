@@ -185,12 +185,14 @@ pub enum NodeOp {
         key: Vec<u8>,
         condition: Option<WireCondition>,
     },
-    /// Range over encoded stored keys.
+    /// Range over encoded stored keys: at most `limit` items, and the
+    /// page ends once it holds `bytes_max` bytes (at most 1 MiB).
     Scan {
         start: WireBound,
         end: WireBound,
         reverse: bool,
         limit: u32,
+        bytes_max: u32,
         resume_after: Option<Vec<u8>>,
         consistent: bool,
     },

@@ -161,6 +161,7 @@ impl MetaClient {
                 end: WireBound::Unbounded,
                 reverse: false,
                 limit: 1000,
+                bytes_max: u32::MAX,
                 resume_after: resume.take(),
                 consistent: true,
             };

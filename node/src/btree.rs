@@ -387,11 +387,28 @@ impl Tree {
         limit: usize,
         out: &mut Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<bool, TreeError> {
+        self.scan_bounded(src, range, limit, usize::MAX, out)
+    }
+
+    /// As [`Tree::scan`], also stopping once the keys and values read add
+    /// up to `bytes_max` (the entry that crosses it is included).
+    pub fn scan_bounded(
+        &self,
+        src: &impl PageSource,
+        range: &ScanRange<'_>,
+        limit: usize,
+        bytes_max: usize,
+        out: &mut Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<bool, TreeError> {
         let mut hold = None;
         let start_len = out.len();
+        let mut budget = ScanBudget {
+            items: limit,
+            bytes: bytes_max,
+        };
         let result = match self.root_view(src, &mut hold)? {
             None => Ok(false),
-            Some(view) => scan_in(view, src, range, limit, out),
+            Some(view) => scan_in(view, src, range, &mut budget, out),
         };
         if result.is_err() {
             out.truncate(start_len); // a miss restarts the scan from scratch
@@ -598,11 +615,23 @@ fn remove(
     Ok(())
 }
 
+/// What a scan may still return.
+struct ScanBudget {
+    items: usize,
+    bytes: usize,
+}
+
+impl ScanBudget {
+    fn spent(&self) -> bool {
+        self.items == 0 || self.bytes == 0
+    }
+}
+
 fn scan_in(
     view: View<'_>,
     src: &impl PageSource,
     range: &ScanRange<'_>,
-    limit: usize,
+    budget: &mut ScanBudget,
     out: &mut Vec<(Vec<u8>, Vec<u8>)>,
 ) -> Result<bool, TreeError> {
     if view.is_leaf() {
@@ -622,13 +651,16 @@ fn scan_in(
             Box::new(first..end.max(first))
         };
         for index in indexes {
-            if out.len() >= limit {
+            if budget.spent() {
                 return Ok(true);
             }
             debug_assert!(range.contains(view.key(index)));
-            out.push((view.key(index).to_vec(), view.value(index).to_vec()));
+            let (key, value) = (view.key(index), view.value(index));
+            budget.items -= 1;
+            budget.bytes = budget.bytes.saturating_sub(key.len() + value.len());
+            out.push((key.to_vec(), value.to_vec()));
         }
-        return Ok(out.len() >= limit);
+        return Ok(budget.spent());
     }
     let first = match range.start {
         Bound::Included(s) | Bound::Excluded(s) => view.upper_bound(s),
@@ -649,7 +681,7 @@ fn scan_in(
     for index in children {
         let mut hold = None;
         let child = resolve(view.child(index), src, &mut hold)?;
-        if scan_in(child, src, range, limit, out)? {
+        if scan_in(child, src, range, budget, out)? {
             return Ok(true);
         }
     }

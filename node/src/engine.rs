@@ -119,6 +119,12 @@ impl EngineError {
     }
 }
 
+/// A scan page holds at most about this many bytes of keys and values,
+/// as a DynamoDB page holds at most 1 MB: the item that crosses it is the
+/// page's last, so a page stays under 1 MiB plus one item (400 KB), well
+/// within a 2 MiB frame.
+pub const PAGE_BYTES_MAX: usize = 1 << 20;
+
 /// A page of Query or Scan results.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScanPage {
@@ -931,7 +937,8 @@ impl<Fs: FileSystem> Engine<Fs> {
     }
 
     /// Items with keys in `range`, in key order or reversed, at most
-    /// `limit`, continuing after `resume_after` (a previous page's last key).
+    /// `limit` and about [`PAGE_BYTES_MAX`], continuing after
+    /// `resume_after` (a previous page's last key).
     pub async fn scan(
         &self,
         partition: PartitionId,
@@ -940,6 +947,30 @@ impl<Fs: FileSystem> Engine<Fs> {
         limit: usize,
         resume_after: Option<&[u8]>,
     ) -> Result<ScanPage, EngineError> {
+        self.scan_bounded(
+            partition,
+            range,
+            reverse,
+            limit,
+            PAGE_BYTES_MAX,
+            resume_after,
+        )
+        .await
+    }
+
+    /// As [`Engine::scan`], with a page ending once its keys and values
+    /// reach `bytes_max` (at most [`PAGE_BYTES_MAX`]; the item that
+    /// crosses it is included).
+    pub async fn scan_bounded(
+        &self,
+        partition: PartitionId,
+        range: (Bound<&[u8]>, Bound<&[u8]>),
+        reverse: bool,
+        limit: usize,
+        bytes_max: usize,
+        resume_after: Option<&[u8]>,
+    ) -> Result<ScanPage, EngineError> {
+        let bytes_max = bytes_max.clamp(1, PAGE_BYTES_MAX);
         self.check_running()?;
         let (mut start, mut end) = range;
         if let Some(resume) = resume_after {
@@ -957,7 +988,7 @@ impl<Fs: FileSystem> Engine<Fs> {
         let (entries, cut) = self
             .read(partition, |tree, src| {
                 let mut out = Vec::new();
-                let cut = tree.scan(&FnSource(src), &range, limit, &mut out)?;
+                let cut = tree.scan_bounded(&FnSource(src), &range, limit, bytes_max, &mut out)?;
                 Ok((out, cut))
             })
             .await?;

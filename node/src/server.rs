@@ -265,6 +265,7 @@ pub(crate) fn to_op(request: NodeRequest) -> Result<Op, DecodeError> {
             end,
             reverse,
             limit,
+            bytes_max,
             resume_after,
             ..
         } => Op::Scan(ScanRequest {
@@ -272,6 +273,7 @@ pub(crate) fn to_op(request: NodeRequest) -> Result<Op, DecodeError> {
             end: bound(end),
             reverse,
             limit: (limit as usize).clamp(1, SCAN_LIMIT_MAX),
+            bytes_max: bytes_max as usize,
             resume_after,
         }),
         NodeOp::Replication { .. } => {

@@ -160,6 +160,9 @@ pub struct ScanRequest {
     pub end: Bound<Vec<u8>>,
     pub reverse: bool,
     pub limit: usize,
+    /// The page ends once it holds this many bytes (capped at
+    /// `engine::PAGE_BYTES_MAX`).
+    pub bytes_max: usize,
     pub resume_after: Option<Vec<u8>>,
 }
 
@@ -171,6 +174,7 @@ impl ScanRequest {
             end: Bound::Unbounded,
             reverse: false,
             limit,
+            bytes_max: usize::MAX,
             resume_after: None,
         }
     }
@@ -216,11 +220,12 @@ pub async fn execute(
             );
             Outcome::Page(
                 engine
-                    .scan(
+                    .scan_bounded(
                         partition,
                         range,
                         scan.reverse,
                         scan.limit,
+                        scan.bytes_max,
                         scan.resume_after.as_deref(),
                     )
                     .await?,

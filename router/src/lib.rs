@@ -42,6 +42,9 @@ use crate::catalog::{Catalog, NodeAddress, Table, partition_hash};
 
 /// Most items one Query or Scan page returns.
 const PAGE_LIMIT_MAX: u32 = 1000;
+/// A Query or Scan page ends once it holds about this many bytes (1 MiB,
+/// as DynamoDB's 1 MB; the node applies the same bound).
+const PAGE_BYTES_MAX: usize = 1 << 20;
 /// Ranges one router core caches.
 const CACHE_RANGES: usize = 1 << 20;
 /// Refreshes queued for MemDS per core; beyond it they are dropped (and
@@ -856,6 +859,7 @@ impl State {
             end: wire_bound(end),
             reverse,
             limit: limit.clamp(1, PAGE_LIMIT_MAX),
+            bytes_max: PAGE_BYTES_MAX as u32,
             resume_after: exclusive_start_key,
             consistent: true,
         };
@@ -907,6 +911,9 @@ impl State {
             None => (low, None),
         };
         let mut items = Vec::new();
+        // What the pages read so far hold; a page of the table stops at
+        // PAGE_BYTES_MAX, as one of a partition does.
+        let mut bytes = 0usize;
         loop {
             let located = match self.locate(table.id, hash).await {
                 Ok(located) => located,
@@ -917,6 +924,7 @@ impl State {
                 end: WireBound::Unbounded,
                 reverse: false,
                 limit: limit - items.len() as u32,
+                bytes_max: (PAGE_BYTES_MAX - bytes) as u32,
                 resume_after: resume.take(),
                 consistent: true,
             };
@@ -925,6 +933,7 @@ impl State {
                     items: page,
                     last_key,
                 } => {
+                    bytes += page.iter().map(Vec::len).sum::<usize>();
                     items.extend(page.into_iter().filter(in_segment));
                     if let Some(last_key) = last_key {
                         return Response::TablePage {
@@ -939,7 +948,7 @@ impl State {
                 return Response::TablePage { items, last: None };
             }
             hash = located.last + 1;
-            if items.len() as u32 >= limit {
+            if items.len() as u32 >= limit || bytes >= PAGE_BYTES_MAX {
                 return Response::TablePage {
                     items,
                     last: Some((hash, Vec::new())),

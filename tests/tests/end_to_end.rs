@@ -424,3 +424,61 @@ fn table_changes_reach_every_router_core() {
         }
     });
 }
+
+/// A page holds at most about 1 MiB, as a DynamoDB page holds 1 MB: 30
+/// items of 100 KB come back in several pages, from a Query and from a
+/// Scan, and paging still returns every item once. (Before the bound, a
+/// page of large items could outgrow the 2 MiB frame and fail.)
+#[test]
+fn pages_stop_at_a_mebibyte() {
+    let cluster = cluster();
+    with_client(&cluster, async |client| {
+        client.create_table("large", &schema(), 2).await.unwrap();
+        let blob = |ts: i64| AttributeValue::B(vec![ts as u8; 100 * 1024]);
+        for ts in 0..30 {
+            let item = key("big", ts).with("blob", blob(ts));
+            client.put_item("large", &item, None).await.unwrap();
+        }
+        let exact = AttributeValue::S("big".into());
+        let (mut pages, mut seen, mut resume) = (0, Vec::new(), None::<Vec<u8>>);
+        loop {
+            let page = client
+                .query(
+                    "large",
+                    &exact,
+                    Bound::Unbounded,
+                    Bound::Unbounded,
+                    false,
+                    1000,
+                    resume.as_deref(),
+                )
+                .await
+                .unwrap();
+            pages += 1;
+            let bytes: usize = page.items.iter().map(Item::size_bytes).sum();
+            assert!(bytes <= (1 << 20) + 101 * 1024, "a page of {bytes} bytes");
+            seen.extend(page.items.iter().map(|i| i.get("ts").cloned().unwrap()));
+            match page.last_key {
+                Some(last) => resume = Some(last),
+                None => break,
+            }
+        }
+        assert!(pages >= 3, "{pages} pages");
+        let want: Vec<AttributeValue> = (0..30)
+            .map(|t| AttributeValue::N(Number::from_i64(t)))
+            .collect();
+        assert_eq!(seen, want);
+        let (mut pages, mut count, mut start) = (0, 0, None);
+        loop {
+            let page = client.scan("large", 1000, start).await.unwrap();
+            pages += 1;
+            count += page.items.len();
+            match page.last {
+                Some(last) => start = Some(last),
+                None => break,
+            }
+        }
+        assert!(pages >= 3, "{pages} scan pages");
+        assert_eq!(count, 30);
+    });
+}
