@@ -135,6 +135,11 @@ assert count == 40, count  # before the batch below
 assert error_code(lambda: ddb.get_item(TableName="missing", Key={"user": {"S": "a"}})) == "ResourceNotFoundException"
 assert error_code(lambda: ddb.put_item(TableName="events", Item={"user": {"N": "1"}, "ts": {"N": "1"}})) == "ValidationException"
 assert error_code(lambda: ddb.put_item(TableName="events", Item={"user": {"S": ""}, "ts": {"N": "1"}})) == "ValidationException"
+# A large body (verified and parsed off the router's core) works as a small one.
+large = {"user": {"S": "big"}, "ts": {"N": "2"}, "blob": {"B": b"y" * (300 * 1024)}}
+ddb.put_item(TableName="events", Item=large)
+assert ddb.get_item(TableName="events", Key={"user": {"S": "big"}, "ts": {"N": "2"}})["Item"] == large
+ddb.delete_item(TableName="events", Key={"user": {"S": "big"}, "ts": {"N": "2"}})
 big = {"user": {"S": "big"}, "ts": {"N": "1"}, "blob": {"B": b"x" * (401 * 1024)}}
 assert error_code(lambda: ddb.put_item(TableName="events", Item=big)) == "ValidationException"
 # Batches: 25 puts and a delete, then a batched get.
