@@ -256,6 +256,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
     plan.inserted.store(args.records, Ordering::Relaxed);
 
     let cpu_before = process_cpu_us();
+    let roles_before = cpu_by_role();
     let started = Instant::now();
     let duration = Duration::from_secs_f64(args.duration_s);
     let interval = args
@@ -294,10 +295,33 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         report.recorder.errors()
     );
     let operations = report.recorder.operations().max(1);
+    let process_us = process_cpu_us() - cpu_before;
     println!(
-        "cpu: {:.1} us per operation ({:?} protocol; the whole process: clients, router and node)\n",
-        (process_cpu_us() - cpu_before) as f64 / operations as f64,
+        "cpu: {:.1} us per operation ({:?} protocol; the whole process: clients, router and node)",
+        process_us as f64 / operations as f64,
         args.protocol
+    );
+    // The clients' executors have exited by now, so their share is what
+    // the threads still running do not account for.
+    let roles_after = cpu_by_role();
+    let mut spent: Vec<(&str, u64)> = roles_after
+        .iter()
+        .map(|(role, after)| {
+            (
+                *role,
+                after.saturating_sub(roles_before.get(role).copied().unwrap_or(0)),
+            )
+        })
+        .collect();
+    let accounted: u64 = spent.iter().map(|(_, us)| us).sum();
+    spent.push(("clients", process_us.saturating_sub(accounted)));
+    let per_role: Vec<String> = spent
+        .iter()
+        .map(|(role, us)| format!("{role} {:.1}", *us as f64 / operations as f64))
+        .collect();
+    println!(
+        "cpu by thread role, us per operation: {}\n",
+        per_role.join(", ")
     );
     print!("{}", report.recorder.table());
     if let Some(baseline) = baseline
@@ -535,6 +559,54 @@ where
         merged.merge(&recorder);
     }
     Ok(merged)
+}
+
+/// CPU time (user plus system, microseconds) of this process's threads,
+/// summed by role as their names tell it: router cores, node shards,
+/// MemDS, and the rest (blocking pools, the main thread). Read from
+/// /proc, at the kernel's clock-tick resolution (usually 10 ms), so it is
+/// meant for runs of seconds. Threads that exited are not counted.
+fn cpu_by_role() -> std::collections::BTreeMap<&'static str, u64> {
+    let mut roles = std::collections::BTreeMap::new();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return roles;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(path.join("comm")),
+            std::fs::read_to_string(path.join("stat")),
+        ) else {
+            continue;
+        };
+        // The fields after the parenthesized name: utime and stime are
+        // the 12th and 13th of them.
+        let Some(after_name) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+            continue;
+        };
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let time = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let micros = (time(11) + time(12)) * 1_000_000 / ticks;
+        let comm = comm.trim();
+        let role = if comm.starts_with("cairn-router") {
+            "router"
+        } else if comm.starts_with("cairn-shard") {
+            "node"
+        } else if comm.starts_with("cairn-memds") {
+            "memds"
+        } else {
+            "other"
+        };
+        *roles.entry(role).or_insert(0) += micros;
+    }
+    roles
 }
 
 /// User plus system CPU time of this process, in microseconds.

@@ -55,7 +55,7 @@ const LOOKUP_BATCH: usize = 1024;
 /// While no request waits on a miss, refreshes are sent at most this
 /// often, so each MemDS request carries many keys: the keys sent are the
 /// same (constant work), the requests fewer.
-const REFRESH_EVERY: Duration = Duration::from_millis(2);
+const REFRESH_EVERY: Duration = Duration::from_millis(10);
 /// How long MemDS gets to answer one request.
 const MEMDS_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a request waits for a range it has no cached entry for.
