@@ -18,12 +18,13 @@ use crate::item::{AttributeValue, Item};
 /// A comparison operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CompareOp {
-    Eq,
-    Ne,
-    Lt,
-    Le,
-    Gt,
-    Ge,
+    // The discriminants are the wire bytes.
+    Eq = 0,
+    Ne = 1,
+    Lt = 2,
+    Le = 3,
+    Gt = 4,
+    Ge = 5,
 }
 
 /// One side of a comparison.
@@ -34,6 +35,25 @@ pub enum Operand {
     /// `size(a)`: a string's length in characters, a binary's in bytes, a
     /// set's, list's or map's element count.
     Size(String),
+}
+
+impl CompareOp {
+    /// The wire byte: 0 `=`, 1 `<>`, 2 `<`, 3 `<=`, 4 `>`, 5 `>=`.
+    pub fn to_byte(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_byte(byte: u8) -> Option<CompareOp> {
+        Some(match byte {
+            0 => CompareOp::Eq,
+            1 => CompareOp::Ne,
+            2 => CompareOp::Lt,
+            3 => CompareOp::Le,
+            4 => CompareOp::Gt,
+            5 => CompareOp::Ge,
+            _ => return None,
+        })
+    }
 }
 
 /// A condition that must hold on the current item for a write to apply.
@@ -229,7 +249,7 @@ impl Condition {
                 }
             }
         }
-        let op_byte = |op: CompareOp| op as u8;
+        let op_byte = CompareOp::to_byte;
         match self {
             Condition::Exists(name) => {
                 out.push(1);
@@ -363,15 +383,8 @@ impl Reader<'_> {
     }
 
     fn op(&mut self) -> Result<CompareOp, String> {
-        Ok(match self.byte()? {
-            0 => CompareOp::Eq,
-            1 => CompareOp::Ne,
-            2 => CompareOp::Lt,
-            3 => CompareOp::Le,
-            4 => CompareOp::Gt,
-            5 => CompareOp::Ge,
-            other => return Err(format!("unknown comparison {other}")),
-        })
+        let byte = self.byte()?;
+        CompareOp::from_byte(byte).ok_or_else(|| format!("unknown comparison {byte}"))
     }
 
     fn operand(&mut self) -> Result<Operand, String> {

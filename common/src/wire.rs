@@ -455,14 +455,7 @@ impl WireCondition {
                 value,
             } => WireCondition::Compare {
                 attribute: attribute.clone(),
-                op: match op {
-                    CompareOp::Eq => 0,
-                    CompareOp::Ne => 1,
-                    CompareOp::Lt => 2,
-                    CompareOp::Le => 3,
-                    CompareOp::Gt => 4,
-                    CompareOp::Ge => 5,
-                },
+                op: op.to_byte(),
                 value: value.to_bytes(),
             },
             Condition::BeginsWith { attribute, prefix } => WireCondition::BeginsWith {
@@ -483,19 +476,9 @@ impl WireCondition {
                 value,
             } => Condition::Compare {
                 attribute: attribute.clone(),
-                op: match op {
-                    0 => CompareOp::Eq,
-                    1 => CompareOp::Ne,
-                    2 => CompareOp::Lt,
-                    3 => CompareOp::Le,
-                    4 => CompareOp::Gt,
-                    5 => CompareOp::Ge,
-                    other => {
-                        return Err(DecodeError::Malformed(format!(
-                            "unknown comparison operator {other}"
-                        )));
-                    }
-                },
+                op: CompareOp::from_byte(*op).ok_or_else(|| {
+                    DecodeError::Malformed(format!("unknown comparison operator {op}"))
+                })?,
                 value: AttributeValue::from_bytes(value)?,
             },
             WireCondition::BeginsWith { attribute, prefix } => Condition::BeginsWith {

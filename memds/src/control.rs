@@ -192,17 +192,25 @@ impl MetaClient {
     }
 
     async fn counter(&self, name: &str) -> Result<Option<u64>, Response> {
+        self.record("counter", name, meta::counter_value).await
+    }
+
+    /// The record (`k`, `s`), read consistently and parsed.
+    async fn record<T>(
+        &self,
+        k: &str,
+        s: &str,
+        parse: impl FnOnce(&Item) -> Result<T, meta::MetaError>,
+    ) -> Result<Option<T>, Response> {
         let op = NodeOp::Get {
-            key: meta::key_item("counter", name).to_bytes(),
+            key: meta::key_item(k, s).to_bytes(),
             consistent: true,
         };
         match self.call(op).await {
             Response::Item(None) => Ok(None),
             Response::Item(Some(bytes)) => {
                 let item = Item::decode(&bytes).map_err(|e| internal(e.to_string()))?;
-                meta::counter_value(&item)
-                    .map(Some)
-                    .map_err(|e| internal(e.to_string()))
+                parse(&item).map(Some).map_err(|e| internal(e.to_string()))
             }
             other => Err(unexpected(other)),
         }
@@ -353,20 +361,7 @@ impl MetaClient {
 
     /// One table's record, read consistently.
     pub async fn table(&self, name: &str) -> Result<Option<TableRecord>, Response> {
-        let op = NodeOp::Get {
-            key: meta::key_item("table", name).to_bytes(),
-            consistent: true,
-        };
-        match self.call(op).await {
-            Response::Item(None) => Ok(None),
-            Response::Item(Some(bytes)) => {
-                let item = Item::decode(&bytes).map_err(|e| internal(e.to_string()))?;
-                TableRecord::from_item(&item)
-                    .map(Some)
-                    .map_err(|e| internal(e.to_string()))
-            }
-            other => Err(unexpected(other)),
-        }
+        self.record("table", name, TableRecord::from_item).await
     }
 
     /// Removes a table from the map. Its partitions stay on the nodes (no
