@@ -128,6 +128,11 @@ pub struct Replication {
     applied: Event,
     links: RefCell<HashMap<SocketAddr, Link>>,
     next_id: Cell<u64>,
+    /// Groups being created on this shard, between the engine's durable
+    /// record and `add_group`: a second creation request waits for the
+    /// first instead of answering "exists" for a group not serving yet.
+    creating: RefCell<std::collections::HashSet<PartitionId>>,
+    created: Event,
 }
 
 /// A proposal's command: `id u64 ‖ NodeRequest` (the request as the router
@@ -191,6 +196,8 @@ impl Replication {
             applied: Event::new(),
             links: RefCell::default(),
             next_id: Cell::new(0),
+            creating: RefCell::default(),
+            created: Event::new(),
         });
         for partition in replication.engine.partition_ids() {
             if replication.engine.is_replicated(partition) {
@@ -201,6 +208,48 @@ impl Replication {
         glommio::spawn_local(replication.clone().apply_loop()).detach();
         glommio::spawn_local(replication.clone().send_loop()).detach();
         Ok(replication)
+    }
+
+    /// The answer for a group this shard does not run: retryable while it
+    /// is being created, else not found.
+    fn missing_group(&self, partition: PartitionId) -> Response {
+        if self.creating.borrow().contains(&partition) {
+            return unavailable("the partition is still being created; retry");
+        }
+        engine_error(&EngineError::UnknownPartition(partition))
+    }
+
+    /// Marks `partition` as being created; `false` if it already is.
+    pub fn begin_creating(&self, partition: PartitionId) -> bool {
+        self.creating.borrow_mut().insert(partition)
+    }
+
+    pub fn end_creating(&self, partition: PartitionId) {
+        self.creating.borrow_mut().remove(&partition);
+        self.created.notify(usize::MAX);
+    }
+
+    /// Waits, at most `timeout`, until `partition` is no longer being
+    /// created; returns whether it finished.
+    pub async fn await_created(&self, partition: PartitionId, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let listener = self.created.listen();
+            if !self.creating.borrow().contains(&partition) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            futures_lite::future::or(
+                async {
+                    listener.await;
+                },
+                glommio::timer::sleep(left),
+            )
+            .await;
+        }
     }
 
     /// Brings up the replica of a replicated partition: first applies the
@@ -271,7 +320,7 @@ impl Replication {
         {
             let mut groups = self.groups.borrow_mut();
             let Some(group) = groups.get_mut(&partition) else {
-                return engine_error(&EngineError::UnknownPartition(partition));
+                return self.missing_group(partition);
             };
             if group.pending.len() >= self.config.proposals_max {
                 return Response::error(ErrorCode::Throttling, "too many writes in flight; retry");
@@ -315,7 +364,7 @@ impl Replication {
             let groups = self.groups.borrow();
             let group = groups
                 .get(&partition)
-                .ok_or_else(|| engine_error(&EngineError::UnknownPartition(partition)))?;
+                .ok_or_else(|| self.missing_group(partition))?;
             match group.replica.lease_read(Instant::now()) {
                 Some(slot) => slot,
                 None if group.replica.is_leader() => {

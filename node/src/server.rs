@@ -191,17 +191,40 @@ async fn create_replicated(
     if let Err(error) = spec.validate() {
         return Response::error(ErrorCode::Validation, error.to_string());
     }
-    if let Err(error) = engine
+    // A concurrent creation of the same group (two creators racing) is
+    // answered once the first one serves, so "exists" means "ready".
+    if !replication.begin_creating(partition) {
+        return if replication
+            .await_created(partition, CREATION_WAIT_MAX)
+            .await
+        {
+            Response::error(
+                ErrorCode::ResourceInUse,
+                format!("partition {partition} already exists"),
+            )
+        } else {
+            Response::error(
+                ErrorCode::Unavailable,
+                format!("partition {partition} is still being created; retry"),
+            )
+        };
+    }
+    let created = match engine
         .create_replicated(partition, schema, spec.clone())
         .await
     {
-        return Response::error(error.code(), error.to_string());
-    }
-    match replication.add_group(partition).await {
+        Ok(()) => replication.add_group(partition).await,
+        Err(error) => Err(error),
+    };
+    replication.end_creating(partition);
+    match created {
         Ok(()) => Response::Done,
         Err(error) => Response::error(error.code(), error.to_string()),
     }
 }
+
+/// How long a second creation of a group waits for the first.
+const CREATION_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Checks what can be checked of a write before it is proposed, so the log
 /// holds no command that is wrong whatever the state: the key against the
