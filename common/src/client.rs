@@ -180,11 +180,23 @@ impl Client {
         }
     }
 
+    /// A strongly consistent read: it sees every acknowledged write.
     pub async fn get_item(&self, table: &str, key: &Item) -> Result<Option<Item>, ClientError> {
+        self.get_item_with(table, key, true).await
+    }
+
+    /// A read that, unless `consistent`, any replica may serve: it may
+    /// miss the latest writes.
+    pub async fn get_item_with(
+        &self,
+        table: &str,
+        key: &Item,
+        consistent: bool,
+    ) -> Result<Option<Item>, ClientError> {
         let request = ClientRequest::GetItem {
             table: table.into(),
             key: key.to_bytes(),
-            consistent: true,
+            consistent,
         };
         match self.call(&request).await? {
             Response::Item(item) => Ok(item.as_deref().map(wire::decode_item).transpose()?),

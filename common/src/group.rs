@@ -52,6 +52,8 @@ pub struct NodeLinks {
     leaders: RefCell<HashMap<u64, usize>>,
     /// Node shards that recently failed to answer, and when.
     suspects: RefCell<HashMap<SocketAddr, Instant>>,
+    /// Where the next read that any replica may serve starts.
+    spread: std::cell::Cell<usize>,
 }
 
 impl NodeLinks {
@@ -64,6 +66,7 @@ impl NodeLinks {
             links: RefCell::default(),
             leaders: RefCell::default(),
             suspects: RefCell::default(),
+            spread: std::cell::Cell::new(0),
         }
     }
 
@@ -73,12 +76,16 @@ impl NodeLinks {
     /// following `NotLeader` hints and trying the other replicas within
     /// [`GROUP_DEADLINE`]. A write whose answer was lost is not retried:
     /// the caller gets `Unavailable`, saying it may have been applied.
+    /// A read that `any_replica` may serve (eventually consistent) starts
+    /// at each replica in turn instead of the leader, so such reads spread
+    /// over the group.
     pub async fn forward(
         &self,
         partition: u64,
         replicas: &[SocketAddr],
         request: &[u8],
         is_write: bool,
+        any_replica: bool,
     ) -> Response {
         match replicas {
             [] => Response::error(
@@ -92,10 +99,24 @@ impl NodeLinks {
                 }
             },
             addrs => {
-                self.forward_group(partition, addrs, request, is_write)
+                let spread = any_replica && !is_write;
+                let first = if spread {
+                    self.next_spread(addrs.len())
+                } else {
+                    self.leaders.borrow().get(&partition).copied().unwrap_or(0) % addrs.len()
+                };
+                self.forward_group(partition, addrs, request, is_write, first, spread)
                     .await
             }
         }
+    }
+
+    /// The replica the next spread read starts at: each in turn (the
+    /// leader map is left alone: a follower's answer is no leader hint).
+    fn next_spread(&self, replicas: usize) -> usize {
+        let at = self.spread.get();
+        self.spread.set(at.wrapping_add(1));
+        at % replicas
     }
 
     async fn forward_group(
@@ -104,9 +125,17 @@ impl NodeLinks {
         addrs: &[SocketAddr],
         request: &[u8],
         is_write: bool,
+        first: usize,
+        spread: bool,
     ) -> Response {
         let deadline = Instant::now() + GROUP_DEADLINE;
-        let mut target = self.leaders.borrow().get(&id).copied().unwrap_or(0) % addrs.len();
+        let mut target = first;
+        // A spread read's answer says nothing of who leads.
+        let learn = |target: usize| {
+            if !spread {
+                self.leaders.borrow_mut().insert(id, target);
+            }
+        };
         if self.is_suspect(addrs[target]) {
             target = self.next_replica(addrs, target);
         }
@@ -125,7 +154,7 @@ impl NodeLinks {
                     && !self.is_suspect(addrs[leader as usize]) =>
                 {
                     target = leader as usize;
-                    self.leaders.borrow_mut().insert(id, target);
+                    learn(target);
                     continue;
                 }
                 Ok(Response::NotLeader { .. }) => {
@@ -140,17 +169,17 @@ impl NodeLinks {
                     target = next;
                 }
                 Ok(response) => {
-                    self.leaders.borrow_mut().insert(id, target);
+                    learn(target);
                     return response;
                 }
                 Err(SendError::NotSent(message)) => {
                     last_error = message;
                     target = next;
                     // Later requests start at the next replica too.
-                    self.leaders.borrow_mut().insert(id, target);
+                    learn(target);
                 }
                 Err(SendError::Lost(message)) if is_write => {
-                    self.leaders.borrow_mut().insert(id, next);
+                    learn(next);
                     return Response::error(
                         ErrorCode::Unavailable,
                         format!("{message}; the write may or may not have been applied"),
@@ -159,7 +188,7 @@ impl NodeLinks {
                 Err(SendError::Lost(message)) => {
                     last_error = message;
                     target = next;
-                    self.leaders.borrow_mut().insert(id, target);
+                    learn(target);
                 }
             }
             glommio::timer::sleep(ELECTION_BACKOFF).await;

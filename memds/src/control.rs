@@ -81,7 +81,7 @@ impl MetaClient {
             op,
         });
         self.links
-            .forward(META_PARTITION, &self.replicas, &request, is_write)
+            .forward(META_PARTITION, &self.replicas, &request, is_write, false)
             .await
     }
 

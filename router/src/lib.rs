@@ -762,12 +762,22 @@ impl State {
             );
         };
         let is_write = op.is_write();
+        let any_replica = matches!(
+            op,
+            NodeOp::Get {
+                consistent: false,
+                ..
+            } | NodeOp::Scan {
+                consistent: false,
+                ..
+            }
+        );
         let request = wire::encode_node_request(&NodeRequest {
             partition: partition.id,
             op,
         });
         self.links
-            .forward(partition.id, &addrs, &request, is_write)
+            .forward(partition.id, &addrs, &request, is_write, any_replica)
             .await
     }
 

@@ -156,6 +156,26 @@ fn every_operation(cluster: &Cluster) {
             client.get_item("events", &key("bob", 99)).await.unwrap(),
             None
         );
+        // Eventually consistent reads may be served by any replica (the
+        // router starts each at the next one): a run of them, spread over
+        // the group, all see the write once every replica applied it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut agreeing = 0;
+        while agreeing < 9 {
+            let read = client
+                .get_item_with("events", &key("bob", 7), false)
+                .await
+                .unwrap();
+            if read.as_ref() == Some(&got) {
+                agreeing += 1;
+            } else {
+                agreeing = 0;
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "a replica never served the write: {read:?}"
+                );
+            }
+        }
 
         // Update with a condition, then a failing condition.
         let at = |v: i64| Condition::Compare {
