@@ -111,29 +111,8 @@ impl MetaClient {
     }
 
     async fn bootstrap_once(&self) -> Result<(), Response> {
-        let members: Vec<GroupMember> = self
-            .members
-            .iter()
-            .map(|n| GroupMember {
-                addr: n.addr.to_string(),
-                cores: n.cores,
-                zone: n.zone.clone(),
-            })
-            .collect();
-        for (replica, addr) in self.replicas.iter().enumerate() {
-            let group = (members.len() > 1).then(|| GroupSpec {
-                replica: replica as u32,
-                members: members.clone(),
-            });
-            create_replica(
-                &self.links,
-                *addr,
-                META_PARTITION,
-                &meta::meta_schema(),
-                group,
-            )
-            .await?;
-        }
+        let members: Vec<&NodeRecord> = self.members.iter().collect();
+        create_group(&self.links, META_PARTITION, &meta::meta_schema(), &members).await?;
         for node in &self.nodes {
             let op = NodeOp::Put {
                 item: node.to_item().to_bytes(),
@@ -329,22 +308,7 @@ impl MetaClient {
                 .iter()
                 .map(|id| &snapshot.nodes[id])
                 .collect();
-            let group_members: Vec<GroupMember> = members
-                .iter()
-                .map(|n| GroupMember {
-                    addr: n.addr.to_string(),
-                    cores: n.cores,
-                    zone: n.zone.clone(),
-                })
-                .collect();
-            for (replica, node) in members.iter().enumerate() {
-                let group = (members.len() > 1).then(|| GroupSpec {
-                    replica: replica as u32,
-                    members: group_members.clone(),
-                });
-                let addr = node.shard_of(partition.id);
-                create_replica(&self.links, addr, partition.id, &record.schema, group).await?;
-            }
+            create_group(&self.links, partition.id, &record.schema, &members).await?;
         }
         record.status = TableStatus::Active;
         let activate = NodeOp::Put {
@@ -401,6 +365,33 @@ fn in_use(name: &str) -> Response {
         ErrorCode::ResourceInUse,
         format!("table {name:?} already exists"),
     )
+}
+
+/// Creates every replica of a partition on `members` (its nodes, in
+/// replica order): a single copy, or a group whose replicas each learn
+/// the whole membership and which one they are.
+async fn create_group(
+    links: &NodeLinks,
+    partition: u64,
+    schema: &KeySchema,
+    members: &[&NodeRecord],
+) -> Result<(), Response> {
+    let group_members: Vec<GroupMember> = members
+        .iter()
+        .map(|n| GroupMember {
+            addr: n.addr.to_string(),
+            cores: n.cores,
+            zone: n.zone.clone(),
+        })
+        .collect();
+    for (replica, node) in members.iter().enumerate() {
+        let group = (members.len() > 1).then(|| GroupSpec {
+            replica: replica as u32,
+            members: group_members.clone(),
+        });
+        create_replica(links, node.shard_of(partition), partition, schema, group).await?;
+    }
+    Ok(())
 }
 
 /// Creates one replica; one that exists already is fine.
