@@ -224,11 +224,11 @@ impl Condition {
 /// item codec). Layout in docs/wire-format.md.
 impl Condition {
     pub fn encode(&self, out: &mut Vec<u8>) {
-        fn string(out: &mut Vec<u8>, s: &str) {
+        pub(crate) fn string(out: &mut Vec<u8>, s: &str) {
             out.extend_from_slice(&(s.len() as u32).to_le_bytes());
             out.extend_from_slice(s.as_bytes());
         }
-        fn value(out: &mut Vec<u8>, v: &AttributeValue) {
+        pub(crate) fn value(out: &mut Vec<u8>, v: &AttributeValue) {
             let bytes = v.to_bytes();
             out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
             out.extend_from_slice(&bytes);
@@ -348,36 +348,38 @@ impl Condition {
     }
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
+/// Reads the tagged, length-prefixed encodings of conditions and SET
+/// expressions.
+pub(crate) struct Reader<'a> {
+    pub(crate) bytes: &'a [u8],
+    pub(crate) at: usize,
 }
 
 impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&[u8], String> {
         let slice = self
             .bytes
             .get(self.at..self.at.checked_add(n).ok_or("length overflow")?)
-            .ok_or("condition truncated")?;
+            .ok_or("encoding truncated")?;
         self.at += n;
         Ok(slice)
     }
 
-    fn byte(&mut self) -> Result<u8, String> {
+    pub(crate) fn byte(&mut self) -> Result<u8, String> {
         Ok(self.take(1)?[0])
     }
 
-    fn len(&mut self) -> Result<usize, String> {
+    pub(crate) fn len(&mut self) -> Result<usize, String> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
     }
 
-    fn string(&mut self) -> Result<String, String> {
+    pub(crate) fn string(&mut self) -> Result<String, String> {
         let n = self.len()?;
         String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "a name is not UTF-8".into())
     }
 
-    fn value(&mut self) -> Result<AttributeValue, String> {
+    pub(crate) fn value(&mut self) -> Result<AttributeValue, String> {
         let n = self.len()?;
         AttributeValue::from_bytes(self.take(n)?).map_err(|e| e.to_string())
     }

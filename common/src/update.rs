@@ -7,6 +7,7 @@
 //! As in DynamoDB, every expression on the right of a `SET` reads the item
 //! as it was before the update.
 
+use crate::condition::Reader;
 use crate::item::{AttributeValue, Item, ItemError};
 use crate::number::Number;
 
@@ -160,52 +161,31 @@ impl SetValue {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<SetValue, String> {
-        let mut at = 0;
-        let value = decode_set_value(bytes, &mut at, 0)?;
-        if at != bytes.len() {
+        let mut reader = Reader { bytes, at: 0 };
+        let value = decode_set_value(&mut reader, 0)?;
+        if reader.at != bytes.len() {
             return Err("trailing bytes after a SET expression".into());
         }
         Ok(value)
     }
 }
 
-fn decode_set_value(bytes: &[u8], at: &mut usize, depth: usize) -> Result<SetValue, String> {
+fn decode_set_value(reader: &mut Reader<'_>, depth: usize) -> Result<SetValue, String> {
     if depth > SET_VALUE_DEPTH_MAX {
         return Err(format!(
             "SET expression nested deeper than {SET_VALUE_DEPTH_MAX}"
         ));
     }
-    let mut take = |n: usize| -> Result<&[u8], String> {
-        let end = at.checked_add(n).ok_or("length overflow")?;
-        let slice = bytes.get(*at..end).ok_or("SET expression truncated")?;
-        *at = end;
-        Ok(slice)
-    };
-    let tag = take(1)?[0];
-    let mut field = || -> Result<&[u8], String> {
-        let len = {
-            let end = at.checked_add(4).ok_or("length overflow")?;
-            let b = bytes.get(*at..end).ok_or("SET expression truncated")?;
-            *at = end;
-            u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize
-        };
-        let end = at.checked_add(len).ok_or("length overflow")?;
-        let slice = bytes.get(*at..end).ok_or("SET expression truncated")?;
-        *at = end;
-        Ok(slice)
-    };
-    let name =
-        |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| "a name is not UTF-8".to_owned());
-    Ok(match tag {
-        1 => SetValue::Value(AttributeValue::from_bytes(field()?).map_err(|e| e.to_string())?),
-        2 => SetValue::Attribute(name(field()?)?),
+    Ok(match reader.byte()? {
+        1 => SetValue::Value(reader.value()?),
+        2 => SetValue::Attribute(reader.string()?),
         3 => {
-            let attribute = name(field()?)?;
-            SetValue::IfNotExists(attribute, Box::new(decode_set_value(bytes, at, depth + 1)?))
+            let attribute = reader.string()?;
+            SetValue::IfNotExists(attribute, Box::new(decode_set_value(reader, depth + 1)?))
         }
-        4..=6 => {
-            let a = Box::new(decode_set_value(bytes, at, depth + 1)?);
-            let b = Box::new(decode_set_value(bytes, at, depth + 1)?);
+        tag @ 4..=6 => {
+            let a = Box::new(decode_set_value(reader, depth + 1)?);
+            let b = Box::new(decode_set_value(reader, depth + 1)?);
             match tag {
                 4 => SetValue::ListAppend(a, b),
                 5 => SetValue::Plus(a, b),

@@ -10,6 +10,7 @@
 //! last complete map, never from a half-read one.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -294,19 +295,15 @@ fn answer(request: MemdsRequest, served: &Served, counters: &Counters) -> MemdsR
             // Every key is looked up (that is the constant work); a
             // partition is sent once however many keys it holds.
             let mut partitions: Vec<WireLocated> = Vec::new();
+            let mut index: HashMap<(u32, u64), u32> = HashMap::new();
             let of_key = keys
                 .iter()
                 .map(|(table, hash)| match served.map.lookup(*table, *hash) {
                     None => u32::MAX,
-                    Some(l) => {
-                        let known = partitions
-                            .iter()
-                            .rposition(|p| p.table == *table && p.id == l.partition.id);
-                        known.unwrap_or_else(|| {
-                            partitions.push(wire_located(*table, &l));
-                            partitions.len() - 1
-                        }) as u32
-                    }
+                    Some(l) => *index.entry((*table, l.partition.id)).or_insert_with(|| {
+                        partitions.push(wire_located(*table, &l));
+                        partitions.len() as u32 - 1
+                    }),
                 })
                 .collect();
             MemdsResponse::Located { partitions, of_key }

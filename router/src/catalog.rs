@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::rc::Rc;
 
 use cairn_common::KeySchema;
 use cairn_common::wire::{WireNode, WireTable};
@@ -83,7 +84,8 @@ pub fn partition_hash(bytes: &[u8]) -> u64 {
 #[derive(Debug, Default)]
 pub struct Catalog {
     pub version: u64,
-    pub tables: HashMap<String, Table>,
+    /// Shared, so a request takes its table without copying the schema.
+    pub tables: HashMap<String, Rc<Table>>,
     pub nodes: HashMap<u16, NodeRecord>,
 }
 
@@ -92,7 +94,11 @@ impl Catalog {
     /// (which MemDS never sends) are skipped.
     pub fn replace(&mut self, version: u64, tables: &[WireTable], nodes: &[WireNode]) {
         self.version = version;
-        self.tables = tables.iter().filter_map(Table::from_wire).collect();
+        self.tables = tables
+            .iter()
+            .filter_map(Table::from_wire)
+            .map(|(name, table)| (name, Rc::new(table)))
+            .collect();
         self.nodes = nodes
             .iter()
             .filter_map(|n| {

@@ -651,7 +651,7 @@ impl State {
 
     /// A table in any state; an unknown name first refreshes the catalog
     /// (at most every [`CATALOG_FORCE_MIN`]), in case it is new.
-    async fn any_table(&self, name: &str) -> Result<Table, Response> {
+    async fn any_table(&self, name: &str) -> Result<Rc<Table>, Response> {
         if let Some(table) = self.catalog.borrow().tables.get(name) {
             return Ok(table.clone());
         }
@@ -672,7 +672,7 @@ impl State {
     }
 
     /// A table that serves reads and writes.
-    async fn table(&self, name: &str) -> Result<Table, Response> {
+    async fn table(&self, name: &str) -> Result<Rc<Table>, Response> {
         let table = self.any_table(name).await?;
         match table.status {
             TableStatus::Active => Ok(table),

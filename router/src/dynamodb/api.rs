@@ -374,7 +374,10 @@ fn page_json(
     Ok(page)
 }
 
-async fn table_of(state: &State, name: &str) -> Result<crate::catalog::Table, ApiError> {
+async fn table_of(
+    state: &State,
+    name: &str,
+) -> Result<std::rc::Rc<crate::catalog::Table>, ApiError> {
     state.table(name).await.map_err(|response| match response {
         Response::Error { code, message } => ApiError::from_code(code, message),
         _ => unexpected(),

@@ -66,6 +66,13 @@ fn values(spec: &Json, name: &str) -> Result<Vec<AttributeValue>, ApiError> {
     }
 }
 
+/// A legacy spec's `Value`, if it has one.
+fn spec_value(spec: &Json, name: &str) -> Result<Option<AttributeValue>, ApiError> {
+    spec.get("Value")
+        .map(|v| value_from_json(v).map_err(|e| ApiError::validation(format!("{name}: {e}"))))
+        .transpose()
+}
+
 /// `name OPERATOR values…` as a condition.
 fn comparison(
     name: &str,
@@ -178,10 +185,7 @@ pub fn expected(body: &Json) -> Result<Option<Condition>, ApiError> {
     };
     let mut conditions = Vec::new();
     for (name, spec) in expected {
-        let value = spec
-            .get("Value")
-            .map(|v| value_from_json(v).map_err(|e| ApiError::validation(format!("{name}: {e}"))))
-            .transpose()?;
+        let value = spec_value(spec, name)?;
         let condition = match (
             spec.get("ComparisonOperator").and_then(Json::as_str),
             spec.get("Exists").and_then(Json::as_bool),
@@ -307,10 +311,7 @@ pub fn attribute_updates(body: &Json) -> Result<Option<Vec<UpdateAction>>, ApiEr
     };
     let mut actions = Vec::new();
     for (name, spec) in updates {
-        let value = spec
-            .get("Value")
-            .map(|v| value_from_json(v).map_err(|e| ApiError::validation(format!("{name}: {e}"))))
-            .transpose()?;
+        let value = spec_value(spec, name)?;
         let action = match (
             spec.get("Action").and_then(Json::as_str).unwrap_or("PUT"),
             value,
