@@ -14,8 +14,8 @@ use crate::key::KeySchema;
 use crate::quic::{Connection, Endpoint, TransportError};
 use crate::update::UpdateAction;
 use crate::wire::{
-    self, ClientRequest, DecodeError, ErrorCode, Response, TableDescription, WireBound, WireChange,
-    WireCondition,
+    self, ClientRequest, DecodeError, ErrorCode, Response, ReturnValues, TableDescription,
+    WireBound, WireChange, WireCondition,
 };
 
 /// How long a call may take before it fails with a retryable timeout.
@@ -173,6 +173,7 @@ impl Client {
             table: table.into(),
             item: item.to_bytes(),
             condition: condition.map(WireCondition::from_condition),
+            returns: ReturnValues::None,
         };
         match self.call(&request).await? {
             Response::Done => Ok(()),
@@ -216,6 +217,7 @@ impl Client {
             key: key.to_bytes(),
             changes: changes.iter().map(WireChange::from_action).collect(),
             condition: condition.map(WireCondition::from_condition),
+            returns: ReturnValues::AllNew,
         };
         match self.call(&request).await? {
             Response::Item(Some(item)) => Ok(wire::decode_item(&item)?),
@@ -235,6 +237,7 @@ impl Client {
             table: table.into(),
             key: key.to_bytes(),
             condition: condition.map(WireCondition::from_condition),
+            returns: ReturnValues::None,
         };
         match self.call(&request).await? {
             Response::Done => Ok(()),
@@ -265,6 +268,8 @@ impl Client {
             reverse,
             limit,
             exclusive_start_key: exclusive_start_key.map(<[u8]>::to_vec),
+            consistent: true,
+            sort_prefix: None,
         };
         match self.call(&request).await? {
             Response::Page { items, last_key } => Ok(QueryPage {
@@ -290,6 +295,7 @@ impl Client {
             limit,
             exclusive_start,
             segment: None,
+            consistent: true,
         };
         match self.call(&request).await? {
             Response::TablePage { items, last } => Ok(ScanPage {

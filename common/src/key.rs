@@ -166,6 +166,53 @@ impl KeySchema {
         Ok((start, end))
     }
 
+    /// The byte range of a Query on partition key `partition` whose sort
+    /// key begins with `prefix` (a string or binary of the sort key's type;
+    /// sort keys of those types are stored as their raw bytes, so the
+    /// items are those between the prefix and its successor).
+    pub fn sort_prefix_range(
+        &self,
+        partition: &AttributeValue,
+        prefix: &AttributeValue,
+    ) -> Result<KeyRange, ItemError> {
+        let mut key = self.partition_prefix(partition)?;
+        let sort = self
+            .sort
+            .as_ref()
+            .ok_or_else(|| ItemError::UnexpectedKeyAttribute {
+                name: "(sort key condition on a table without a sort key)".into(),
+            })?;
+        let raw: &[u8] = match (sort.key_type, prefix) {
+            (KeyType::S, AttributeValue::S(s)) => s.as_bytes(),
+            (KeyType::B, AttributeValue::B(b)) => b,
+            _ => {
+                return Err(ItemError::KeyTypeMismatch {
+                    name: sort.name.clone(),
+                    expected: match sort.key_type {
+                        KeyType::N => "S or B (begins_with does not apply to numbers)",
+                        other => other.name(),
+                    },
+                    found: prefix.type_name(),
+                });
+            }
+        };
+        if raw.len() > SORT_KEY_BYTES_MAX {
+            return Err(ItemError::KeyTooLong {
+                name: sort.name.clone(),
+                size_bytes: raw.len(),
+                size_bytes_max: SORT_KEY_BYTES_MAX,
+            });
+        }
+        key.extend_from_slice(raw);
+        // The successor may carry into the partition prefix (a prefix of
+        // all 0xFF bytes): that is where the partition's items end too.
+        let end = match prefix_successor(&key) {
+            Some(successor) => Bound::Excluded(successor),
+            None => Bound::Unbounded,
+        };
+        Ok((Bound::Included(key), end))
+    }
+
     /// Stored form: `type u8 ‖ name_len u16 ‖ name` for the partition key,
     /// then `0` or `1 ‖ type ‖ name_len ‖ name` for the sort key.
     pub fn encode(&self) -> Vec<u8> {
@@ -286,6 +333,52 @@ mod tests {
         Item::new()
             .with("pk", AttributeValue::S(pk.into()))
             .with("sk", AttributeValue::N(sk.parse().unwrap()))
+    }
+
+    #[test]
+    fn a_sort_key_prefix_range_holds_exactly_the_keys_with_that_prefix() {
+        let s = KeySchema::new(
+            KeyAttribute::new("pk", KeyType::S),
+            Some(KeyAttribute::new("sk", KeyType::B)),
+        );
+        let key = |pk: &str, sk: &[u8]| {
+            let item = Item::new()
+                .with("pk", AttributeValue::S(pk.into()))
+                .with("sk", AttributeValue::B(sk.to_vec()));
+            s.key_of_item(&item).unwrap()
+        };
+        let sorts: [&[u8]; 9] = [
+            b"a",
+            b"ab",
+            b"ab\x00",
+            b"ab\xff",
+            b"abc",
+            b"ac",
+            b"b",
+            b"\xff",
+            b"\xff\xff\x01",
+        ];
+        let prefixes: [&[u8]; 5] = [b"a", b"ab", b"ab\xff", b"\xff", b"\xff\xff"];
+        let pk = AttributeValue::S("p".into());
+        for prefix in prefixes {
+            let range = s
+                .sort_prefix_range(&pk, &AttributeValue::B(prefix.to_vec()))
+                .unwrap();
+            for sk in sorts {
+                let inside = std::ops::RangeBounds::contains(&range, &key("p", sk));
+                assert_eq!(inside, sk.starts_with(prefix), "{prefix:?} {sk:?}");
+            }
+            // Neighbouring partitions are never inside.
+            for other in ["o", "q", "p\u{0}"] {
+                for sk in sorts {
+                    let inside = std::ops::RangeBounds::contains(&range, &key(other, sk));
+                    assert!(!inside, "{other} {sk:?} under {prefix:?}");
+                }
+            }
+        }
+        let numbers = schema();
+        let wrong = numbers.sort_prefix_range(&pk, &AttributeValue::S("1".into()));
+        assert!(matches!(wrong, Err(ItemError::KeyTypeMismatch { .. })));
     }
 
     #[test]

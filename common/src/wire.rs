@@ -13,7 +13,7 @@ use crate::item::{AttributeValue, CodecError, Item};
 use crate::update::UpdateAction;
 
 /// Wire format version, checked in every request.
-pub const WIRE_VERSION: u16 = 3;
+pub const WIRE_VERSION: u16 = 4;
 
 /// A bound of a range: on attribute values (Query) or encoded keys (node scans).
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -70,6 +70,34 @@ pub enum WireChange {
     },
 }
 
+/// Which image of the item a write answers with (DynamoDB's
+/// `ReturnValues`). The node returns the whole old or new item; the
+/// `Updated*` forms are cut down to the updated attributes by whoever
+/// knows the update (the router).
+#[derive(
+    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default,
+)]
+pub enum ReturnValues {
+    #[default]
+    None,
+    AllOld,
+    UpdatedOld,
+    AllNew,
+    UpdatedNew,
+}
+
+impl ReturnValues {
+    /// Whether the write answers with the item as it was before it.
+    pub fn wants_old(self) -> bool {
+        matches!(self, ReturnValues::AllOld | ReturnValues::UpdatedOld)
+    }
+
+    /// Whether the write answers with the item as it is after it.
+    pub fn wants_new(self) -> bool {
+        matches!(self, ReturnValues::AllNew | ReturnValues::UpdatedNew)
+    }
+}
+
 /// A table's shape, as DescribeTable returns it.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct TableDescription {
@@ -100,6 +128,7 @@ pub enum ClientRequest {
         table: String,
         item: Vec<u8>,
         condition: Option<WireCondition>,
+        returns: ReturnValues,
     },
     GetItem {
         table: String,
@@ -111,11 +140,13 @@ pub enum ClientRequest {
         key: Vec<u8>,
         changes: Vec<WireChange>,
         condition: Option<WireCondition>,
+        returns: ReturnValues,
     },
     DeleteItem {
         table: String,
         key: Vec<u8>,
         condition: Option<WireCondition>,
+        returns: ReturnValues,
     },
     /// Items with one partition key (an encoded value), sort keys within
     /// the bounds (encoded values), after `exclusive_start_key` (an encoded
@@ -128,6 +159,11 @@ pub enum ClientRequest {
         reverse: bool,
         limit: u32,
         exclusive_start_key: Option<Vec<u8>>,
+        /// Strongly consistent (from the leader) or eventually consistent.
+        consistent: bool,
+        /// Only sort keys that begin with this (an encoded S or B value);
+        /// `start` and `end` are then unbounded.
+        sort_prefix: Option<Vec<u8>>,
     },
     /// A page of the whole table; resume with the previous page's
     /// (hash, stored key): the scan goes on in the partition holding the
@@ -140,6 +176,7 @@ pub enum ClientRequest {
         /// holds the items whose partition-key hash is in the `s`-th of
         /// `n` equal slices of the hash space.
         segment: Option<(u32, u32)>,
+        consistent: bool,
     },
 }
 
@@ -169,9 +206,12 @@ pub enum NodeOp {
         schema: Vec<u8>,
         group: Option<GroupSpec>,
     },
+    /// Writes answer `Item` with the image `returns` asks for (`Item(None)`
+    /// when there was none), or `Done` for `ReturnValues::None`.
     Put {
         item: Vec<u8>,
         condition: Option<WireCondition>,
+        returns: ReturnValues,
     },
     /// `consistent` reads go to the leader and see every acknowledged
     /// write; others may be served by any replica, possibly stale.
@@ -180,10 +220,12 @@ pub enum NodeOp {
         key: Vec<u8>,
         changes: Vec<WireChange>,
         condition: Option<WireCondition>,
+        returns: ReturnValues,
     },
     Delete {
         key: Vec<u8>,
         condition: Option<WireCondition>,
+        returns: ReturnValues,
     },
     /// Range over encoded stored keys: at most `limit` items, and the
     /// page ends once it holds `bytes_max` bytes (at most 1 MiB).
@@ -558,6 +600,7 @@ mod tests {
                 .with("k", AttributeValue::S("a".into()))
                 .to_bytes(),
             condition: Some(WireCondition::from_condition(&condition)),
+            returns: ReturnValues::AllOld,
         };
         let bytes = encode_client_request(&request);
         let back = decode_client_request(&bytes).unwrap();

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use cairn_common::group::{NODE_TIMEOUT, NodeLinks, SendError};
 use cairn_common::wire::{
-    self, ErrorCode, GroupMember, GroupSpec, NodeOp, NodeRequest, Response, WireBound, WireChange,
-    WireCondition,
+    self, ErrorCode, GroupMember, GroupSpec, NodeOp, NodeRequest, Response, ReturnValues,
+    WireBound, WireChange, WireCondition,
 };
 use cairn_common::{Item, KeySchema};
 
@@ -117,6 +117,7 @@ impl MetaClient {
             let op = NodeOp::Put {
                 item: node.to_item().to_bytes(),
                 condition: Some(WireCondition::NotExists("k".into())),
+                returns: ReturnValues::None,
             };
             match self.call(op).await {
                 Response::Done
@@ -205,6 +206,7 @@ impl MetaClient {
                             .with("n", meta::number(1))
                             .to_bytes(),
                         condition: Some(WireCondition::NotExists("k".into())),
+                        returns: ReturnValues::None,
                     },
                     1,
                 ),
@@ -220,11 +222,11 @@ impl MetaClient {
                             op: 0,
                             value: meta::number(value).to_bytes(),
                         }),
+                        returns: ReturnValues::None,
                     },
                     value + 1,
                 ),
             };
-            // An update answers with the item it left.
             match self.call(op).await {
                 Response::Done | Response::Item(_) => return Ok(next),
                 Response::Error {
@@ -292,6 +294,7 @@ impl MetaClient {
         let claim = NodeOp::Put {
             item: record.to_item().to_bytes(),
             condition: Some(WireCondition::NotExists("k".into())),
+            returns: ReturnValues::None,
         };
         match self.call(claim).await {
             Response::Done => {}
@@ -314,6 +317,7 @@ impl MetaClient {
         let activate = NodeOp::Put {
             item: record.to_item().to_bytes(),
             condition: Some(WireCondition::Exists("k".into())),
+            returns: ReturnValues::None,
         };
         match self.call(activate).await {
             Response::Done => {}
@@ -334,6 +338,7 @@ impl MetaClient {
         let op = NodeOp::Delete {
             key: meta::key_item("table", name).to_bytes(),
             condition: Some(WireCondition::Exists("k".into())),
+            returns: ReturnValues::None,
         };
         match self.call(op).await {
             Response::Done => {}

@@ -27,7 +27,7 @@ use cairn_common::update::UpdateAction;
 use cairn_common::{CodecError, Item, ItemError, KeySchema};
 use futures_util::StreamExt;
 
-use cairn_common::wire::GroupSpec;
+use cairn_common::wire::{GroupSpec, ReturnValues};
 
 use crate::btree::{PageSource, ScanRange, Tree, TreeError};
 use crate::device::FileSystem;
@@ -454,6 +454,15 @@ impl<Fs: FileSystem> Engine<Fs> {
         Ok(())
     }
 
+    /// Stops the engine: every later operation fails with `reason`. For a
+    /// state it cannot go on from safely, such as a chosen command this
+    /// build cannot decode.
+    pub fn stop(&self, reason: String) -> EngineError {
+        tracing::error!(%reason, "engine stopped");
+        *self.stopped.borrow_mut() = Some(reason.clone());
+        EngineError::Stopped(reason)
+    }
+
     fn check_running(&self) -> Result<(), EngineError> {
         match &*self.stopped.borrow() {
             Some(reason) => Err(EngineError::Stopped(reason.clone())),
@@ -588,8 +597,8 @@ impl<Fs: FileSystem> Engine<Fs> {
     }
 
     /// Applies chosen slot `slot` of a replicated partition: `write` is the
-    /// command's effect (`None` for a no-op). Returns what the write
-    /// returned; a condition that fails or an invalid update is an answer,
+    /// command's effect (`None` for a no-op) and the image it answers with.
+    /// Returns that image; a condition that fails or an invalid update is an answer,
     /// and the slot counts as applied either way. A failure to apply at all
     /// (IO, corruption) stops the engine: a replica that skipped a slot
     /// would diverge from its peers.
@@ -597,7 +606,7 @@ impl<Fs: FileSystem> Engine<Fs> {
         &self,
         partition: PartitionId,
         slot: Slot,
-        write: Option<Write<'_>>,
+        write: Option<(Write<'_>, ReturnValues)>,
     ) -> Result<Option<Item>, EngineError> {
         self.check_running()?;
         let expected = self
@@ -606,7 +615,10 @@ impl<Fs: FileSystem> Engine<Fs> {
         assert_eq!(slot, expected, "chosen slots are applied in order, once");
         let result = match write {
             None => Ok(None),
-            Some(write) => self.write(partition, write, WriteMode::Applied).await,
+            Some((write, returns)) => {
+                self.write(partition, write, WriteMode::Applied, returns)
+                    .await
+            }
         };
         if let Err(error) = &result
             && !error.is_answer()
@@ -652,7 +664,7 @@ impl<Fs: FileSystem> Engine<Fs> {
         condition: Option<&Condition>,
     ) -> Result<(), EngineError> {
         let write = Write::Put { item, condition };
-        self.write(partition, write, WriteMode::Logged)
+        self.perform(partition, write, ReturnValues::None)
             .await
             .map(|_| ())
     }
@@ -672,7 +684,7 @@ impl<Fs: FileSystem> Engine<Fs> {
             changes,
             condition,
         };
-        let updated = self.write(partition, write, WriteMode::Logged).await?;
+        let updated = self.perform(partition, write, ReturnValues::AllNew).await?;
         Ok(updated.expect("an update always leaves an item"))
     }
 
@@ -685,32 +697,47 @@ impl<Fs: FileSystem> Engine<Fs> {
         condition: Option<&Condition>,
     ) -> Result<(), EngineError> {
         let write = Write::Delete { key, condition };
-        self.write(partition, write, WriteMode::Logged)
+        self.perform(partition, write, ReturnValues::None)
             .await
             .map(|_| ())
     }
 
+    /// Performs a write on a single-copy partition; returns once durable,
+    /// with the image of the item `returns` asks for (`None` when it asks
+    /// for none, or the item did not exist).
+    pub async fn perform(
+        &self,
+        partition: PartitionId,
+        write: Write<'_>,
+        returns: ReturnValues,
+    ) -> Result<Option<Item>, EngineError> {
+        self.write(partition, write, WriteMode::Logged, returns)
+            .await
+    }
+
     /// Checks `write` against the partition's key schema and performs it;
-    /// returns the new item (for an update; `None` otherwise).
+    /// returns the image `returns` asks for.
     async fn write(
         &self,
         partition: PartitionId,
         write: Write<'_>,
         mode: WriteMode,
+        returns: ReturnValues,
     ) -> Result<Option<Item>, EngineError> {
         let schema = self.schema(partition)?;
-        match write {
+        let keep_old = returns.wants_old();
+        let (old, new) = match write {
             Write::Put { item, condition } => {
                 let key = schema.key_of_item(item)?;
-                self.mutate(partition, key, condition, mode, |_| Ok(Some(item.clone())))
-                    .await?;
-                Ok(None)
+                self.mutate(partition, key, condition, mode, keep_old, |_| {
+                    Ok(Some(item.clone()))
+                })
+                .await?
             }
             Write::Delete { key, condition } => {
                 let key = schema.key_of_key(key)?;
-                self.mutate(partition, key, condition, mode, |_| Ok(None))
-                    .await?;
-                Ok(None)
+                self.mutate(partition, key, condition, mode, keep_old, |_| Ok(None))
+                    .await?
             }
             Write::Update {
                 key,
@@ -729,29 +756,44 @@ impl<Fs: FileSystem> Engine<Fs> {
                         .into());
                     }
                 }
-                self.mutate(partition, encoded_key, condition, mode, |current| {
-                    let mut item = current.unwrap_or_else(|| key.clone());
-                    cairn_common::update::apply(&mut item, changes)?;
-                    item.validate()?;
-                    Ok(Some(item))
-                })
-                .await
+                self.mutate(
+                    partition,
+                    encoded_key,
+                    condition,
+                    mode,
+                    keep_old,
+                    |current| {
+                        let mut item = current.unwrap_or_else(|| key.clone());
+                        cairn_common::update::apply(&mut item, changes)?;
+                        item.validate()?;
+                        Ok(Some(item))
+                    },
+                )
+                .await?
             }
-        }
+        };
+        Ok(if keep_old {
+            old
+        } else if returns.wants_new() {
+            new
+        } else {
+            None
+        })
     }
 
     /// Reads the current item under `key`, checks `condition` on it, and
     /// writes what `change` makes of it (`None` deletes) — with no await
     /// between the read and the log submit, so it is atomic on this core.
-    /// Returns the new item.
+    /// Returns the old item (when `keep_old`; else `None`) and the new one.
     async fn mutate(
         &self,
         partition: PartitionId,
         key: Vec<u8>,
         condition: Option<&Condition>,
         mode: WriteMode,
+        keep_old: bool,
         change: impl FnOnce(Option<Item>) -> Result<Option<Item>, EngineError>,
-    ) -> Result<Option<Item>, EngineError> {
+    ) -> Result<(Option<Item>, Option<Item>), EngineError> {
         self.check_running()?;
         if mode == WriteMode::Logged {
             if self.dirty_nodes.get() * self.config.page_size > self.config.dirty_bytes_max {
@@ -778,12 +820,13 @@ impl<Fs: FileSystem> Engine<Fs> {
         {
             return Err(EngineError::ConditionFailed);
         }
+        let old = if keep_old { current.clone() } else { None };
         let new = change(current)?;
         if mode == WriteMode::Applied {
             // The accepted value in the log is this write's record.
             let value = new.as_ref().map(Item::to_bytes);
             self.apply(partition, key, value);
-            return Ok(new);
+            return Ok((old, new));
         }
         let (payload, value) = match &new {
             Some(item) => {
@@ -803,7 +846,7 @@ impl<Fs: FileSystem> Engine<Fs> {
             }
         };
         self.write_resident(partition, key, value, payload).await?;
-        Ok(new)
+        Ok((old, new))
     }
 
     /// Logs and applies a write whose tree path is resident. From here to

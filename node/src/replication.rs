@@ -26,7 +26,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use cairn_common::quic::{Connection, Endpoint, TransportError};
-use cairn_common::wire::{self, ErrorCode, GroupSpec, NodeOp, NodeRequest, Response};
+use cairn_common::wire::{self, ErrorCode, GroupSpec, NodeOp, NodeRequest, Response, ReturnValues};
 use event_listener::Event;
 use rkyv::rancor;
 
@@ -147,10 +147,6 @@ fn encode_command(id: u64, request: &[u8]) -> Vec<u8> {
 /// The proposer's id of a command, without decoding the request.
 fn command_id(command: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(command.get(..8)?.try_into().ok()?))
-}
-
-fn decode_command(command: &[u8]) -> Option<NodeRequest> {
-    wire::decode_node_request(command.get(8..)?).ok()
 }
 
 fn engine_error(error: &EngineError) -> Response {
@@ -572,45 +568,72 @@ impl Replication {
     ) -> Result<Response, EngineError> {
         let command = match value {
             Value::Noop => None,
-            Value::Command(bytes) => match decode_command(bytes) {
-                Some(request) => match crate::server::to_op(request) {
+            Value::Command(bytes) => {
+                // The leader decoded these bytes before proposing them, so
+                // only another build (a different wire version) fails
+                // here. Skipping the slot would lose an acknowledged write
+                // and applying it wrongly would diverge: stop instead.
+                let decoded = match bytes.get(8..) {
+                    Some(request) => wire::decode_node_request(request),
+                    None => Err(wire::DecodeError::Malformed(
+                        "command shorter than its id".into(),
+                    )),
+                };
+                match decoded.and_then(crate::server::to_op) {
                     Ok(op) => Some(op),
                     Err(error) => {
-                        // Every replica holds the same bytes and decides alike.
-                        tracing::error!(partition, slot, %error, "undecodable command; applied as a no-op");
-                        None
+                        return Err(self.engine.stop(format!(
+                            "partition {partition} slot {slot}: chosen command cannot be decoded by this build: {error}"
+                        )));
                     }
-                },
-                None => {
-                    tracing::error!(partition, slot, "undecodable command; applied as a no-op");
-                    None
                 }
-            },
+            }
         };
         let write = match &command {
             None => None,
-            Some(Op::Put { item, condition }) => Some(Write::Put {
+            Some(Op::Put {
                 item,
-                condition: condition.as_ref(),
-            }),
-            Some(Op::Delete { key, condition }) => Some(Write::Delete {
+                condition,
+                returns,
+            }) => Some((
+                Write::Put {
+                    item,
+                    condition: condition.as_ref(),
+                },
+                *returns,
+            )),
+            Some(Op::Delete {
                 key,
-                condition: condition.as_ref(),
-            }),
+                condition,
+                returns,
+            }) => Some((
+                Write::Delete {
+                    key,
+                    condition: condition.as_ref(),
+                },
+                *returns,
+            )),
             Some(Op::Update {
                 key,
                 changes,
                 condition,
-            }) => Some(Write::Update {
-                key,
-                changes,
-                condition: condition.as_ref(),
-            }),
+                returns,
+            }) => Some((
+                Write::Update {
+                    key,
+                    changes,
+                    condition: condition.as_ref(),
+                },
+                *returns,
+            )),
             Some(_) => None, // reads and admin ops are never proposed
         };
+        let returns = write.map(|(_, returns)| returns);
         match self.engine.apply_committed(partition, slot, write).await {
-            Ok(Some(item)) => Ok(Response::Item(Some(item.to_bytes()))),
-            Ok(None) => Ok(Response::Done),
+            Ok(image) if returns.is_some_and(|r| r != ReturnValues::None) => {
+                Ok(Response::Item(image.map(|item| item.to_bytes())))
+            }
+            Ok(_) => Ok(Response::Done),
             Err(error) if error.is_answer() => Ok(engine_error(&error)),
             Err(error) => Err(error),
         }

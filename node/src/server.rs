@@ -260,9 +260,14 @@ pub(crate) fn to_op(request: NodeRequest) -> Result<Op, DecodeError> {
             schema: KeySchema::decode(&schema)
                 .map_err(|e| DecodeError::Malformed(e.to_string()))?,
         },
-        NodeOp::Put { item, condition: c } => Op::Put {
+        NodeOp::Put {
+            item,
+            condition: c,
+            returns,
+        } => Op::Put {
             item: Item::decode(&item)?,
             condition: condition(c)?,
+            returns,
         },
         NodeOp::Get { key, .. } => Op::Get {
             key: Item::decode(&key)?,
@@ -271,7 +276,9 @@ pub(crate) fn to_op(request: NodeRequest) -> Result<Op, DecodeError> {
             key,
             changes,
             condition: c,
+            returns,
         } => Op::Update {
+            returns,
             key: Item::decode(&key)?,
             changes: changes
                 .iter()
@@ -279,9 +286,14 @@ pub(crate) fn to_op(request: NodeRequest) -> Result<Op, DecodeError> {
                 .collect::<Result<_, _>>()?,
             condition: condition(c)?,
         },
-        NodeOp::Delete { key, condition: c } => Op::Delete {
+        NodeOp::Delete {
+            key,
+            condition: c,
+            returns,
+        } => Op::Delete {
             key: Item::decode(&key)?,
             condition: condition(c)?,
+            returns,
         },
         NodeOp::Scan {
             start,

@@ -23,12 +23,13 @@ use std::net::SocketAddr;
 use cairn_common::condition::Condition;
 use cairn_common::quic::{Endpoint, Identity};
 use cairn_common::update::UpdateAction;
+use cairn_common::wire::ReturnValues;
 use cairn_common::{Item, KeySchema};
 use event_listener::Event;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::device::DmaFs;
-use crate::engine::{Engine, EngineConfig, EngineError, OpenReport, PartitionId, ScanPage};
+use crate::engine::{Engine, EngineConfig, EngineError, OpenReport, PartitionId, ScanPage, Write};
 use crate::preflight::{IO_MEMORY_BYTES, PreflightError, preflight};
 use crate::replication::{Replication, ReplicationConfig};
 
@@ -120,15 +121,18 @@ pub enum Op {
     Put {
         item: Item,
         condition: Option<Condition>,
+        returns: ReturnValues,
     },
     Delete {
         key: Item,
         condition: Option<Condition>,
+        returns: ReturnValues,
     },
     Update {
         key: Item,
         changes: Vec<UpdateAction>,
         condition: Option<Condition>,
+        returns: ReturnValues,
     },
     Get {
         key: Item,
@@ -180,6 +184,15 @@ impl ScanRequest {
     }
 }
 
+/// What a write answers: nothing, or the image it was asked for.
+fn written(returns: ReturnValues, image: Option<Item>) -> Outcome {
+    if returns == ReturnValues::None {
+        Outcome::Done
+    } else {
+        Outcome::Item(image)
+    }
+}
+
 /// Runs `op` on `partition` of `engine`.
 pub async fn execute(
     engine: &Engine<DmaFs>,
@@ -191,27 +204,41 @@ pub async fn execute(
             engine.create_partition(partition, schema).await?;
             Outcome::Done
         }
-        Op::Put { item, condition } => {
-            engine
-                .put_item(partition, &item, condition.as_ref())
-                .await?;
-            Outcome::Done
+        Op::Put {
+            item,
+            condition,
+            returns,
+        } => {
+            let write = Write::Put {
+                item: &item,
+                condition: condition.as_ref(),
+            };
+            written(returns, engine.perform(partition, write, returns).await?)
         }
-        Op::Delete { key, condition } => {
-            engine
-                .delete_item(partition, &key, condition.as_ref())
-                .await?;
-            Outcome::Done
+        Op::Delete {
+            key,
+            condition,
+            returns,
+        } => {
+            let write = Write::Delete {
+                key: &key,
+                condition: condition.as_ref(),
+            };
+            written(returns, engine.perform(partition, write, returns).await?)
         }
         Op::Update {
             key,
             changes,
             condition,
-        } => Outcome::Item(Some(
-            engine
-                .update_item(partition, &key, &changes, condition.as_ref())
-                .await?,
-        )),
+            returns,
+        } => {
+            let write = Write::Update {
+                key: &key,
+                changes: &changes,
+                condition: condition.as_ref(),
+            };
+            written(returns, engine.perform(partition, write, returns).await?)
+        }
         Op::Get { key } => Outcome::Item(engine.get_item(partition, &key).await?),
         Op::Scan(scan) => {
             let range = (
@@ -355,6 +382,7 @@ impl StorageNode {
             Op::Put {
                 item,
                 condition: None,
+                returns: ReturnValues::None,
             },
         )
         .await
@@ -367,6 +395,7 @@ impl StorageNode {
             Op::Delete {
                 key,
                 condition: None,
+                returns: ReturnValues::None,
             },
         )
         .await
@@ -387,6 +416,7 @@ impl StorageNode {
                     key,
                     changes,
                     condition: None,
+                    returns: ReturnValues::AllNew,
                 },
             )
             .await?

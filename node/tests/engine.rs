@@ -11,6 +11,7 @@ use std::ops::Bound;
 use std::rc::Rc;
 
 use cairn_common::update::UpdateAction;
+use cairn_common::wire::ReturnValues;
 use cairn_common::{AttributeValue, Item, ItemError, KeyAttribute, KeySchema, KeyType, Number};
 use cairn_node::device::MemFs;
 use cairn_node::engine::{Engine, EngineConfig, EngineError};
@@ -189,6 +190,49 @@ fn update_sets_and_removes_attributes_and_creates_missing_items() {
         block_on(engine.get_item(PARTITION, &key(2, 2))).unwrap(),
         Some(created)
     );
+}
+
+#[test]
+fn writes_return_the_image_they_are_asked_for() {
+    use cairn_node::engine::Write;
+    let fs = MemFs::new();
+    let engine = open(&fs);
+    block_on(engine.create_partition(PARTITION, schema())).unwrap();
+    let first = item(1, 1, 1, 4);
+    let second = item(1, 1, 2, 8);
+    let put = |item: &Item, returns| {
+        let write = Write::Put {
+            item,
+            condition: None,
+        };
+        block_on(engine.perform(PARTITION, write, returns)).unwrap()
+    };
+    assert_eq!(put(&first, ReturnValues::AllOld), None, "nothing was there");
+    assert_eq!(put(&second, ReturnValues::AllOld), Some(first));
+    assert_eq!(put(&second, ReturnValues::None), None);
+    let changes = [UpdateAction::Remove("body".into())];
+    let update = |returns| {
+        let write = Write::Update {
+            key: &key(1, 1),
+            changes: &changes,
+            condition: None,
+        };
+        block_on(engine.perform(PARTITION, write, returns)).unwrap()
+    };
+    let mut trimmed = second.clone();
+    trimmed.remove("body");
+    assert_eq!(update(ReturnValues::UpdatedOld), Some(second.clone()));
+    assert_eq!(update(ReturnValues::AllNew), Some(trimmed.clone()));
+    assert_eq!(update(ReturnValues::AllOld), Some(trimmed.clone()));
+    let delete = |returns| {
+        let write = Write::Delete {
+            key: &key(1, 1),
+            condition: None,
+        };
+        block_on(engine.perform(PARTITION, write, returns)).unwrap()
+    };
+    assert_eq!(delete(ReturnValues::AllOld), Some(trimmed));
+    assert_eq!(delete(ReturnValues::AllOld), None, "already gone");
 }
 
 #[test]
@@ -542,7 +586,7 @@ fn a_replicated_partition_recovers_its_paxos_state_across_checkpoints() {
                 item: &item,
                 condition: None,
             };
-            block_on(engine.apply_committed(PARTITION, slot, Some(write))).unwrap();
+            block_on(engine.apply_committed(PARTITION, slot, Some((write, ReturnValues::None)))).unwrap();
         }
         block_on(engine.checkpoint()).unwrap();
         engine.log_commit(PARTITION, slots + 2).unwrap();

@@ -424,6 +424,17 @@ async fn serve(state: Rc<State>, connection: Connection) {
 
 /// Counts a request waiting on a cache miss for as long as it waits
 /// (dropped with the request if it is cancelled).
+/// A Query's bounds and paging, as the client sent them.
+struct QueryRange {
+    start: WireBound,
+    end: WireBound,
+    reverse: bool,
+    limit: u32,
+    exclusive_start_key: Option<Vec<u8>>,
+    consistent: bool,
+    sort_prefix: Option<Vec<u8>>,
+}
+
 struct MissWaiting<'a>(&'a Cell<usize>);
 
 impl<'a> MissWaiting<'a> {
@@ -488,6 +499,7 @@ impl State {
                 table,
                 item,
                 condition,
+                returns,
             } => {
                 let routed = self.table(&table).await.and_then(|t| {
                     let decoded = Item::decode(&item).map_err(validation)?;
@@ -496,8 +508,12 @@ impl State {
                 });
                 match routed {
                     Ok((t, key)) => {
-                        self.forward_key(&t, &key, NodeOp::Put { item, condition })
-                            .await
+                        let op = NodeOp::Put {
+                            item,
+                            condition,
+                            returns,
+                        };
+                        self.forward_key(&t, &key, op).await
                     }
                     Err(response) => response,
                 }
@@ -514,20 +530,27 @@ impl State {
                 table,
                 key,
                 condition,
+                returns,
             } => {
-                self.keyed(&table, &key, |key| NodeOp::Delete { key, condition })
-                    .await
+                self.keyed(&table, &key, |key| NodeOp::Delete {
+                    key,
+                    condition,
+                    returns,
+                })
+                .await
             }
             ClientRequest::UpdateItem {
                 table,
                 key,
                 changes,
                 condition,
+                returns,
             } => {
                 self.keyed(&table, &key, |key| NodeOp::Update {
                     key,
                     changes,
                     condition,
+                    returns,
                 })
                 .await
             }
@@ -539,24 +562,30 @@ impl State {
                 reverse,
                 limit,
                 exclusive_start_key,
+                consistent,
+                sort_prefix,
             } => {
-                self.query(
-                    &table,
-                    &partition_value,
+                let range = QueryRange {
+                    sort_prefix,
                     start,
                     end,
                     reverse,
                     limit,
                     exclusive_start_key,
-                )
-                .await
+                    consistent,
+                };
+                self.query(&table, &partition_value, range).await
             }
             ClientRequest::Scan {
                 table,
                 limit,
                 exclusive_start,
                 segment,
-            } => self.scan(&table, limit, exclusive_start, segment).await,
+                consistent,
+            } => {
+                self.scan(&table, limit, exclusive_start, segment, consistent)
+                    .await
+            }
         }
     }
 
@@ -820,16 +849,17 @@ impl State {
     }
 
     #[allow(clippy::too_many_arguments)] // One per Query parameter.
-    async fn query(
-        &self,
-        table: &str,
-        partition_value: &[u8],
-        start: WireBound,
-        end: WireBound,
-        reverse: bool,
-        limit: u32,
-        exclusive_start_key: Option<Vec<u8>>,
-    ) -> Response {
+    /// One page of a partition key's items, in sort-key order.
+    async fn query(&self, table: &str, partition_value: &[u8], range: QueryRange) -> Response {
+        let QueryRange {
+            start,
+            end,
+            reverse,
+            limit,
+            exclusive_start_key,
+            consistent,
+            sort_prefix,
+        } = range;
         let table = match self.table(table).await {
             Ok(table) => table,
             Err(response) => return response,
@@ -844,11 +874,26 @@ impl State {
         };
         let range = (|| -> Result<_, Response> {
             let partition = value(partition_value)?;
-            let (start, end) = (bound(&start)?, bound(&end)?);
-            let range = table
-                .schema
-                .query_range(&partition, start.as_ref(), end.as_ref())
-                .map_err(|e: ItemError| validation(e))?;
+            let range = match &sort_prefix {
+                Some(prefix) => {
+                    if start != WireBound::Unbounded || end != WireBound::Unbounded {
+                        return Err(validation(
+                            "a sort-key prefix takes no other sort-key bounds",
+                        ));
+                    }
+                    table
+                        .schema
+                        .sort_prefix_range(&partition, &value(prefix)?)
+                        .map_err(|e: ItemError| validation(e))?
+                }
+                None => {
+                    let (start, end) = (bound(&start)?, bound(&end)?);
+                    table
+                        .schema
+                        .query_range(&partition, start.as_ref(), end.as_ref())
+                        .map_err(|e: ItemError| validation(e))?
+                }
+            };
             let prefix = table
                 .schema
                 .partition_prefix(&partition)
@@ -871,7 +916,7 @@ impl State {
             limit: limit.clamp(1, PAGE_LIMIT_MAX),
             bytes_max: PAGE_BYTES_MAX as u32,
             resume_after: exclusive_start_key,
-            consistent: true,
+            consistent,
         };
         self.forward_key(&table, &prefix, op).await
     }
@@ -884,6 +929,7 @@ impl State {
         limit: u32,
         exclusive_start: Option<(u64, Vec<u8>)>,
         segment: Option<(u32, u32)>,
+        consistent: bool,
     ) -> Response {
         let table = match self.table(table).await {
             Ok(table) => table,
@@ -936,7 +982,7 @@ impl State {
                 limit: limit - items.len() as u32,
                 bytes_max: (PAGE_BYTES_MAX - bytes) as u32,
                 resume_after: resume.take(),
-                consistent: true,
+                consistent,
             };
             match self.forward(&located.partition, op).await {
                 Response::Page {

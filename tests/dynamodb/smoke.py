@@ -103,13 +103,33 @@ assert error_code(lambda: ddb.update_item(
 ddb.delete_item(TableName="events", Key={"user": {"S": "cy"}, "ts": {"N": "1"}},
                 ConditionExpression="hits = :two", ExpressionAttributeValues={":two": {"N": "2"}})
 
+# ReturnValues: the item before or after a write, or only what it touched.
+key_rv = {"user": {"S": "rv"}, "ts": {"N": "1"}}
+assert "Attributes" not in ddb.put_item(TableName="events", Item={**key_rv, "a": {"N": "1"}}, ReturnValues="ALL_OLD")
+old = ddb.put_item(TableName="events", Item={**key_rv, "a": {"N": "2"}, "b": {"S": "x"}}, ReturnValues="ALL_OLD")
+assert old["Attributes"] == {**key_rv, "a": {"N": "1"}}, old
+touched = ddb.update_item(TableName="events", Key=key_rv, UpdateExpression="SET a = a + :one REMOVE b",
+                          ExpressionAttributeValues={":one": {"N": "1"}}, ReturnValues="UPDATED_OLD")
+assert touched["Attributes"] == {"a": {"N": "2"}, "b": {"S": "x"}}, touched
+touched = ddb.update_item(TableName="events", Key=key_rv, UpdateExpression="SET a = a + :one, c = :one REMOVE b",
+                          ExpressionAttributeValues={":one": {"N": "1"}}, ReturnValues="UPDATED_NEW")
+assert touched["Attributes"] == {"a": {"N": "4"}, "c": {"N": "1"}}, touched
+whole = ddb.update_item(TableName="events", Key=key_rv, UpdateExpression="REMOVE c", ReturnValues="ALL_OLD")
+assert whole["Attributes"] == {**key_rv, "a": {"N": "4"}, "c": {"N": "1"}}, whole
+assert "Attributes" not in ddb.update_item(TableName="events", Key=key_rv, UpdateExpression="REMOVE c")
+gone = ddb.delete_item(TableName="events", Key=key_rv, ReturnValues="ALL_OLD")
+assert gone["Attributes"] == {**key_rv, "a": {"N": "4"}}, gone
+assert "Attributes" not in ddb.delete_item(TableName="events", Key=key_rv, ReturnValues="ALL_OLD")
+assert error_code(lambda: ddb.put_item(TableName="events", Item=key_rv, ReturnValues="ALL_NEW")) == "ValidationException"
+assert error_code(lambda: ddb.delete_item(TableName="events", Key=key_rv, ReturnValues="UPDATED_OLD")) == "ValidationException"
+
 # Query: a sort-key range, backwards, in pages of 3.
 for ts in range(20):
     ddb.put_item(TableName="events", Item={"user": {"S": "dee"}, "ts": {"N": str(ts)}})
     ddb.put_item(TableName="events", Item={"user": {"S": "eve"}, "ts": {"N": str(ts)}})
 seen, start = [], None
 while True:
-    args = dict(TableName="events", KeyConditionExpression="#u = :u AND ts BETWEEN :lo AND :hi",
+    args = dict(TableName="events", ConsistentRead=True, KeyConditionExpression="#u = :u AND ts BETWEEN :lo AND :hi",
                 ExpressionAttributeNames={"#u": "user"},
                 ExpressionAttributeValues={":u": {"S": "dee"}, ":lo": {"N": "5"}, ":hi": {"N": "14"}},
                 ScanIndexForward=False, Limit=3)
@@ -125,12 +145,34 @@ assert seen == list(range(14, 4, -1)), seen
 # Scan everything in pages of 7.
 count, start = 0, None
 while True:
-    page = ddb.scan(TableName="events", Limit=7, **({"ExclusiveStartKey": start} if start else {}))
+    page = ddb.scan(TableName="events", ConsistentRead=True, Limit=7, **({"ExclusiveStartKey": start} if start else {}))
     count += page["Count"]
     start = page.get("LastEvaluatedKey")
     if not start:
         break
 assert count == 40, count  # before the batch below
+
+# begins_with on a string sort key, in both styles; not on a number.
+ddb.create_table(
+    TableName="docs",
+    KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+    AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}, {"AttributeName": "sk", "AttributeType": "S"}],
+    BillingMode="PAY_PER_REQUEST",
+)
+for sk in ["a", "a#1", "a#2", "a#\uffff", "a$", "ab", "b"]:
+    ddb.put_item(TableName="docs", Item={"pk": {"S": "p"}, "sk": {"S": sk}})
+    ddb.put_item(TableName="docs", Item={"pk": {"S": "q"}, "sk": {"S": sk}})
+page = ddb.query(TableName="docs", ConsistentRead=True, KeyConditionExpression="pk = :p AND begins_with(sk, :a)",
+                 ExpressionAttributeValues={":p": {"S": "p"}, ":a": {"S": "a#"}})
+assert [i["sk"]["S"] for i in page["Items"]] == ["a#1", "a#2", "a#\uffff"], page
+page = ddb.query(TableName="docs", ConsistentRead=True, KeyConditions={
+    "pk": {"ComparisonOperator": "EQ", "AttributeValueList": [{"S": "q"}]},
+    "sk": {"ComparisonOperator": "BEGINS_WITH", "AttributeValueList": [{"S": "a"}]}}, ScanIndexForward=False)
+assert [i["sk"]["S"] for i in page["Items"]] == ["ab", "a$", "a#\uffff", "a#2", "a#1", "a"], page
+assert error_code(lambda: ddb.query(
+    TableName="events", KeyConditionExpression="#u = :u AND begins_with(ts, :one)",
+    ExpressionAttributeNames={"#u": "user"}, ExpressionAttributeValues={":u": {"S": "dee"}, ":one": {"S": "1"}},
+)) == "ValidationException"
 
 # DynamoDB's errors for bad input; the endpoint keeps serving.
 assert error_code(lambda: ddb.get_item(TableName="missing", Key={"user": {"S": "a"}})) == "ResourceNotFoundException"
@@ -149,13 +191,13 @@ assert error_code(lambda: ddb.put_item(TableName="events", Item=big)) == "Valida
 writes = [{"PutRequest": {"Item": {"user": {"S": "fay"}, "ts": {"N": str(i)}, "v": {"N": str(i * i)}}}} for i in range(24)]
 writes.append({"DeleteRequest": {"Key": {"user": {"S": "eve"}, "ts": {"N": "0"}}}})
 assert ddb.batch_write_item(RequestItems={"events": writes})["UnprocessedItems"] == {}
-got = ddb.batch_get_item(RequestItems={"events": {"Keys": [
+got = ddb.batch_get_item(RequestItems={"events": {"ConsistentRead": True, "Keys": [
     {"user": {"S": "fay"}, "ts": {"N": "3"}}, {"user": {"S": "fay"}, "ts": {"N": "23"}}, {"user": {"S": "eve"}, "ts": {"N": "0"}},
 ]}})
 assert sorted(int(i["v"]["N"]) for i in got["Responses"]["events"]) == [9, 529], got
 assert got["UnprocessedKeys"] == {}, got
 # A filter and a projection: Count after the filter, ScannedCount before.
-page = ddb.query(TableName="events", KeyConditionExpression="#u = :u", FilterExpression="v >= :min",
+page = ddb.query(TableName="events", ConsistentRead=True, KeyConditionExpression="#u = :u", FilterExpression="v >= :min",
                  ProjectionExpression="ts, v", ExpressionAttributeNames={"#u": "user"},
                  ExpressionAttributeValues={":u": {"S": "fay"}, ":min": {"N": "100"}})
 assert page["Count"] == 14 and page["ScannedCount"] == 24, page
@@ -204,11 +246,11 @@ assert "tags" not in got, got  # an emptied set is removed
 assert error_code(lambda: update_hal("SET e = missing + :one")) == "ValidationException"
 assert error_code(lambda: update_hal("SET e = list_append(c, :x)")) == "ValidationException"
 # A filter with OR and IN over a query.
-page = ddb.query(TableName="events", KeyConditionExpression="#u = :u",
+page = ddb.query(TableName="events", ConsistentRead=True, KeyConditionExpression="#u = :u",
                  FilterExpression="v IN (:a, :b) OR ts = :c", ExpressionAttributeNames={"#u": "user"},
                  ExpressionAttributeValues={":u": {"S": "fay"}, ":a": {"N": "4"}, ":b": {"N": "9"}, ":c": {"N": "23"}})
 assert sorted(int(i["ts"]["N"]) for i in page["Items"]) == [2, 3, 23], page["Items"]
-assert error_code(lambda: ddb.query(TableName="events", KeyConditionExpression="#u = :u",
+assert error_code(lambda: ddb.query(TableName="events", ConsistentRead=True, KeyConditionExpression="#u = :u",
                                     FilterExpression="v = :u AND", ExpressionAttributeNames={"#u": "user"},
                                     ExpressionAttributeValues={":u": {"S": "fay"}})) == "ValidationException"
 # Legacy parameters, as older clients still send them.
@@ -223,7 +265,7 @@ got = ddb.update_item(
 )["Attributes"]
 assert got["v"] == {"N": "5"} and got["w"] == {"S": "x"}, got
 page = ddb.query(
-    TableName="events",
+    TableName="events", ConsistentRead=True,
     KeyConditions={"user": {"ComparisonOperator": "EQ", "AttributeValueList": [{"S": "fay"}]},
                    "ts": {"ComparisonOperator": "BETWEEN", "AttributeValueList": [{"N": "2"}, {"N": "5"}]}},
     QueryFilter={"v": {"ComparisonOperator": "GT", "AttributeValueList": [{"N": "4"}]}},
@@ -231,19 +273,19 @@ page = ddb.query(
 )
 assert [i["ts"]["N"] for i in page["Items"]] == ["3", "4", "5"], page
 assert all(set(i) == {"ts"} for i in page["Items"]), page
-counted = ddb.query(TableName="events", KeyConditionExpression="#u = :u", ExpressionAttributeNames={"#u": "user"},
+counted = ddb.query(TableName="events", ConsistentRead=True, KeyConditionExpression="#u = :u", ExpressionAttributeNames={"#u": "user"},
                     ExpressionAttributeValues={":u": {"S": "fay"}}, Select="COUNT")
 assert counted["Count"] == 24 and "Items" not in counted, counted
 assert error_code(lambda: ddb.query(
-    TableName="events", KeyConditionExpression="#u = :u", ExpressionAttributeNames={"#u": "user"},
+    TableName="events", ConsistentRead=True, KeyConditionExpression="#u = :u", ExpressionAttributeNames={"#u": "user"},
     ExpressionAttributeValues={":u": {"S": "fay"}},
     QueryFilter={"v": {"ComparisonOperator": "NOT_NULL"}})) == "ValidationException"  # mixed styles
-assert error_code(lambda: ddb.scan(TableName="events", IndexName="by-v")) == "ValidationException"
+assert error_code(lambda: ddb.scan(TableName="events", ConsistentRead=True, IndexName="by-v")) == "ValidationException"
 # A parallel scan: four segments see every item exactly once between them.
 def scan_all(**extra):
     keys, start = [], None
     while True:
-        page = ddb.scan(TableName="events", Limit=5, **extra, **({"ExclusiveStartKey": start} if start else {}))
+        page = ddb.scan(TableName="events", ConsistentRead=True, Limit=5, **extra, **({"ExclusiveStartKey": start} if start else {}))
         keys += [(i["user"]["S"], i["ts"]["N"]) for i in page["Items"]]
         start = page.get("LastEvaluatedKey")
         if not start:
@@ -253,8 +295,8 @@ segments = [scan_all(Segment=s, TotalSegments=4) for s in range(4)]
 assert len(set(everything)) == len(everything) > 50, len(everything)
 assert sorted(sum(segments, [])) == sorted(everything), (len(everything), [len(s) for s in segments])
 assert sum(1 for s in segments if s) >= 2, [len(s) for s in segments]
-assert error_code(lambda: ddb.scan(TableName="events", Segment=4, TotalSegments=4)) == "ValidationException"
-assert error_code(lambda: ddb.scan(TableName="events", Segment=0)) == "ValidationException"
+assert error_code(lambda: ddb.scan(TableName="events", ConsistentRead=True, Segment=4, TotalSegments=4)) == "ValidationException"
+assert error_code(lambda: ddb.scan(TableName="events", ConsistentRead=True, Segment=0)) == "ValidationException"
 too_many = [{"PutRequest": {"Item": {"user": {"S": "x"}, "ts": {"N": str(i)}}}} for i in range(26)]
 assert error_code(lambda: ddb.batch_write_item(RequestItems={"events": too_many})) == "ValidationException"
 

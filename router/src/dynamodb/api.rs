@@ -2,12 +2,13 @@
 //! the same routing and storage path, a different front door.
 
 use cairn_common::wire::{
-    ClientRequest, ErrorCode, Response, TableDescription, WireBound, WireChange, WireCondition,
+    ClientRequest, ErrorCode, Response, ReturnValues, TableDescription, WireBound, WireChange,
+    WireCondition,
 };
 use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType};
 use serde_json::{Value as Json, json};
 
-use super::expr::Placeholders;
+use super::expr::{Placeholders, SortCondition};
 use super::json::{item_from_json, item_to_json};
 use crate::State;
 
@@ -209,25 +210,62 @@ fn wire_condition(
 
 /// What PutItem and DeleteItem read first: the table, ReturnValues (NONE
 /// only, for now) and the ConditionExpression.
-fn conditional_write(body: &Json) -> Result<(String, Option<WireCondition>), ApiError> {
+/// A PutItem's or DeleteItem's table, condition and `ReturnValues`.
+fn conditional_write(
+    body: &Json,
+) -> Result<(String, Option<WireCondition>, ReturnValues), ApiError> {
     refuse_unsupported(body)?;
     let table = string(body, "TableName")?.to_owned();
-    return_values(body, &["NONE"])?;
+    let returns = return_values(body, false)?;
     let placeholders = Placeholders::from_request(body).map_err(expression_error)?;
-    Ok((table, wire_condition(body, &placeholders)?))
+    Ok((table, wire_condition(body, &placeholders)?, returns))
 }
 
-fn return_values(body: &Json, allowed: &[&str]) -> Result<String, ApiError> {
-    let value = body
-        .get("ReturnValues")
-        .and_then(Json::as_str)
-        .unwrap_or("NONE");
-    if !allowed.contains(&value) {
-        return Err(ApiError::validation(format!(
-            "ReturnValues {value} is not supported yet"
-        )));
+/// `ReturnValues`: NONE or ALL_OLD, and for an update (`updating`) also
+/// UPDATED_OLD, ALL_NEW and UPDATED_NEW.
+fn return_values(body: &Json, updating: bool) -> Result<ReturnValues, ApiError> {
+    let returns = match body.get("ReturnValues") {
+        None => return Ok(ReturnValues::None),
+        Some(value) => match value.as_str() {
+            Some("NONE") => ReturnValues::None,
+            Some("ALL_OLD") => ReturnValues::AllOld,
+            Some("UPDATED_OLD") if updating => ReturnValues::UpdatedOld,
+            Some("ALL_NEW") if updating => ReturnValues::AllNew,
+            Some("UPDATED_NEW") if updating => ReturnValues::UpdatedNew,
+            _ => {
+                return Err(ApiError::validation(format!(
+                    "Return values set to invalid value: {value}"
+                )));
+            }
+        },
+    };
+    Ok(returns)
+}
+
+/// A write's answer: `Attributes` when it returned an item image.
+fn written(response: Response, keep: impl Fn(&Item) -> Item) -> Result<Json, ApiError> {
+    match response {
+        Response::Done | Response::Item(None) => Ok(json!({})),
+        Response::Item(Some(bytes)) => {
+            let item = Item::decode(&bytes).map_err(|e| ApiError::internal(e.to_string()))?;
+            let kept = keep(&item);
+            if kept.is_empty() {
+                return Ok(json!({}));
+            }
+            Ok(json!({ "Attributes": item_to_json(&kept) }))
+        }
+        _ => Err(unexpected()),
     }
-    Ok(value.to_owned())
+}
+
+/// `ConsistentRead`: false unless given.
+fn consistent_read(body: &Json) -> Result<bool, ApiError> {
+    match body.get("ConsistentRead") {
+        None => Ok(false),
+        Some(value) => value
+            .as_bool()
+            .ok_or_else(|| ApiError::validation("ConsistentRead must be a boolean")),
+    }
 }
 
 /// A parallel Scan's `Segment` and `TotalSegments`: both or neither.
@@ -442,28 +480,22 @@ pub(crate) async fn dispatch(
             Ok(json!({ "TableDescription": describe_json(&description, "DELETING")? }))
         }
         "PutItem" => {
-            let (table, condition) = conditional_write(body)?;
+            let (table, condition, returns) = conditional_write(body)?;
             let item = item_from_json(field(body, "Item")?)
                 .map_err(|e| ApiError::validation(format!("Item: {e}")))?;
-            call(
-                state,
-                ClientRequest::PutItem {
-                    table,
-                    item: item.to_bytes(),
-                    condition,
-                },
-            )
-            .await?;
-            Ok(json!({}))
+            let request = ClientRequest::PutItem {
+                table,
+                item: item.to_bytes(),
+                condition,
+                returns,
+            };
+            written(call(state, request).await?, Item::clone)
         }
         "GetItem" => {
             refuse_unsupported(body)?;
             let table = string(body, "TableName")?.to_owned();
             let key = key_item(body)?;
-            let consistent = body
-                .get("ConsistentRead")
-                .and_then(Json::as_bool)
-                .unwrap_or(false);
+            let consistent = consistent_read(body)?;
             let placeholders = Placeholders::from_request(body).map_err(expression_error)?;
             let shaping = Shaping::from_request(body, &placeholders)?;
             let Response::Item(item) = call(
@@ -488,24 +520,21 @@ pub(crate) async fn dispatch(
             }
         }
         "DeleteItem" => {
-            let (table, condition) = conditional_write(body)?;
+            let (table, condition, returns) = conditional_write(body)?;
             let key = key_item(body)?;
-            call(
-                state,
-                ClientRequest::DeleteItem {
-                    table,
-                    key: key.to_bytes(),
-                    condition,
-                },
-            )
-            .await?;
-            Ok(json!({}))
+            let request = ClientRequest::DeleteItem {
+                table,
+                key: key.to_bytes(),
+                condition,
+                returns,
+            };
+            written(call(state, request).await?, Item::clone)
         }
         "UpdateItem" => {
             refuse_unsupported(body)?;
             let table = string(body, "TableName")?.to_owned();
             let key = key_item(body)?;
-            let returns = return_values(body, &["NONE", "ALL_NEW"])?;
+            let returns = return_values(body, true)?;
             let placeholders = Placeholders::from_request(body).map_err(expression_error)?;
             let actions = match super::legacy::attribute_updates(body)? {
                 Some(actions) => actions,
@@ -519,15 +548,19 @@ pub(crate) async fn dispatch(
                 key: key.to_bytes(),
                 changes,
                 condition,
+                returns,
             };
-            let Response::Item(Some(bytes)) = call(state, request).await? else {
-                return Err(unexpected());
-            };
-            if returns == "ALL_NEW" {
-                let item = Item::decode(&bytes).map_err(|e| ApiError::internal(e.to_string()))?;
-                return Ok(json!({ "Attributes": item_to_json(&item) }));
+            let response = call(state, request).await?;
+            match returns {
+                // Only the attributes the update touched.
+                ReturnValues::UpdatedOld | ReturnValues::UpdatedNew => written(response, |item| {
+                    item.iter()
+                        .filter(|(name, _)| actions.iter().any(|a| a.attribute() == *name))
+                        .map(|(n, v)| (n.clone(), v.clone()))
+                        .collect()
+                }),
+                _ => written(response, Item::clone),
             }
-            Ok(json!({}))
         }
         "Query" => {
             refuse_unsupported(body)?;
@@ -553,16 +586,25 @@ pub(crate) async fn dispatch(
                 std::ops::Bound::Included(v) => WireBound::Included(v.to_bytes()),
                 std::ops::Bound::Excluded(v) => WireBound::Excluded(v.to_bytes()),
             };
-            let (start, end) = match key.sort {
-                Some((sort_name, start, end)) => {
+            let (start, end, sort_prefix) = match key.sort {
+                Some((sort_name, sort)) => {
                     if table.schema.sort.as_ref().map(|s| &s.name) != Some(&sort_name) {
                         return Err(ApiError::validation(format!(
                             "{sort_name} is not the table's sort key"
                         )));
                     }
-                    (value_bound(start), value_bound(end))
+                    match sort {
+                        SortCondition::Range(start, end) => {
+                            (value_bound(start), value_bound(end), None)
+                        }
+                        SortCondition::BeginsWith(prefix) => (
+                            WireBound::Unbounded,
+                            WireBound::Unbounded,
+                            Some(prefix.to_bytes()),
+                        ),
+                    }
                 }
-                None => (WireBound::Unbounded, WireBound::Unbounded),
+                None => (WireBound::Unbounded, WireBound::Unbounded, None),
             };
             let exclusive_start_key = match body.get("ExclusiveStartKey") {
                 Some(json) => {
@@ -589,6 +631,8 @@ pub(crate) async fn dispatch(
                 reverse,
                 limit: limit(body)?,
                 exclusive_start_key,
+                consistent: consistent_read(body)?,
+                sort_prefix,
             };
             let Response::Page { items, last_key } = call(state, request).await? else {
                 return Err(unexpected());
@@ -627,6 +671,7 @@ pub(crate) async fn dispatch(
                 limit: limit(body)?,
                 exclusive_start,
                 segment: segment(body)?,
+                consistent: consistent_read(body)?,
             };
             let Response::TablePage { items, last } = call(state, request).await? else {
                 return Err(unexpected());
@@ -676,6 +721,7 @@ async fn batch_write(state: &State, body: &Json) -> Result<Json, ApiError> {
                     table: table.clone(),
                     item: item.to_bytes(),
                     condition: None,
+                    returns: ReturnValues::None,
                 }
             } else if let Some(delete) = request.get("DeleteRequest") {
                 let key = item_from_json(field(delete, "Key")?)
@@ -684,6 +730,7 @@ async fn batch_write(state: &State, body: &Json) -> Result<Json, ApiError> {
                     table: table.clone(),
                     key: key.to_bytes(),
                     condition: None,
+                    returns: ReturnValues::None,
                 }
             } else {
                 return Err(ApiError::validation(
@@ -737,6 +784,9 @@ async fn batch_get(state: &State, body: &Json) -> Result<Json, ApiError> {
         let keys = field(request, "Keys")?
             .as_array()
             .ok_or_else(|| ApiError::validation("Keys must be a list"))?;
+        let consistent = consistent_read(request)?;
+        let placeholders = Placeholders::from_request(request).map_err(expression_error)?;
+        let shaping = Shaping::from_request(request, &placeholders)?;
         let mut found = Vec::new();
         let mut retry = Vec::new();
         for key_json in keys {
@@ -745,13 +795,13 @@ async fn batch_get(state: &State, body: &Json) -> Result<Json, ApiError> {
             let get = ClientRequest::GetItem {
                 table: table.clone(),
                 key: key.to_bytes(),
-                consistent: true,
+                consistent,
             };
             match call(state, get).await {
                 Ok(Response::Item(Some(bytes))) => {
                     let item =
                         Item::decode(&bytes).map_err(|e| ApiError::internal(e.to_string()))?;
-                    found.push(item_to_json(&item));
+                    found.push(shaping.project(&item));
                 }
                 Ok(_) => {}
                 Err(error) if is_retryable(&error) => retry.push(key_json.clone()),

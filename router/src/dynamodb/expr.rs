@@ -493,7 +493,15 @@ pub fn projection(text: &str, placeholders: &Placeholders) -> Result<Vec<String>
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyCondition {
     pub partition: (String, AttributeValue),
-    pub sort: Option<(String, Bound<AttributeValue>, Bound<AttributeValue>)>,
+    pub sort: Option<(String, SortCondition)>,
+}
+
+/// What a Query asks of the sort key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SortCondition {
+    Range(Bound<AttributeValue>, Bound<AttributeValue>),
+    /// `begins_with(sk, :prefix)`.
+    BeginsWith(AttributeValue),
 }
 
 /// `pk = :v [AND sk op :w | AND sk BETWEEN :a AND :b]`.
@@ -511,8 +519,24 @@ pub fn key_condition(text: &str, placeholders: &Placeholders) -> Result<KeyCondi
     if !parser.keyword("AND") {
         return err("KeyConditionExpression: expected AND after the partition key condition");
     }
+    if let Some(Token::Word(word)) = parser.peek()
+        && word.eq_ignore_ascii_case("begins_with")
+        && parser.followed_by_parenthesis()
+    {
+        parser.next();
+        parser.symbol("(")?;
+        let sort_name = parser.name()?;
+        parser.symbol(",")?;
+        let prefix = parser.value()?;
+        parser.symbol(")")?;
+        return finish(
+            parser,
+            partition,
+            (sort_name, SortCondition::BeginsWith(prefix)),
+        );
+    }
     let sort_name = parser.name()?;
-    let bounds = if parser.keyword("BETWEEN") {
+    let (start, end) = if parser.keyword("BETWEEN") {
         let low = parser.value()?;
         if !parser.keyword("AND") {
             return err("BETWEEN needs AND");
@@ -530,14 +554,26 @@ pub fn key_condition(text: &str, placeholders: &Placeholders) -> Result<KeyCondi
             CompareOp::Ne => return err("<> is not allowed in a KeyConditionExpression"),
         }
     };
+    finish(
+        parser,
+        partition,
+        (sort_name, SortCondition::Range(start, end)),
+    )
+}
+
+/// The end of a KeyConditionExpression: nothing may follow the sort-key
+/// condition.
+fn finish(
+    parser: Parser,
+    partition: (String, AttributeValue),
+    sort: (String, SortCondition),
+) -> Result<KeyCondition, ExprError> {
     if !parser.done() {
-        return err(
-            "KeyConditionExpression: begins_with and further conditions are not supported yet",
-        );
+        return err("KeyConditionExpression: a key condition takes at most one sort-key condition");
     }
     Ok(KeyCondition {
         partition,
-        sort: Some((sort_name, bounds.0, bounds.1)),
+        sort: Some(sort),
     })
 }
 
@@ -609,9 +645,21 @@ mod tests {
         assert_eq!(key.partition, ("pk".into(), AttributeValue::S("a".into())));
         assert!(matches!(
             key.sort,
-            Some((_, Bound::Included(_), Bound::Included(_)))
+            Some((
+                _,
+                SortCondition::Range(Bound::Included(_), Bound::Included(_))
+            ))
         ));
-        assert!(key_condition("pk = :a AND begins_with(sk, :a)", &p).is_err());
+        let key = key_condition("pk = :a AND begins_with(sk, :z)", &p).unwrap();
+        assert_eq!(
+            key.sort,
+            Some((
+                "sk".into(),
+                SortCondition::BeginsWith(AttributeValue::S("z".into()))
+            ))
+        );
+        assert!(key_condition("pk = :a AND begins_with(sk, :a) AND x = :a", &p).is_err());
+        assert!(key_condition("pk = :a AND begins_with(sk :a)", &p).is_err());
         assert_eq!(projection("a, #s,b", &p).unwrap(), vec!["a", "status", "b"]);
         assert!(projection("a b", &p).is_err());
     }

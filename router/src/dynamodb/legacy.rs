@@ -13,7 +13,7 @@ use cairn_common::update::UpdateAction;
 use serde_json::Value as Json;
 
 use super::api::ApiError;
-use super::expr::KeyCondition;
+use super::expr::{KeyCondition, SortCondition};
 use super::json::value_from_json;
 
 /// Each legacy parameter and the expression parameter it stands for.
@@ -269,19 +269,20 @@ pub fn key_conditions(body: &Json, partition_key: &str) -> Result<Option<KeyCond
         let bounds = match operator {
             "EQ" => {
                 let v = single(&mut list)?;
-                (Bound::Included(v.clone()), Bound::Included(v))
+                SortCondition::Range(Bound::Included(v.clone()), Bound::Included(v))
             }
-            "LT" => (Bound::Unbounded, Bound::Excluded(single(&mut list)?)),
-            "LE" => (Bound::Unbounded, Bound::Included(single(&mut list)?)),
-            "GT" => (Bound::Excluded(single(&mut list)?), Bound::Unbounded),
-            "GE" => (Bound::Included(single(&mut list)?), Bound::Unbounded),
+            "LT" => SortCondition::Range(Bound::Unbounded, Bound::Excluded(single(&mut list)?)),
+            "LE" => SortCondition::Range(Bound::Unbounded, Bound::Included(single(&mut list)?)),
+            "GT" => SortCondition::Range(Bound::Excluded(single(&mut list)?), Bound::Unbounded),
+            "GE" => SortCondition::Range(Bound::Included(single(&mut list)?), Bound::Unbounded),
             "BETWEEN" if list.len() == 2 => {
                 let high = list.pop().expect("two values");
-                (
+                SortCondition::Range(
                     Bound::Included(list.pop().expect("two values")),
                     Bound::Included(high),
                 )
             }
+            "BEGINS_WITH" => SortCondition::BeginsWith(single(&mut list)?),
             other => {
                 return Err(ApiError::validation(format!(
                     "Query key condition not supported: {other} on {name}"
@@ -293,7 +294,7 @@ pub fn key_conditions(body: &Json, partition_key: &str) -> Result<Option<KeyCond
                 "KeyConditions may name at most two attributes",
             ));
         }
-        sort = Some((name.clone(), bounds.0, bounds.1));
+        sort = Some((name.clone(), bounds));
     }
     let partition = partition.ok_or_else(|| {
         ApiError::validation(format!(
@@ -385,8 +386,27 @@ mod tests {
         assert_eq!(keys.partition.0, "pk");
         assert!(matches!(
             keys.sort,
-            Some((_, Bound::Excluded(_), Bound::Unbounded))
+            Some((
+                _,
+                SortCondition::Range(Bound::Excluded(_), Bound::Unbounded)
+            ))
         ));
+        let keys = key_conditions(
+            &json!({"KeyConditions": {
+                "pk": {"ComparisonOperator": "EQ", "AttributeValueList": [{"S": "p"}]},
+                "sk": {"ComparisonOperator": "BEGINS_WITH", "AttributeValueList": [{"S": "ab"}]},
+            }}),
+            "pk",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            keys.sort,
+            Some((
+                "sk".into(),
+                SortCondition::BeginsWith(AttributeValue::S("ab".into()))
+            ))
+        );
         assert!(key_conditions(&json!({"KeyConditions": {"sk": {"ComparisonOperator": "EQ", "AttributeValueList": [{"N": "3"}]}}}), "pk").is_err());
         let actions = attribute_updates(&json!({"AttributeUpdates": {
             "a": {"Value": {"S": "x"}}, "b": {"Action": "DELETE"}, "c": {"Action": "ADD", "Value": {"N": "2"}},
