@@ -461,7 +461,7 @@ impl Conn {
     async fn update(&mut self, key: &Item, field: String, value: String) -> Result<(), OpError> {
         match self {
             Conn::Native(client) => {
-                let changes = vec![UpdateAction::Set(field, AttributeValue::S(value))];
+                let changes = vec![UpdateAction::Set(field.into(), AttributeValue::S(value))];
                 client
                     .update_item(TABLE, key, &changes, None)
                     .await

@@ -2,7 +2,8 @@
 //! expressions): attribute exists / not exists, comparisons between
 //! attributes, values and `size()`, `BETWEEN`, `IN`, `begins_with`,
 //! `contains`, `attribute_type`, joined with `AND`, `OR` and `NOT`, on
-//! top-level attributes.
+//! document paths (a top-level attribute, or one nested in maps and
+//! lists).
 //!
 //! Comparison follows DynamoDB: `=` and `<>` compare any two values
 //! (values of different types are unequal); ordering comparisons,
@@ -14,6 +15,7 @@
 use std::cmp::Ordering;
 
 use crate::item::{AttributeValue, Item};
+use crate::path::Path;
 
 /// A comparison operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,11 +32,11 @@ pub enum CompareOp {
 /// One side of a comparison.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Operand {
-    Attribute(String),
+    Attribute(Path),
     Value(AttributeValue),
     /// `size(a)`: a string's length in characters, a binary's in bytes, a
     /// set's, list's or map's element count.
-    Size(String),
+    Size(Path),
 }
 
 impl CompareOp {
@@ -59,16 +61,18 @@ impl CompareOp {
 /// A condition that must hold on the current item for a write to apply.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Condition {
-    Exists(String),
-    NotExists(String),
+    Exists(Path),
+    NotExists(Path),
     Compare {
-        attribute: String,
+        attribute: Path,
         op: CompareOp,
         value: AttributeValue,
     },
+    /// A string or binary that begins with the prefix (a value, or another
+    /// attribute's value).
     BeginsWith {
-        attribute: String,
-        prefix: AttributeValue,
+        attribute: Path,
+        prefix: Operand,
     },
     /// The general comparison (`a < b`, `size(a) >= :n`, `:v = a`).
     CompareOperands {
@@ -89,13 +93,13 @@ pub enum Condition {
     },
     /// A string holding a substring, or a set or list holding an element.
     Contains {
-        attribute: String,
+        attribute: Path,
         operand: Operand,
     },
     /// `attribute_type(a, :t)` with `:t` one of S, N, B, BOOL, NULL, L, M,
     /// SS, NS, BS.
     AttributeType {
-        attribute: String,
+        attribute: Path,
         type_name: String,
     },
     And(Box<Condition>, Box<Condition>),
@@ -147,11 +151,11 @@ fn ordered(op: CompareOp, left: &AttributeValue, right: &AttributeValue) -> bool
 
 impl Operand {
     fn resolve(&self, item: Option<&Item>) -> Option<AttributeValue> {
-        let get = |name: &str| item.and_then(|i| i.get(name));
+        let get = |path: &Path| item.and_then(|i| path.get(i));
         match self {
-            Operand::Attribute(name) => get(name).cloned(),
+            Operand::Attribute(path) => get(path).cloned(),
             Operand::Value(value) => Some(value.clone()),
-            Operand::Size(name) => get(name)
+            Operand::Size(path) => get(path)
                 .and_then(size_of)
                 .map(|n| AttributeValue::N(crate::number::Number::from_i64(n as i64))),
         }
@@ -161,7 +165,7 @@ impl Operand {
 impl Condition {
     /// Whether the condition holds on `item` (`None`: no item stored).
     pub fn holds(&self, item: Option<&Item>) -> bool {
-        let get = |name: &str| item.and_then(|i| i.get(name));
+        let get = |path: &Path| item.and_then(|i| path.get(i));
         match self {
             Condition::CompareOperands { left, op, right } => {
                 match (left.resolve(item), right.resolve(item)) {
@@ -210,18 +214,23 @@ impl Condition {
                 op,
                 value,
             } => get(attribute).is_some_and(|current| ordered(*op, current, value)),
-            Condition::BeginsWith { attribute, prefix } => match (get(attribute), prefix) {
-                (Some(AttributeValue::S(s)), AttributeValue::S(p)) => s.starts_with(p.as_str()),
-                (Some(AttributeValue::B(b)), AttributeValue::B(p)) => b.starts_with(p),
-                _ => false,
-            },
+            Condition::BeginsWith { attribute, prefix } => {
+                match (get(attribute), prefix.resolve(item)) {
+                    (Some(AttributeValue::S(s)), Some(AttributeValue::S(p))) => {
+                        s.starts_with(p.as_str())
+                    }
+                    (Some(AttributeValue::B(b)), Some(AttributeValue::B(p))) => b.starts_with(&p),
+                    _ => false,
+                }
+            }
         }
     }
 }
 
-/// The stored and wire form of a condition: a tag byte per node,
-/// strings and values length-prefixed (u32, little endian; values in the
-/// item codec). Layout in docs/wire-format.md.
+/// The stored and wire form of a condition: a tag byte per node, paths
+/// in their own form ([`Path::encode`]), strings and values
+/// length-prefixed (u32, little endian; values in the item codec). Layout
+/// in docs/wire-format.md.
 impl Condition {
     pub fn encode(&self, out: &mut Vec<u8>) {
         pub(crate) fn string(out: &mut Vec<u8>, s: &str) {
@@ -235,29 +244,29 @@ impl Condition {
         }
         fn operand(out: &mut Vec<u8>, o: &Operand) {
             match o {
-                Operand::Attribute(name) => {
+                Operand::Attribute(path) => {
                     out.push(1);
-                    string(out, name);
+                    path.encode(out);
                 }
                 Operand::Value(v) => {
                     out.push(2);
                     value(out, v);
                 }
-                Operand::Size(name) => {
+                Operand::Size(path) => {
                     out.push(3);
-                    string(out, name);
+                    path.encode(out);
                 }
             }
         }
         let op_byte = CompareOp::to_byte;
         match self {
-            Condition::Exists(name) => {
+            Condition::Exists(path) => {
                 out.push(1);
-                string(out, name);
+                path.encode(out);
             }
-            Condition::NotExists(name) => {
+            Condition::NotExists(path) => {
                 out.push(2);
-                string(out, name);
+                path.encode(out);
             }
             Condition::Compare {
                 attribute,
@@ -265,14 +274,14 @@ impl Condition {
                 value: v,
             } => {
                 out.push(3);
-                string(out, attribute);
+                attribute.encode(out);
                 out.push(op_byte(*op));
                 value(out, v);
             }
             Condition::BeginsWith { attribute, prefix } => {
                 out.push(4);
-                string(out, attribute);
-                value(out, prefix);
+                attribute.encode(out);
+                operand(out, prefix);
             }
             Condition::CompareOperands { left, op, right } => {
                 out.push(5);
@@ -303,7 +312,7 @@ impl Condition {
                 operand: o,
             } => {
                 out.push(8);
-                string(out, attribute);
+                attribute.encode(out);
                 operand(out, o);
             }
             Condition::AttributeType {
@@ -311,7 +320,7 @@ impl Condition {
                 type_name,
             } => {
                 out.push(9);
-                string(out, attribute);
+                attribute.encode(out);
                 string(out, type_name);
             }
             Condition::And(a, b) | Condition::Or(a, b) => {
@@ -379,6 +388,31 @@ impl Reader<'_> {
         String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "a name is not UTF-8".into())
     }
 
+    /// A path in [`Path::encode`]'s form.
+    pub(crate) fn path(&mut self) -> Result<Path, String> {
+        let name = self.string()?;
+        let count = usize::from(self.byte()?);
+        if count > crate::path::PATH_STEPS_MAX {
+            return Err(format!(
+                "a path takes at most {} steps",
+                crate::path::PATH_STEPS_MAX
+            ));
+        }
+        let mut path = Path::top(name);
+        for _ in 0..count {
+            let step = match self.byte()? {
+                0 => crate::path::Step::Key(self.string()?),
+                1 => {
+                    let b = self.take(4)?;
+                    crate::path::Step::Index(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                }
+                other => return Err(format!("unknown path step {other}")),
+            };
+            path.steps.push(step);
+        }
+        Ok(path)
+    }
+
     pub(crate) fn value(&mut self) -> Result<AttributeValue, String> {
         let n = self.len()?;
         AttributeValue::from_bytes(self.take(n)?).map_err(|e| e.to_string())
@@ -391,9 +425,9 @@ impl Reader<'_> {
 
     fn operand(&mut self) -> Result<Operand, String> {
         Ok(match self.byte()? {
-            1 => Operand::Attribute(self.string()?),
+            1 => Operand::Attribute(self.path()?),
             2 => Operand::Value(self.value()?),
-            3 => Operand::Size(self.string()?),
+            3 => Operand::Size(self.path()?),
             other => return Err(format!("unknown operand kind {other}")),
         })
     }
@@ -405,16 +439,16 @@ impl Reader<'_> {
             ));
         }
         Ok(match self.byte()? {
-            1 => Condition::Exists(self.string()?),
-            2 => Condition::NotExists(self.string()?),
+            1 => Condition::Exists(self.path()?),
+            2 => Condition::NotExists(self.path()?),
             3 => Condition::Compare {
-                attribute: self.string()?,
+                attribute: self.path()?,
                 op: self.op()?,
                 value: self.value()?,
             },
             4 => Condition::BeginsWith {
-                attribute: self.string()?,
-                prefix: self.value()?,
+                attribute: self.path()?,
+                prefix: self.operand()?,
             },
             5 => Condition::CompareOperands {
                 left: self.operand()?,
@@ -439,11 +473,11 @@ impl Reader<'_> {
                 Condition::In { value, list }
             }
             8 => Condition::Contains {
-                attribute: self.string()?,
+                attribute: self.path()?,
                 operand: self.operand()?,
             },
             9 => Condition::AttributeType {
-                attribute: self.string()?,
+                attribute: self.path()?,
                 type_name: self.string()?,
             },
             10 => {
@@ -493,13 +527,13 @@ mod tests {
         assert!(!holds(cmp(CompareOp::Lt, AttributeValue::S("9".into()))));
         let prefix = |p: &str| Condition::BeginsWith {
             attribute: "name".into(),
-            prefix: AttributeValue::S(p.into()),
+            prefix: Operand::Value(AttributeValue::S(p.into())),
         };
         assert!(holds(prefix("ali")));
         assert!(!holds(prefix("bob")));
         assert!(!holds(Condition::BeginsWith {
             attribute: "count".into(),
-            prefix: AttributeValue::S("5".into())
+            prefix: Operand::Value(AttributeValue::S("5".into()))
         }));
     }
 
@@ -584,6 +618,63 @@ mod tests {
             typed("N"),
         ] {
             assert_eq!(Condition::from_bytes(&c.to_bytes()).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn conditions_read_nested_paths_and_survive_their_codec() {
+        use crate::path::Step;
+        let inner: std::collections::BTreeMap<String, AttributeValue> =
+            [("zip".to_owned(), s("12345"))].into_iter().collect();
+        let item = Item::new().with(
+            "addr",
+            AttributeValue::L(vec![s("first"), AttributeValue::M(inner)]),
+        );
+        let zip = Path::top("addr")
+            .then(Step::Index(1))
+            .then(Step::Key("zip".into()));
+        let holds = |c: &Condition| c.holds(Some(&item));
+        let cases = [
+            (Condition::Exists(zip.clone()), true),
+            (
+                Condition::Exists(Path::top("addr").then(Step::Index(2))),
+                false,
+            ),
+            (
+                Condition::Compare {
+                    attribute: zip.clone(),
+                    op: CompareOp::Eq,
+                    value: s("12345"),
+                },
+                true,
+            ),
+            (
+                Condition::BeginsWith {
+                    attribute: zip.clone(),
+                    prefix: Operand::Value(s("123")),
+                },
+                true,
+            ),
+            (
+                Condition::BeginsWith {
+                    attribute: zip.clone(),
+                    prefix: Operand::Attribute(Path::top("addr").then(Step::Index(0))),
+                },
+                false,
+            ),
+            (
+                Condition::CompareOperands {
+                    left: Operand::Size(Path::top("addr")),
+                    op: CompareOp::Eq,
+                    right: Operand::Value(n(2)),
+                },
+                true,
+            ),
+        ];
+        for (condition, want) in cases {
+            assert_eq!(holds(&condition), want, "{condition:?}");
+            let back = Condition::from_bytes(&condition.to_bytes()).unwrap();
+            assert_eq!(back, condition);
         }
     }
 

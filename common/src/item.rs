@@ -155,6 +155,10 @@ impl Item {
         self.attributes.remove(name)
     }
 
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut AttributeValue> {
+        self.attributes.get_mut(name)
+    }
+
     pub fn get(&self, name: &str) -> Option<&AttributeValue> {
         self.attributes.get(name)
     }

@@ -10,18 +10,21 @@
 use crate::condition::Reader;
 use crate::item::{AttributeValue, Item, ItemError};
 use crate::number::Number;
+use crate::path::Path;
 
 /// One change UpdateItem makes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UpdateAction {
-    Set(String, AttributeValue),
-    Remove(String),
+    Set(Path, AttributeValue),
+    /// Remove what is at the path. The indexes of several removals from
+    /// one list all count in the list as it was.
+    Remove(Path),
     /// Add a number to a number, or elements to a set of the same type.
-    Add(String, AttributeValue),
+    Add(Path, AttributeValue),
     /// Set an attribute to an expression of the item's attributes.
-    SetTo(String, SetValue),
+    SetTo(Path, SetValue),
     /// Remove elements from a set; an emptied set is removed.
-    Delete(String, AttributeValue),
+    Delete(Path, AttributeValue),
 }
 
 /// The right side of a `SET`.
@@ -29,9 +32,9 @@ pub enum UpdateAction {
 pub enum SetValue {
     Value(AttributeValue),
     /// The attribute's value; it must exist.
-    Attribute(String),
+    Attribute(Path),
     /// The attribute's value if it exists, else the fallback.
-    IfNotExists(String, Box<SetValue>),
+    IfNotExists(Path, Box<SetValue>),
     /// Two lists, concatenated.
     ListAppend(Box<SetValue>, Box<SetValue>),
     Plus(Box<SetValue>, Box<SetValue>),
@@ -42,31 +45,89 @@ pub enum SetValue {
 pub const SET_VALUE_DEPTH_MAX: usize = 32;
 
 impl UpdateAction {
-    pub fn attribute(&self) -> &str {
+    /// Where the action writes.
+    pub fn path(&self) -> &Path {
         match self {
-            UpdateAction::Set(name, _)
-            | UpdateAction::Remove(name)
-            | UpdateAction::Add(name, _)
-            | UpdateAction::SetTo(name, _)
-            | UpdateAction::Delete(name, _) => name,
+            UpdateAction::Set(path, _)
+            | UpdateAction::Remove(path)
+            | UpdateAction::Add(path, _)
+            | UpdateAction::SetTo(path, _)
+            | UpdateAction::Delete(path, _) => path,
         }
+    }
+
+    /// Stored and wire form: a tag (1 Set, 2 Remove, 3 Add, 4 SetTo,
+    /// 5 Delete), the path ([`Path::encode`]), then the value (`len u32 ‖
+    /// item codec`) or the SET expression ([`SetValue::encode`]).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let value = |out: &mut Vec<u8>, v: &AttributeValue| {
+            let bytes = v.to_bytes();
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(&bytes);
+        };
+        let tag = match self {
+            UpdateAction::Set(..) => 1,
+            UpdateAction::Remove(_) => 2,
+            UpdateAction::Add(..) => 3,
+            UpdateAction::SetTo(..) => 4,
+            UpdateAction::Delete(..) => 5,
+        };
+        out.push(tag);
+        self.path().encode(out);
+        match self {
+            UpdateAction::Set(_, v) | UpdateAction::Add(_, v) | UpdateAction::Delete(_, v) => {
+                value(out, v);
+            }
+            UpdateAction::SetTo(_, expression) => expression.encode(out),
+            UpdateAction::Remove(_) => {}
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode(&mut out);
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<UpdateAction, String> {
+        let mut reader = Reader { bytes, at: 0 };
+        let tag = reader.byte()?;
+        let path = reader.path()?;
+        let action = match tag {
+            1 => UpdateAction::Set(path, reader.value()?),
+            2 => UpdateAction::Remove(path),
+            3 => UpdateAction::Add(path, reader.value()?),
+            4 => UpdateAction::SetTo(path, decode_set_value(&mut reader, 0)?),
+            5 => UpdateAction::Delete(path, reader.value()?),
+            other => return Err(format!("unknown update action {other}")),
+        };
+        if reader.at != bytes.len() {
+            return Err("trailing bytes after an update action".into());
+        }
+        Ok(action)
     }
 }
 
-fn invalid(name: &str, reason: impl Into<String>) -> ItemError {
+fn invalid(path: &Path, reason: impl Into<String>) -> ItemError {
     ItemError::InvalidUpdate {
-        name: name.to_owned(),
+        name: path.to_string(),
         reason: reason.into(),
     }
 }
 
+/// Writes `value` at `path`, whose containers must exist.
+fn set_at(item: &mut Item, path: &Path, value: AttributeValue) -> Result<(), ItemError> {
+    path.set(item, value)
+        .map_err(|e| invalid(path, e.to_string()))
+}
+
 impl SetValue {
     /// Evaluates against `before`, the item as it was before the update;
-    /// `name` is the attribute being set (for errors).
-    pub fn evaluate(&self, name: &str, before: &Item) -> Result<AttributeValue, ItemError> {
+    /// `name` is the path being set (for errors).
+    pub fn evaluate(&self, name: &Path, before: &Item) -> Result<AttributeValue, ItemError> {
         Ok(match self {
             SetValue::Value(value) => value.clone(),
-            SetValue::Attribute(attribute) => before.get(attribute).cloned().ok_or_else(|| {
+            SetValue::Attribute(attribute) => attribute.get(before).cloned().ok_or_else(|| {
                 invalid(
                     name,
                     format!(
@@ -74,7 +135,7 @@ impl SetValue {
                     ),
                 )
             })?,
-            SetValue::IfNotExists(attribute, fallback) => match before.get(attribute) {
+            SetValue::IfNotExists(attribute, fallback) => match attribute.get(before) {
                 Some(value) => value.clone(),
                 None => fallback.evaluate(name, before)?,
             },
@@ -133,13 +194,13 @@ impl SetValue {
                 out.push(1);
                 bytes(out, &value.to_bytes());
             }
-            SetValue::Attribute(name) => {
+            SetValue::Attribute(path) => {
                 out.push(2);
-                bytes(out, name.as_bytes());
+                path.encode(out);
             }
-            SetValue::IfNotExists(name, fallback) => {
+            SetValue::IfNotExists(path, fallback) => {
                 out.push(3);
-                bytes(out, name.as_bytes());
+                path.encode(out);
                 fallback.encode(out);
             }
             SetValue::ListAppend(a, b) | SetValue::Plus(a, b) | SetValue::Minus(a, b) => {
@@ -178,9 +239,9 @@ fn decode_set_value(reader: &mut Reader<'_>, depth: usize) -> Result<SetValue, S
     }
     Ok(match reader.byte()? {
         1 => SetValue::Value(reader.value()?),
-        2 => SetValue::Attribute(reader.string()?),
+        2 => SetValue::Attribute(reader.path()?),
         3 => {
-            let attribute = reader.string()?;
+            let attribute = reader.path()?;
             SetValue::IfNotExists(attribute, Box::new(decode_set_value(reader, depth + 1)?))
         }
         tag @ 4..=6 => {
@@ -202,24 +263,25 @@ pub fn negate(n: &Number) -> Number {
 }
 
 /// Applies `actions` to `item` in order; the right sides of `SetTo` read
-/// the item as it was before any of them.
+/// the item as it was before any of them. Removals come last, deepest
+/// and highest index first, so that removing `a[1]` and `a[3]` removes
+/// the elements that were at 1 and 3.
 pub fn apply(item: &mut Item, actions: &[UpdateAction]) -> Result<(), ItemError> {
     let before = actions
         .iter()
         .any(|a| matches!(a, UpdateAction::SetTo(..)))
         .then(|| item.clone());
+    let mut removals: Vec<&Path> = Vec::new();
     for action in actions {
         match action {
-            UpdateAction::Set(name, value) => {
-                item.insert(name.clone(), value.clone());
-            }
-            UpdateAction::SetTo(name, value) => {
+            UpdateAction::Set(path, value) => set_at(item, path, value.clone())?,
+            UpdateAction::SetTo(path, value) => {
                 let before = before.as_ref().expect("cloned when a SetTo is present");
-                let value = value.evaluate(name, before)?;
-                item.insert(name.clone(), value);
+                let value = value.evaluate(path, before)?;
+                set_at(item, path, value)?;
             }
-            UpdateAction::Delete(name, elements) => {
-                let remaining = match (item.get(name), elements) {
+            UpdateAction::Delete(path, elements) => {
+                let remaining = match (path.get(item), elements) {
                     (None, _) => continue,
                     (Some(AttributeValue::Ss(set)), AttributeValue::Ss(gone)) => {
                         AttributeValue::Ss(set.difference(gone).cloned().collect())
@@ -232,7 +294,7 @@ pub fn apply(item: &mut Item, actions: &[UpdateAction]) -> Result<(), ItemError>
                     }
                     (Some(found), _) => {
                         return Err(invalid(
-                            name,
+                            path,
                             format!(
                                 "DELETE takes a set of the attribute's type; it is {} and the operand {}",
                                 found.type_name(),
@@ -248,30 +310,34 @@ pub fn apply(item: &mut Item, actions: &[UpdateAction]) -> Result<(), ItemError>
                     _ => false,
                 };
                 if empty {
-                    item.remove(name);
+                    path.remove(item)
+                        .map_err(|e| invalid(path, e.to_string()))?;
                 } else {
-                    item.insert(name.clone(), remaining);
+                    set_at(item, path, remaining)?;
                 }
             }
-            UpdateAction::Remove(name) => {
-                item.remove(name);
-            }
-            UpdateAction::Add(name, operand) => {
-                let sum = add(name, item.get(name), operand)?;
-                item.insert(name.clone(), sum);
+            UpdateAction::Remove(path) => removals.push(path),
+            UpdateAction::Add(path, operand) => {
+                let sum = add(path, path.get(item), operand)?;
+                set_at(item, path, sum)?;
             }
         }
+    }
+    removals.sort_unstable_by(|a, b| b.cmp(a));
+    for path in removals {
+        path.remove(item)
+            .map_err(|e| invalid(path, e.to_string()))?;
     }
     Ok(())
 }
 
 fn add(
-    name: &str,
+    path: &Path,
     current: Option<&AttributeValue>,
     operand: &AttributeValue,
 ) -> Result<AttributeValue, ItemError> {
     let mismatch = |found: &AttributeValue| ItemError::InvalidAdd {
-        name: name.to_owned(),
+        name: path.to_string(),
         reason: format!(
             "cannot ADD {} to {}",
             operand.type_name(),
@@ -288,7 +354,7 @@ fn add(
         ) => operand.clone(),
         (Some(AttributeValue::N(a)), AttributeValue::N(b)) => {
             AttributeValue::N(a.checked_add(b).map_err(|e| ItemError::InvalidAdd {
-                name: name.to_owned(),
+                name: path.to_string(),
                 reason: e.to_string(),
             })?)
         }
@@ -304,7 +370,7 @@ fn add(
         (Some(found), _) => return Err(mismatch(found)),
         (None, _) => {
             return Err(ItemError::InvalidAdd {
-                name: name.to_owned(),
+                name: path.to_string(),
                 reason: format!("ADD takes a number or a set, not {}", operand.type_name()),
             });
         }
@@ -314,6 +380,7 @@ fn add(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn n(text: &str) -> AttributeValue {
         AttributeValue::N(text.parse().unwrap())
@@ -475,5 +542,55 @@ mod tests {
         }
         assert!(SetValue::from_bytes(&deep.to_bytes()).is_err());
         assert!(SetValue::from_bytes(&[9]).is_err());
+    }
+
+    #[test]
+    fn nested_paths_set_remove_and_add_in_place() {
+        use crate::path::Step;
+        let list = |values: &[&str]| {
+            AttributeValue::L(
+                values
+                    .iter()
+                    .map(|v| AttributeValue::S((*v).into()))
+                    .collect(),
+            )
+        };
+        let mut item = Item::new()
+            .with("doc", AttributeValue::M(BTreeMap::new()))
+            .with("l", list(&["a", "b", "c", "d"]));
+        let doc = |key: &str| Path::top("doc").then(Step::Key(key.into()));
+        let at = |i: u32| Path::top("l").then(Step::Index(i));
+        apply(
+            &mut item,
+            &[
+                UpdateAction::Set(doc("x"), n("1")),
+                UpdateAction::Add(doc("n"), n("5")),
+                UpdateAction::Remove(at(1)),
+                UpdateAction::Remove(at(3)),
+                UpdateAction::SetTo(at(9), SetValue::Attribute(at(0))),
+            ],
+        )
+        .unwrap();
+        assert_eq!(doc("x").get(&item), Some(&n("1")));
+        assert_eq!(doc("n").get(&item), Some(&n("5")));
+        // [1] and [3] of the list as it was; the append landed at the end.
+        assert_eq!(item.get("l"), Some(&list(&["a", "c", "a"])));
+        // A missing container is an error, and nothing is applied.
+        let before = item.clone();
+        let missing = Path::top("nope").then(Step::Key("x".into()));
+        assert!(matches!(
+            apply(&mut item, &[UpdateAction::Set(missing, n("1"))]),
+            Err(ItemError::InvalidUpdate { .. })
+        ));
+        assert_eq!(item, before);
+        let action = UpdateAction::SetTo(
+            doc("y"),
+            SetValue::IfNotExists(at(0), Box::new(SetValue::Value(n("2")))),
+        );
+        assert_eq!(
+            UpdateAction::from_bytes(&action.to_bytes()).unwrap(),
+            action
+        );
+        assert!(UpdateAction::from_bytes(&action.to_bytes()[..4]).is_err());
     }
 }

@@ -8,8 +8,9 @@
 
 use rkyv::rancor;
 
-use crate::condition::{CompareOp, Condition};
+use crate::condition::{CompareOp, Condition, Operand};
 use crate::item::{AttributeValue, CodecError, Item};
+use crate::path::Path;
 use crate::update::UpdateAction;
 
 /// Wire format version, checked in every request.
@@ -68,6 +69,9 @@ pub enum WireChange {
         name: String,
         value: Vec<u8>,
     },
+    /// Any action on a nested path, in its own encoding
+    /// (`UpdateAction::to_bytes`).
+    Encoded(Vec<u8>),
 }
 
 /// Which image of the item a write answers with (DynamoDB's
@@ -489,19 +493,24 @@ impl NodeOp {
 impl WireCondition {
     pub fn from_condition(condition: &Condition) -> WireCondition {
         match condition {
-            Condition::Exists(name) => WireCondition::Exists(name.clone()),
-            Condition::NotExists(name) => WireCondition::NotExists(name.clone()),
+            Condition::Exists(path) if path.is_top() => WireCondition::Exists(path.name.clone()),
+            Condition::NotExists(path) if path.is_top() => {
+                WireCondition::NotExists(path.name.clone())
+            }
             Condition::Compare {
                 attribute,
                 op,
                 value,
-            } => WireCondition::Compare {
-                attribute: attribute.clone(),
+            } if attribute.is_top() => WireCondition::Compare {
+                attribute: attribute.name.clone(),
                 op: op.to_byte(),
                 value: value.to_bytes(),
             },
-            Condition::BeginsWith { attribute, prefix } => WireCondition::BeginsWith {
-                attribute: attribute.clone(),
+            Condition::BeginsWith {
+                attribute,
+                prefix: Operand::Value(prefix),
+            } if attribute.is_top() => WireCondition::BeginsWith {
+                attribute: attribute.name.clone(),
                 prefix: prefix.to_bytes(),
             },
             other => WireCondition::Encoded(other.to_bytes()),
@@ -510,22 +519,22 @@ impl WireCondition {
 
     pub fn to_condition(&self) -> Result<Condition, DecodeError> {
         Ok(match self {
-            WireCondition::Exists(name) => Condition::Exists(name.clone()),
-            WireCondition::NotExists(name) => Condition::NotExists(name.clone()),
+            WireCondition::Exists(name) => Condition::Exists(Path::top(name.clone())),
+            WireCondition::NotExists(name) => Condition::NotExists(Path::top(name.clone())),
             WireCondition::Compare {
                 attribute,
                 op,
                 value,
             } => Condition::Compare {
-                attribute: attribute.clone(),
+                attribute: Path::top(attribute.clone()),
                 op: CompareOp::from_byte(*op).ok_or_else(|| {
                     DecodeError::Malformed(format!("unknown comparison operator {op}"))
                 })?,
                 value: AttributeValue::from_bytes(value)?,
             },
             WireCondition::BeginsWith { attribute, prefix } => Condition::BeginsWith {
-                attribute: attribute.clone(),
-                prefix: AttributeValue::from_bytes(prefix)?,
+                attribute: Path::top(attribute.clone()),
+                prefix: Operand::Value(AttributeValue::from_bytes(prefix)?),
             },
             WireCondition::Encoded(bytes) => {
                 Condition::from_bytes(bytes).map_err(DecodeError::Malformed)?
@@ -535,43 +544,53 @@ impl WireCondition {
 }
 
 impl WireChange {
+    /// Actions on top-level attributes in their own variants; any other
+    /// in its own encoding.
     pub fn from_action(action: &UpdateAction) -> WireChange {
+        if !action.path().is_top() {
+            return WireChange::Encoded(action.to_bytes());
+        }
+        let name = action.path().name.clone();
         match action {
-            UpdateAction::Set(name, value) => WireChange::Set {
-                name: name.clone(),
+            UpdateAction::Set(_, value) => WireChange::Set {
+                name,
                 value: value.to_bytes(),
             },
-            UpdateAction::Remove(name) => WireChange::Remove { name: name.clone() },
-            UpdateAction::Add(name, value) => WireChange::Add {
-                name: name.clone(),
+            UpdateAction::Remove(_) => WireChange::Remove { name },
+            UpdateAction::Add(_, value) => WireChange::Add {
+                name,
                 value: value.to_bytes(),
             },
-            UpdateAction::SetTo(name, value) => WireChange::SetTo {
-                name: name.clone(),
+            UpdateAction::SetTo(_, value) => WireChange::SetTo {
+                name,
                 value: value.to_bytes(),
             },
-            UpdateAction::Delete(name, value) => WireChange::Delete {
-                name: name.clone(),
+            UpdateAction::Delete(_, value) => WireChange::Delete {
+                name,
                 value: value.to_bytes(),
             },
         }
     }
 
     pub fn to_action(&self) -> Result<UpdateAction, DecodeError> {
+        let top = |name: &String| Path::top(name.clone());
         Ok(match self {
             WireChange::Set { name, value } => {
-                UpdateAction::Set(name.clone(), AttributeValue::from_bytes(value)?)
+                UpdateAction::Set(top(name), AttributeValue::from_bytes(value)?)
             }
-            WireChange::Remove { name } => UpdateAction::Remove(name.clone()),
+            WireChange::Remove { name } => UpdateAction::Remove(top(name)),
             WireChange::Add { name, value } => {
-                UpdateAction::Add(name.clone(), AttributeValue::from_bytes(value)?)
+                UpdateAction::Add(top(name), AttributeValue::from_bytes(value)?)
             }
             WireChange::SetTo { name, value } => UpdateAction::SetTo(
-                name.clone(),
+                top(name),
                 crate::update::SetValue::from_bytes(value).map_err(DecodeError::Malformed)?,
             ),
             WireChange::Delete { name, value } => {
-                UpdateAction::Delete(name.clone(), AttributeValue::from_bytes(value)?)
+                UpdateAction::Delete(top(name), AttributeValue::from_bytes(value)?)
+            }
+            WireChange::Encoded(bytes) => {
+                UpdateAction::from_bytes(bytes).map_err(DecodeError::Malformed)?
             }
         })
     }

@@ -746,7 +746,7 @@ impl<Fs: FileSystem> Engine<Fs> {
             } => {
                 let encoded_key = schema.key_of_key(key)?;
                 for action in changes {
-                    let name = action.attribute();
+                    let name = &action.path().name;
                     let is_key = *name == schema.partition.name
                         || schema.sort.as_ref().is_some_and(|s| *name == s.name);
                     if is_key {

@@ -146,8 +146,8 @@ fn update_sets_and_removes_attributes_and_creates_missing_items() {
     let base = item(1, 1, 1, 10).with("keep", AttributeValue::Bool(true));
     block_on(engine.put_item(PARTITION, &base, None)).unwrap();
     let changes = vec![
-        UpdateAction::Remove("body".to_owned()),
-        UpdateAction::Set("extra".to_owned(), AttributeValue::S("x".into())),
+        UpdateAction::Remove("body".into()),
+        UpdateAction::Set("extra".into(), AttributeValue::S("x".into())),
     ];
     let updated = block_on(engine.update_item(PARTITION, &key(1, 1), &changes, None)).unwrap();
     let mut want = base.clone();
@@ -162,7 +162,7 @@ fn update_sets_and_removes_attributes_and_creates_missing_items() {
     );
     // Key attributes cannot change; a too-large result is refused.
     let rename = vec![UpdateAction::Set(
-        "pk".to_owned(),
+        "pk".into(),
         AttributeValue::S("other".into()),
     )];
     assert!(matches!(
@@ -172,7 +172,7 @@ fn update_sets_and_removes_attributes_and_creates_missing_items() {
         ))
     ));
     let huge = vec![UpdateAction::Set(
-        "blob".to_owned(),
+        "blob".into(),
         AttributeValue::B(vec![0; 400 * 1024]),
     )];
     assert!(matches!(
@@ -256,7 +256,7 @@ fn conditional_writes_apply_only_when_their_condition_holds() {
         value: AttributeValue::N(Number::from_i64(v)),
     };
     let bump = vec![UpdateAction::Set(
-        "version".to_owned(),
+        "version".into(),
         AttributeValue::N(Number::from_i64(2)),
     )];
     assert!(matches!(
@@ -586,7 +586,8 @@ fn a_replicated_partition_recovers_its_paxos_state_across_checkpoints() {
                 item: &item,
                 condition: None,
             };
-            block_on(engine.apply_committed(PARTITION, slot, Some((write, ReturnValues::None)))).unwrap();
+            block_on(engine.apply_committed(PARTITION, slot, Some((write, ReturnValues::None))))
+                .unwrap();
         }
         block_on(engine.checkpoint()).unwrap();
         engine.log_commit(PARTITION, slots + 2).unwrap();

@@ -96,7 +96,7 @@ assert error_code(lambda: ddb.update_item(
     UpdateExpression="SET v = :one", ConditionExpression="v = :one",
     ExpressionAttributeValues={":one": {"N": "1"}},
 )) == "ConditionalCheckFailedException"
-assert error_code(lambda: ddb.update_item(
+assert error_code(lambda: ddb.update_item(  # a nested path needs its map
     TableName="events", Key={"user": {"S": "cy"}, "ts": {"N": "1"}},
     UpdateExpression="SET a.b = :one", ExpressionAttributeValues={":one": {"N": "1"}},
 )) == "ValidationException"
@@ -173,6 +173,39 @@ assert error_code(lambda: ddb.query(
     TableName="events", KeyConditionExpression="#u = :u AND begins_with(ts, :one)",
     ExpressionAttributeNames={"#u": "user"}, ExpressionAttributeValues={":u": {"S": "dee"}, ":one": {"S": "1"}},
 )) == "ValidationException"
+
+# Nested paths: in updates, conditions, projections and ReturnValues.
+key_doc = {"pk": {"S": "doc"}, "sk": {"S": "1"}}
+ddb.put_item(TableName="docs", Item={**key_doc, "profile": {"M": {
+    "name": {"S": "Ada"}, "langs": {"L": [{"S": "en"}, {"S": "fr"}, {"S": "de"}]},
+    "stats": {"M": {"visits": {"N": "1"}}}}}})
+touched = ddb.update_item(
+    TableName="docs", Key=key_doc,
+    UpdateExpression="SET profile.stats.visits = profile.stats.visits + :one, profile.#n = :n, "
+                     "profile.langs[7] = :it REMOVE profile.langs[0] ADD profile.stats.likes :one",
+    ConditionExpression="profile.langs[1] = :fr AND size(profile.langs) = :three AND begins_with(profile.#n, :a)",
+    ExpressionAttributeNames={"#n": "name"},
+    ExpressionAttributeValues={":one": {"N": "1"}, ":n": {"S": "Ada L."}, ":it": {"S": "it"}, ":fr": {"S": "fr"},
+                               ":three": {"N": "3"}, ":a": {"S": "Ad"}},
+    ReturnValues="UPDATED_NEW",
+)["Attributes"]
+assert touched == {"profile": {"M": {"name": {"S": "Ada L."}, "stats": {"M": {"visits": {"N": "2"}, "likes": {"N": "1"}}}}}}, touched
+got = ddb.get_item(TableName="docs", Key=key_doc, ConsistentRead=True,
+                   ProjectionExpression="profile.langs[2], profile.langs[0], profile.stats.visits")["Item"]
+assert got == {"profile": {"M": {"langs": {"L": [{"S": "fr"}, {"S": "it"}]}, "stats": {"M": {"visits": {"N": "2"}}}}}}, got
+assert error_code(lambda: ddb.update_item(
+    TableName="docs", Key=key_doc, UpdateExpression="SET profile.missing.x = :one",
+    ExpressionAttributeValues={":one": {"N": "1"}})) == "ValidationException"
+assert error_code(lambda: ddb.update_item(
+    TableName="docs", Key=key_doc, UpdateExpression="SET profile = :one, profile.name = :one",
+    ExpressionAttributeValues={":one": {"N": "1"}})) == "ValidationException"  # overlapping paths
+assert error_code(lambda: ddb.get_item(
+    TableName="docs", Key=key_doc, ProjectionExpression="profile, profile.name")) == "ValidationException"
+filtered = ddb.query(TableName="docs", ConsistentRead=True, KeyConditionExpression="pk = :p",
+                     FilterExpression="attribute_exists(profile.stats.likes)",
+                     ExpressionAttributeValues={":p": {"S": "doc"}})
+assert filtered["Count"] == 1, filtered
+ddb.delete_table(TableName="docs")
 
 # DynamoDB's errors for bad input; the endpoint keeps serving.
 assert error_code(lambda: ddb.get_item(TableName="missing", Key={"user": {"S": "a"}})) == "ResourceNotFoundException"

@@ -184,7 +184,7 @@ fn every_operation(cluster: &Cluster) {
             value: AttributeValue::N(Number::from_i64(v)),
         };
         let set = vec![UpdateAction::Set(
-            "n".to_owned(),
+            "n".into(),
             AttributeValue::N(Number::from_i64(1)),
         )];
         let updated = client
@@ -210,7 +210,7 @@ fn every_operation(cluster: &Cluster) {
         // ADD: an atomic counter, and a type mismatch refused.
         let add = |v: i64| {
             vec![UpdateAction::Add(
-                "hits".to_owned(),
+                "hits".into(),
                 AttributeValue::N(Number::from_i64(v)),
             )]
         };
@@ -227,7 +227,7 @@ fn every_operation(cluster: &Cluster) {
             Some(&AttributeValue::N(Number::from_i64(3)))
         );
         let wrong = vec![UpdateAction::Add(
-            "user".to_owned(),
+            "user".into(),
             AttributeValue::N(Number::from_i64(1)),
         )];
         assert_eq!(
@@ -239,7 +239,7 @@ fn every_operation(cluster: &Cluster) {
             ErrorCode::Validation
         );
         let not_a_number = vec![UpdateAction::Add(
-            "hits".to_owned(),
+            "hits".into(),
             AttributeValue::S("x".into()),
         )];
         assert_eq!(

@@ -1,11 +1,12 @@
 //! DynamoDB operations over JSON, mapped onto the router's native requests:
 //! the same routing and storage path, a different front door.
 
+use cairn_common::update::UpdateAction;
 use cairn_common::wire::{
     ClientRequest, ErrorCode, Response, ReturnValues, TableDescription, WireBound, WireChange,
     WireCondition,
 };
-use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType};
+use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType, Path};
 use serde_json::{Value as Json, json};
 
 use super::expr::{Placeholders, SortCondition};
@@ -324,7 +325,7 @@ fn key_of(item: &Item, schema: &KeySchema) -> Json {
 #[derive(Debug, Default)]
 struct Shaping {
     filter: Option<cairn_common::condition::Condition>,
-    projection: Option<Vec<String>>,
+    projection: Option<Vec<Path>>,
     /// `Select: COUNT`: counts only, no items.
     count_only: bool,
 }
@@ -371,14 +372,7 @@ impl Shaping {
     fn project(&self, item: &Item) -> Json {
         match &self.projection {
             None => item_to_json(item),
-            Some(names) => {
-                let kept: Item = item
-                    .iter()
-                    .filter(|(n, _)| names.contains(n))
-                    .map(|(n, v)| (n.clone(), v.clone()))
-                    .collect();
-                item_to_json(&kept)
-            }
+            Some(paths) => item_to_json(&cairn_common::path::project(item, paths)),
         }
     }
 }
@@ -553,12 +547,19 @@ pub(crate) async fn dispatch(
             let response = call(state, request).await?;
             match returns {
                 // Only the attributes the update touched.
-                ReturnValues::UpdatedOld | ReturnValues::UpdatedNew => written(response, |item| {
-                    item.iter()
-                        .filter(|(name, _)| actions.iter().any(|a| a.attribute() == *name))
-                        .map(|(n, v)| (n.clone(), v.clone()))
-                        .collect()
-                }),
+                ReturnValues::UpdatedOld | ReturnValues::UpdatedNew => {
+                    // What a removal took is gone from the new image; its
+                    // path there may name what moved up in a list.
+                    let paths: Vec<Path> = actions
+                        .iter()
+                        .filter(|a| {
+                            returns == ReturnValues::UpdatedOld
+                                || !matches!(a, UpdateAction::Remove(_))
+                        })
+                        .map(|a| a.path().clone())
+                        .collect();
+                    written(response, |item| cairn_common::path::project(item, &paths))
+                }
                 _ => written(response, Item::clone),
             }
         }

@@ -12,11 +12,12 @@
 use std::collections::HashMap;
 use std::ops::Bound;
 
-use cairn_common::AttributeValue;
 use cairn_common::condition::{
     CONDITION_DEPTH_MAX, CompareOp, Condition, IN_OPERANDS_MAX, Operand,
 };
+use cairn_common::path::PATH_STEPS_MAX;
 use cairn_common::update::{SET_VALUE_DEPTH_MAX, SetValue, UpdateAction};
+use cairn_common::{AttributeValue, Path, Step};
 use serde_json::Value as Json;
 
 use super::json::value_from_json;
@@ -88,13 +89,10 @@ fn tokenize(text: &str, placeholders: &Placeholders) -> Result<Vec<Token>, ExprE
             at += 2;
             continue;
         }
-        if let Some(symbol) = ["=", "<", ">", "(", ")", ",", "+", "-", ".", "["]
+        if let Some(symbol) = ["=", "<", ">", "(", ")", ",", "+", "-", ".", "[", "]"]
             .into_iter()
             .find(|s| s.starts_with(c))
         {
-            if symbol == "." || symbol == "[" {
-                return err("nested attribute paths are not supported yet");
-            }
             tokens.push(Token::Symbol(symbol));
             at += 1;
             continue;
@@ -183,6 +181,46 @@ impl Parser {
         }
     }
 
+    /// A document path: a name, then `.name` and `[index]` steps.
+    fn path(&mut self) -> Result<Path, ExprError> {
+        let name = self.name()?;
+        self.path_from(name)
+    }
+
+    /// The steps of a path whose first name has been read.
+    fn path_from(&mut self, name: String) -> Result<Path, ExprError> {
+        let mut path = Path::top(name);
+        loop {
+            let step = match self.peek() {
+                Some(Token::Symbol(".")) => {
+                    self.next();
+                    Step::Key(self.name()?)
+                }
+                Some(Token::Symbol("[")) => {
+                    self.next();
+                    let index = match self.next() {
+                        Some(Token::Word(digits)) if digits.bytes().all(|b| b.is_ascii_digit()) => {
+                            digits.parse::<u32>().map_err(|_| {
+                                ExprError(format!("list index {digits} is too large"))
+                            })?
+                        }
+                        other => return err(format!("expected a list index, found {other:?}")),
+                    };
+                    self.symbol("]")?;
+                    Step::Index(index)
+                }
+                _ => return Ok(path),
+            };
+            if path.steps.len() == PATH_STEPS_MAX {
+                return err(format!(
+                    "a document path nests at most {} levels",
+                    PATH_STEPS_MAX + 1
+                ));
+            }
+            path.steps.push(step);
+        }
+    }
+
     fn value(&mut self) -> Result<AttributeValue, ExprError> {
         match self.next() {
             Some(Token::Value(value)) => Ok(value),
@@ -237,7 +275,7 @@ impl Parser {
                 self.symbol("(")?;
                 let value = match word.to_ascii_lowercase().as_str() {
                     "if_not_exists" => {
-                        let name = self.name()?;
+                        let name = self.path()?;
                         self.symbol(",")?;
                         SetValue::IfNotExists(name, Box::new(self.set_value(depth + 1)?))
                     }
@@ -253,7 +291,7 @@ impl Parser {
                 self.symbol(")")?;
                 Ok(value)
             }
-            Some(Token::Word(word)) => Ok(SetValue::Attribute(word)),
+            Some(Token::Word(word)) => Ok(SetValue::Attribute(self.path_from(word)?)),
             other => err(format!("expected a SET operand, found {other:?}")),
         }
     }
@@ -365,11 +403,11 @@ impl Parser {
                     && self.peek() == Some(&Token::Symbol("(")) =>
             {
                 self.symbol("(")?;
-                let name = self.name()?;
+                let path = self.path()?;
                 self.symbol(")")?;
-                Ok(Operand::Size(name))
+                Ok(Operand::Size(path))
             }
-            Some(Token::Word(word)) => Ok(Operand::Attribute(word)),
+            Some(Token::Word(word)) => Ok(Operand::Attribute(self.path_from(word)?)),
             Some(Token::Value(value)) => Ok(Operand::Value(value)),
             other => err(format!(
                 "expected an attribute, a :value or size(), found {other:?}"
@@ -380,18 +418,18 @@ impl Parser {
     fn function(&mut self, function: &str) -> Result<Condition, ExprError> {
         self.next();
         self.symbol("(")?;
-        let name = self.name()?;
+        let name = self.path()?;
         let condition = match function {
             "attribute_exists" => Condition::Exists(name),
             "attribute_not_exists" => Condition::NotExists(name),
             "begins_with" => {
                 self.symbol(",")?;
                 match self.operand()? {
-                    Operand::Value(prefix) => Condition::BeginsWith {
+                    Operand::Size(_) => return err("begins_with takes no size() as its prefix"),
+                    prefix => Condition::BeginsWith {
                         attribute: name,
                         prefix,
                     },
-                    _ => return err("begins_with takes a :value as its prefix, yet"),
                 }
             }
             "contains" => {
@@ -446,7 +484,7 @@ pub fn update(text: &str, placeholders: &Placeholders) -> Result<Vec<UpdateActio
         loop {
             match clause.as_str() {
                 "SET" => {
-                    let name = parser.name()?;
+                    let name = parser.path()?;
                     parser.symbol("=")?;
                     actions.push(match parser.set_value(0)? {
                         SetValue::Value(value) => UpdateAction::Set(name, value),
@@ -454,12 +492,12 @@ pub fn update(text: &str, placeholders: &Placeholders) -> Result<Vec<UpdateActio
                     });
                 }
                 "DELETE" => {
-                    let name = parser.name()?;
+                    let name = parser.path()?;
                     actions.push(UpdateAction::Delete(name, parser.value()?));
                 }
-                "REMOVE" => actions.push(UpdateAction::Remove(parser.name()?)),
+                "REMOVE" => actions.push(UpdateAction::Remove(parser.path()?)),
                 "ADD" => {
-                    let name = parser.name()?;
+                    let name = parser.path()?;
                     actions.push(UpdateAction::Add(name, parser.value()?));
                 }
                 other => return err(format!("update clause {other} is not supported yet")),
@@ -474,18 +512,32 @@ pub fn update(text: &str, placeholders: &Placeholders) -> Result<Vec<UpdateActio
     if actions.is_empty() {
         return err("UpdateExpression is empty");
     }
+    refuse_overlaps(actions.iter().map(UpdateAction::path))?;
     Ok(actions)
 }
 
-/// A ProjectionExpression: top-level attribute names, comma-separated.
-pub fn projection(text: &str, placeholders: &Placeholders) -> Result<Vec<String>, ExprError> {
+/// DynamoDB refuses two paths where one is the other or lies under it.
+fn refuse_overlaps<'a>(paths: impl Iterator<Item = &'a Path> + Clone) -> Result<(), ExprError> {
+    for (i, one) in paths.clone().enumerate() {
+        if let Some(two) = paths.clone().skip(i + 1).find(|two| one.overlaps(two)) {
+            return err(format!(
+                "Two document paths overlap with each other; must remove or rewrite one of these paths; path one: [{one}], path two: [{two}]"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A ProjectionExpression: document paths, comma-separated.
+pub fn projection(text: &str, placeholders: &Placeholders) -> Result<Vec<Path>, ExprError> {
     let mut parser = Parser::new(text, placeholders)?;
-    let mut names = vec![parser.name()?];
+    let mut paths = vec![parser.path()?];
     while !parser.done() {
         parser.symbol(",")?;
-        names.push(parser.name()?);
+        paths.push(parser.path()?);
     }
-    Ok(names)
+    refuse_overlaps(paths.iter())?;
+    Ok(paths)
 }
 
 /// A KeyConditionExpression: the partition key's value, and the sort-key
@@ -618,7 +670,46 @@ mod tests {
                 )
             )
         );
-        assert!(update("SET a.b = :a", &p).is_err());
+        assert_eq!(
+            update("SET a.#s[2].b = :a", &p).unwrap(),
+            vec![UpdateAction::Set(
+                Path::top("a")
+                    .then(Step::Key("status".into()))
+                    .then(Step::Index(2))
+                    .then(Step::Key("b".into())),
+                AttributeValue::S("a".into())
+            )]
+        );
+        // Overlapping paths, malformed indexes and over-deep paths.
+        for bad in [
+            "SET a = :a, a.b = :a",
+            "SET a[1] = :a REMOVE a[1]",
+            "REMOVE a[x]",
+            "REMOVE a[-1]",
+            "REMOVE a[99999999999]",
+            "REMOVE a.",
+            "REMOVE a[1",
+        ] {
+            assert!(update(bad, &p).is_err(), "{bad}");
+        }
+        let deep = format!("REMOVE a{}", ".b".repeat(PATH_STEPS_MAX + 1));
+        assert!(update(&deep, &p).is_err());
+        assert!(update("REMOVE a[1], a[2], a.b, c", &p).is_ok());
+        assert!(projection("a.b, a", &p).is_err());
+        assert_eq!(
+            condition("size(a[0]) > :one AND begins_with(b.c, d)", &p).unwrap(),
+            Condition::And(
+                Box::new(Condition::CompareOperands {
+                    left: Operand::Size(Path::top("a").then(Step::Index(0))),
+                    op: CompareOp::Gt,
+                    right: Operand::Value(AttributeValue::N("1".parse().unwrap())),
+                }),
+                Box::new(Condition::BeginsWith {
+                    attribute: Path::top("b").then(Step::Key("c".into())),
+                    prefix: Operand::Attribute(Path::top("d")),
+                })
+            )
+        );
         assert_eq!(
             update("DELETE s :a", &p).unwrap(),
             vec![UpdateAction::Delete(
@@ -660,7 +751,10 @@ mod tests {
         );
         assert!(key_condition("pk = :a AND begins_with(sk, :a) AND x = :a", &p).is_err());
         assert!(key_condition("pk = :a AND begins_with(sk :a)", &p).is_err());
-        assert_eq!(projection("a, #s,b", &p).unwrap(), vec!["a", "status", "b"]);
+        assert_eq!(
+            projection("a, #s,b", &p).unwrap(),
+            vec![Path::top("a"), Path::top("status"), Path::top("b")]
+        );
         assert!(projection("a b", &p).is_err());
     }
 

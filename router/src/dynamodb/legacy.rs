@@ -7,9 +7,9 @@
 
 use std::ops::Bound;
 
-use cairn_common::AttributeValue;
 use cairn_common::condition::{CompareOp, Condition, IN_OPERANDS_MAX, Operand};
 use cairn_common::update::UpdateAction;
+use cairn_common::{AttributeValue, Path};
 use serde_json::Value as Json;
 
 use super::api::ApiError;
@@ -95,7 +95,7 @@ fn comparison(
         Ok(list.remove(0))
     };
     let compare = |op, value| Condition::Compare {
-        attribute: name.to_owned(),
+        attribute: Path::top(name),
         op,
         value,
     };
@@ -108,19 +108,19 @@ fn comparison(
         "GE" => compare(CompareOp::Ge, one(&mut list)?),
         "NOT_NULL" => {
             arity(0, &list)?;
-            Condition::Exists(name.to_owned())
+            Condition::Exists(Path::top(name))
         }
         "NULL" => {
             arity(0, &list)?;
-            Condition::NotExists(name.to_owned())
+            Condition::NotExists(Path::top(name))
         }
         "BEGINS_WITH" => Condition::BeginsWith {
-            attribute: name.to_owned(),
-            prefix: one(&mut list)?,
+            attribute: Path::top(name),
+            prefix: Operand::Value(one(&mut list)?),
         },
         "CONTAINS" | "NOT_CONTAINS" => {
             let contains = Condition::Contains {
-                attribute: name.to_owned(),
+                attribute: Path::top(name),
                 operand: Operand::Value(one(&mut list)?),
             };
             if operator == "CONTAINS" {
@@ -136,7 +136,7 @@ fn comparison(
                 )));
             }
             Condition::In {
-                value: Operand::Attribute(name.to_owned()),
+                value: Operand::Attribute(Path::top(name)),
                 list: list.into_iter().map(Operand::Value).collect(),
             }
         }
@@ -145,7 +145,7 @@ fn comparison(
             let high = list.pop().expect("two values");
             let low = list.pop().expect("two values");
             Condition::Between {
-                value: Operand::Attribute(name.to_owned()),
+                value: Operand::Attribute(Path::top(name)),
                 low: Operand::Value(low),
                 high: Operand::Value(high),
             }
@@ -192,14 +192,14 @@ pub fn expected(body: &Json) -> Result<Option<Condition>, ApiError> {
             value,
         ) {
             (Some(operator), _, _) => comparison(name, operator, values(spec, name)?)?,
-            (None, Some(false), None) => Condition::NotExists(name.clone()),
+            (None, Some(false), None) => Condition::NotExists(Path::top(name.clone())),
             (None, Some(false), Some(_)) => {
                 return Err(ApiError::validation(format!(
                     "One or more parameter values were invalid: Value cannot be used when Exists is false (on {name})"
                 )));
             }
             (None, _, Some(value)) => Condition::Compare {
-                attribute: name.clone(),
+                attribute: Path::top(name.clone()),
                 op: CompareOp::Eq,
                 value,
             },
@@ -317,10 +317,10 @@ pub fn attribute_updates(body: &Json) -> Result<Option<Vec<UpdateAction>>, ApiEr
             spec.get("Action").and_then(Json::as_str).unwrap_or("PUT"),
             value,
         ) {
-            ("PUT", Some(value)) => UpdateAction::Set(name.clone(), value),
-            ("DELETE", None) => UpdateAction::Remove(name.clone()),
-            ("DELETE", Some(value)) => UpdateAction::Delete(name.clone(), value),
-            ("ADD", Some(value)) => UpdateAction::Add(name.clone(), value),
+            ("PUT", Some(value)) => UpdateAction::Set(Path::top(name.clone()), value),
+            ("DELETE", None) => UpdateAction::Remove(Path::top(name.clone())),
+            ("DELETE", Some(value)) => UpdateAction::Delete(Path::top(name.clone()), value),
+            ("ADD", Some(value)) => UpdateAction::Add(Path::top(name.clone()), value),
             (action, _) => {
                 return Err(ApiError::validation(format!(
                     "AttributeUpdates.{name}: Action {action} needs a Value (or is unknown)"
@@ -333,14 +333,14 @@ pub fn attribute_updates(body: &Json) -> Result<Option<Vec<UpdateAction>>, ApiEr
 }
 
 /// `AttributesToGet`: a list of names.
-pub fn attributes_to_get(body: &Json) -> Result<Option<Vec<String>>, ApiError> {
+pub fn attributes_to_get(body: &Json) -> Result<Option<Vec<Path>>, ApiError> {
     match body.get("AttributesToGet") {
         None => Ok(None),
         Some(Json::Array(names)) if !names.is_empty() => names
             .iter()
             .map(|n| {
                 n.as_str()
-                    .map(str::to_owned)
+                    .map(Path::top)
                     .ok_or_else(|| ApiError::validation("AttributesToGet holds strings"))
             })
             .collect::<Result<Vec<_>, _>>()
@@ -419,7 +419,7 @@ mod tests {
             attributes_to_get(&json!({"AttributesToGet": ["a", "b"]}))
                 .unwrap()
                 .unwrap(),
-            ["a", "b"]
+            [Path::top("a"), Path::top("b")]
         );
     }
 }
