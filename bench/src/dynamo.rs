@@ -41,12 +41,16 @@ impl DynamoConn {
     }
 
     /// Sends `operation` with `body`; returns the JSON answer of a 200.
-    pub async fn call(&mut self, operation: &str, body: &Json) -> Result<Json, CallError> {
+    pub async fn call(
+        &mut self,
+        operation: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<Json, CallError> {
         let io = |e: std::io::Error| CallError {
             retryable: true,
             message: e.to_string(),
         };
-        let body = serde_json::to_vec(body).expect("JSON values serialize");
+        let body = serde_json::to_vec(body).expect("requests serialize");
         let mut headers = vec![
             ("host".to_owned(), self.host.clone()),
             (

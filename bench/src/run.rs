@@ -26,7 +26,7 @@ use anyhow::{Context, bail};
 use cairn_common::client::{Client, ClientError};
 use cairn_common::quic::{Endpoint, Identity};
 use cairn_common::update::UpdateAction;
-use cairn_common::wire::ErrorCode;
+use cairn_common::wire::{ErrorCode, ReturnValues};
 use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType};
 use glommio::{LocalExecutorBuilder, Placement};
 use rand::rngs::StdRng;
@@ -38,7 +38,7 @@ use crate::histogram::Recorder;
 use crate::ycsb::{
     FIELD_COUNT, KeyChooser, Operation, Workload, WorkloadName, field_name, field_value, key_name,
 };
-use cairn_router::dynamodb::json::item_to_json;
+use cairn_router::dynamodb::json::{ItemJson, item_to_json};
 use serde_json::json;
 
 /// The YCSB table's name.
@@ -431,11 +431,18 @@ impl Conn {
         match self {
             Conn::Native(client) => Ok(client.put_item(TABLE, item, None).await?),
             Conn::Dynamo(conn) => {
-                conn.call(
-                    "PutItem",
-                    &json!({"TableName": TABLE, "Item": item_to_json(item)}),
-                )
-                .await?;
+                #[derive(serde::Serialize)]
+                struct Put<'a> {
+                    #[serde(rename = "TableName")]
+                    table: &'a str,
+                    #[serde(rename = "Item")]
+                    item: ItemJson<'a>,
+                }
+                let body = Put {
+                    table: TABLE,
+                    item: ItemJson(item),
+                };
+                conn.call("PutItem", &body).await?;
                 Ok(())
             }
         }
@@ -449,8 +456,20 @@ impl Conn {
                 .map(|_| ())
                 .map_err(Into::into),
             Conn::Dynamo(conn) => {
-                let body =
-                    json!({"TableName": TABLE, "Key": item_to_json(key), "ConsistentRead": true});
+                #[derive(serde::Serialize)]
+                struct Get<'a> {
+                    #[serde(rename = "TableName")]
+                    table: &'a str,
+                    #[serde(rename = "Key")]
+                    key: ItemJson<'a>,
+                    #[serde(rename = "ConsistentRead")]
+                    consistent: bool,
+                }
+                let body = Get {
+                    table: TABLE,
+                    key: ItemJson(key),
+                    consistent: true,
+                };
                 conn.call("GetItem", &body).await?;
                 Ok(())
             }
@@ -462,8 +481,9 @@ impl Conn {
         match self {
             Conn::Native(client) => {
                 let changes = vec![UpdateAction::Set(field.into(), AttributeValue::S(value))];
+                // As the DynamoDB form below: no item in the answer.
                 client
-                    .update_item(TABLE, key, &changes, None)
+                    .update_returning(TABLE, key, &changes, None, ReturnValues::None)
                     .await
                     .map(|_| ())
                     .map_err(Into::into)

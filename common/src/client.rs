@@ -205,6 +205,8 @@ impl Client {
         }
     }
 
+    /// Updates an item (creating it if absent); returns the item as the
+    /// update left it.
     pub async fn update_item(
         &self,
         table: &str,
@@ -212,15 +214,37 @@ impl Client {
         changes: &[UpdateAction],
         condition: Option<&Condition>,
     ) -> Result<Item, ClientError> {
+        match self
+            .update_returning(table, key, changes, condition, ReturnValues::AllNew)
+            .await?
+        {
+            Some(item) => Ok(item),
+            None => Err(ClientError::UnexpectedResponse {
+                request: "UpdateItem",
+            }),
+        }
+    }
+
+    /// Updates an item and returns the image `returns` asks for: `None`
+    /// for `ReturnValues::None`, or when there was no such item.
+    pub async fn update_returning(
+        &self,
+        table: &str,
+        key: &Item,
+        changes: &[UpdateAction],
+        condition: Option<&Condition>,
+        returns: ReturnValues,
+    ) -> Result<Option<Item>, ClientError> {
         let request = ClientRequest::UpdateItem {
             table: table.into(),
             key: key.to_bytes(),
             changes: changes.iter().map(WireChange::from_action).collect(),
             condition: condition.map(WireCondition::from_condition),
-            returns: ReturnValues::AllNew,
+            returns,
         };
         match self.call(&request).await? {
-            Response::Item(Some(item)) => Ok(wire::decode_item(&item)?),
+            Response::Done => Ok(None),
+            Response::Item(item) => Ok(item.as_deref().map(wire::decode_item).transpose()?),
             _ => Err(ClientError::UnexpectedResponse {
                 request: "UpdateItem",
             }),

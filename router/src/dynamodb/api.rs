@@ -10,7 +10,7 @@ use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType, Path}
 use serde_json::{Value as Json, json};
 
 use super::expr::{Placeholders, SortCondition};
-use super::json::{item_from_json, item_to_json};
+use super::json::{Body, ItemJson, item_from_json, item_to_json};
 use crate::State;
 
 /// Partitions a table created through this endpoint gets.
@@ -244,16 +244,16 @@ fn return_values(body: &Json, updating: bool) -> Result<ReturnValues, ApiError> 
 }
 
 /// A write's answer: `Attributes` when it returned an item image.
-fn written(response: Response, keep: impl Fn(&Item) -> Item) -> Result<Json, ApiError> {
+fn written(response: Response, keep: impl Fn(&Item) -> Item) -> Result<Reply, ApiError> {
     match response {
-        Response::Done | Response::Item(None) => Ok(json!({})),
+        Response::Done | Response::Item(None) => Ok(json!({}).into()),
         Response::Item(Some(bytes)) => {
             let item = Item::decode(&bytes).map_err(|e| ApiError::internal(e.to_string()))?;
             let kept = keep(&item);
             if kept.is_empty() {
-                return Ok(json!({}));
+                return Ok(json!({}).into());
             }
-            Ok(json!({ "Attributes": item_to_json(&kept) }))
+            Ok(json!({ "Attributes": item_to_json(&kept) }).into())
         }
         _ => Err(unexpected()),
     }
@@ -369,11 +369,16 @@ impl Shaping {
         })
     }
 
-    fn project(&self, item: &Item) -> Json {
+    /// The item as the projection shapes it.
+    fn projected<'a>(&self, item: &'a Item) -> std::borrow::Cow<'a, Item> {
         match &self.projection {
-            None => item_to_json(item),
-            Some(paths) => item_to_json(&cairn_common::path::project(item, paths)),
+            None => std::borrow::Cow::Borrowed(item),
+            Some(paths) => std::borrow::Cow::Owned(cairn_common::path::project(item, paths)),
         }
+    }
+
+    fn project(&self, item: &Item) -> Json {
+        item_to_json(&self.projected(item))
     }
 }
 
@@ -382,28 +387,37 @@ fn page_json(
     more: bool,
     schema: &KeySchema,
     shaping: &Shaping,
-) -> Result<Json, ApiError> {
+) -> Result<Reply, ApiError> {
     let decoded: Vec<Item> = items
         .iter()
         .map(|bytes| Item::decode(bytes))
         .collect::<Result<_, _>>()
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let matching: Vec<Json> = decoded
+    let matching: Vec<std::borrow::Cow<'_, Item>> = decoded
         .iter()
         .filter(|item| shaping.filter.as_ref().is_none_or(|f| f.holds(Some(item))))
-        .map(|item| shaping.project(item))
+        .map(|item| shaping.projected(item))
         .collect();
-    let mut page = json!({
-        "Count": matching.len(),
-        "ScannedCount": decoded.len(),
-    });
-    if !shaping.count_only {
-        page["Items"] = Json::Array(matching);
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Page<'a> {
+        count: usize,
+        scanned_count: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        items: Option<Vec<ItemJson<'a>>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        last_evaluated_key: Option<Json>,
     }
-    if more && let Some(last) = decoded.last() {
-        page["LastEvaluatedKey"] = key_of(last, schema);
-    }
-    Ok(page)
+    let page = Page {
+        count: matching.len(),
+        scanned_count: decoded.len(),
+        items: (!shaping.count_only).then(|| matching.iter().map(|i| ItemJson(i)).collect()),
+        last_evaluated_key: decoded
+            .last()
+            .filter(|_| more)
+            .map(|last| key_of(last, schema)),
+    };
+    Ok(serialized(&page))
 }
 
 async fn table_of(
@@ -416,16 +430,55 @@ async fn table_of(
     })
 }
 
-fn key_item(body: &Json) -> Result<Item, ApiError> {
-    item_from_json(field(body, "Key")?).map_err(|e| ApiError::validation(format!("Key: {e}")))
+/// The request's `Key`: parsed already, or from the JSON.
+fn key_item(body: &Json, parsed: Option<Item>) -> Result<Item, ApiError> {
+    match parsed {
+        Some(key) => Ok(key),
+        None => item_from_json(field(body, "Key")?)
+            .map_err(|e| ApiError::validation(format!("Key: {e}"))),
+    }
 }
 
-/// Runs one operation; returns the JSON answer.
+/// An operation's answer: JSON to serialize, or a body written already.
+#[derive(Debug)]
+pub enum Reply {
+    Json(Json),
+    Bytes(Vec<u8>),
+}
+
+impl From<Json> for Reply {
+    fn from(json: Json) -> Reply {
+        Reply::Json(json)
+    }
+}
+
+impl Reply {
+    /// Appends the body to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        match self {
+            Reply::Json(json) => serde_json::to_writer(out, json).expect("JSON values serialize"),
+            Reply::Bytes(bytes) => out.extend_from_slice(bytes),
+        }
+    }
+}
+
+/// Serializes a reply written straight from items.
+fn serialized(value: &impl serde::Serialize) -> Reply {
+    Reply::Bytes(serde_json::to_vec(value).expect("items serialize"))
+}
+
+/// Runs one operation; returns its answer.
 pub(crate) async fn dispatch(
     state: &State,
     operation: &str,
-    body: &Json,
-) -> Result<Json, ApiError> {
+    body: Body,
+) -> Result<Reply, ApiError> {
+    let Body {
+        json: body,
+        item: parsed_item,
+        key: parsed_key,
+    } = body;
+    let body = &body;
     match operation {
         "CreateTable" => {
             let table = string(body, "TableName")?.to_owned();
@@ -441,7 +494,7 @@ pub(crate) async fn dispatch(
             else {
                 return Err(unexpected());
             };
-            Ok(json!({ "TableDescription": describe_json(&description, "ACTIVE")? }))
+            Ok(json!({ "TableDescription": describe_json(&description, "ACTIVE")? }).into())
         }
         "DescribeTable" => {
             let table = string(body, "TableName")?.to_owned();
@@ -450,13 +503,13 @@ pub(crate) async fn dispatch(
             else {
                 return Err(unexpected());
             };
-            Ok(json!({ "Table": describe_json(&description, "ACTIVE")? }))
+            Ok(json!({ "Table": describe_json(&description, "ACTIVE")? }).into())
         }
         "ListTables" => {
             let Response::Tables(names) = call(state, ClientRequest::ListTables).await? else {
                 return Err(unexpected());
             };
-            Ok(json!({ "TableNames": names }))
+            Ok(json!({ "TableNames": names }).into())
         }
         "DeleteTable" => {
             let table = string(body, "TableName")?.to_owned();
@@ -471,12 +524,15 @@ pub(crate) async fn dispatch(
                 return Err(unexpected());
             };
             call(state, ClientRequest::DeleteTable { table }).await?;
-            Ok(json!({ "TableDescription": describe_json(&description, "DELETING")? }))
+            Ok(json!({ "TableDescription": describe_json(&description, "DELETING")? }).into())
         }
         "PutItem" => {
             let (table, condition, returns) = conditional_write(body)?;
-            let item = item_from_json(field(body, "Item")?)
-                .map_err(|e| ApiError::validation(format!("Item: {e}")))?;
+            let item = match parsed_item {
+                Some(item) => item,
+                None => item_from_json(field(body, "Item")?)
+                    .map_err(|e| ApiError::validation(format!("Item: {e}")))?,
+            };
             let request = ClientRequest::PutItem {
                 table,
                 item: item.to_bytes(),
@@ -488,7 +544,7 @@ pub(crate) async fn dispatch(
         "GetItem" => {
             refuse_unsupported(body)?;
             let table = string(body, "TableName")?.to_owned();
-            let key = key_item(body)?;
+            let key = key_item(body, parsed_key)?;
             let consistent = consistent_read(body)?;
             let placeholders = Placeholders::from_request(body).map_err(expression_error)?;
             let shaping = Shaping::from_request(body, &placeholders)?;
@@ -508,14 +564,22 @@ pub(crate) async fn dispatch(
                 Some(bytes) => {
                     let item =
                         Item::decode(&bytes).map_err(|e| ApiError::internal(e.to_string()))?;
-                    Ok(json!({ "Item": shaping.project(&item) }))
+                    #[derive(serde::Serialize)]
+                    struct Found<'a> {
+                        #[serde(rename = "Item")]
+                        item: ItemJson<'a>,
+                    }
+                    let item = shaping.projected(&item);
+                    Ok(serialized(&Found {
+                        item: ItemJson(&item),
+                    }))
                 }
-                None => Ok(json!({})),
+                None => Ok(json!({}).into()),
             }
         }
         "DeleteItem" => {
             let (table, condition, returns) = conditional_write(body)?;
-            let key = key_item(body)?;
+            let key = key_item(body, parsed_key)?;
             let request = ClientRequest::DeleteItem {
                 table,
                 key: key.to_bytes(),
@@ -527,7 +591,7 @@ pub(crate) async fn dispatch(
         "UpdateItem" => {
             refuse_unsupported(body)?;
             let table = string(body, "TableName")?.to_owned();
-            let key = key_item(body)?;
+            let key = key_item(body, parsed_key)?;
             let returns = return_values(body, true)?;
             let placeholders = Placeholders::from_request(body).map_err(expression_error)?;
             let actions = match super::legacy::attribute_updates(body)? {
@@ -679,8 +743,8 @@ pub(crate) async fn dispatch(
             };
             page_json(&items, last.is_some(), &table.schema, &shaping)
         }
-        "BatchWriteItem" => batch_write(state, body).await,
-        "BatchGetItem" => batch_get(state, body).await,
+        "BatchWriteItem" => batch_write(state, body).await.map(Reply::from),
+        "BatchGetItem" => batch_get(state, body).await.map(Reply::from),
         "TransactWriteItems" | "TransactGetItems" => Err(ApiError::validation(format!(
             "{operation} is not supported by Cairn's DynamoDB endpoint yet (see docs/dynamodb-api.md)"
         ))),

@@ -163,6 +163,226 @@ pub fn map_to_json(map: &BTreeMap<String, AttributeValue>) -> Json {
     )
 }
 
+/// An item written as DynamoDB JSON straight from the item model, with
+/// no `serde_json::Value` tree in between (the hot path of every read).
+#[derive(Debug)]
+pub struct ItemJson<'a>(pub &'a Item);
+
+struct ValueJson<'a>(&'a AttributeValue);
+
+/// Base64 text, written without an intermediate String.
+struct Base64<'a>(&'a [u8]);
+
+/// A value written through its `Display`.
+struct Text<'a, T: std::fmt::Display>(&'a T);
+
+impl serde::Serialize for Base64<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&base64::display::Base64Display::new(
+            self.0,
+            &base64::engine::general_purpose::STANDARD,
+        ))
+    }
+}
+
+impl<T: std::fmt::Display> serde::Serialize for Text<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self.0)
+    }
+}
+
+impl serde::Serialize for ItemJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(name, value)| (name, ValueJson(value))))
+    }
+}
+
+impl serde::Serialize for ValueJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(1))?;
+        match self.0 {
+            AttributeValue::S(s) => map.serialize_entry("S", s)?,
+            AttributeValue::N(n) => map.serialize_entry("N", &Text(n))?,
+            AttributeValue::B(b) => map.serialize_entry("B", &Base64(b))?,
+            AttributeValue::Bool(b) => map.serialize_entry("BOOL", b)?,
+            AttributeValue::Null => map.serialize_entry("NULL", &true)?,
+            AttributeValue::L(list) => {
+                let values: Vec<ValueJson<'_>> = list.iter().map(ValueJson).collect();
+                map.serialize_entry("L", &values)?;
+            }
+            AttributeValue::M(m) => {
+                let values: BTreeMap<&String, ValueJson<'_>> =
+                    m.iter().map(|(k, v)| (k, ValueJson(v))).collect();
+                map.serialize_entry("M", &values)?;
+            }
+            AttributeValue::Ss(set) => map.serialize_entry("SS", set)?,
+            AttributeValue::Ns(set) => {
+                let texts: Vec<Text<'_, Number>> = set.iter().map(Text).collect();
+                map.serialize_entry("NS", &texts)?;
+            }
+            AttributeValue::Bs(set) => {
+                let texts: Vec<Base64<'_>> = set.iter().map(|b| Base64(b)).collect();
+                map.serialize_entry("BS", &texts)?;
+            }
+        }
+        map.end()
+    }
+}
+
+/// An item read straight from DynamoDB JSON into the item model. Any
+/// problem is an error: the caller then parses the slow way, which names
+/// the problem as DynamoDB does.
+struct ItemIn(Item);
+
+struct ValueIn(AttributeValue);
+
+impl<'de> serde::Deserialize<'de> for ItemIn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let attributes = BTreeMap::<String, ValueIn>::deserialize(deserializer)?;
+        Ok(ItemIn(
+            attributes
+                .into_iter()
+                .map(|(k, ValueIn(v))| (k, v))
+                .collect(),
+        ))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ValueIn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(ValueVisitor)
+    }
+}
+
+struct ValueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ValueVisitor {
+    type Value = ValueIn;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an attribute value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ValueIn, A::Error> {
+        use serde::de::Error;
+        let tag: std::borrow::Cow<'de, str> = map
+            .next_key()?
+            .ok_or_else(|| A::Error::custom("an attribute value needs a type key"))?;
+        let invalid = |e: JsonError| A::Error::custom(e.0);
+        let value = match &*tag {
+            "S" => AttributeValue::S(map.next_value()?),
+            "N" => AttributeValue::N(
+                number(&map.next_value::<std::borrow::Cow<'de, str>>()?).map_err(invalid)?,
+            ),
+            "B" => AttributeValue::B(
+                binary(&map.next_value::<std::borrow::Cow<'de, str>>()?).map_err(invalid)?,
+            ),
+            "BOOL" => AttributeValue::Bool(map.next_value()?),
+            "NULL" => match map.next_value()? {
+                true => AttributeValue::Null,
+                false => return Err(A::Error::custom("NULL must be true")),
+            },
+            "L" => AttributeValue::L(
+                map.next_value::<Vec<ValueIn>>()?
+                    .into_iter()
+                    .map(|ValueIn(v)| v)
+                    .collect(),
+            ),
+            "M" => AttributeValue::M(
+                map.next_value::<BTreeMap<String, ValueIn>>()?
+                    .into_iter()
+                    .map(|(k, ValueIn(v))| (k, v))
+                    .collect(),
+            ),
+            "SS" => AttributeValue::Ss(map.next_value::<Vec<String>>()?.into_iter().collect()),
+            "NS" => AttributeValue::Ns(
+                map.next_value::<Vec<std::borrow::Cow<'de, str>>>()?
+                    .iter()
+                    .map(|n| number(n))
+                    .collect::<Result<_, _>>()
+                    .map_err(invalid)?,
+            ),
+            "BS" => AttributeValue::Bs(
+                map.next_value::<Vec<std::borrow::Cow<'de, str>>>()?
+                    .iter()
+                    .map(|b| binary(b))
+                    .collect::<Result<_, _>>()
+                    .map_err(invalid)?,
+            ),
+            other => {
+                return Err(A::Error::custom(format!(
+                    "unknown attribute type {other:?}"
+                )));
+            }
+        };
+        if map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+            return Err(A::Error::custom(
+                "an attribute value must have exactly one type key",
+            ));
+        }
+        Ok(ValueIn(value))
+    }
+}
+
+/// A request body: its JSON, with the top-level `Item` and `Key` (when
+/// they parse) already in the item model instead of in the JSON.
+#[derive(Debug, Default)]
+pub struct Body {
+    pub json: Json,
+    pub item: Option<Item>,
+    pub key: Option<Item>,
+}
+
+impl Body {
+    /// Parses `bytes`: `Item` and `Key` straight into items; if anything
+    /// about them is wrong, the whole body as plain JSON, so the operation
+    /// reports the problem in DynamoDB's terms.
+    pub fn parse(bytes: &[u8]) -> Result<Body, serde_json::Error> {
+        match serde_json::from_slice::<Body>(bytes) {
+            Ok(body) => Ok(body),
+            Err(_) => Ok(Body {
+                json: serde_json::from_slice(bytes)?,
+                item: None,
+                key: None,
+            }),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Body {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BodyVisitor;
+        impl<'de> serde::de::Visitor<'de> for BodyVisitor {
+            type Value = Body;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Body, A::Error> {
+                use serde::de::Error;
+                let mut body = Body::default();
+                let mut rest = Map::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    let duplicate = match name.as_str() {
+                        "Item" => body.item.replace(map.next_value::<ItemIn>()?.0).is_some(),
+                        "Key" => body.key.replace(map.next_value::<ItemIn>()?.0).is_some(),
+                        _ => rest.insert(name, map.next_value()?).is_some(),
+                    };
+                    if duplicate {
+                        // Plain JSON keeps the last; leave it to that path.
+                        return Err(A::Error::custom("duplicate key"));
+                    }
+                }
+                body.json = Json::Object(rest);
+                Ok(body)
+            }
+        }
+        deserializer.deserialize_map(BodyVisitor)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +419,40 @@ mod tests {
         ] {
             assert!(value_from_json(&bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_direct_codec_agrees_with_the_json_tree() {
+        let json = json!({
+            "s": {"S": "te\"xt\u{e9}"}, "n": {"N": "-12.50"}, "b": {"B": "AAEC"}, "t": {"BOOL": true},
+            "z": {"NULL": true}, "l": {"L": [{"N": "1"}, {"S": "x"}, {"L": []}]},
+            "m": {"M": {"k": {"BOOL": false}, "deep": {"M": {"x": {"NS": ["3", "1e2"]}}}}},
+            "ss": {"SS": ["b", "a"]}, "ns": {"NS": ["1", "2"]}, "bs": {"BS": ["AQ==", "AA=="]}
+        });
+        let item = item_from_json(&json).unwrap();
+        let direct: Json =
+            serde_json::from_slice(&serde_json::to_vec(&ItemJson(&item)).unwrap()).unwrap();
+        assert_eq!(direct, item_to_json(&item));
+        let request = json!({"TableName": "t", "Item": json, "Key": {"k": {"S": "v"}}, "Limit": 3});
+        let body = Body::parse(&serde_json::to_vec(&request).unwrap()).unwrap();
+        assert_eq!(body.item, Some(item));
+        assert_eq!(
+            body.key,
+            Some(item_from_json(&json!({"k": {"S": "v"}})).unwrap())
+        );
+        assert_eq!(body.json, json!({"TableName": "t", "Limit": 3}));
+        // Anything wrong with Item or Key leaves them in the JSON, for the
+        // operation to report in DynamoDB's terms.
+        for bad in [
+            json!({"Item": {"a": {"N": "abc"}}}),
+            json!({"Item": {"a": {"S": "x", "N": "1"}}}),
+            json!({"Key": {"a": {"XX": "x"}}}),
+            json!({"Key": {"a": {"NULL": false}}}),
+            json!({"Item": "not an item"}),
+        ] {
+            let body = Body::parse(&serde_json::to_vec(&bad).unwrap()).unwrap();
+            assert_eq!((body.item, body.key, &body.json), (None, None, &bad));
+        }
+        assert!(Body::parse(b"{not json").is_err());
     }
 }

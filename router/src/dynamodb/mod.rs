@@ -14,14 +14,15 @@ pub mod legacy;
 pub mod sigv4;
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::rc::Rc;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
-use serde_json::Value as Json;
 
 use crate::State;
-use api::ApiError;
+use api::{ApiError, Reply};
+use json::Body;
 
 const HEADER_BYTES_MAX: usize = 64 * 1024;
 const BODY_BYTES_MAX: usize = 16 << 20;
@@ -48,13 +49,41 @@ pub(crate) async fn serve(state: Rc<State>, listener: TcpListener, access: Rc<Ac
     }
 }
 
+/// A request's head: its text in one string, and where each part lies in
+/// it (one allocation for all headers, not two per header).
 #[derive(Clone)]
 struct Parsed {
     header_len: usize,
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
+    text: String,
+    method: Range<usize>,
+    path: Range<usize>,
+    headers: Vec<(Range<usize>, Range<usize>)>,
     content_length: usize,
+}
+
+impl Parsed {
+    fn method(&self) -> &str {
+        &self.text[self.method.clone()]
+    }
+
+    fn path(&self) -> &str {
+        &self.text[self.path.clone()]
+    }
+
+    /// The first header of this name, in any case.
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| self.text[n.clone()].eq_ignore_ascii_case(name))
+            .map(|(_, v)| &self.text[v.clone()])
+    }
+
+    fn header_pairs(&self) -> Vec<(&str, &str)> {
+        self.headers
+            .iter()
+            .map(|(n, v)| (&self.text[n.clone()], &self.text[v.clone()]))
+            .collect()
+    }
 }
 
 enum ParseOutcome {
@@ -68,28 +97,32 @@ fn parse(buffer: &[u8]) -> ParseOutcome {
     let mut request = httparse::Request::new(&mut slots);
     match request.parse(buffer) {
         Ok(httparse::Status::Complete(header_len)) => {
-            let headers: Vec<(String, String)> = request
+            let mut text = String::with_capacity(header_len);
+            let mut push = |part: &[u8]| {
+                let start = text.len();
+                text.push_str(&String::from_utf8_lossy(part));
+                start..text.len()
+            };
+            let method = push(request.method.unwrap_or_default().as_bytes());
+            let path = push(request.path.unwrap_or("/").as_bytes());
+            let headers: Vec<(Range<usize>, Range<usize>)> = request
                 .headers
                 .iter()
-                .map(|h| {
-                    (
-                        h.name.to_owned(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
+                .map(|h| (push(h.name.as_bytes()), push(h.value)))
                 .collect();
-            let content_length = headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-                .and_then(|(_, v)| v.trim().parse().ok())
-                .unwrap_or(0);
-            ParseOutcome::Complete(Parsed {
+            let mut parsed = Parsed {
                 header_len,
-                method: request.method.unwrap_or_default().to_owned(),
-                path: request.path.unwrap_or("/").to_owned(),
+                text,
+                method,
+                path,
                 headers,
-                content_length,
-            })
+                content_length: 0,
+            };
+            parsed.content_length = parsed
+                .header("content-length")
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            ParseOutcome::Complete(parsed)
         }
         Ok(httparse::Status::Partial) => ParseOutcome::Partial,
         Err(_) => ParseOutcome::Bad("malformed HTTP request"),
@@ -149,12 +182,11 @@ async fn connection(state: Rc<State>, mut stream: TcpStream, access: Rc<Access>)
             }
         }
         let close = parsed
-            .headers
-            .iter()
-            .any(|(n, v)| n.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close"));
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
         let response = match handle(&state, &access, &parsed, &buffer[parsed.header_len..end]).await
         {
-            Ok(json) => (200, json),
+            Ok(reply) => (200, reply),
             Err(error) => error.into_response(),
         };
         buffer.drain(..end);
@@ -175,8 +207,8 @@ async fn handle(
     access: &Access,
     request: &Parsed,
     body: &[u8],
-) -> Result<Json, ApiError> {
-    let (operation, json) = if body.len() >= OFFLOAD_BYTES_MIN {
+) -> Result<Reply, ApiError> {
+    let (operation, body) = if body.len() >= OFFLOAD_BYTES_MIN {
         let (access, request, body) = (access.clone(), request.clone(), body.to_vec());
         glommio::executor()
             .spawn_blocking(move || prepare(&access, &request, &body))
@@ -184,19 +216,21 @@ async fn handle(
     } else {
         prepare(access, request, body)?
     };
-    api::dispatch(state, &operation, &json).await
+    api::dispatch(state, &operation, body).await
 }
 
 /// The work proportional to the body: the signature check (which hashes
 /// it) and JSON parsing. Returns the operation and the parsed body.
-fn prepare(access: &Access, request: &Parsed, body: &[u8]) -> Result<(String, Json), ApiError> {
+fn prepare(access: &Access, request: &Parsed, body: &[u8]) -> Result<(String, Body), ApiError> {
     if access.require_signature {
-        let (path, query) = request.path.split_once('?').unwrap_or((&request.path, ""));
+        let full_path = request.path();
+        let (path, query) = full_path.split_once('?').unwrap_or((full_path, ""));
+        let headers = request.header_pairs();
         let signed = sigv4::SignedRequest {
-            method: &request.method,
+            method: request.method(),
             path,
             query,
-            headers: &request.headers,
+            headers: &headers,
             body,
         };
         sigv4::verify(&signed, &access.keys, unix_now()).map_err(|error| match error {
@@ -210,12 +244,7 @@ fn prepare(access: &Access, request: &Parsed, body: &[u8]) -> Result<(String, Js
             }
         })?;
     }
-    let target = request
-        .headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case("x-amz-target"))
-        .map(|(_, v)| v.as_str())
-        .unwrap_or_default();
+    let target = request.header("x-amz-target").unwrap_or_default();
     let Some(operation) = target.strip_prefix(TARGET_PREFIX) else {
         return Err(ApiError::new(
             400,
@@ -223,14 +252,14 @@ fn prepare(access: &Access, request: &Parsed, body: &[u8]) -> Result<(String, Js
             format!("Unknown target {target:?}"),
         ));
     };
-    let json: Json = serde_json::from_slice(body).map_err(|e| {
+    let body = Body::parse(body).map_err(|e| {
         ApiError::new(
             400,
             "com.amazon.coral.service#SerializationException",
             e.to_string(),
         )
     })?;
-    Ok((operation.to_owned(), json))
+    Ok((operation.to_owned(), body))
 }
 
 /// Wall-clock seconds: signatures carry wall-clock dates. This is the IO
@@ -243,17 +272,18 @@ pub fn unix_now() -> u64 {
 }
 
 impl ApiError {
-    fn into_response(self) -> (u16, Json) {
-        (self.status, self.body())
+    fn into_response(self) -> (u16, Reply) {
+        (self.status, Reply::Json(self.body()))
     }
 }
 
 async fn respond(
     stream: &mut TcpStream,
-    (status, json): &(u16, Json),
+    (status, reply): &(u16, Reply),
     close: bool,
 ) -> std::io::Result<()> {
-    let body = serde_json::to_vec(json).expect("JSON values serialize");
+    let mut body = Vec::new();
+    reply.write_to(&mut body);
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",

@@ -32,33 +32,72 @@ pub struct SignedRequest<'a> {
     pub path: &'a str,
     pub query: &'a str,
     /// Header names in any case; values as received.
-    pub headers: &'a [(String, String)],
+    pub headers: &'a [(&'a str, &'a str)],
     pub body: &'a [u8],
 }
 
-/// Lowercase hex, without a formatting call (and a String) per byte: a
-/// request's signature check hexes three digests.
-fn hex(bytes: &[u8]) -> String {
+/// Appends lowercase hex, without a formatting call (and a String) per
+/// byte: a request's signature check hexes three digests.
+fn hex_into(out: &mut String, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
+    out.reserve(bytes.len() * 2);
     for b in bytes {
         out.push(char::from(DIGITS[usize::from(b >> 4)]));
         out.push(char::from(DIGITS[usize::from(b & 0xF)]));
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    hex_into(&mut out, bytes);
     out
 }
 
-fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
+fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(data);
-    mac.finalize().into_bytes().to_vec()
+    mac.finalize().into_bytes().into()
 }
 
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+/// The signing key of a credential scope: four HMACs, the same for every
+/// request of a day. Each thread keeps the last one it derived.
+fn signing_key(
+    access_key: &str,
+    secret: &str,
+    date: &str,
+    region: &str,
+    service: &str,
+) -> [u8; 32] {
+    type Cached = Option<(String, [u8; 32])>;
+    thread_local! {
+        static LAST: std::cell::RefCell<Cached> = const { std::cell::RefCell::new(None) };
+    }
+    // The secret is part of the identity: a key whose secret changed is
+    // derived afresh.
+    let identity = [
+        access_key, "\0", secret, "\0", date, "\0", region, "\0", service,
+    ]
+    .concat();
+    if let Some(key) = LAST.with_borrow(|last| {
+        last.as_ref()
+            .filter(|(id, _)| *id == identity)
+            .map(|(_, key)| *key)
+    }) {
+        return key;
+    }
+    let mut key = hmac(format!("AWS4{secret}").as_bytes(), date.as_bytes());
+    for part in [region.as_bytes(), service.as_bytes(), b"aws4_request"] {
+        key = hmac(&key, part);
+    }
+    LAST.set(Some((identity, key)));
+    key
+}
+
+fn header<'a, S: AsRef<str>>(headers: &'a [(S, S)], name: &str) -> Option<&'a str> {
     headers
         .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
+        .find(|(n, _)| n.as_ref().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_ref())
 }
 
 /// How far a request's `X-Amz-Date` may be from `now`, as in AWS.
@@ -114,6 +153,65 @@ pub fn parse_amz_date(text: &str) -> Option<u64> {
     u64::try_from(days * 86_400 + hour * 3600 + minute * 60 + second).ok()
 }
 
+/// SigV4's string to sign for `request`: the canonical request (method,
+/// path, sorted query, the signed headers lowercased with their values'
+/// whitespace folded, the body's SHA-256), hashed, after the date and the
+/// credential scope. Built in place, with no formatting calls.
+fn string_to_sign(
+    request: &SignedRequest<'_>,
+    signed_headers: &str,
+    amz_date: &str,
+    [date, region, service]: [&str; 3],
+) -> Result<String, AuthError> {
+    let mut canonical = String::with_capacity(256 + request.headers.len() * 64);
+    canonical.push_str(request.method);
+    canonical.push('\n');
+    canonical.push_str(if request.path.is_empty() {
+        "/"
+    } else {
+        request.path
+    });
+    canonical.push('\n');
+    if !request.query.is_empty() {
+        let mut query: Vec<&str> = request.query.split('&').filter(|q| !q.is_empty()).collect();
+        query.sort_unstable();
+        for (i, part) in query.iter().enumerate() {
+            if i > 0 {
+                canonical.push('&');
+            }
+            canonical.push_str(part);
+        }
+    }
+    canonical.push('\n');
+    for name in signed_headers.split(';') {
+        let value = header(request.headers, name).ok_or_else(|| {
+            AuthError::InvalidSignature(format!("Signed header {name} is missing."))
+        })?;
+        canonical.extend(name.chars().map(|c| c.to_ascii_lowercase()));
+        canonical.push(':');
+        for (i, word) in value.split_whitespace().enumerate() {
+            if i > 0 {
+                canonical.push(' ');
+            }
+            canonical.push_str(word);
+        }
+        canonical.push('\n');
+    }
+    canonical.push('\n');
+    canonical.push_str(signed_headers);
+    canonical.push('\n');
+    hex_into(&mut canonical, &Sha256::digest(request.body));
+    let mut string_to_sign = String::with_capacity(160);
+    string_to_sign.push_str("AWS4-HMAC-SHA256\n");
+    string_to_sign.push_str(amz_date);
+    string_to_sign.push('\n');
+    for part in [date, "/", region, "/", service, "/aws4_request\n"] {
+        string_to_sign.push_str(part);
+    }
+    hex_into(&mut string_to_sign, &Sha256::digest(canonical.as_bytes()));
+    Ok(string_to_sign)
+}
+
 /// Checks the request's signature against `secrets` (access key → secret),
 /// and its date against `now_unix_secs`.
 pub fn verify(
@@ -167,45 +265,11 @@ pub fn verify(
         )));
     }
 
-    let mut canonical_headers = String::new();
-    for name in signed_headers.split(';') {
-        let value = header(request.headers, name).ok_or_else(|| {
-            AuthError::InvalidSignature(format!("Signed header {name} is missing."))
-        })?;
-        let folded = value.split_whitespace().collect::<Vec<_>>().join(" ");
-        canonical_headers.push_str(&format!("{}:{}\n", name.to_ascii_lowercase(), folded));
-    }
-    let mut query: Vec<&str> = request.query.split('&').filter(|q| !q.is_empty()).collect();
-    query.sort_unstable();
-    let canonical_request = format!(
-        "{}\n{}\n{}\n{}\n{}\n{}",
-        request.method,
-        if request.path.is_empty() {
-            "/"
-        } else {
-            request.path
-        },
-        query.join("&"),
-        canonical_headers,
-        signed_headers,
-        hex(&Sha256::digest(request.body))
-    );
-    let scope = format!("{date}/{region}/{service}/aws4_request");
-    let string_to_sign = format!(
-        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
-        hex(&Sha256::digest(canonical_request.as_bytes()))
-    );
-    let key = [
-        date.as_bytes(),
-        region.as_bytes(),
-        service.as_bytes(),
-        b"aws4_request",
-    ]
-    .iter()
-    .fold(format!("AWS4{secret}").into_bytes(), |key, part| {
-        hmac(&key, part)
-    });
-    let expected = hex(&hmac(&key, string_to_sign.as_bytes()));
+    let string_to_sign =
+        string_to_sign(request, signed_headers, amz_date, [date, region, service])?;
+    let key = signing_key(access_key, secret, date, region, service);
+    let mut expected = String::with_capacity(64);
+    hex_into(&mut expected, &hmac(&key, string_to_sign.as_bytes()));
     // Constant-time comparison.
     let differs = expected.len() != signature.len()
         || expected
@@ -238,35 +302,33 @@ pub fn sign(
         .collect();
     names.sort();
     let signed_headers = names.join(";");
-    let mut canonical_headers = String::new();
-    for name in &names {
-        let value = header(request, name).unwrap_or_default();
-        canonical_headers.push_str(&format!("{name}:{}\n", value.trim()));
-    }
-    let canonical_request = format!(
-        "{method}\n{path}\n\n{canonical_headers}\n{signed_headers}\n{}",
-        hex(&Sha256::digest(body))
-    );
     let date = &amz_date[..8];
-    let scope = format!("{date}/{region}/dynamodb/aws4_request");
-    let string_to_sign = format!(
-        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
-        hex(&Sha256::digest(canonical_request.as_bytes()))
-    );
-    let signing = [
-        date.as_bytes(),
-        region.as_bytes(),
-        b"dynamodb".as_slice(),
-        b"aws4_request",
-    ]
-    .iter()
-    .fold(format!("AWS4{}", key.1).into_bytes(), |k, part| {
-        hmac(&k, part)
-    });
+    let pairs: Vec<(&str, &str)> = request
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let signed = SignedRequest {
+        method,
+        path,
+        query: "",
+        headers: &pairs,
+        body,
+    };
+    let string_to_sign = string_to_sign(
+        &signed,
+        &signed_headers,
+        amz_date,
+        [date, region, "dynamodb"],
+    )
+    .expect("every signed header is present");
+    let signing = signing_key(key.0, key.1, date, region, "dynamodb");
     let signature = hex(&hmac(&signing, string_to_sign.as_bytes()));
     request.push((
         "authorization".into(),
-        format!("AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}", key.0),
+        format!(
+            "AWS4-HMAC-SHA256 Credential={}/{date}/{region}/dynamodb/aws4_request, SignedHeaders={signed_headers}, Signature={signature}",
+            key.0
+        ),
     ));
 }
 
@@ -327,11 +389,15 @@ mod tests {
             &amz_date(NOW),
             "us-east-1",
         );
+        let pairs: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
         let request = SignedRequest {
             method: "POST",
             path: "/",
             query: "",
-            headers: &headers,
+            headers: &pairs,
             body: b"{}",
         };
         assert_eq!(verify(&request, &secrets, NOW + 14 * 60), Ok(()));
@@ -351,11 +417,15 @@ mod tests {
         let body = br#"{"Limit":1}"#;
         let headers = signed(body, ("AKCAIRN", "s3cret"));
         let request = |headers: &[(String, String)], body: &[u8]| {
+            let pairs: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
             let request = SignedRequest {
                 method: "POST",
                 path: "/",
                 query: "",
-                headers,
+                headers: &pairs,
                 body,
             };
             verify(&request, &secrets, NOW)
