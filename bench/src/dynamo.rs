@@ -24,6 +24,8 @@ pub struct DynamoConn {
 #[derive(Debug, Clone)]
 pub struct CallError {
     pub retryable: bool,
+    /// A ProvisionedThroughputExceededException.
+    pub throttled: bool,
     pub message: String,
 }
 
@@ -47,6 +49,7 @@ impl DynamoConn {
         body: &impl serde::Serialize,
     ) -> Result<Json, CallError> {
         let io = |e: std::io::Error| CallError {
+            throttled: false,
             retryable: true,
             message: e.to_string(),
         };
@@ -98,6 +101,7 @@ impl DynamoConn {
                 Ok(httparse::Status::Partial) => {}
                 Err(e) => {
                     return Err(CallError {
+                        throttled: false,
                         retryable: false,
                         message: e.to_string(),
                     });
@@ -106,6 +110,7 @@ impl DynamoConn {
             let n = self.stream.read(&mut self.chunk).await.map_err(io)?;
             if n == 0 {
                 return Err(CallError {
+                    throttled: false,
                     retryable: true,
                     message: "connection closed".into(),
                 });
@@ -116,6 +121,7 @@ impl DynamoConn {
             let n = self.stream.read(&mut self.chunk).await.map_err(io)?;
             if n == 0 {
                 return Err(CallError {
+                    throttled: false,
                     retryable: true,
                     message: "connection closed".into(),
                 });
@@ -126,6 +132,7 @@ impl DynamoConn {
             serde_json::from_slice(&self.buffer[header_len..header_len + content_length]);
         self.buffer.drain(..header_len + content_length);
         let json = json.map_err(|e| CallError {
+            throttled: false,
             retryable: false,
             message: e.to_string(),
         })?;
@@ -134,9 +141,10 @@ impl DynamoConn {
                 .get("__type")
                 .and_then(Json::as_str)
                 .unwrap_or_default();
-            let retryable =
-                status >= 500 || kind.ends_with("ProvisionedThroughputExceededException");
+            let throttled = kind.ends_with("ProvisionedThroughputExceededException");
+            let retryable = status >= 500 || throttled;
             return Err(CallError {
+                throttled,
                 retryable,
                 message: format!("{status} {kind}"),
             });

@@ -23,6 +23,8 @@ fn new_histogram() -> Histogram<u64> {
 pub struct Recorder {
     latencies: BTreeMap<Operation, Histogram<u64>>,
     errors: BTreeMap<Operation, u64>,
+    /// Attempts the cluster throttled (each retried, with backoff).
+    throttles: BTreeMap<Operation, u64>,
 }
 
 impl Recorder {
@@ -37,6 +39,14 @@ impl Recorder {
         *self.errors.entry(operation).or_default() += 1;
     }
 
+    pub fn record_throttle(&mut self, operation: Operation) {
+        *self.throttles.entry(operation).or_default() += 1;
+    }
+
+    pub fn throttles(&self) -> u64 {
+        self.throttles.values().sum()
+    }
+
     pub fn merge(&mut self, other: &Recorder) {
         for (operation, histogram) in &other.latencies {
             self.latencies
@@ -47,6 +57,9 @@ impl Recorder {
         }
         for (operation, count) in &other.errors {
             *self.errors.entry(*operation).or_default() += count;
+        }
+        for (operation, count) in &other.throttles {
+            *self.throttles.entry(*operation).or_default() += count;
         }
     }
 
@@ -67,7 +80,7 @@ impl Recorder {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<18} {:>9} {:>8} {:>8} {:>8} {:>9} {:>10} {:>9} {:>7}",
+            "{:<18} {:>9} {:>8} {:>8} {:>8} {:>9} {:>10} {:>9} {:>7} {:>9}",
             "operation",
             "count",
             "p50_us",
@@ -76,16 +89,18 @@ impl Recorder {
             "p99.9_us",
             "p99.99_us",
             "max_us",
-            "errors"
+            "errors",
+            "throttled"
         );
         for operation in Operation::ALL {
             let Some(h) = self.latencies.get(&operation) else {
                 continue;
             };
             let errors = self.errors.get(&operation).copied().unwrap_or(0);
+            let throttles = self.throttles.get(&operation).copied().unwrap_or(0);
             let _ = writeln!(
                 out,
-                "{:<18} {:>9} {:>8} {:>8} {:>8} {:>9} {:>10} {:>9} {:>7}",
+                "{:<18} {:>9} {:>8} {:>8} {:>8} {:>9} {:>10} {:>9} {:>7} {:>9}",
                 operation.name(),
                 h.len(),
                 h.value_at_quantile(0.5),
@@ -94,7 +109,8 @@ impl Recorder {
                 h.value_at_quantile(0.999),
                 h.value_at_quantile(0.9999),
                 h.max(),
-                errors
+                errors,
+                throttles
             );
         }
         out

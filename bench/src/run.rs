@@ -127,7 +127,7 @@ impl Report {
 
     pub fn to_json(&self) -> String {
         format!(
-            "{{\"workload\":\"{}\",\"clients\":{},\"target_ops_per_s\":{},\"duration_s\":{:.3},\"throughput_ops_per_s\":{:.1},\"errors\":{},\"operations\":{}}}",
+            "{{\"workload\":\"{}\",\"clients\":{},\"target_ops_per_s\":{},\"duration_s\":{:.3},\"throughput_ops_per_s\":{:.1},\"errors\":{},\"throttles\":{},\"operations\":{}}}",
             format!("{:?}", self.workload).to_lowercase(),
             self.clients,
             self.target_ops_per_s
@@ -135,6 +135,7 @@ impl Report {
             self.duration_s,
             self.throughput_ops_per_s(),
             self.recorder.errors(),
+            self.recorder.throttles(),
             self.recorder.json_operations()
         )
     }
@@ -288,11 +289,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         recorder,
     };
     println!(
-        "run: {} operations in {:.1} s: {:.0} ops/s, {} errors\n",
+        "run: {} operations in {:.1} s: {:.0} ops/s, {} errors, {} throttled attempts (retried)\n",
         report.recorder.operations(),
         report.duration_s,
         report.throughput_ops_per_s(),
-        report.recorder.errors()
+        report.recorder.errors(),
+        report.recorder.throttles()
     );
     let operations = report.recorder.operations().max(1);
     let process_us = process_cpu_us() - cpu_before;
@@ -405,6 +407,8 @@ enum Conn {
 #[derive(Debug)]
 struct OpError {
     retryable: bool,
+    /// Refused for capacity (ProvisionedThroughputExceeded).
+    throttled: bool,
     message: String,
 }
 
@@ -412,6 +416,7 @@ impl From<ClientError> for OpError {
     fn from(error: ClientError) -> Self {
         OpError {
             retryable: error.is_retryable(),
+            throttled: error.code() == Some(ErrorCode::Throttling),
             message: error.to_string(),
         }
     }
@@ -421,9 +426,25 @@ impl From<CallError> for OpError {
     fn from(error: CallError) -> Self {
         OpError {
             retryable: error.retryable,
+            throttled: error.throttled,
             message: error.message,
         }
     }
+}
+
+/// Attempts of one operation before it counts as an error, as the AWS
+/// SDKs retry DynamoDB calls.
+const ATTEMPTS_MAX: u32 = 8;
+/// Exponential backoff with full jitter: attempt `n` waits a uniform time
+/// up to `BACKOFF_BASE * 2^n`, at most `BACKOFF_CAP`.
+const BACKOFF_BASE: Duration = Duration::from_millis(4);
+const BACKOFF_CAP: Duration = Duration::from_millis(250);
+
+fn backoff(attempt: u32, rng: &mut StdRng) -> Duration {
+    let ceiling = BACKOFF_BASE
+        .saturating_mul(1 << attempt.min(16))
+        .min(BACKOFF_CAP);
+    ceiling.mul_f64(rng.random::<f64>())
 }
 
 impl Conn {
@@ -708,11 +729,30 @@ async fn run_client(
             return;
         }
         let operation = plan.workload.choose_operation(&mut rng);
-        let result = execute(&plan, &mut conn, operation, &mut chooser, &mut rng).await;
+        // Retried with backoff while retryable; the latency runs from the
+        // first attempt's intended start, as a caller sees it.
+        let mut attempt = 0;
+        let result = loop {
+            match execute(&plan, &mut conn, operation, &mut chooser, &mut rng).await {
+                Err(error) if error.retryable && attempt + 1 < ATTEMPTS_MAX => {
+                    if error.throttled {
+                        recorder.borrow_mut().record_throttle(operation);
+                    }
+                    glommio::timer::sleep(backoff(attempt, &mut rng)).await;
+                    attempt += 1;
+                }
+                other => break other,
+            }
+        };
         let mut recorder = recorder.borrow_mut();
         match result {
             Ok(()) => recorder.record(operation, intended.elapsed().as_micros() as u64),
-            Err(_) => recorder.record_error(operation),
+            Err(error) => {
+                if error.throttled {
+                    recorder.record_throttle(operation);
+                }
+                recorder.record_error(operation);
+            }
         }
     }
 }

@@ -159,6 +159,18 @@ impl PartitionBuckets {
         self.burst.deposit(unused);
     }
 
+    /// Takes `cost` after the fact — what a request turned out to cost
+    /// beyond what it was admitted with — from steady capacity, then from
+    /// saved capacity, as far as they go (a bucket never goes below
+    /// empty).
+    pub fn charge(&mut self, cost: u64, now_ns: u64) {
+        self.refill(now_ns);
+        let from_steady = cost.min(self.steady.tokens);
+        self.steady.tokens -= from_steady;
+        let rest = cost - from_steady;
+        self.burst.tokens -= rest.min(self.burst.tokens);
+    }
+
     /// Saved burst capacity.
     pub fn burst_available(&mut self, now_ns: u64) -> u64 {
         self.refill(now_ns);

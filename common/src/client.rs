@@ -14,8 +14,8 @@ use crate::key::KeySchema;
 use crate::quic::{Connection, Endpoint, TransportError};
 use crate::update::UpdateAction;
 use crate::wire::{
-    self, ClientRequest, DecodeError, ErrorCode, Response, ReturnValues, TableDescription,
-    WireBound, WireChange, WireCondition,
+    self, Capacity, ClientRequest, DecodeError, ErrorCode, Response, ReturnValues,
+    TableDescription, WireBound, WireChange, WireCondition,
 };
 
 /// How long a call may take before it fails with a retryable timeout.
@@ -107,16 +107,29 @@ impl Client {
         }
     }
 
+    /// Creates an on-demand table.
     pub async fn create_table(
         &self,
         table: &str,
         schema: &KeySchema,
         partitions: u32,
     ) -> Result<(), ClientError> {
+        self.create_table_with(table, schema, partitions, Capacity::OnDemand)
+            .await
+    }
+
+    pub async fn create_table_with(
+        &self,
+        table: &str,
+        schema: &KeySchema,
+        partitions: u32,
+        capacity: Capacity,
+    ) -> Result<(), ClientError> {
         let request = ClientRequest::CreateTable {
             table: table.into(),
             schema: schema.encode(),
             partitions,
+            capacity,
         };
         match self.call(&request).await? {
             Response::Done => Ok(()),

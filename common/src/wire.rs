@@ -102,6 +102,28 @@ impl ReturnValues {
     }
 }
 
+/// A table's capacity: provisioned read and write units per second (as
+/// DynamoDB defines them, docs/admission.md), or on demand.
+#[derive(
+    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default,
+)]
+pub enum Capacity {
+    #[default]
+    OnDemand,
+    Provisioned {
+        read_units: u32,
+        write_units: u32,
+    },
+}
+
+/// What one partition may serve per second, as its router tells its
+/// replicas with every request: its share of the table's capacity.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionLimit {
+    pub read_units: u32,
+    pub write_units: u32,
+}
+
 /// A table's shape, as DescribeTable returns it.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct TableDescription {
@@ -111,6 +133,7 @@ pub struct TableDescription {
     pub partitions: u32,
     /// "CREATING", "ACTIVE" or "DELETING".
     pub status: String,
+    pub capacity: Capacity,
 }
 
 /// What a client asks a router.
@@ -120,6 +143,7 @@ pub enum ClientRequest {
         table: String,
         schema: Vec<u8>,
         partitions: u32,
+        capacity: Capacity,
     },
     DescribeTable {
         table: String,
@@ -251,6 +275,9 @@ pub enum NodeOp {
 pub struct NodeRequest {
     pub partition: u64,
     pub op: NodeOp,
+    /// The partition's admission limit; `None` for requests no table's
+    /// capacity covers (metadata, tools).
+    pub limit: Option<PartitionLimit>,
 }
 
 /// Every message starts with the wire version.
@@ -396,6 +423,7 @@ pub struct WireTable {
     pub status: String,
     pub version: u64,
     pub partitions: u32,
+    pub capacity: Capacity,
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -645,6 +673,7 @@ mod tests {
     #[test]
     fn garbage_is_a_typed_error_never_a_crash() {
         let good = encode_node_request(&NodeRequest {
+            limit: None,
             partition: 9,
             op: NodeOp::Get {
                 key: vec![1, 2, 3],

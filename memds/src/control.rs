@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use cairn_common::group::{NODE_TIMEOUT, NodeLinks, SendError};
 use cairn_common::wire::{
-    self, ErrorCode, GroupMember, GroupSpec, NodeOp, NodeRequest, Response, ReturnValues,
+    self, Capacity, ErrorCode, GroupMember, GroupSpec, NodeOp, NodeRequest, Response, ReturnValues,
     WireBound, WireChange, WireCondition,
 };
 use cairn_common::{Item, KeySchema};
@@ -77,6 +77,7 @@ impl MetaClient {
     async fn call(&self, op: NodeOp) -> Response {
         let is_write = op.is_write();
         let request = wire::encode_node_request(&NodeRequest {
+            limit: None,
             partition: META_PARTITION,
             op,
         });
@@ -250,7 +251,18 @@ impl MetaClient {
         schema: KeySchema,
         partitions: u32,
         replicas: u32,
+        capacity: Capacity,
     ) -> Result<TableRecord, Response> {
+        if let Capacity::Provisioned {
+            read_units,
+            write_units,
+        } = capacity
+            && (read_units == 0 || write_units == 0)
+        {
+            return Err(validation(
+                "provisioned read and write capacity must each be at least 1 unit",
+            ));
+        }
         let valid_name = (3..=255).contains(&name.len())
             && name
                 .bytes()
@@ -290,6 +302,7 @@ impl MetaClient {
             version,
             partitions: meta::new_partitions(id, partitions, replicas, version, &nodes)
                 .map_err(|e| internal(e.to_string()))?,
+            capacity,
         };
         let claim = NodeOp::Put {
             item: record.to_item().to_bytes(),
@@ -411,7 +424,11 @@ async fn create_replica(
         schema: schema.encode(),
         group,
     };
-    let request = wire::encode_node_request(&NodeRequest { partition, op });
+    let request = wire::encode_node_request(&NodeRequest {
+        partition,
+        op,
+        limit: None,
+    });
     match links.send(addr, &request, NODE_TIMEOUT, NODE_TIMEOUT).await {
         Ok(
             Response::Done

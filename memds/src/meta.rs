@@ -10,7 +10,7 @@
 //! | `counter` | `version` | `n`: the map version, bumped after every change |
 //! | `counter` | `table_id` | `n`: the last table id handed out |
 //! | `node` | node id, 5 digits | `addr`, `cores`, `zone` |
-//! | `table` | table name | `id`, `schema`, `replicas`, `status`, `version`, `parts` |
+//! | `table` | table name | `id`, `schema`, `replicas`, `status`, `version`, `parts`, and `rcu`, `wcu` for a provisioned table |
 //!
 //! `parts` is the table's partition list (layout in `docs/metadata.md`).
 //! The group lives on the first nodes of the configured list, one per zone
@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use cairn_common::wire::Capacity;
 use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType, Number};
 
 use crate::map::{MapError, Partition, PartitionMap, REPLICAS_MAX, Replicas};
@@ -135,12 +136,21 @@ pub struct TableRecord {
     pub version: u64,
     /// Sorted by start; the first starts at 0.
     pub partitions: Vec<Partition>,
+    pub capacity: Capacity,
 }
 
 impl TableRecord {
     pub fn to_item(&self) -> Item {
-        key_item("table", &self.name)
-            .with("id", number(u64::from(self.id)))
+        let item = match self.capacity {
+            Capacity::OnDemand => key_item("table", &self.name),
+            Capacity::Provisioned {
+                read_units,
+                write_units,
+            } => key_item("table", &self.name)
+                .with("rcu", number(u64::from(read_units)))
+                .with("wcu", number(u64::from(write_units))),
+        };
+        item.with("id", number(u64::from(self.id)))
             .with("schema", AttributeValue::B(self.schema.encode()))
             .with("replicas", number(u64::from(self.replicas)))
             .with("status", AttributeValue::S(self.status.as_str().into()))
@@ -163,7 +173,17 @@ impl TableRecord {
             }
             _ => return Err(malformed(&name, "no partitions")),
         };
+        let capacity = match (item.get("rcu"), item.get("wcu")) {
+            (None, None) => Capacity::OnDemand,
+            _ => Capacity::Provisioned {
+                read_units: u32::try_from(unsigned(item, &name, "rcu")?)
+                    .map_err(|_| malformed(&name, "rcu out of range"))?,
+                write_units: u32::try_from(unsigned(item, &name, "wcu")?)
+                    .map_err(|_| malformed(&name, "wcu out of range"))?,
+            },
+        };
         Ok(TableRecord {
+            capacity,
             id: unsigned(item, &name, "id")? as u32,
             schema,
             replicas: unsigned(item, &name, "replicas")? as u32,
@@ -403,7 +423,19 @@ mod tests {
             status: TableStatus::Active,
             version: 42,
             partitions: new_partitions(7, 5, 3, 42, &nodes).unwrap(),
+            capacity: Capacity::Provisioned {
+                read_units: 300,
+                write_units: 100,
+            },
         };
+        let on_demand = TableRecord {
+            capacity: Capacity::OnDemand,
+            ..table.clone()
+        };
+        assert_eq!(
+            TableRecord::from_item(&on_demand.to_item()).unwrap(),
+            on_demand
+        );
         let mut snapshot = Snapshot::default();
         for n in &nodes {
             snapshot.absorb(&n.to_item()).unwrap();

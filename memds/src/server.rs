@@ -136,6 +136,7 @@ impl Served {
                     status: t.status.as_str().into(),
                     version: t.version,
                     partitions: t.partitions.len() as u32,
+                    capacity: t.capacity,
                 })
                 .collect(),
             nodes: snapshot

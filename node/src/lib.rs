@@ -13,6 +13,7 @@
 //! [`replication`] the per-shard driver that runs it over the WAL, the
 //! network and the clock (docs/replication.md).
 
+pub mod admission;
 pub mod btree;
 pub mod device;
 pub mod engine;

@@ -732,6 +732,7 @@ impl Replication {
             .expect("serializing to memory cannot fail")
             .to_vec();
         let request = NodeRequest {
+            limit: None,
             partition: 0,
             op: NodeOp::Replication { batch },
         };

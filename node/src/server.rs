@@ -7,13 +7,15 @@
 //! `NotLeader` with a hint. Consistent reads are checked against the
 //! leader's lease. The same port carries replication batches from peers.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::time::Instant;
 
 use cairn_common::quic::{Connection, Endpoint};
 use cairn_common::wire::{self, DecodeError, ErrorCode, NodeOp, NodeRequest, Response, WireBound};
 use cairn_common::{Item, KeySchema};
 
+use crate::admission::Admission;
 use crate::device::DmaFs;
 use crate::engine::{Engine, EngineError};
 use crate::replication::Replication;
@@ -49,6 +51,74 @@ impl EngineError {
     }
 }
 
+/// A shard's admission state and the clock it runs on.
+#[derive(Debug)]
+pub struct Admitter {
+    epoch: Instant,
+    admission: RefCell<Admission>,
+}
+
+impl Admitter {
+    pub fn new() -> Admitter {
+        Admitter {
+            epoch: Instant::now(),
+            admission: RefCell::new(Admission::new(0)),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Admits `op` under the partition's `limit`, or says why not.
+    fn admit(
+        &self,
+        partition: u64,
+        limit: wire::PartitionLimit,
+        op: &NodeOp,
+    ) -> Result<(), Response> {
+        let now = self.now_ns();
+        let mut admission = self.admission.borrow_mut();
+        let (admitted, kind) = match op {
+            NodeOp::Get { consistent, .. } | NodeOp::Scan { consistent, .. } => (
+                admission.admit_read(partition, limit, *consistent, now),
+                "read",
+            ),
+            NodeOp::Put { item, .. } => (
+                admission.admit_write(partition, limit, item.len(), now),
+                "write",
+            ),
+            NodeOp::Update { .. } | NodeOp::Delete { .. } => {
+                (admission.admit_write(partition, limit, 0, now), "write")
+            }
+            _ => (Ok(()), ""),
+        };
+        admitted.map_err(|_| {
+            Response::error(
+                ErrorCode::Throttling,
+                format!(
+                    "The level of configured provisioned throughput for the table was exceeded: partition {partition} is over its {kind} capacity; retry"
+                ),
+            )
+        })
+    }
+
+    /// Charges a read what the items it returned cost beyond its first
+    /// unit.
+    fn charge_read(&self, partition: u64, bytes: usize, consistent: bool) {
+        let now = self.now_ns();
+        self.admission
+            .borrow_mut()
+            .charge_read(partition, bytes, consistent, now);
+    }
+}
+
+impl Default for Admitter {
+    fn default() -> Self {
+        Admitter::new()
+    }
+}
+
 /// Accepts connections on `endpoint` and serves them on this shard.
 pub async fn serve(
     engine: Rc<Engine<DmaFs>>,
@@ -57,15 +127,20 @@ pub async fn serve(
     in_flight: Rc<Cell<usize>>,
     in_flight_max: usize,
 ) {
+    let admitter = Rc::new(Admitter::new());
     while let Ok(connection) = endpoint.accept().await {
-        let (engine, replication, in_flight) =
-            (engine.clone(), replication.clone(), in_flight.clone());
+        let (engine, replication, in_flight, admitter) = (
+            engine.clone(),
+            replication.clone(),
+            in_flight.clone(),
+            admitter.clone(),
+        );
         glommio::spawn_local(serve_connection(
             engine,
             replication,
+            admitter,
             connection,
-            in_flight,
-            in_flight_max,
+            (in_flight, in_flight_max),
         ))
         .detach();
     }
@@ -74,9 +149,9 @@ pub async fn serve(
 async fn serve_connection(
     engine: Rc<Engine<DmaFs>>,
     replication: Option<Rc<Replication>>,
+    admitter: Rc<Admitter>,
     connection: Connection,
-    in_flight: Rc<Cell<usize>>,
-    in_flight_max: usize,
+    (in_flight, in_flight_max): (Rc<Cell<usize>>, usize),
 ) {
     while let Ok(request) = connection.next_request().await {
         if in_flight.get() >= in_flight_max {
@@ -85,15 +160,16 @@ async fn serve_connection(
             continue;
         }
         in_flight.set(in_flight.get() + 1);
-        let (engine, replication, connection, in_flight) = (
+        let (engine, replication, connection, in_flight, admitter) = (
             engine.clone(),
             replication.clone(),
             connection.clone(),
             in_flight.clone(),
+            admitter.clone(),
         );
         glommio::spawn_local(async move {
             let response = match request.body {
-                Ok(body) => answer(&engine, replication.as_ref(), &body).await,
+                Ok(body) => answer(&engine, replication.as_ref(), &admitter, &body).await,
                 Err(error) => Response::error(ErrorCode::Malformed, error.to_string()),
             };
             in_flight.set(in_flight.get() - 1);
@@ -107,6 +183,7 @@ async fn serve_connection(
 async fn answer(
     engine: &Engine<DmaFs>,
     replication: Option<&Rc<Replication>>,
+    admitter: &Admitter,
     body: &[u8],
 ) -> Response {
     let request = match wire::decode_node_request(body) {
@@ -141,11 +218,20 @@ async fn answer(
         }
         _ => {}
     }
+    // Before anything else is spent on it. (A follower that will answer
+    // NotLeader spends its own tokens too; the leader's are the ones that
+    // hold a write back.)
+    if let Some(limit) = request.limit
+        && let Err(throttled) = admitter.admit(partition, limit, &request.op)
+    {
+        return throttled;
+    }
     let is_write = request.op.is_write();
     let read_consistency = match &request.op {
         NodeOp::Get { consistent, .. } | NodeOp::Scan { consistent, .. } => Some(*consistent),
         _ => None,
     };
+    let limited = request.limit.is_some();
     let op = match to_op(request) {
         Ok(op) => op,
         Err(error) => return Response::error(ErrorCode::Malformed, error.to_string()),
@@ -165,7 +251,7 @@ async fn answer(
             return response;
         }
     }
-    match execute(engine, partition, op).await {
+    let response = match execute(engine, partition, op).await {
         Ok(Outcome::Done) => Response::Done,
         Ok(Outcome::Item(item)) => Response::Item(item.map(|i| i.to_bytes())),
         Ok(Outcome::Page(page)) => Response::Page {
@@ -173,7 +259,16 @@ async fn answer(
             last_key: page.last_key,
         },
         Err(error) => Response::error(error.code(), error.to_string()),
+    };
+    if limited && let Some(consistent) = read_consistency {
+        let bytes = match &response {
+            Response::Item(Some(item)) => item.len(),
+            Response::Page { items, .. } => items.iter().map(Vec::len).sum(),
+            _ => 0,
+        };
+        admitter.charge_read(partition, bytes, consistent);
     }
+    response
 }
 
 async fn create_replicated(

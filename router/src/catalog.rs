@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use cairn_common::KeySchema;
-use cairn_common::wire::{WireNode, WireTable};
+use cairn_common::wire::{Capacity, PartitionLimit, WireNode, WireTable};
 use cairn_memds::meta::{NodeRecord, TableStatus};
 
 pub use cairn_memds::meta::PARTITIONS_MAX;
@@ -47,9 +47,31 @@ pub struct Table {
     pub replicas: u32,
     pub status: TableStatus,
     pub version: u64,
+    pub capacity: Capacity,
 }
 
 impl Table {
+    /// What each partition may serve: a provisioned table's capacity split
+    /// evenly over its partitions (rounded up, at least one unit each).
+    /// An on-demand table has no limit yet: its capacity is to follow its
+    /// traffic (issue 6), and until partitions split for heat a fixed cap
+    /// would throttle a table that DynamoDB would have split.
+    pub fn partition_limit(&self) -> Option<PartitionLimit> {
+        match self.capacity {
+            Capacity::OnDemand => None,
+            Capacity::Provisioned {
+                read_units,
+                write_units,
+            } => {
+                let share = |units: u32| units.div_ceil(self.partitions.max(1)).max(1);
+                Some(PartitionLimit {
+                    read_units: share(read_units),
+                    write_units: share(write_units),
+                })
+            }
+        }
+    }
+
     fn from_wire(table: &WireTable) -> Option<(String, Table)> {
         Some((
             table.name.clone(),
@@ -60,6 +82,7 @@ impl Table {
                 replicas: table.replicas,
                 status: TableStatus::parse(&table.status)?,
                 version: table.version,
+                capacity: table.capacity,
             },
         ))
     }

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use cairn_common::group::NodeLinks;
 use cairn_common::quic::{Connection, Endpoint, Identity};
 use cairn_common::wire::{
-    self, ClientRequest, ErrorCode, MemdsRequest, MemdsResponse, NodeOp, NodeRequest, Response,
-    TableDescription, WireBound, WireTable,
+    self, Capacity, ClientRequest, ErrorCode, MemdsRequest, MemdsResponse, NodeOp, NodeRequest,
+    PartitionLimit, Response, TableDescription, WireBound, WireTable,
 };
 use cairn_common::{AttributeValue, Item, ItemError, KeySchema};
 use cairn_memds::control::MetaClient;
@@ -479,13 +479,18 @@ impl State {
                 table,
                 schema,
                 partitions,
-            } => self.create_table(table, &schema, partitions).await,
+                capacity,
+            } => {
+                self.create_table(table, &schema, partitions, capacity)
+                    .await
+            }
             ClientRequest::DescribeTable { table } => match self.any_table(&table).await {
                 Ok(t) => Response::Table(TableDescription {
                     name: table,
                     schema: t.schema.encode(),
                     partitions: t.partitions,
                     status: t.status.as_str().into(),
+                    capacity: t.capacity,
                 }),
                 Err(response) => response,
             },
@@ -728,7 +733,10 @@ impl State {
     async fn forward_key(&self, table: &Table, encoded_key: &[u8], op: NodeOp) -> Response {
         let hash = partition_hash(partition_prefix(encoded_key));
         match self.locate(table.id, hash).await {
-            Ok(located) => self.forward(&located.partition, op).await,
+            Ok(located) => {
+                self.forward(&located.partition, table.partition_limit(), op)
+                    .await
+            }
             Err(response) => response,
         }
     }
@@ -770,7 +778,12 @@ impl State {
     }
 
     /// Sends `op` to a partition's replicas.
-    async fn forward(&self, partition: &Partition, op: NodeOp) -> Response {
+    async fn forward(
+        &self,
+        partition: &Partition,
+        limit: Option<PartitionLimit>,
+        op: NodeOp,
+    ) -> Response {
         let addrs: Option<Vec<SocketAddr>> = {
             let catalog = self.catalog.borrow();
             partition
@@ -804,20 +817,27 @@ impl State {
         let request = wire::encode_node_request(&NodeRequest {
             partition: partition.id,
             op,
+            limit,
         });
         self.links
             .forward(partition.id, &addrs, &request, is_write, any_replica)
             .await
     }
 
-    async fn create_table(&self, name: String, schema: &[u8], partitions: u32) -> Response {
+    async fn create_table(
+        &self,
+        name: String,
+        schema: &[u8],
+        partitions: u32,
+        capacity: Capacity,
+    ) -> Response {
         let schema = match KeySchema::decode(schema) {
             Ok(schema) => schema,
             Err(error) => return validation(error),
         };
         let record = match self
             .meta
-            .create_table(&name, schema, partitions, self.replicas)
+            .create_table(&name, schema, partitions, self.replicas, capacity)
             .await
         {
             Ok(record) => record,
@@ -984,7 +1004,10 @@ impl State {
                 resume_after: resume.take(),
                 consistent,
             };
-            match self.forward(&located.partition, op).await {
+            match self
+                .forward(&located.partition, table.partition_limit(), op)
+                .await
+            {
                 Response::Page {
                     items: page,
                     last_key,

@@ -333,6 +333,32 @@ assert error_code(lambda: ddb.scan(TableName="events", ConsistentRead=True, Segm
 too_many = [{"PutRequest": {"Item": {"user": {"S": "x"}, "ts": {"N": str(i)}}}} for i in range(26)]
 assert error_code(lambda: ddb.batch_write_item(RequestItems={"events": too_many})) == "ValidationException"
 
+# Provisioned capacity: DescribeTable reports it, and writes beyond it are
+# throttled with DynamoDB's retryable error (this client does not retry).
+ddb.create_table(
+    TableName="slow",
+    KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+    AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+    ProvisionedThroughput={"ReadCapacityUnits": 4, "WriteCapacityUnits": 4},
+)
+slow = ddb.describe_table(TableName="slow")["Table"]
+assert slow["BillingModeSummary"]["BillingMode"] == "PROVISIONED", slow
+assert slow["ProvisionedThroughput"]["WriteCapacityUnits"] == 4, slow
+codes = []
+for i in range(60):
+    try:
+        ddb.put_item(TableName="slow", Item={"pk": {"S": str(i)}})
+        codes.append("ok")
+    except botocore.exceptions.ClientError as error:
+        codes.append(error.response["Error"]["Code"])
+assert set(codes) == {"ok", "ProvisionedThroughputExceededException"}, codes
+ddb.delete_table(TableName="slow")
+for bad in [dict(BillingMode="PAY_PER_REQUEST", ProvisionedThroughput={"ReadCapacityUnits": 1, "WriteCapacityUnits": 1}),
+            dict(BillingMode="PROVISIONED"), {}]:
+    assert error_code(lambda: ddb.create_table(
+        TableName="never", KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}], **bad)) == "ValidationException", bad
+
 # Credentials: wrong secret, unknown key, no signature at all.
 assert error_code(lambda: client(secret_key="wrong").list_tables()) == "InvalidSignatureException"
 assert error_code(lambda: client(key="AKUNKNOWN").list_tables()) == "UnrecognizedClientException"

@@ -502,3 +502,62 @@ fn pages_stop_at_a_mebibyte() {
         assert_eq!(count, 30);
     });
 }
+
+/// A provisioned table's partitions admit their share of its capacity and
+/// throttle the rest with a retryable error; an on-demand table beside it
+/// on the same node is not held back.
+#[test]
+fn provisioned_capacity_throttles_its_own_table_only() {
+    use cairn_common::wire::Capacity;
+    let cluster = cluster();
+    with_client(&cluster, async |client| {
+        let capacity = Capacity::Provisioned {
+            read_units: 20,
+            write_units: 10,
+        };
+        client
+            .create_table_with("limited", &schema(), 1, capacity)
+            .await
+            .unwrap();
+        client.create_table("free", &schema(), 1).await.unwrap();
+        let described = client.describe_table("limited").await.unwrap();
+        assert_eq!(described.capacity, capacity);
+        let started = std::time::Instant::now();
+        let (mut admitted, mut throttled) = (0u64, 0u64);
+        for ts in 0..100 {
+            match client.put_item("limited", &key("w", ts), None).await {
+                Ok(()) => admitted += 1,
+                Err(error) => {
+                    assert_eq!(error.code(), Some(ErrorCode::Throttling), "{error}");
+                    assert!(error.is_retryable());
+                    throttled += 1;
+                }
+            }
+        }
+        // A full second to start, plus what refilled while it ran (the
+        // partition has saved nothing yet: it is new).
+        let allowed = 10 + (10.0 * started.elapsed().as_secs_f64()).ceil() as u64;
+        assert!(
+            (10..=allowed).contains(&admitted),
+            "{admitted} admitted, {allowed} allowed"
+        );
+        assert_eq!(admitted + throttled, 100);
+        // The other table's writes all pass, at the same time.
+        for ts in 0..100 {
+            client.put_item("free", &key("w", ts), None).await.unwrap();
+        }
+        // Reads draw on their own units: a second's worth, plus what the
+        // partition saved since its first request (burst capacity).
+        let mut read = 0u64;
+        for ts in 0..100 {
+            if client.get_item("limited", &key("w", ts)).await.is_ok() {
+                read += 1;
+            }
+        }
+        let allowed = 20 + (20.0 * started.elapsed().as_secs_f64()).ceil() as u64;
+        assert!(
+            (20..=allowed).contains(&read),
+            "{read} reads, {allowed} allowed"
+        );
+    });
+}

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use cairn_common::client::Client;
 use cairn_common::quic::{Endpoint, Identity};
+use cairn_common::wire::Capacity;
 use cairn_common::{KeyAttribute, KeySchema, KeyType};
 use glommio::{LocalExecutorBuilder, Placement};
 
@@ -31,6 +32,13 @@ pub enum TableCommand {
         sort_key: Option<String>,
         #[arg(long, default_value_t = 4)]
         partitions: u32,
+        /// Provisioned read units per second (with --write-units); without
+        /// both, the table is on demand.
+        #[arg(long, requires = "write_units")]
+        read_units: Option<u32>,
+        /// Provisioned write units per second (with --read-units).
+        #[arg(long, requires = "read_units")]
+        write_units: Option<u32>,
         #[command(flatten)]
         router: RouterArgs,
     },
@@ -48,6 +56,16 @@ pub enum TableCommand {
         #[command(flatten)]
         router: RouterArgs,
     },
+}
+
+fn capacity_text(capacity: Capacity) -> String {
+    match capacity {
+        Capacity::OnDemand => "on demand".into(),
+        Capacity::Provisioned {
+            read_units,
+            write_units,
+        } => format!("{read_units} read and {write_units} write units per second"),
+    }
 }
 
 fn attribute(spec: &str) -> anyhow::Result<KeyAttribute> {
@@ -94,15 +112,29 @@ pub fn run(command: TableCommand) -> anyhow::Result<()> {
             partition_key,
             sort_key,
             partitions,
+            read_units,
+            write_units,
             router,
         } => {
             let schema = KeySchema::new(
                 attribute(&partition_key)?,
                 sort_key.as_deref().map(attribute).transpose()?,
             );
+            let capacity = match (read_units, write_units) {
+                (Some(read_units), Some(write_units)) => Capacity::Provisioned {
+                    read_units,
+                    write_units,
+                },
+                _ => Capacity::OnDemand,
+            };
             with_client(&router, async move |client| {
-                client.create_table(&name, &schema, partitions).await?;
-                println!("created table {name} with {partitions} partitions");
+                client
+                    .create_table_with(&name, &schema, partitions, capacity)
+                    .await?;
+                println!(
+                    "created table {name} with {partitions} partitions ({})",
+                    capacity_text(capacity)
+                );
                 Ok(())
             })
         }
@@ -113,12 +145,13 @@ pub fn run(command: TableCommand) -> anyhow::Result<()> {
                 format!("{}:{}", s.name, s.key_type.name())
             });
             println!(
-                "table {}: status {}, partition key {}:{}, sort key {sort}, {} partitions",
+                "table {}: status {}, partition key {}:{}, sort key {sort}, {} partitions, {}",
                 table.name,
                 table.status,
                 schema.partition.name,
                 schema.partition.key_type.name(),
-                table.partitions
+                table.partitions,
+                capacity_text(table.capacity)
             );
             Ok(())
         }),

@@ -110,6 +110,7 @@ fn leader_of(nodes: &[Node], partition: u64, cert: &Path) -> usize {
             let endpoint =
                 Endpoint::bind("127.0.0.1:0".parse().unwrap(), None, Some(client)).unwrap();
             let probe = wire::encode_node_request(&NodeRequest {
+                limit: None,
                 partition,
                 op: NodeOp::Get {
                     key: key(0).to_bytes(),

@@ -3,8 +3,8 @@
 
 use cairn_common::update::UpdateAction;
 use cairn_common::wire::{
-    ClientRequest, ErrorCode, Response, ReturnValues, TableDescription, WireBound, WireChange,
-    WireCondition,
+    Capacity, ClientRequest, ErrorCode, Response, ReturnValues, TableDescription, WireBound,
+    WireChange, WireCondition,
 };
 use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType, Path};
 use serde_json::{Value as Json, json};
@@ -133,17 +133,74 @@ fn describe_json(description: &TableDescription, status: &str) -> Result<Json, A
         definitions
             .push(json!({"AttributeName": sort.name, "AttributeType": sort.key_type.name()}));
     }
+    // An on-demand table reports zero provisioned units, as DynamoDB does.
+    let (billing, read_units, write_units) = match description.capacity {
+        Capacity::OnDemand => ("PAY_PER_REQUEST", 0, 0),
+        Capacity::Provisioned {
+            read_units,
+            write_units,
+        } => ("PROVISIONED", read_units, write_units),
+    };
     Ok(json!({
         "TableName": description.name,
         "TableStatus": status,
         "KeySchema": key_schema,
         "AttributeDefinitions": definitions,
         "TableArn": format!("arn:aws:dynamodb:cairn:000000000000:table/{}", description.name),
-        "BillingModeSummary": {"BillingMode": "PAY_PER_REQUEST"},
+        "BillingModeSummary": {"BillingMode": billing},
+        "ProvisionedThroughput": {
+            "ReadCapacityUnits": read_units,
+            "WriteCapacityUnits": write_units,
+            "NumberOfDecreasesToday": 0,
+        },
         "ItemCount": 0,
         "TableSizeBytes": 0,
         "CreationDateTime": 0,
     }))
+}
+
+/// Most units a table may provision for reads, and for writes (DynamoDB's
+/// default account quota per table).
+const TABLE_UNITS_MAX: u64 = 40_000;
+
+/// `BillingMode` and `ProvisionedThroughput`, with DynamoDB's rules:
+/// PROVISIONED (the default) needs both unit counts, PAY_PER_REQUEST
+/// takes neither.
+fn capacity_from_json(body: &Json) -> Result<Capacity, ApiError> {
+    let invalid =
+        |m: &str| ApiError::validation(format!("One or more parameter values were invalid: {m}"));
+    let throughput = body.get("ProvisionedThroughput");
+    match body.get("BillingMode").map(|m| m.as_str()) {
+        Some(Some("PAY_PER_REQUEST")) => match throughput {
+            None => Ok(Capacity::OnDemand),
+            Some(_) => Err(invalid(
+                "Neither ReadCapacityUnits nor WriteCapacityUnits can be specified when BillingMode is PAY_PER_REQUEST",
+            )),
+        },
+        None | Some(Some("PROVISIONED")) => {
+            let units = |name: &str| -> Result<u32, ApiError> {
+                let value = throughput.and_then(|t| t.get(name)).ok_or_else(|| {
+                    invalid("ReadCapacityUnits and WriteCapacityUnits must both be specified when BillingMode is PROVISIONED")
+                })?;
+                value
+                    .as_u64()
+                    .filter(|u| (1..=TABLE_UNITS_MAX).contains(u))
+                    .map(|u| u as u32)
+                    .ok_or_else(|| {
+                        ApiError::validation(format!(
+                            "{name} must be a whole number from 1 to {TABLE_UNITS_MAX}"
+                        ))
+                    })
+            };
+            Ok(Capacity::Provisioned {
+                read_units: units("ReadCapacityUnits")?,
+                write_units: units("WriteCapacityUnits")?,
+            })
+        }
+        Some(other) => Err(ApiError::validation(format!(
+            "BillingMode must be PROVISIONED or PAY_PER_REQUEST, not {other:?}"
+        ))),
+    }
 }
 
 fn schema_from_json(body: &Json) -> Result<KeySchema, ApiError> {
@@ -487,6 +544,7 @@ pub(crate) async fn dispatch(
                 table: table.clone(),
                 schema: schema.encode(),
                 partitions: PARTITIONS_DEFAULT,
+                capacity: capacity_from_json(body)?,
             };
             call(state, create).await?;
             let Response::Table(description) =
