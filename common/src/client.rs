@@ -67,11 +67,47 @@ pub struct ScanPage {
     pub last: Option<(u64, Vec<u8>)>,
 }
 
+/// How a client retries a throttled call: up to `attempts` in all, the
+/// `n`-th retry after a uniformly random wait of up to `base × 2^n`, at
+/// most `cap` (exponential backoff with full jitter). Only `Throttling`
+/// is retried: it guarantees the request was not applied, so a retried
+/// write cannot apply twice. (An `Unavailable` write may have been
+/// applied; the caller decides.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub base: Duration,
+    pub cap: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// As the AWS SDKs retry DynamoDB's throttling.
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 10,
+            base: Duration::from_millis(25),
+            cap: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before retry `retry` (0-based), for a uniform `fraction`
+    /// in [0, 1).
+    pub fn backoff(&self, retry: u32, fraction: f64) -> Duration {
+        self.base
+            .saturating_mul(1u32 << retry.min(20))
+            .min(self.cap)
+            .mul_f64(fraction.clamp(0.0, 1.0))
+    }
+}
+
 /// A connection to a router.
 #[derive(Debug, Clone)]
 pub struct Client {
     connection: Connection,
     timeout: Duration,
+    retries: Option<RetryPolicy>,
 }
 
 fn value_bound(bound: Bound<&AttributeValue>) -> WireBound {
@@ -93,10 +129,38 @@ impl Client {
         Ok(Client {
             connection,
             timeout: REQUEST_TIMEOUT,
+            retries: None,
         })
     }
 
+    /// The same connection, retrying throttled calls by `policy`. Without
+    /// it, a throttled call fails at once with `Throttling`.
+    pub fn with_retries(mut self, policy: RetryPolicy) -> Client {
+        self.retries = Some(policy);
+        self
+    }
+
     async fn call(&self, request: &ClientRequest) -> Result<Response, ClientError> {
+        let Some(policy) = self.retries else {
+            return self.call_once(request).await;
+        };
+        let mut retry = 0;
+        loop {
+            match self.call_once(request).await {
+                Err(error)
+                    if error.code() == Some(ErrorCode::Throttling)
+                        && retry + 1 < policy.attempts =>
+                {
+                    let wait = policy.backoff(retry, rand::random::<f64>());
+                    glommio::timer::sleep(wait).await;
+                    retry += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_once(&self, request: &ClientRequest) -> Result<Response, ClientError> {
         let bytes = self
             .connection
             .request(&wire::encode_client_request(request), self.timeout)
@@ -349,5 +413,24 @@ impl Client {
     /// The raw connection, for tests that send malformed messages.
     pub fn connection(&self) -> &Connection {
         &self.connection
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_jitters_below_it() {
+        let policy = RetryPolicy {
+            attempts: 10,
+            base: Duration::from_millis(10),
+            cap: Duration::from_millis(100),
+        };
+        let ceilings: Vec<u128> = (0..6).map(|n| policy.backoff(n, 1.0).as_millis()).collect();
+        assert_eq!(ceilings, [10, 20, 40, 80, 100, 100]);
+        assert_eq!(policy.backoff(3, 0.0), Duration::ZERO);
+        assert_eq!(policy.backoff(3, 0.5), Duration::from_millis(40));
+        assert_eq!(policy.backoff(u32::MAX, 1.0), Duration::from_millis(100));
     }
 }
