@@ -129,6 +129,16 @@ pub type KeyRange = (Bound<Vec<u8>>, Bound<Vec<u8>>);
 pub struct SchemaDecodeError(&'static str);
 
 impl KeySchema {
+    /// The sort key a sort-key condition names; an error on a table
+    /// without one.
+    fn sort_for_condition(&self) -> Result<&KeyAttribute, ItemError> {
+        self.sort
+            .as_ref()
+            .ok_or_else(|| ItemError::UnexpectedKeyAttribute {
+                name: "(sort key condition on a table without a sort key)".into(),
+            })
+    }
+
     /// The byte range of a Query on partition key `partition` with sort-key
     /// bounds `start` and `end` (either may be unbounded).
     pub fn query_range(
@@ -139,12 +149,7 @@ impl KeySchema {
     ) -> Result<KeyRange, ItemError> {
         let prefix = self.partition_prefix(partition)?;
         let sort_key = |value: &AttributeValue| -> Result<Vec<u8>, ItemError> {
-            let sort = self
-                .sort
-                .as_ref()
-                .ok_or_else(|| ItemError::UnexpectedKeyAttribute {
-                    name: "(sort key condition on a table without a sort key)".into(),
-                })?;
+            let sort = self.sort_for_condition()?;
             let item = Item::new().with(sort.name.clone(), value.clone());
             let mut key = prefix.clone();
             key.extend_from_slice(&component(&item, sort, SORT_KEY_BYTES_MAX)?);
@@ -176,12 +181,7 @@ impl KeySchema {
         prefix: &AttributeValue,
     ) -> Result<KeyRange, ItemError> {
         let mut key = self.partition_prefix(partition)?;
-        let sort = self
-            .sort
-            .as_ref()
-            .ok_or_else(|| ItemError::UnexpectedKeyAttribute {
-                name: "(sort key condition on a table without a sort key)".into(),
-            })?;
+        let sort = self.sort_for_condition()?;
         let raw: &[u8] = match (sort.key_type, prefix) {
             (KeyType::S, AttributeValue::S(s)) => s.as_bytes(),
             (KeyType::B, AttributeValue::B(b)) => b,

@@ -868,18 +868,8 @@ impl State {
         Response::Done
     }
 
-    #[allow(clippy::too_many_arguments)] // One per Query parameter.
     /// One page of a partition key's items, in sort-key order.
     async fn query(&self, table: &str, partition_value: &[u8], range: QueryRange) -> Response {
-        let QueryRange {
-            start,
-            end,
-            reverse,
-            limit,
-            exclusive_start_key,
-            consistent,
-            sort_prefix,
-        } = range;
         let table = match self.table(table).await {
             Ok(table) => table,
             Err(response) => return response,
@@ -892,11 +882,11 @@ impl State {
                 WireBound::Excluded(v) => Bound::Excluded(value(v)?),
             })
         };
-        let range = (|| -> Result<_, Response> {
+        let bounds = (|| -> Result<_, Response> {
             let partition = value(partition_value)?;
-            let range = match &sort_prefix {
+            let bounds = match &range.sort_prefix {
                 Some(prefix) => {
-                    if start != WireBound::Unbounded || end != WireBound::Unbounded {
+                    if range.start != WireBound::Unbounded || range.end != WireBound::Unbounded {
                         return Err(validation(
                             "a sort-key prefix takes no other sort-key bounds",
                         ));
@@ -907,7 +897,7 @@ impl State {
                         .map_err(|e: ItemError| validation(e))?
                 }
                 None => {
-                    let (start, end) = (bound(&start)?, bound(&end)?);
+                    let (start, end) = (bound(&range.start)?, bound(&range.end)?);
                     table
                         .schema
                         .query_range(&partition, start.as_ref(), end.as_ref())
@@ -918,9 +908,9 @@ impl State {
                 .schema
                 .partition_prefix(&partition)
                 .map_err(validation)?;
-            Ok((range, prefix))
+            Ok((bounds, prefix))
         })();
-        let ((start, end), prefix) = match range {
+        let ((start, end), prefix) = match bounds {
             Ok(range) => range,
             Err(response) => return response,
         };
@@ -932,11 +922,11 @@ impl State {
         let op = NodeOp::Scan {
             start: wire_bound(start),
             end: wire_bound(end),
-            reverse,
-            limit: limit.clamp(1, PAGE_LIMIT_MAX),
+            reverse: range.reverse,
+            limit: range.limit.clamp(1, PAGE_LIMIT_MAX),
             bytes_max: PAGE_BYTES_MAX as u32,
-            resume_after: exclusive_start_key,
-            consistent,
+            resume_after: range.exclusive_start_key,
+            consistent: range.consistent,
         };
         self.forward_key(&table, &prefix, op).await
     }
