@@ -280,13 +280,6 @@ pub struct NodeRequest {
     pub limit: Option<PartitionLimit>,
 }
 
-/// Every message starts with the wire version.
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct Envelope<T> {
-    pub version: u16,
-    pub body: T,
-}
-
 /// Why a request failed, as the client sees it.
 #[derive(
     rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash,
@@ -363,25 +356,30 @@ pub enum DecodeError {
 
 macro_rules! message_codec {
     ($encode:ident, $decode:ident, $type:ty) => {
+        /// The wire version (u16, little endian), then the message's rkyv
+        /// archive: serialized from the borrowed message, with no copy of
+        /// it first.
         pub fn $encode(body: &$type) -> Vec<u8> {
-            let envelope = Envelope {
-                version: WIRE_VERSION,
-                body: body.clone(),
-            };
-            rkyv::to_bytes::<rancor::Error>(&envelope)
-                .expect("serializing to memory cannot fail")
-                .to_vec()
+            let archive =
+                rkyv::to_bytes::<rancor::Error>(body).expect("serializing to memory cannot fail");
+            let mut bytes = Vec::with_capacity(2 + archive.len());
+            bytes.extend_from_slice(&WIRE_VERSION.to_le_bytes());
+            bytes.extend_from_slice(&archive);
+            bytes
         }
 
         pub fn $decode(bytes: &[u8]) -> Result<$type, DecodeError> {
-            let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
-            aligned.extend_from_slice(bytes);
-            let envelope = rkyv::from_bytes::<Envelope<$type>, rancor::Error>(&aligned)
-                .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-            if envelope.version != WIRE_VERSION {
-                return Err(DecodeError::Version(envelope.version));
+            let (version, archive) = bytes
+                .split_first_chunk::<2>()
+                .ok_or_else(|| DecodeError::Malformed("shorter than its version".into()))?;
+            let version = u16::from_le_bytes(*version);
+            if version != WIRE_VERSION {
+                return Err(DecodeError::Version(version));
             }
-            Ok(envelope.body)
+            let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(archive.len());
+            aligned.extend_from_slice(archive);
+            rkyv::from_bytes::<$type, rancor::Error>(&aligned)
+                .map_err(|e| DecodeError::Malformed(e.to_string()))
         }
     };
 }
@@ -690,6 +688,12 @@ mod tests {
             flipped[at] ^= 0xA5;
         }
         assert!(decode_node_request(&[0xFF; 3]).is_err());
+        let mut other_version = good.clone();
+        other_version[..2].copy_from_slice(&(WIRE_VERSION + 1).to_le_bytes());
+        assert_eq!(
+            decode_node_request(&other_version),
+            Err(DecodeError::Version(WIRE_VERSION + 1))
+        );
         assert!(decode_response(b"definitely not rkyv").is_err());
     }
 }
