@@ -67,8 +67,13 @@ pub fn report(args: &StatusArgs) -> anyhow::Result<String> {
             for table in &tables {
                 writeln!(
                     out,
-                    "  {} (id {}): {}, {} partitions, {} replicas each",
-                    table.name, table.id, table.status, table.partitions, table.replicas
+                    "  {} (id {}): {}, {} partitions, {} replicas each, {}",
+                    table.name,
+                    table.id,
+                    table.status,
+                    table.partitions,
+                    table.replicas,
+                    crate::table::capacity_text(table.capacity)
                 )?;
                 let MemdsResponse::Located { partitions, .. } =
                     ask(&connection, &MemdsRequest::Partitions { table: table.id }).await?

@@ -58,7 +58,8 @@ pub enum TableCommand {
     },
 }
 
-fn capacity_text(capacity: Capacity) -> String {
+/// A table's capacity, for people.
+pub(crate) fn capacity_text(capacity: Capacity) -> String {
     match capacity {
         Capacity::OnDemand => "on demand".into(),
         Capacity::Provisioned {

@@ -135,7 +135,7 @@ fn memds_sees_the_same_lookups_from_a_cold_router_as_from_a_warm_one() {
     let report = String::from_utf8(status.stdout).unwrap();
     assert!(status.status.success(), "{report}");
     assert!(
-        report.contains("constant (id 1): ACTIVE, 16 partitions, 1 replicas each"),
+        report.contains("constant (id 1): ACTIVE, 16 partitions, 1 replicas each, on demand"),
         "{report}"
     );
     assert_eq!(report.matches("    partition 0x").count(), 16, "{report}");
