@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use cairn_common::client::{Client, ClientError};
+use cairn_common::client::{Client, ClientError, RetryPolicy};
 use cairn_common::quic::{Endpoint, Identity};
 use cairn_common::update::UpdateAction;
 use cairn_common::wire::{ErrorCode, ReturnValues};
@@ -432,20 +432,13 @@ impl From<CallError> for OpError {
     }
 }
 
-/// Attempts of one operation before it counts as an error, as the AWS
-/// SDKs retry DynamoDB calls.
-const ATTEMPTS_MAX: u32 = 8;
-/// Exponential backoff with full jitter: attempt `n` waits a uniform time
-/// up to `BACKOFF_BASE * 2^n`, at most `BACKOFF_CAP`.
-const BACKOFF_BASE: Duration = Duration::from_millis(4);
-const BACKOFF_CAP: Duration = Duration::from_millis(250);
-
-fn backoff(attempt: u32, rng: &mut StdRng) -> Duration {
-    let ceiling = BACKOFF_BASE
-        .saturating_mul(1 << attempt.min(16))
-        .min(BACKOFF_CAP);
-    ceiling.mul_f64(rng.random::<f64>())
-}
+/// How the bench retries a retryable failure: 8 attempts in all, each
+/// retry after a uniform wait of up to 4 ms × 2^n, at most 250 ms.
+const RETRIES: RetryPolicy = RetryPolicy {
+    attempts: 8,
+    base: Duration::from_millis(4),
+    cap: Duration::from_millis(250),
+};
 
 impl Conn {
     async fn put(&mut self, item: &Item) -> Result<(), OpError> {
@@ -734,11 +727,11 @@ async fn run_client(
         let mut attempt = 0;
         let result = loop {
             match execute(&plan, &mut conn, operation, &mut chooser, &mut rng).await {
-                Err(error) if error.retryable && attempt + 1 < ATTEMPTS_MAX => {
+                Err(error) if error.retryable && attempt + 1 < RETRIES.attempts => {
                     if error.throttled {
                         recorder.borrow_mut().record_throttle(operation);
                     }
-                    glommio::timer::sleep(backoff(attempt, &mut rng)).await;
+                    glommio::timer::sleep(RETRIES.backoff(attempt, rng.random())).await;
                     attempt += 1;
                 }
                 other => break other,

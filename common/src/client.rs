@@ -14,7 +14,7 @@ use crate::key::KeySchema;
 use crate::quic::{Connection, Endpoint, TransportError};
 use crate::update::UpdateAction;
 use crate::wire::{
-    self, Capacity, ClientRequest, DecodeError, ErrorCode, Response, ReturnValues,
+    self, Capacity, ClientRequest, DecodeError, ErrorCode, QueryRequest, Response, ReturnValues,
     TableDescription, WireBound, WireChange, WireCondition,
 };
 
@@ -361,7 +361,7 @@ impl Client {
         limit: u32,
         exclusive_start_key: Option<&[u8]>,
     ) -> Result<QueryPage, ClientError> {
-        let request = ClientRequest::Query {
+        let request = ClientRequest::Query(QueryRequest {
             table: table.into(),
             partition_value: partition.to_bytes(),
             start: value_bound(start),
@@ -371,7 +371,7 @@ impl Client {
             exclusive_start_key: exclusive_start_key.map(<[u8]>::to_vec),
             consistent: true,
             sort_prefix: None,
-        };
+        });
         match self.call(&request).await? {
             Response::Page { items, last_key } => Ok(QueryPage {
                 items: items

@@ -233,15 +233,7 @@ impl Condition {
 /// in docs/wire-format.md.
 impl Condition {
     pub fn encode(&self, out: &mut Vec<u8>) {
-        pub(crate) fn string(out: &mut Vec<u8>, s: &str) {
-            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-            out.extend_from_slice(s.as_bytes());
-        }
-        pub(crate) fn value(out: &mut Vec<u8>, v: &AttributeValue) {
-            let bytes = v.to_bytes();
-            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-            out.extend_from_slice(&bytes);
-        }
+        let string = |out: &mut Vec<u8>, s: &str| put_bytes(out, s.as_bytes());
         fn operand(out: &mut Vec<u8>, o: &Operand) {
             match o {
                 Operand::Attribute(path) => {
@@ -250,7 +242,7 @@ impl Condition {
                 }
                 Operand::Value(v) => {
                     out.push(2);
-                    value(out, v);
+                    put_value(out, v);
                 }
                 Operand::Size(path) => {
                     out.push(3);
@@ -276,7 +268,7 @@ impl Condition {
                 out.push(3);
                 attribute.encode(out);
                 out.push(op_byte(*op));
-                value(out, v);
+                put_value(out, v);
             }
             Condition::BeginsWith { attribute, prefix } => {
                 out.push(4);
@@ -357,8 +349,20 @@ impl Condition {
     }
 }
 
-/// Reads the tagged, length-prefixed encodings of conditions and SET
-/// expressions.
+/// Writes `bytes` length-prefixed (u32, little endian): how the tagged
+/// encodings of conditions, paths and update actions carry strings.
+pub(crate) fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Writes a value in the item codec, length-prefixed.
+pub(crate) fn put_value(out: &mut Vec<u8>, value: &AttributeValue) {
+    put_bytes(out, &value.to_bytes());
+}
+
+/// Reads the tagged, length-prefixed encodings of conditions, paths, SET
+/// expressions and update actions.
 pub(crate) struct Reader<'a> {
     pub(crate) bytes: &'a [u8],
     pub(crate) at: usize,

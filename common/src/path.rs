@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::condition::put_bytes;
 use crate::item::{AttributeValue, Item};
 
 /// One step below the top-level attribute.
@@ -47,10 +48,7 @@ impl From<&str> for Path {
 
 impl From<String> for Path {
     fn from(name: String) -> Path {
-        Path {
-            name,
-            steps: Vec::new(),
-        }
+        Path::top(name)
     }
 }
 
@@ -117,15 +115,18 @@ impl Path {
         Some(value)
     }
 
+    fn invalid(&self) -> InvalidPath {
+        InvalidPath {
+            path: self.to_string(),
+        }
+    }
+
     /// The container the last step goes into, which must exist.
     fn parent_mut<'a>(&self, item: &'a mut Item) -> Result<&'a mut AttributeValue, InvalidPath> {
-        let invalid = || InvalidPath {
-            path: self.to_string(),
-        };
-        let (_, above) = self.steps.split_last().ok_or_else(invalid)?;
-        let mut value = item.get_mut(&self.name).ok_or_else(invalid)?;
+        let (_, above) = self.steps.split_last().ok_or_else(|| self.invalid())?;
+        let mut value = item.get_mut(&self.name).ok_or_else(|| self.invalid())?;
         for step in above {
-            value = step_into_mut(value, step).ok_or_else(invalid)?;
+            value = step_into_mut(value, step).ok_or_else(|| self.invalid())?;
         }
         Ok(value)
     }
@@ -137,9 +138,6 @@ impl Path {
             item.insert(self.name.clone(), value);
             return Ok(());
         };
-        let invalid = || InvalidPath {
-            path: self.to_string(),
-        };
         match (self.parent_mut(item)?, last) {
             (AttributeValue::M(map), Step::Key(key)) => {
                 map.insert(key.clone(), value);
@@ -148,7 +146,7 @@ impl Path {
                 Some(slot) => *slot = value,
                 None => list.push(value),
             },
-            _ => return Err(invalid()),
+            _ => return Err(self.invalid()),
         }
         Ok(())
     }
@@ -159,16 +157,13 @@ impl Path {
         let Some(last) = self.steps.last() else {
             return Ok(item.remove(&self.name));
         };
-        let invalid = || InvalidPath {
-            path: self.to_string(),
-        };
         Ok(match (self.parent_mut(item)?, last) {
             (AttributeValue::M(map), Step::Key(key)) => map.remove(key),
             (AttributeValue::L(list), Step::Index(index)) => {
                 let index = *index as usize;
                 (index < list.len()).then(|| list.remove(index))
             }
-            _ => return Err(invalid()),
+            _ => return Err(self.invalid()),
         })
     }
 
@@ -176,10 +171,7 @@ impl Path {
     /// (u8), then each step: `0 ‖ len u32 ‖ key` or `1 ‖ index u32`, little
     /// endian.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let string = |out: &mut Vec<u8>, s: &str| {
-            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-            out.extend_from_slice(s.as_bytes());
-        };
+        let string = |out: &mut Vec<u8>, s: &str| put_bytes(out, s.as_bytes());
         string(out, &self.name);
         out.push(self.steps.len() as u8);
         for step in &self.steps {

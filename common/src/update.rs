@@ -7,7 +7,7 @@
 //! As in DynamoDB, every expression on the right of a `SET` reads the item
 //! as it was before the update.
 
-use crate::condition::Reader;
+use crate::condition::{Reader, put_value};
 use crate::item::{AttributeValue, Item, ItemError};
 use crate::number::Number;
 use crate::path::Path;
@@ -60,11 +60,6 @@ impl UpdateAction {
     /// 5 Delete), the path ([`Path::encode`]), then the value (`len u32 ‖
     /// item codec`) or the SET expression ([`SetValue::encode`]).
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let value = |out: &mut Vec<u8>, v: &AttributeValue| {
-            let bytes = v.to_bytes();
-            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-            out.extend_from_slice(&bytes);
-        };
         let tag = match self {
             UpdateAction::Set(..) => 1,
             UpdateAction::Remove(_) => 2,
@@ -76,7 +71,7 @@ impl UpdateAction {
         self.path().encode(out);
         match self {
             UpdateAction::Set(_, v) | UpdateAction::Add(_, v) | UpdateAction::Delete(_, v) => {
-                value(out, v);
+                put_value(out, v);
             }
             UpdateAction::SetTo(_, expression) => expression.encode(out),
             UpdateAction::Remove(_) => {}
@@ -185,14 +180,10 @@ impl SetValue {
     /// Stored and wire form: a tag byte, then the fields (names and values
     /// length-prefixed, u32 little endian; values in the item codec).
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let bytes = |out: &mut Vec<u8>, b: &[u8]| {
-            out.extend_from_slice(&(b.len() as u32).to_le_bytes());
-            out.extend_from_slice(b);
-        };
         match self {
             SetValue::Value(value) => {
                 out.push(1);
-                bytes(out, &value.to_bytes());
+                put_value(out, value);
             }
             SetValue::Attribute(path) => {
                 out.push(2);

@@ -136,6 +136,25 @@ pub struct TableDescription {
     pub capacity: Capacity,
 }
 
+/// Items with one partition key (an encoded value), sort keys within the
+/// bounds (encoded values), after `exclusive_start_key` (an encoded stored
+/// key from a previous page).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct QueryRequest {
+    pub table: String,
+    pub partition_value: Vec<u8>,
+    pub start: WireBound,
+    pub end: WireBound,
+    pub reverse: bool,
+    pub limit: u32,
+    pub exclusive_start_key: Option<Vec<u8>>,
+    /// Strongly consistent (from the leader) or eventually consistent.
+    pub consistent: bool,
+    /// Only sort keys that begin with this (an encoded S or B value);
+    /// `start` and `end` are then unbounded.
+    pub sort_prefix: Option<Vec<u8>>,
+}
+
 /// What a client asks a router.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum ClientRequest {
@@ -176,23 +195,7 @@ pub enum ClientRequest {
         condition: Option<WireCondition>,
         returns: ReturnValues,
     },
-    /// Items with one partition key (an encoded value), sort keys within
-    /// the bounds (encoded values), after `exclusive_start_key` (an encoded
-    /// stored key from a previous page).
-    Query {
-        table: String,
-        partition_value: Vec<u8>,
-        start: WireBound,
-        end: WireBound,
-        reverse: bool,
-        limit: u32,
-        exclusive_start_key: Option<Vec<u8>>,
-        /// Strongly consistent (from the leader) or eventually consistent.
-        consistent: bool,
-        /// Only sort keys that begin with this (an encoded S or B value);
-        /// `start` and `end` are then unbounded.
-        sort_prefix: Option<Vec<u8>>,
-    },
+    Query(QueryRequest),
     /// A page of the whole table; resume with the previous page's
     /// (hash, stored key): the scan goes on in the partition holding the
     /// hash, after the key (from the partition's start if it is empty).

@@ -31,7 +31,7 @@ use event_listener::Event;
 use rkyv::rancor;
 
 use crate::device::DmaFs;
-use crate::engine::{Engine, EngineError, PartitionId, Write};
+use crate::engine::{Engine, EngineError, PartitionId};
 use crate::paxos::{self, Message, Replica, ReplicaId, Slot, Value};
 use crate::shard::{Op, shard_addr};
 
@@ -589,45 +589,8 @@ impl Replication {
                 }
             }
         };
-        let write = match &command {
-            None => None,
-            Some(Op::Put {
-                item,
-                condition,
-                returns,
-            }) => Some((
-                Write::Put {
-                    item,
-                    condition: condition.as_ref(),
-                },
-                *returns,
-            )),
-            Some(Op::Delete {
-                key,
-                condition,
-                returns,
-            }) => Some((
-                Write::Delete {
-                    key,
-                    condition: condition.as_ref(),
-                },
-                *returns,
-            )),
-            Some(Op::Update {
-                key,
-                changes,
-                condition,
-                returns,
-            }) => Some((
-                Write::Update {
-                    key,
-                    changes,
-                    condition: condition.as_ref(),
-                },
-                *returns,
-            )),
-            Some(_) => None, // reads and admin ops are never proposed
-        };
+        // Reads and admin ops are never proposed.
+        let write = command.as_ref().and_then(Op::write);
         let returns = write.map(|(_, returns)| returns);
         match self.engine.apply_committed(partition, slot, write).await {
             Ok(image) if returns.is_some_and(|r| r != ReturnValues::None) => {

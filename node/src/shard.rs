@@ -141,6 +141,51 @@ pub enum Op {
     Checkpoint,
 }
 
+impl Op {
+    /// A write's effect and the image it answers with; `None` for reads
+    /// and admin operations.
+    pub fn write(&self) -> Option<(Write<'_>, ReturnValues)> {
+        Some(match self {
+            Op::Put {
+                item,
+                condition,
+                returns,
+            } => (
+                Write::Put {
+                    item,
+                    condition: condition.as_ref(),
+                },
+                *returns,
+            ),
+            Op::Delete {
+                key,
+                condition,
+                returns,
+            } => (
+                Write::Delete {
+                    key,
+                    condition: condition.as_ref(),
+                },
+                *returns,
+            ),
+            Op::Update {
+                key,
+                changes,
+                condition,
+                returns,
+            } => (
+                Write::Update {
+                    key,
+                    changes,
+                    condition: condition.as_ref(),
+                },
+                *returns,
+            ),
+            _ => return None,
+        })
+    }
+}
+
 /// What an operation produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -204,39 +249,8 @@ pub async fn execute(
             engine.create_partition(partition, schema).await?;
             Outcome::Done
         }
-        Op::Put {
-            item,
-            condition,
-            returns,
-        } => {
-            let write = Write::Put {
-                item: &item,
-                condition: condition.as_ref(),
-            };
-            written(returns, engine.perform(partition, write, returns).await?)
-        }
-        Op::Delete {
-            key,
-            condition,
-            returns,
-        } => {
-            let write = Write::Delete {
-                key: &key,
-                condition: condition.as_ref(),
-            };
-            written(returns, engine.perform(partition, write, returns).await?)
-        }
-        Op::Update {
-            key,
-            changes,
-            condition,
-            returns,
-        } => {
-            let write = Write::Update {
-                key: &key,
-                changes: &changes,
-                condition: condition.as_ref(),
-            };
+        Op::Put { .. } | Op::Delete { .. } | Op::Update { .. } => {
+            let (write, returns) = op.write().expect("a write");
             written(returns, engine.perform(partition, write, returns).await?)
         }
         Op::Get { key } => Outcome::Item(engine.get_item(partition, &key).await?),

@@ -30,7 +30,7 @@ use cairn_common::group::NodeLinks;
 use cairn_common::quic::{Connection, Endpoint, Identity};
 use cairn_common::wire::{
     self, Capacity, ClientRequest, ErrorCode, MemdsRequest, MemdsResponse, NodeOp, NodeRequest,
-    PartitionLimit, Response, TableDescription, WireBound, WireTable,
+    PartitionLimit, QueryRequest, Response, TableDescription, WireBound, WireTable,
 };
 use cairn_common::{AttributeValue, Item, ItemError, KeySchema};
 use cairn_memds::control::MetaClient;
@@ -424,17 +424,6 @@ async fn serve(state: Rc<State>, connection: Connection) {
 
 /// Counts a request waiting on a cache miss for as long as it waits
 /// (dropped with the request if it is cancelled).
-/// A Query's bounds and paging, as the client sent them.
-struct QueryRange {
-    start: WireBound,
-    end: WireBound,
-    reverse: bool,
-    limit: u32,
-    exclusive_start_key: Option<Vec<u8>>,
-    consistent: bool,
-    sort_prefix: Option<Vec<u8>>,
-}
-
 struct MissWaiting<'a>(&'a Cell<usize>);
 
 impl<'a> MissWaiting<'a> {
@@ -559,28 +548,7 @@ impl State {
                 })
                 .await
             }
-            ClientRequest::Query {
-                table,
-                partition_value,
-                start,
-                end,
-                reverse,
-                limit,
-                exclusive_start_key,
-                consistent,
-                sort_prefix,
-            } => {
-                let range = QueryRange {
-                    sort_prefix,
-                    start,
-                    end,
-                    reverse,
-                    limit,
-                    exclusive_start_key,
-                    consistent,
-                };
-                self.query(&table, &partition_value, range).await
-            }
+            ClientRequest::Query(query) => self.query(query).await,
             ClientRequest::Scan {
                 table,
                 limit,
@@ -869,8 +837,8 @@ impl State {
     }
 
     /// One page of a partition key's items, in sort-key order.
-    async fn query(&self, table: &str, partition_value: &[u8], range: QueryRange) -> Response {
-        let table = match self.table(table).await {
+    async fn query(&self, request: QueryRequest) -> Response {
+        let table = match self.table(&request.table).await {
             Ok(table) => table,
             Err(response) => return response,
         };
@@ -883,10 +851,11 @@ impl State {
             })
         };
         let bounds = (|| -> Result<_, Response> {
-            let partition = value(partition_value)?;
-            let bounds = match &range.sort_prefix {
+            let partition = value(&request.partition_value)?;
+            let bounds = match &request.sort_prefix {
                 Some(prefix) => {
-                    if range.start != WireBound::Unbounded || range.end != WireBound::Unbounded {
+                    if request.start != WireBound::Unbounded || request.end != WireBound::Unbounded
+                    {
                         return Err(validation(
                             "a sort-key prefix takes no other sort-key bounds",
                         ));
@@ -897,7 +866,7 @@ impl State {
                         .map_err(|e: ItemError| validation(e))?
                 }
                 None => {
-                    let (start, end) = (bound(&range.start)?, bound(&range.end)?);
+                    let (start, end) = (bound(&request.start)?, bound(&request.end)?);
                     table
                         .schema
                         .query_range(&partition, start.as_ref(), end.as_ref())
@@ -922,11 +891,11 @@ impl State {
         let op = NodeOp::Scan {
             start: wire_bound(start),
             end: wire_bound(end),
-            reverse: range.reverse,
-            limit: range.limit.clamp(1, PAGE_LIMIT_MAX),
+            reverse: request.reverse,
+            limit: request.limit.clamp(1, PAGE_LIMIT_MAX),
             bytes_max: PAGE_BYTES_MAX as u32,
-            resume_after: range.exclusive_start_key,
-            consistent: range.consistent,
+            resume_after: request.exclusive_start_key,
+            consistent: request.consistent,
         };
         self.forward_key(&table, &prefix, op).await
     }

@@ -3,8 +3,8 @@
 
 use cairn_common::update::UpdateAction;
 use cairn_common::wire::{
-    Capacity, ClientRequest, ErrorCode, Response, ReturnValues, TableDescription, WireBound,
-    WireChange, WireCondition,
+    Capacity, ClientRequest, ErrorCode, QueryRequest, Response, ReturnValues, TableDescription,
+    WireBound, WireChange, WireCondition,
 };
 use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType, Path};
 use serde_json::{Value as Json, json};
@@ -300,13 +300,17 @@ fn return_values(body: &Json, updating: bool) -> Result<ReturnValues, ApiError> 
     Ok(returns)
 }
 
-/// A write's answer: `Attributes` when it returned an item image.
-fn written(response: Response, keep: impl Fn(&Item) -> Item) -> Result<Reply, ApiError> {
+/// A write's answer: `Attributes` when it returned an item image, cut
+/// down to `paths` when given (the UPDATED_* forms).
+fn written(response: Response, paths: Option<&[Path]>) -> Result<Reply, ApiError> {
     match response {
         Response::Done | Response::Item(None) => Ok(json!({}).into()),
         Response::Item(Some(bytes)) => {
             let item = Item::decode(&bytes).map_err(|e| ApiError::internal(e.to_string()))?;
-            let kept = keep(&item);
+            let kept = match paths {
+                Some(paths) => cairn_common::path::project(&item, paths),
+                None => item,
+            };
             if kept.is_empty() {
                 return Ok(json!({}).into());
             }
@@ -510,11 +514,11 @@ impl From<Json> for Reply {
 }
 
 impl Reply {
-    /// Appends the body to `out`.
-    pub fn write_to(&self, out: &mut Vec<u8>) {
+    /// The body's bytes.
+    pub fn into_bytes(self) -> Vec<u8> {
         match self {
-            Reply::Json(json) => serde_json::to_writer(out, json).expect("JSON values serialize"),
-            Reply::Bytes(bytes) => out.extend_from_slice(bytes),
+            Reply::Json(json) => serde_json::to_vec(&json).expect("JSON values serialize"),
+            Reply::Bytes(bytes) => bytes,
         }
     }
 }
@@ -597,7 +601,7 @@ pub(crate) async fn dispatch(
                 condition,
                 returns,
             };
-            written(call(state, request).await?, Item::clone)
+            written(call(state, request).await?, None)
         }
         "GetItem" => {
             refuse_unsupported(body)?;
@@ -644,7 +648,7 @@ pub(crate) async fn dispatch(
                 condition,
                 returns,
             };
-            written(call(state, request).await?, Item::clone)
+            written(call(state, request).await?, None)
         }
         "UpdateItem" => {
             refuse_unsupported(body)?;
@@ -680,9 +684,9 @@ pub(crate) async fn dispatch(
                         })
                         .map(|a| a.path().clone())
                         .collect();
-                    written(response, |item| cairn_common::path::project(item, &paths))
+                    written(response, Some(&paths))
                 }
-                _ => written(response, Item::clone),
+                _ => written(response, None),
             }
         }
         "Query" => {
@@ -746,7 +750,7 @@ pub(crate) async fn dispatch(
                 .get("ScanIndexForward")
                 .and_then(Json::as_bool)
                 .unwrap_or(true);
-            let request = ClientRequest::Query {
+            let request = ClientRequest::Query(QueryRequest {
                 table: name,
                 partition_value: key.partition.1.to_bytes(),
                 start,
@@ -756,7 +760,7 @@ pub(crate) async fn dispatch(
                 exclusive_start_key,
                 consistent: consistent_read(body)?,
                 sort_prefix,
-            };
+            });
             let Response::Page { items, last_key } = call(state, request).await? else {
                 return Err(unexpected());
             };

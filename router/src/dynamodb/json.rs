@@ -197,6 +197,22 @@ impl serde::Serialize for ItemJson<'_> {
     }
 }
 
+/// A list's, map's or set's elements, written as they are iterated.
+struct Elements<I>(std::cell::Cell<Option<I>>);
+
+impl<I> Elements<I> {
+    fn new(elements: I) -> Elements<I> {
+        Elements(std::cell::Cell::new(Some(elements)))
+    }
+}
+
+impl<I: Iterator<Item = T>, T: serde::Serialize> serde::Serialize for Elements<I> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let elements = self.0.take().expect("elements are written once");
+        serializer.collect_seq(elements)
+    }
+}
+
 impl serde::Serialize for ValueJson<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
@@ -208,25 +224,26 @@ impl serde::Serialize for ValueJson<'_> {
             AttributeValue::Bool(b) => map.serialize_entry("BOOL", b)?,
             AttributeValue::Null => map.serialize_entry("NULL", &true)?,
             AttributeValue::L(list) => {
-                let values: Vec<ValueJson<'_>> = list.iter().map(ValueJson).collect();
-                map.serialize_entry("L", &values)?;
+                map.serialize_entry("L", &Elements::new(list.iter().map(ValueJson)))?;
             }
-            AttributeValue::M(m) => {
-                let values: BTreeMap<&String, ValueJson<'_>> =
-                    m.iter().map(|(k, v)| (k, ValueJson(v))).collect();
-                map.serialize_entry("M", &values)?;
-            }
+            AttributeValue::M(m) => map.serialize_entry("M", &MapJson(m))?,
             AttributeValue::Ss(set) => map.serialize_entry("SS", set)?,
             AttributeValue::Ns(set) => {
-                let texts: Vec<Text<'_, Number>> = set.iter().map(Text).collect();
-                map.serialize_entry("NS", &texts)?;
+                map.serialize_entry("NS", &Elements::new(set.iter().map(Text)))?;
             }
             AttributeValue::Bs(set) => {
-                let texts: Vec<Base64<'_>> = set.iter().map(|b| Base64(b)).collect();
-                map.serialize_entry("BS", &texts)?;
+                map.serialize_entry("BS", &Elements::new(set.iter().map(|b| Base64(b))))?;
             }
         }
         map.end()
+    }
+}
+
+struct MapJson<'a>(&'a BTreeMap<String, AttributeValue>);
+
+impl serde::Serialize for MapJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(name, value)| (name, ValueJson(value))))
     }
 }
 

@@ -139,7 +139,7 @@ async fn connection(state: Rc<State>, mut stream: TcpStream, access: Rc<Access>)
                 ParseOutcome::Bad(reason) => {
                     let _ = respond(
                         &mut stream,
-                        &ApiError::new(
+                        ApiError::new(
                             400,
                             "com.amazon.coral.service#SerializationException",
                             reason,
@@ -156,7 +156,7 @@ async fn connection(state: Rc<State>, mut stream: TcpStream, access: Rc<Access>)
                         "com.amazon.coral.service#SerializationException",
                         "request headers too large",
                     );
-                    let _ = respond(&mut stream, &error.into_response(), true).await;
+                    let _ = respond(&mut stream, error.into_response(), true).await;
                     return;
                 }
                 ParseOutcome::Partial => match stream.read(&mut chunk).await {
@@ -171,7 +171,7 @@ async fn connection(state: Rc<State>, mut stream: TcpStream, access: Rc<Access>)
                 "com.amazonaws.dynamodb.v20120810#ValidationException",
                 "Request size exceeds 16 MB",
             );
-            let _ = respond(&mut stream, &error.into_response(), true).await;
+            let _ = respond(&mut stream, error.into_response(), true).await;
             return;
         }
         let end = parsed.header_len + parsed.content_length;
@@ -190,7 +190,7 @@ async fn connection(state: Rc<State>, mut stream: TcpStream, access: Rc<Access>)
             Err(error) => error.into_response(),
         };
         buffer.drain(..end);
-        if respond(&mut stream, &response, close).await.is_err() || close {
+        if respond(&mut stream, response, close).await.is_err() || close {
             return;
         }
     }
@@ -279,11 +279,10 @@ impl ApiError {
 
 async fn respond(
     stream: &mut TcpStream,
-    (status, reply): &(u16, Reply),
+    (status, reply): (u16, Reply),
     close: bool,
 ) -> std::io::Result<()> {
-    let mut body = Vec::new();
-    reply.write_to(&mut body);
+    let body = reply.into_bytes();
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",

@@ -68,19 +68,17 @@ fn signing_key(
     region: &str,
     service: &str,
 ) -> [u8; 32] {
-    type Cached = Option<(String, [u8; 32])>;
+    /// The scope (access key, secret, date, region, service) and its key.
+    type Cached = Option<([String; 5], [u8; 32])>;
     thread_local! {
         static LAST: std::cell::RefCell<Cached> = const { std::cell::RefCell::new(None) };
     }
-    // The secret is part of the identity: a key whose secret changed is
+    // The secret is part of the scope: a key whose secret changed is
     // derived afresh.
-    let identity = [
-        access_key, "\0", secret, "\0", date, "\0", region, "\0", service,
-    ]
-    .concat();
+    let scope = [access_key, secret, date, region, service];
     if let Some(key) = LAST.with_borrow(|last| {
         last.as_ref()
-            .filter(|(id, _)| *id == identity)
+            .filter(|(cached, _)| cached.iter().zip(scope).all(|(a, b)| a == b))
             .map(|(_, key)| *key)
     }) {
         return key;
@@ -89,15 +87,15 @@ fn signing_key(
     for part in [region.as_bytes(), service.as_bytes(), b"aws4_request"] {
         key = hmac(&key, part);
     }
-    LAST.set(Some((identity, key)));
+    LAST.set(Some((scope.map(str::to_owned), key)));
     key
 }
 
-fn header<'a, S: AsRef<str>>(headers: &'a [(S, S)], name: &str) -> Option<&'a str> {
+fn header<'a>(headers: &[(&'a str, &'a str)], name: &str) -> Option<&'a str> {
     headers
         .iter()
-        .find(|(n, _)| n.as_ref().eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_ref())
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| *v)
 }
 
 /// How far a request's `X-Amz-Date` may be from `now`, as in AWS.
