@@ -59,13 +59,14 @@ fn write_and_kill(dir: &std::path::Path, round: u32) -> HashMap<u64, u64> {
         count += 1;
         if count == ACKS_BEFORE_KILL {
             child.kill().unwrap(); // SIGKILL: no shutdown path runs
-            break;
         }
+        // Keep reading after the kill: acknowledgements the writer printed
+        // before it died are still in the pipe, and they count.
     }
     let status = child.wait().unwrap();
     let _ = done.send(());
     guard.join().unwrap();
-    assert_eq!(count, ACKS_BEFORE_KILL, "writer stopped early: {status}");
+    assert!(count >= ACKS_BEFORE_KILL, "writer stopped early: {status}");
     acked
 }
 
