@@ -235,25 +235,43 @@ impl NodeBuckets {
     }
 }
 
-/// GAC's server core: each table's limit, handed out to routers as
-/// tokens they spend locally. Tokens come from one bucket per table
-/// refilled at the table's rate, holding one grant period's worth, so
-/// what all routers spend together never exceeds the rate by more than a
-/// period's worth. A grant is capped at the router's max-min fair share of
-/// a period's capacity, given what every active router last asked for: a
-/// router that wants little gets all of it, and the rest is shared evenly
-/// by the others.
+/// A new on-demand table may use this much from its first request
+/// (DynamoDB's starting throughput for on-demand tables); from then on,
+/// twice its highest observed rate.
+pub const ON_DEMAND_READ_UNITS_START: u64 = 12_000;
+pub const ON_DEMAND_WRITE_UNITS_START: u64 = 4_000;
+
+/// GAC's server core: each bucket's limit — a table's reads, or its
+/// writes — handed out to routers as tokens they spend locally. Tokens
+/// come from one token bucket per limit, refilled at its rate and holding
+/// one grant period's worth, so what all routers spend together never
+/// exceeds the rate by more than a period's worth. A grant is capped at
+/// the router's max-min fair share of a period's capacity, given what
+/// every active router last asked for: a router that wants little gets
+/// all of it, and the rest is shared evenly by the others.
+///
+/// A provisioned limit is set from the table's capacity; an on-demand one
+/// follows traffic: it starts at a floor and is twice the highest rate
+/// routers reported spending, so a table may double its previous peak at
+/// once.
 #[derive(Debug, Clone)]
 pub struct GacServer {
     period_ns: u64,
-    tables: std::collections::BTreeMap<u32, GacTable>,
+    buckets: std::collections::BTreeMap<u64, GacBucket>,
 }
 
 #[derive(Debug, Clone)]
-struct GacTable {
+struct GacBucket {
     bucket: TokenBucket,
     /// When each router last asked, and for how much.
-    routers: std::collections::BTreeMap<u32, (u64, u64)>,
+    routers: std::collections::BTreeMap<u64, (u64, u64)>,
+    /// `Some(floor)` for an on-demand limit.
+    on_demand: Option<u64>,
+    /// Highest rate spent over a whole window (milli-units per second).
+    peak: u64,
+    /// The current measuring window: its start and what was spent in it.
+    window_ns: u64,
+    window_spent: u64,
 }
 
 impl GacServer {
@@ -261,21 +279,48 @@ impl GacServer {
     pub fn new(period_ns: u64) -> GacServer {
         GacServer {
             period_ns: period_ns.max(1),
-            tables: std::collections::BTreeMap::new(),
+            buckets: std::collections::BTreeMap::new(),
         }
     }
 
-    /// Sets a table's limit (milli-units per second).
-    pub fn set_table(&mut self, table: u32, rate: u64, now_ns: u64) {
+    pub fn period_ns(&self) -> u64 {
+        self.period_ns
+    }
+
+    /// Sets a provisioned limit (milli-units per second).
+    pub fn set_table(&mut self, bucket: u64, rate: u64, now_ns: u64) {
+        self.set(bucket, rate, None, now_ns);
+    }
+
+    /// Makes a limit on demand, starting from `floor` milli-units per
+    /// second (or twice the peak seen so far, if that is more).
+    pub fn set_on_demand(&mut self, bucket: u64, floor: u64, now_ns: u64) {
+        let peak = self.buckets.get(&bucket).map_or(0, |b| b.peak);
+        self.set(
+            bucket,
+            floor.max(peak.saturating_mul(2)),
+            Some(floor),
+            now_ns,
+        );
+    }
+
+    fn set(&mut self, bucket: u64, rate: u64, on_demand: Option<u64>, now_ns: u64) {
         let capacity = self.period_capacity(rate);
-        match self.tables.get_mut(&table) {
-            Some(t) => t.bucket.set_rate(rate, capacity, now_ns),
+        match self.buckets.get_mut(&bucket) {
+            Some(b) => {
+                b.bucket.set_rate(rate, capacity, now_ns);
+                b.on_demand = on_demand;
+            }
             None => {
-                self.tables.insert(
-                    table,
-                    GacTable {
+                self.buckets.insert(
+                    bucket,
+                    GacBucket {
                         bucket: TokenBucket::new(rate, capacity, now_ns),
                         routers: std::collections::BTreeMap::new(),
+                        on_demand,
+                        peak: 0,
+                        window_ns: now_ns,
+                        window_spent: 0,
                     },
                 );
             }
@@ -286,21 +331,56 @@ impl GacServer {
         (u128::from(rate) * u128::from(self.period_ns) / NANOS) as u64
     }
 
-    /// A router asks for `wanted` milli-units of `table` for the next
-    /// period; returns what it is granted (0 for an unknown table).
-    pub fn grant(&mut self, table: u32, router: u32, wanted: u64, now_ns: u64) -> u64 {
+    /// The limit's current rate (milli-units per second), if it is known.
+    pub fn rate(&self, bucket: u64) -> Option<u64> {
+        self.buckets.get(&bucket).map(|b| b.bucket.rate())
+    }
+
+    /// A router reports what it spent of `bucket` since it last asked.
+    /// Spending is measured over windows of at least two periods; an
+    /// on-demand limit then moves to twice the highest rate measured.
+    pub fn report(&mut self, bucket: u64, spent: u64, now_ns: u64) {
+        let window = 2 * self.period_ns;
+        let Some(b) = self.buckets.get_mut(&bucket) else {
+            return;
+        };
+        b.window_spent = b.window_spent.saturating_add(spent);
+        let elapsed = now_ns.saturating_sub(b.window_ns);
+        if elapsed < window {
+            return;
+        }
+        let rate = (u128::from(b.window_spent) * NANOS / u128::from(elapsed)) as u64;
+        b.peak = b.peak.max(rate);
+        b.window_ns = now_ns;
+        b.window_spent = 0;
+        if let Some(floor) = b.on_demand {
+            let rate = floor.max(b.peak.saturating_mul(2));
+            if rate != b.bucket.rate() {
+                // A higher limit applies at once: the period's extra
+                // capacity is there now, not earned over the next period.
+                let capacity = (u128::from(rate) * u128::from(self.period_ns) / NANOS) as u64;
+                let grown = capacity.saturating_sub(b.bucket.capacity());
+                b.bucket.set_rate(rate, capacity, now_ns);
+                b.bucket.deposit(grown);
+            }
+        }
+    }
+
+    /// A router asks for `wanted` milli-units of `bucket` for the next
+    /// period; returns what it is granted (0 for an unknown limit).
+    pub fn grant(&mut self, bucket: u64, router: u64, wanted: u64, now_ns: u64) -> u64 {
         let period = self.period_ns;
-        let Some(t) = self.tables.get_mut(&table) else {
+        let Some(b) = self.buckets.get_mut(&bucket) else {
             return 0;
         };
-        t.routers.insert(router, (now_ns, wanted));
-        // Routers that asked within the last two periods share the table.
-        t.routers
+        b.routers.insert(router, (now_ns, wanted));
+        // Routers that asked within the last two periods share the limit.
+        b.routers
             .retain(|_, (at, _)| now_ns.saturating_sub(*at) <= 2 * period);
-        let mut wants: Vec<u64> = t.routers.values().map(|(_, w)| *w).collect();
-        let share = fair_share(&mut wants, t.bucket.capacity());
-        let granted = wanted.min(share).min(t.bucket.available(now_ns));
-        t.bucket.take_refilled(granted);
+        let mut wants: Vec<u64> = b.routers.values().map(|(_, w)| *w).collect();
+        let share = fair_share(&mut wants, b.bucket.capacity());
+        let granted = wanted.min(share).min(b.bucket.available(now_ns));
+        b.bucket.take_refilled(granted);
         granted
     }
 }
@@ -320,13 +400,15 @@ fn fair_share(wants: &mut [u64], capacity: u64) -> u64 {
     u64::MAX
 }
 
-/// A router's side of GAC for one table: tokens granted for a period,
-/// spent locally, and expiring at the period's end so a router that lost
-/// GAC cannot spend old grants forever.
-#[derive(Debug, Clone)]
+/// A router's side of GAC for one limit: tokens granted for a period,
+/// spent locally, and expiring so a router that lost GAC cannot spend old
+/// grants forever.
+#[derive(Debug, Clone, Default)]
 pub struct GacTokens {
     tokens: u64,
     expires_ns: u64,
+    /// The last grant GAC made, renewed while GAC cannot be reached.
+    last_grant: Option<u64>,
     /// Spent since the last request: what to ask for next.
     spent: u64,
     /// Refused for want of tokens since the last request.
@@ -335,12 +417,22 @@ pub struct GacTokens {
 
 impl GacTokens {
     pub fn new() -> GacTokens {
-        GacTokens {
-            tokens: 0,
-            expires_ns: 0,
-            spent: 0,
-            refused: 0,
-        }
+        GacTokens::default()
+    }
+
+    /// Whether GAC ever granted this router anything here.
+    pub fn has_grant(&self) -> bool {
+        self.last_grant.is_some()
+    }
+
+    /// The last grant GAC made, if any.
+    pub fn last_grant(&self) -> Option<u64> {
+        self.last_grant
+    }
+
+    /// Whether a grant holds at `now_ns` (it may be spent).
+    pub fn is_current(&self, now_ns: u64) -> bool {
+        now_ns < self.expires_ns
     }
 
     /// Spends `cost` if the current grant covers it.
@@ -358,6 +450,18 @@ impl GacTokens {
         }
     }
 
+    /// Spends `cost` after the fact (what a read turned out to cost beyond
+    /// what it was admitted with), as far as the grant goes.
+    pub fn charge(&mut self, cost: u64) {
+        self.tokens = self.tokens.saturating_sub(cost);
+        self.spent += cost;
+    }
+
+    /// What was spent since the last ask (reported to GAC with it).
+    pub fn spent(&self) -> u64 {
+        self.spent
+    }
+
     /// What to ask GAC for, for the next period: what this router spent
     /// and was refused in the last one, plus a quarter for growth; and the
     /// counters restart.
@@ -373,12 +477,16 @@ impl GacTokens {
     pub fn granted(&mut self, tokens: u64, expires_ns: u64) {
         self.tokens = tokens;
         self.expires_ns = expires_ns;
+        self.last_grant = Some(tokens);
     }
-}
 
-impl Default for GacTokens {
-    fn default() -> Self {
-        GacTokens::new()
+    /// GAC could not be reached: the last grant again, until
+    /// `expires_ns`. The caller bounds how long it keeps doing this.
+    pub fn renew(&mut self, expires_ns: u64) {
+        if let Some(last) = self.last_grant {
+            self.tokens = last;
+            self.expires_ns = expires_ns;
+        }
     }
 }
 
@@ -489,7 +597,7 @@ mod tests {
                 if now >= next_ask[r] {
                     // Routers ask at staggered moments.
                     let wanted = tokens.wanted();
-                    let grant = gac.grant(7, r as u32, wanted, now);
+                    let grant = gac.grant(7, r as u64, wanted, now);
                     tokens.granted(grant, now + period);
                     next_ask[r] = now + period;
                 }
@@ -539,5 +647,69 @@ mod tests {
         assert!(tokens.try_spend(UNIT, SECOND / 2));
         assert!(!tokens.try_spend(UNIT, SECOND));
         assert_eq!(tokens.wanted(), 2 * UNIT + 2 * UNIT / 4 + UNIT);
+    }
+
+    /// A router cut off from GAC may renew its last grant (the caller
+    /// bounds for how long); a router never granted anything has nothing
+    /// to renew.
+    #[test]
+    fn a_renewed_grant_is_the_last_one_again() {
+        let mut fresh = GacTokens::new();
+        fresh.renew(SECOND);
+        assert!(!fresh.has_grant());
+        assert!(!fresh.try_spend(1, 0));
+        let mut tokens = GacTokens::new();
+        tokens.granted(3 * UNIT, SECOND);
+        tokens.charge(2 * UNIT);
+        assert!(tokens.try_spend(UNIT, 0));
+        assert!(
+            !tokens.try_spend(UNIT, 0),
+            "the charge came out of the grant"
+        );
+        assert_eq!(tokens.spent(), 3 * UNIT);
+        tokens.renew(2 * SECOND);
+        assert!(tokens.try_spend(3 * UNIT, SECOND));
+        assert!(!tokens.try_spend(1, 2 * SECOND), "the renewal expired too");
+    }
+
+    /// An on-demand limit starts at its floor and then follows traffic:
+    /// twice the highest rate spent, at once, and never less than the
+    /// floor.
+    #[test]
+    fn on_demand_capacity_doubles_the_previous_peak() {
+        let period = SECOND;
+        let floor = 100 * UNIT;
+        let mut gac = GacServer::new(period);
+        gac.set_on_demand(1, floor, 0);
+        assert_eq!(gac.rate(1), Some(floor));
+        // One router wanting far more than the floor gets a period of it.
+        assert_eq!(gac.grant(1, 0, 1000 * UNIT, 0), floor);
+        let mut now = 0;
+        // It spends everything for two periods: 100 units per second.
+        for _ in 0..2 {
+            now += period;
+            gac.report(1, floor, now);
+        }
+        assert_eq!(gac.rate(1), Some(2 * floor), "twice the peak");
+        assert_eq!(gac.grant(1, 0, 1000 * UNIT, now), 2 * floor);
+        // It spends the new rate: the limit doubles again.
+        for _ in 0..2 {
+            now += period;
+            gac.report(1, 2 * floor, now);
+        }
+        assert_eq!(gac.rate(1), Some(4 * floor));
+        // Traffic stops: the limit stays at twice the peak seen.
+        for _ in 0..10 {
+            now += period;
+            gac.report(1, 0, now);
+        }
+        assert_eq!(gac.rate(1), Some(4 * floor));
+        // A provisioned limit does not follow traffic.
+        gac.set_table(2, floor, now);
+        for _ in 0..4 {
+            now += period;
+            gac.report(2, 5 * floor, now);
+        }
+        assert_eq!(gac.rate(2), Some(floor));
     }
 }

@@ -467,9 +467,59 @@ pub enum MemdsResponse {
     },
 }
 
+/// One limit a router asks GAC to grant from: a table's reads or writes.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct GacAsk {
+    pub table: u32,
+    /// The table's metadata version the router's `units` come from: GAC
+    /// keeps the newest it has seen.
+    pub version: u64,
+    pub write: bool,
+    /// Provisioned units per second; 0 for an on-demand table.
+    pub units: u32,
+    /// Milli-units wanted for the next period.
+    pub wanted: u64,
+    /// Milli-units spent since the router last asked.
+    pub spent: u64,
+}
+
+/// What a router asks a GAC process.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum GacRequest {
+    /// Grants for the next period. `router` names the asker (one router
+    /// core), for fair shares.
+    Grant { router: u64, asks: Vec<GacAsk> },
+    /// The process's counters.
+    Stats,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum GacResponse {
+    /// Milli-units granted, one per ask in order, each valid for one
+    /// period; routers ask again every `period_ms`.
+    Granted {
+        period_ms: u32,
+        grants: Vec<u64>,
+    },
+    Stats {
+        /// Grant requests answered.
+        requests: u64,
+        /// Limits (a table's reads or writes) GAC knows.
+        limits: u64,
+        /// Milli-units granted in all.
+        granted: u64,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
 message_codec!(encode_client_request, decode_client_request, ClientRequest);
 message_codec!(encode_memds_request, decode_memds_request, MemdsRequest);
 message_codec!(encode_memds_response, decode_memds_response, MemdsResponse);
+message_codec!(encode_gac_request, decode_gac_request, GacRequest);
+message_codec!(encode_gac_response, decode_gac_response, GacResponse);
 message_codec!(encode_node_request, decode_node_request, NodeRequest);
 message_codec!(encode_response, decode_response, Response);
 
