@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod control;
+pub mod gac;
 pub mod map;
 pub mod meta;
 pub mod server;
