@@ -1,7 +1,6 @@
 //! An embedded cluster for `cairn bench` without `--router`: storage nodes
-//! (three, one per zone, for replication 3), a MemDS and a router in this
-//! process,
-//! on free loopback ports, with a fresh self-signed certificate. The load
+//! (three, one per zone, for replication 3), a MemDS, a GAC and a router
+//! in this process, on free loopback ports, with a fresh self-signed certificate. The load
 //! still goes through QUIC and the router, and replicas still talk QUIC to
 //! each other, as they would across machines.
 
@@ -10,6 +9,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use cairn_common::quic::Identity;
+use cairn_memds::gac::{Gac, GacConfig};
 use cairn_memds::server::{Memds, MemdsConfig};
 use cairn_node::{NodeConfig, NodeNetwork, StorageNode};
 use cairn_router::catalog::NodeAddress;
@@ -21,6 +21,7 @@ use cairn_router::{DynamoDbEndpoint, Router, RouterConfig};
 pub struct EmbeddedCluster {
     // Field order is drop order: the router goes before MemDS and the nodes.
     pub router: Router,
+    pub gac: Gac,
     pub memds: Memds,
     pub nodes: Vec<StorageNode>,
     pub identity: Identity,
@@ -57,7 +58,7 @@ impl EmbeddedCluster {
     ) -> anyhow::Result<EmbeddedCluster> {
         let identity = Identity::self_signed(&["localhost"]).map_err(anyhow::Error::msg)?;
         let node_count = replicas.max(1) as u16;
-        let base = free_ports(node_count * cores as u16 + 2)?;
+        let base = free_ports(node_count * cores as u16 + 3)?;
         let mut nodes = Vec::new();
         let mut addresses = Vec::new();
         for n in 0..node_count {
@@ -114,10 +115,16 @@ impl EmbeddedCluster {
         ))
         .map_err(anyhow::Error::msg)
         .context("starting the embedded MemDS")?;
+        let gac_addr: SocketAddr =
+            format!("127.0.0.1:{}", base + 2 + node_count * cores as u16).parse()?;
+        let gac = Gac::start(GacConfig::new(gac_addr, identity.clone()))
+            .map_err(anyhow::Error::msg)
+            .context("starting the embedded GAC")?;
         let router = Router::start(RouterConfig {
             listen: format!("127.0.0.1:{base}").parse()?,
             nodes: addresses,
             memds: vec![memds.addr()],
+            gac: vec![gac.addr()],
             replicas,
             identity: identity.clone(),
             node_server_name: "localhost".into(),
@@ -135,6 +142,7 @@ impl EmbeddedCluster {
         .context("starting the embedded router")?;
         Ok(EmbeddedCluster {
             router,
+            gac,
             memds,
             nodes,
             identity,

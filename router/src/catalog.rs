@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use cairn_common::KeySchema;
+use cairn_common::admission::{PARTITION_READ_UNITS_MAX, PARTITION_WRITE_UNITS_MAX};
 use cairn_common::wire::{Capacity, PartitionLimit, WireNode, WireTable};
 use cairn_memds::meta::{NodeRecord, TableStatus};
 
@@ -51,8 +52,10 @@ pub struct Table {
 }
 
 impl Table {
-    /// What each partition may serve: a provisioned table's capacity split
-    /// evenly over its partitions (rounded up, at least one unit each).
+    /// What each partition may serve when GAC does not gate the table: a
+    /// provisioned table's capacity split evenly over its partitions
+    /// (rounded up, at least one unit each), which holds the table's limit
+    /// with no coordination between routers.
     /// An on-demand table has no limit yet: its capacity is to follow its
     /// traffic (issue 6), and until partitions split for heat a fixed cap
     /// would throttle a table that DynamoDB would have split.
@@ -69,6 +72,23 @@ impl Table {
                     write_units: share(write_units),
                 })
             }
+        }
+    }
+
+    /// What each partition may serve while GAC holds the table's limit
+    /// across routers: the whole table's capacity, up to a partition's
+    /// maximum, so a hot partition may use what its cold siblings leave
+    /// (DynamoDB's adaptive capacity). On demand: no partition limit.
+    pub fn adaptive_limit(&self) -> Option<PartitionLimit> {
+        match self.capacity {
+            Capacity::OnDemand => None,
+            Capacity::Provisioned {
+                read_units,
+                write_units,
+            } => Some(PartitionLimit {
+                read_units: read_units.min(PARTITION_READ_UNITS_MAX as u32),
+                write_units: write_units.min(PARTITION_WRITE_UNITS_MAX as u32),
+            }),
         }
     }
 

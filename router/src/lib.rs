@@ -17,6 +17,7 @@
 
 pub mod catalog;
 pub mod dynamodb;
+pub mod gac;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use cairn_common::admission::{read_cost, write_cost};
 use cairn_common::group::NodeLinks;
 use cairn_common::quic::{Connection, Endpoint, Identity};
 use cairn_common::wire::{
@@ -39,6 +41,7 @@ use cairn_memds::{Located, Partition, Replicas, RouteCache};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::catalog::{Catalog, NodeAddress, Table, partition_hash};
+use crate::gac::{GacClient, Gate};
 
 /// Most items one Query or Scan page returns.
 const PAGE_LIMIT_MAX: u32 = 1000;
@@ -81,6 +84,9 @@ pub struct RouterConfig {
     pub nodes: Vec<NodeAddress>,
     /// MemDS processes to look partitions up in.
     pub memds: Vec<SocketAddr>,
+    /// GAC processes that hold tables' limits across routers; none: each
+    /// partition's even share of its table's capacity, enforced by nodes.
+    pub gac: Vec<SocketAddr>,
     /// Presented to clients, and trusted on node connections.
     pub identity: Identity,
     /// The name nodes' certificates are issued for.
@@ -248,7 +254,11 @@ async fn run_core(
         misses_waiting: Cell::new(0),
         missed: event_listener::Event::new(),
         replicas: config.replicas,
+        gac: Rc::new(GacClient::new(config.gac.clone(), rand::random())),
     });
+    if state.gac.is_enabled() {
+        glommio::spawn_local(state.gac.clone().run(state.links.clone())).detach();
+    }
     if core == 0 {
         let state = state.clone();
         glommio::spawn_local(async move {
@@ -340,6 +350,7 @@ struct State {
     /// A request missed the cache.
     missed: event_listener::Event,
     replicas: u32,
+    gac: Rc<GacClient>,
 }
 
 /// Sends the cache's queued refreshes to MemDS, one batch in flight per
@@ -701,12 +712,50 @@ impl State {
     async fn forward_key(&self, table: &Table, encoded_key: &[u8], op: NodeOp) -> Response {
         let hash = partition_hash(partition_prefix(encoded_key));
         match self.locate(table.id, hash).await {
-            Ok(located) => {
-                self.forward(&located.partition, table.partition_limit(), op)
-                    .await
-            }
+            Ok(located) => self.forward_admitted(table, &located.partition, op).await,
             Err(response) => response,
         }
+    }
+
+    /// Admits `op` against its table's limit across routers (GAC), then
+    /// forwards it with the partition limit that goes with the decision,
+    /// and charges a read what it turned out to cost.
+    async fn forward_admitted(&self, table: &Table, partition: &Partition, op: NodeOp) -> Response {
+        let write = op.is_write();
+        let (cost, consistent) = match &op {
+            NodeOp::Put { item, .. } => (write_cost(item.len()), true),
+            NodeOp::Get { consistent, .. } | NodeOp::Scan { consistent, .. } => {
+                (read_cost(0, *consistent), *consistent)
+            }
+            _ => (write_cost(0), true),
+        };
+        let limit = match self.gac.admit(table, write, cost).await {
+            Gate::Admitted => table.adaptive_limit(),
+            Gate::Ungated => table.partition_limit(),
+            Gate::Throttled => {
+                return Response::error(
+                    ErrorCode::Throttling,
+                    format!(
+                        "table {}: its {} capacity is used up across routers",
+                        table.id,
+                        if write { "write" } else { "read" }
+                    ),
+                );
+            }
+        };
+        let response = self.forward(partition, limit, op).await;
+        if !write && self.gac.is_enabled() {
+            let bytes = match &response {
+                Response::Item(Some(item)) => item.len(),
+                Response::Page { items, .. } => items.iter().map(Vec::len).sum(),
+                _ => 0,
+            };
+            let extra = read_cost(bytes, consistent).saturating_sub(cost);
+            if extra > 0 {
+                self.gac.charge(table.id, false, extra);
+            }
+        }
+        response
     }
 
     /// The range holding `hash`: from the cache (which queues a refresh
@@ -963,10 +1012,7 @@ impl State {
                 resume_after: resume.take(),
                 consistent,
             };
-            match self
-                .forward(&located.partition, table.partition_limit(), op)
-                .await
-            {
+            match self.forward_admitted(&table, &located.partition, op).await {
                 Response::Page {
                     items: page,
                     last_key,

@@ -145,6 +145,49 @@ pub fn start_memds(cairn: &str, dir: &Path) -> Vec<Process> {
         .collect()
 }
 
+/// Starts the GAC processes whose configs `cairn up` wrote in `dir`
+/// (`gac-1.toml`, `gac-2.toml`).
+pub fn start_gac(cairn: &str, dir: &Path) -> Vec<Process> {
+    (1..=2).map(|g| start_one_gac(cairn, dir, g)).collect()
+}
+
+/// Starts GAC process `g` (1 or 2) of the cluster in `dir`.
+pub fn start_one_gac(cairn: &str, dir: &Path, g: u32) -> Process {
+    let config = dir.join(format!("gac-{g}.toml"));
+    let config = config.to_str().expect("a UTF-8 path");
+    Process::start(cairn, &["gac", "--config", config], "GAC listening")
+}
+
+/// How many grant requests the GAC process at `addr` has answered.
+pub fn gac_requests(addr: std::net::SocketAddr, identity: &cairn_common::quic::Identity) -> u64 {
+    use cairn_common::wire::{self, GacRequest, GacResponse};
+    let config = identity
+        .client_config()
+        .expect("a client TLS configuration");
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(move || async move {
+            let local = "127.0.0.1:0".parse().expect("an address");
+            let endpoint = cairn_common::quic::Endpoint::bind(local, None, Some(config))
+                .expect("a client endpoint");
+            let connection = endpoint
+                .connect(addr, "localhost")
+                .await
+                .expect("connected to GAC");
+            let request = wire::encode_gac_request(&GacRequest::Stats);
+            let answer = connection
+                .request(&request, std::time::Duration::from_secs(5))
+                .await
+                .expect("GAC answered");
+            match wire::decode_gac_response(&answer).expect("a GAC response") {
+                GacResponse::Stats { requests, .. } => requests,
+                other => panic!("GAC answered Stats with {other:?}"),
+            }
+        })
+        .expect("an executor")
+        .join()
+        .expect("the executor finished")
+}
+
 /// A child process that has reported it is ready; killed (SIGKILL) when
 /// dropped.
 #[derive(Debug)]

@@ -76,6 +76,7 @@ fn cluster_of(replicas: u32) -> Cluster {
         listen: format!("127.0.0.1:{base}").parse().unwrap(),
         nodes: addresses,
         memds: vec![memds.addr()],
+        gac: Vec::new(),
         identity: identity.clone(),
         node_server_name: "localhost".into(),
         dynamodb: None,

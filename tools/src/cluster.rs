@@ -1,21 +1,26 @@
-//! Running nodes, MemDS and routers: `cairn node`, `cairn memds`,
-//! `cairn router`, `cairn up`.
+//! Running nodes, MemDS, GAC and routers: `cairn node`, `cairn memds`,
+//! `cairn gac`, `cairn router`, `cairn up`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use cairn_common::quic::Identity;
+use cairn_memds::gac::{Gac, GacConfig};
 use cairn_memds::server::{Memds, MemdsConfig};
 use cairn_node::{NodeConfig, NodeNetwork, StorageNode, shard_addr};
 use cairn_router::catalog::NodeAddress;
 use cairn_router::dynamodb::Access;
 use cairn_router::{DynamoDbEndpoint, Router, RouterConfig};
 
-use crate::config::{self, AccessKey, DynamoDbFile, MemdsFile, NodeEntry, NodeFile, RouterFile};
+use crate::config::{
+    self, AccessKey, DynamoDbFile, GacFile, MemdsFile, NodeEntry, NodeFile, RouterFile,
+};
 
 /// MemDS processes `cairn up` runs.
 const MEMDS_COUNT: u16 = 2;
+/// GAC processes `cairn up` runs.
+const GAC_COUNT: u16 = 2;
 
 fn node_addresses(entries: &[NodeEntry]) -> Vec<NodeAddress> {
     entries
@@ -44,6 +49,17 @@ pub fn start_memds(path: &Path) -> anyhow::Result<Memds> {
         .with_context(|| format!("starting the MemDS of {}", path.display()))
 }
 
+/// Starts a GAC process from its config file.
+pub fn start_gac(path: &Path) -> anyhow::Result<Gac> {
+    let file: GacFile = config::load(path)?;
+    let identity = config::identity(path, &file.certificate, &file.private_key)?;
+    let mut gac_config = GacConfig::new(file.listen, identity);
+    gac_config.period = std::time::Duration::from_millis(file.period_ms);
+    Gac::start(gac_config)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("starting the GAC of {}", path.display()))
+}
+
 /// Starts a storage node from its config file.
 pub fn start_node(path: &Path) -> anyhow::Result<StorageNode> {
     let file: NodeFile = config::load(path)?;
@@ -66,6 +82,7 @@ pub fn start_router(path: &Path) -> anyhow::Result<Router> {
         listen: file.listen,
         nodes: node_addresses(&file.nodes),
         memds: file.memds.clone(),
+        gac: file.gac.clone(),
         replicas: file.replication,
         identity,
         node_server_name: file.node_server_name,
@@ -118,6 +135,7 @@ fn random_letters(count: usize) -> anyhow::Result<String> {
 pub struct LocalCluster {
     pub nodes: Vec<StorageNode>,
     pub memds: Vec<Memds>,
+    pub gac: Vec<Gac>,
     pub router: Router,
     pub dir: PathBuf,
     pub router_addr: SocketAddr,
@@ -126,8 +144,8 @@ pub struct LocalCluster {
 
 /// Creates (or reuses) a local cluster directory with a self-signed
 /// certificate and config files, and starts its nodes (three in three
-/// zones for replication 3, else one), two MemDS processes and a router
-/// here.
+/// zones for replication 3, else one), two MemDS processes, two GAC
+/// processes and a router here.
 pub fn up(dir: &Path, cores: usize, port: u16, replication: u32) -> anyhow::Result<LocalCluster> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
@@ -182,8 +200,23 @@ pub fn up(dir: &Path, cores: usize, port: u16, replication: u32) -> anyhow::Resu
             ))
         })
         .collect::<anyhow::Result<_>>()?;
+    let gac_files: Vec<(PathBuf, GacFile)> = (0..GAC_COUNT)
+        .map(|g| {
+            let listen: SocketAddr = format!("127.0.0.1:{}", port + 95 + g).parse()?;
+            Ok((
+                dir.join(format!("gac-{}.toml", g + 1)),
+                GacFile {
+                    listen,
+                    certificate: "cert.pem".into(),
+                    private_key: "key.pem".into(),
+                    period_ms: 1000,
+                },
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
     let router = RouterFile {
         memds: memds_files.iter().map(|(_, f)| f.listen).collect(),
+        gac: gac_files.iter().map(|(_, f)| f.listen).collect(),
         listen: format!("127.0.0.1:{port}").parse()?,
         certificate: "cert.pem".into(),
         private_key: "key.pem".into(),
@@ -205,6 +238,9 @@ pub fn up(dir: &Path, cores: usize, port: u16, replication: u32) -> anyhow::Resu
     for (path, file) in &memds_files {
         std::fs::write(path, toml::to_string(file)?)?;
     }
+    for (path, file) in &gac_files {
+        std::fs::write(path, toml::to_string(file)?)?;
+    }
     std::fs::write(&router_path, toml::to_string(&router)?)?;
     for (path, _) in &node_files {
         nodes.push(start_node(path)?);
@@ -212,6 +248,10 @@ pub fn up(dir: &Path, cores: usize, port: u16, replication: u32) -> anyhow::Resu
     let memds = memds_files
         .iter()
         .map(|(path, _)| start_memds(path))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let gac = gac_files
+        .iter()
+        .map(|(path, _)| start_gac(path))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let dynamodb = router
         .dynamodb
@@ -222,6 +262,7 @@ pub fn up(dir: &Path, cores: usize, port: u16, replication: u32) -> anyhow::Resu
         router_addr: router_process.addr(),
         nodes,
         memds,
+        gac,
         router: router_process,
         dir,
         dynamodb,
@@ -254,6 +295,9 @@ impl LocalCluster {
         };
         for (m, memds) in self.memds.iter().enumerate() {
             out += &format!("  MemDS {}: {}\n", m + 1, memds.addr());
+        }
+        for (g, gac) in self.gac.iter().enumerate() {
+            out += &format!("  GAC {}:   {}\n", g + 1, gac.addr());
         }
         out += &format!(
             "  replicas per partition: {replicas}\n  data:    {}\n  configs: {}/*.toml\n",

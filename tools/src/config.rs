@@ -67,6 +67,10 @@ pub struct RouterFile {
     pub nodes: Vec<NodeEntry>,
     /// MemDS processes, for partition lookups and the table catalog.
     pub memds: Vec<SocketAddr>,
+    /// GAC processes holding tables' limits across routers; none: nodes
+    /// hold each partition to its even share alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gac: Vec<SocketAddr>,
     /// Copies of each partition of new tables: 1, or 3 (a Multi-Paxos group
     /// across zones).
     #[serde(default = "one_replica")]
@@ -96,6 +100,25 @@ pub struct MemdsFile {
 
 fn fifty() -> u64 {
     50
+}
+
+/// `cairn gac --config FILE`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GacFile {
+    /// Routers connect here.
+    pub listen: SocketAddr,
+    /// PEM certificate presented to routers.
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    /// How often routers ask for tokens, and how long a grant lasts, in
+    /// milliseconds.
+    #[serde(default = "thousand")]
+    pub period_ms: u64,
+}
+
+fn thousand() -> u64 {
+    1000
 }
 
 /// `[dynamodb]` in a router's config.

@@ -55,6 +55,12 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run a global admission control (GAC) process from a config file
+    /// (docs/configuration.md).
+    Gac {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Run a router from a config file (docs/configuration.md).
     Router {
         #[arg(long)]
@@ -121,6 +127,11 @@ fn main() -> anyhow::Result<()> {
             let memds = cluster::start_memds(&config)?;
             println!("MemDS listening on {}", memds.addr());
             memds.wait();
+        }
+        Command::Gac { config } => {
+            let gac = cluster::start_gac(&config)?;
+            println!("GAC listening on {}", gac.addr());
+            gac.wait();
         }
         Command::Router { config } => {
             let router = cluster::start_router(&config)?;

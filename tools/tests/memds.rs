@@ -110,6 +110,7 @@ fn memds_sees_the_same_lookups_from_a_cold_router_as_from_a_warm_one() {
         "node running",
     );
     let _memds = cairn_tests::start_memds(env!("CARGO_BIN_EXE_cairn"), &cluster_dir);
+    let _gac = cairn_tests::start_gac(env!("CARGO_BIN_EXE_cairn"), &cluster_dir);
     let memds: Vec<SocketAddr> = (90..92)
         .map(|offset| format!("127.0.0.1:{}", base + offset).parse().unwrap())
         .collect();

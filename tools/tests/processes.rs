@@ -52,6 +52,7 @@ fn a_killed_node_restarts_with_every_acknowledged_write() {
         "node running",
     );
     let _memds = cairn_tests::start_memds(env!("CARGO_BIN_EXE_cairn"), &cluster_dir);
+    let _gac = cairn_tests::start_gac(env!("CARGO_BIN_EXE_cairn"), &cluster_dir);
     let _router = start(
         &["router", "--config", router_config.to_str().unwrap()],
         "router listening",
@@ -142,4 +143,124 @@ fn a_killed_node_restarts_with_every_acknowledged_write() {
             assert_eq!(found.unwrap(), Some(item(i)), "item {i}");
         }
     });
+}
+
+/// Both GAC processes are killed with SIGKILL while two clients write,
+/// stay down for longer than a grant lasts (two periods), and start
+/// again. No write is refused meanwhile, every acknowledged write is
+/// there afterwards, and the router asks the new processes.
+#[test]
+fn killed_gac_processes_restart_and_no_traffic_is_dropped() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    use cairn_common::wire::Capacity;
+
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let base = cairn_tests::free_udp_ports(200);
+    let cluster_dir = dir.path().join("cluster");
+    let cairn = env!("CARGO_BIN_EXE_cairn");
+    cairn_tests::write_cluster_files(cairn, &cluster_dir, base, 1);
+    let config = |name: &str| cluster_dir.join(name).to_str().unwrap().to_owned();
+    let cert = cluster_dir.join("cert.pem");
+    let identity = Identity::trusting_pem_file(&cert).unwrap();
+    let _node = start(&["node", "--config", &config("node.toml")], "node running");
+    let _memds = cairn_tests::start_memds(cairn, &cluster_dir);
+    let gac = cairn_tests::start_gac(cairn, &cluster_dir);
+    // `cairn up` puts the GAC processes at port + 95 and + 96.
+    let gac_addrs: Vec<SocketAddr> = (95..97)
+        .map(|o| format!("127.0.0.1:{}", base + o).parse().unwrap())
+        .collect();
+    let grant_requests = || -> u64 {
+        gac_addrs
+            .iter()
+            .map(|addr| cairn_tests::gac_requests(*addr, &identity))
+            .sum()
+    };
+    let _router = start(
+        &["router", "--config", &config("router.toml")],
+        "router listening",
+    );
+    let router: SocketAddr = format!("127.0.0.1:{base}").parse().unwrap();
+    let schema = KeySchema::new(KeyAttribute::new("id", KeyType::S), None);
+    let created = schema.clone();
+    client_run(router, &cert, async move |client| {
+        let capacity = Capacity::Provisioned {
+            read_units: 10_000,
+            write_units: 10_000,
+        };
+        client
+            .create_table_with("paced", &created, 8, capacity)
+            .await
+            .unwrap();
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let (progress, written) = std::sync::mpsc::channel::<()>();
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let (stop, progress, cert) = (stop.clone(), progress.clone(), cert.clone());
+            std::thread::spawn(move || {
+                client_run(router, &cert, async move |client| {
+                    let mut count = 0u32;
+                    while !stop.load(Ordering::Relaxed) {
+                        let item =
+                            Item::new().with("id", AttributeValue::S(format!("w{w}-{count}")));
+                        client.put_item("paced", &item, None).await.unwrap();
+                        count += 1;
+                        let _ = progress.send(());
+                    }
+                    count
+                })
+            })
+        })
+        .collect();
+    drop(progress);
+    // Each wait is for the next acknowledged write: writes keep landing.
+    let next_write = || {
+        written
+            .recv_timeout(Duration::from_secs(10))
+            .expect("writes stalled, or one was refused");
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while grant_requests() < 3 {
+        next_write();
+        assert!(Instant::now() < deadline, "the router never asked GAC");
+    }
+    for process in gac {
+        process.kill();
+    }
+    // Down for three periods of one second: grants lapse before GAC is back.
+    let outage = Instant::now() + Duration::from_secs(3);
+    let mut during = 0;
+    while Instant::now() < outage {
+        next_write();
+        during += 1;
+    }
+    let _gac = cairn_tests::start_gac(cairn, &cluster_dir);
+    while grant_requests() < 2 {
+        next_write();
+        assert!(
+            Instant::now() < deadline,
+            "the router never came back to GAC"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let total: u32 = writers
+        .into_iter()
+        .map(|w| w.join().expect("a write was refused"))
+        .sum();
+    assert!(during > 0, "no write while GAC was down");
+    let stored = client_run(router, &cert, async |client| {
+        let (mut count, mut start) = (0u32, None);
+        loop {
+            let page = client.scan("paced", 1000, start).await.unwrap();
+            count += page.items.len() as u32;
+            match page.last {
+                Some(last) => start = Some(last),
+                None => return count,
+            }
+        }
+    });
+    assert_eq!(stored, total, "acknowledged writes missing");
 }

@@ -233,6 +233,7 @@ fn killing_leaders_loses_no_acknowledged_write_and_reads_stay_linearizable() {
     }
     let router_config = cluster_dir.join("router.toml");
     let _memds = cairn_tests::start_memds(env!("CARGO_BIN_EXE_cairn"), &cluster_dir);
+    let _gac = cairn_tests::start_gac(env!("CARGO_BIN_EXE_cairn"), &cluster_dir);
     let _router = start(
         &["router", "--config", router_config.to_str().unwrap()],
         "router listening",
