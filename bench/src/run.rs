@@ -724,9 +724,10 @@ async fn run_client(
         let operation = plan.workload.choose_operation(&mut rng);
         // Retried with backoff while retryable; the latency runs from the
         // first attempt's intended start, as a caller sees it.
+        let request = prepare(&plan, operation, &mut chooser, &mut rng);
         let mut attempt = 0;
         let result = loop {
-            match execute(&plan, &mut conn, operation, &mut chooser, &mut rng).await {
+            match execute(&mut conn, &request).await {
                 Err(error) if error.retryable && attempt + 1 < RETRIES.attempts => {
                     if error.throttled {
                         recorder.borrow_mut().record_throttle(operation);
@@ -750,46 +751,57 @@ async fn run_client(
     }
 }
 
-async fn execute(
+/// One operation, chosen once: a retry sends the same request again (the
+/// same key, value and record number), as a caller retrying would.
+#[derive(Debug)]
+enum Request {
+    Read(Item),
+    Update(Item, String, String),
+    Insert(Item),
+    Scan(Item, u32),
+    ReadModifyWrite(Item, String, String),
+}
+
+fn prepare(
     plan: &Plan,
-    conn: &mut Conn,
     operation: Operation,
     chooser: &mut KeyChooser,
     rng: &mut StdRng,
-) -> Result<(), OpError> {
+) -> Request {
     let existing = plan.inserted.load(Ordering::Relaxed);
+    let mut key = || key_item(&key_name(chooser.next(rng, existing)));
     match operation {
-        Operation::Read => {
-            conn.get(&key_item(&key_name(chooser.next(rng, existing))))
-                .await
-        }
+        Operation::Read => Request::Read(key()),
         Operation::Update => {
-            let key = key_item(&key_name(chooser.next(rng, existing)));
-            conn.update(
-                &key,
-                field_name(rng.random_range(0..FIELD_COUNT)),
-                field_value(rng),
-            )
-            .await
+            let key = key();
+            let field = field_name(rng.random_range(0..FIELD_COUNT));
+            Request::Update(key, field, field_value(rng))
         }
         Operation::Insert => {
             let n = plan.inserted.fetch_add(1, Ordering::Relaxed);
-            conn.put(&record(&key_name(n), rng)).await
+            Request::Insert(record(&key_name(n), rng))
         }
         Operation::Scan => {
-            let key = key_item(&key_name(chooser.next(rng, existing)));
-            let length = plan.workload.scan_length(rng) as u32;
-            conn.scan(&key, length).await
+            let key = key();
+            Request::Scan(key, plan.workload.scan_length(rng) as u32)
         }
         Operation::ReadModifyWrite => {
-            let key = key_item(&key_name(chooser.next(rng, existing)));
-            conn.get(&key).await?;
-            conn.update(
-                &key,
-                field_name(rng.random_range(0..FIELD_COUNT)),
-                field_value(rng),
-            )
-            .await
+            let key = key();
+            let field = field_name(rng.random_range(0..FIELD_COUNT));
+            Request::ReadModifyWrite(key, field, field_value(rng))
+        }
+    }
+}
+
+async fn execute(conn: &mut Conn, request: &Request) -> Result<(), OpError> {
+    match request {
+        Request::Read(key) => conn.get(key).await,
+        Request::Update(key, field, value) => conn.update(key, field.clone(), value.clone()).await,
+        Request::Insert(item) => conn.put(item).await,
+        Request::Scan(key, length) => conn.scan(key, *length).await,
+        Request::ReadModifyWrite(key, field, value) => {
+            conn.get(key).await?;
+            conn.update(key, field.clone(), value.clone()).await
         }
     }
 }
