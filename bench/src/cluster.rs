@@ -138,6 +138,7 @@ impl EmbeddedCluster {
                     },
                 }),
             cores: 1,
+            metrics: None,
         })
         .context("starting the embedded router")?;
         Ok(EmbeddedCluster {

@@ -18,6 +18,7 @@
 pub mod catalog;
 pub mod dynamodb;
 pub mod gac;
+pub mod metrics;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -42,6 +43,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::catalog::{Catalog, NodeAddress, Table, partition_hash};
 use crate::gac::{GacClient, Gate};
+use crate::metrics::{CoreMetrics, ThrottledBy};
 
 /// Most items one Query or Scan page returns.
 const PAGE_LIMIT_MAX: u32 = 1000;
@@ -95,6 +97,9 @@ pub struct RouterConfig {
     pub cores: usize,
     /// The DynamoDB-compatible HTTP endpoint, if wanted.
     pub dynamodb: Option<DynamoDbEndpoint>,
+    /// Where Prometheus scrapes consumed capacity and throttles per table
+    /// and partition (TCP, `GET /metrics`), if wanted.
+    pub metrics: Option<SocketAddr>,
     /// Copies of each partition of tables created from now on: 1, or 3 (a
     /// Multi-Paxos group across zones).
     pub replicas: u32,
@@ -151,17 +156,26 @@ impl Router {
         }
         let (stop, stopped) = async_channel::bounded::<()>(config.cores);
         let generation = Arc::new(AtomicU64::new(0));
+        let metrics: Arc<Vec<Arc<CoreMetrics>>> = Arc::new(
+            (0..config.cores)
+                .map(|_| Arc::new(CoreMetrics::default()))
+                .collect(),
+        );
         let mut threads = Vec::new();
         let mut addr = config.listen;
         for core in 0..config.cores {
             let (ready_sender, ready) = async_channel::bounded(1);
-            let (mut config, stopped, generation) =
-                (config.clone(), stopped.clone(), generation.clone());
+            let (mut config, stopped, generation, metrics) = (
+                config.clone(),
+                stopped.clone(),
+                generation.clone(),
+                metrics.clone(),
+            );
             config.listen = addr;
             let thread = LocalExecutorBuilder::new(Placement::Unbound)
                 .name(&format!("cairn-router-{core}"))
                 .spawn(move || async move {
-                    run_core(config, core, generation, ready_sender, stopped).await;
+                    run_core(config, core, generation, metrics, ready_sender, stopped).await;
                 })
                 .map_err(|e| RouterError::Startup(e.to_string()))?;
             threads.push(thread);
@@ -207,6 +221,7 @@ async fn run_core(
     config: RouterConfig,
     core: usize,
     generation: Arc<AtomicU64>,
+    metrics: Arc<Vec<Arc<CoreMetrics>>>,
     ready: async_channel::Sender<Result<SocketAddr, String>>,
     stopped: async_channel::Receiver<()>,
 ) {
@@ -228,6 +243,19 @@ async fn run_core(
             let _ = ready.send(Err(message)).await;
             return;
         }
+    };
+    // Core 0 serves the scrapes, for every core.
+    let scrapes = match config.metrics.filter(|_| core == 0) {
+        Some(addr) => match glommio::net::TcpListener::bind(addr) {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                let _ = ready
+                    .send(Err(format!("metrics endpoint on {addr}: {error}")))
+                    .await;
+                return;
+            }
+        },
+        None => None,
     };
     let _ = ready
         .send(endpoint.local_addr().map_err(|e| e.to_string()))
@@ -255,7 +283,11 @@ async fn run_core(
         missed: event_listener::Event::new(),
         replicas: config.replicas,
         gac: Rc::new(GacClient::new(config.gac.clone(), rand::random())),
+        metrics: metrics[core].clone(),
     });
+    if let Some(listener) = scrapes {
+        glommio::spawn_local(serve_metrics(state.clone(), listener, metrics)).detach();
+    }
     if state.gac.is_enabled() {
         glommio::spawn_local(state.gac.clone().run(state.links.clone())).detach();
     }
@@ -351,6 +383,31 @@ struct State {
     missed: event_listener::Event,
     replicas: u32,
     gac: Rc<GacClient>,
+    /// This core's counts of consumed capacity and throttles.
+    metrics: Arc<CoreMetrics>,
+}
+
+/// Answers Prometheus's scrapes with every core's counts, tables named
+/// from this core's catalog.
+async fn serve_metrics(
+    state: Rc<State>,
+    listener: glommio::net::TcpListener,
+    cores: Arc<Vec<Arc<CoreMetrics>>>,
+) {
+    while let Ok(stream) = listener.accept().await {
+        let (state, cores) = (state.clone(), cores.clone());
+        glommio::spawn_local(metrics::serve_scrape(stream, move || {
+            let names: std::collections::HashMap<u32, String> = state
+                .catalog
+                .borrow()
+                .tables
+                .iter()
+                .map(|(name, table)| (table.id, name.clone()))
+                .collect();
+            metrics::encode(&metrics::totals(&cores), |id| names.get(&id).cloned())
+        }))
+        .detach();
+    }
 }
 
 /// Sends the cache's queued refreshes to MemDS, one batch in flight per
@@ -733,6 +790,8 @@ impl State {
             Gate::Admitted => table.adaptive_limit(),
             Gate::Ungated => table.partition_limit(),
             Gate::Throttled => {
+                self.metrics
+                    .throttled(table.id, partition.id, write, ThrottledBy::Table);
                 return Response::error(
                     ErrorCode::Throttling,
                     format!(
@@ -744,16 +803,23 @@ impl State {
             }
         };
         let response = self.forward(partition, limit, op).await;
-        if !write && self.gac.is_enabled() {
-            let bytes = match &response {
-                Response::Item(Some(item)) => item.len(),
-                Response::Page { items, .. } => items.iter().map(Vec::len).sum(),
-                _ => 0,
-            };
-            let extra = read_cost(bytes, consistent).saturating_sub(cost);
-            if extra > 0 {
-                self.gac.charge(table.id, false, extra);
+        let consumed = match &response {
+            Response::Error {
+                code: ErrorCode::Throttling,
+                ..
+            } => {
+                self.metrics
+                    .throttled(table.id, partition.id, write, ThrottledBy::Partition);
+                return response;
             }
+            Response::Error { .. } | Response::NotLeader { .. } => return response,
+            Response::Item(Some(item)) if !write => read_cost(item.len(), consistent),
+            Response::Page { items, .. } => read_cost(items.iter().map(Vec::len).sum(), consistent),
+            _ => cost,
+        };
+        self.metrics.served(table.id, partition.id, write, consumed);
+        if consumed > cost {
+            self.gac.charge(table.id, write, consumed - cost);
         }
         response
     }

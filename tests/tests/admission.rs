@@ -26,6 +26,8 @@ const PERIOD: Duration = Duration::from_millis(200);
 struct Cluster {
     // Field order is drop order: routers, GAC, MemDS, then the node.
     routers: Vec<Router>,
+    /// Router 0's Prometheus endpoint.
+    metrics: SocketAddr,
     _gac: Gac,
     _memds: Memds,
     _node: StorageNode,
@@ -60,6 +62,10 @@ impl Cluster {
         .unwrap();
         let gac_addr: SocketAddr = format!("127.0.0.1:{}", base + 3).parse().unwrap();
         let gac = start_gac(gac_addr, &identity);
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let routers = (0..2)
             .map(|r| {
                 Router::start(RouterConfig {
@@ -70,6 +76,7 @@ impl Cluster {
                     identity: identity.clone(),
                     node_server_name: "localhost".into(),
                     dynamodb: None,
+                    metrics: (r == 0).then_some(metrics),
                     cores: 2,
                     replicas: 1,
                 })
@@ -78,6 +85,7 @@ impl Cluster {
             .collect();
         Cluster {
             routers,
+            metrics,
             _gac: gac,
             _memds: memds,
             _node: node,
@@ -112,6 +120,25 @@ fn start_gac(addr: SocketAddr, identity: &Identity) -> Gac {
     let mut config = GacConfig::new(addr, identity.clone());
     config.period = PERIOD;
     Gac::start(config).unwrap()
+}
+
+/// Router 0's metrics: every sample line's value by its name and labels.
+fn scrape(addr: SocketAddr) -> std::collections::HashMap<String, f64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: cairn\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text.lines()
+        .filter(|l| l.starts_with("cairn_"))
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            (series.to_owned(), value.parse().unwrap())
+        })
+        .collect()
 }
 
 fn schema() -> KeySchema {
@@ -196,4 +223,28 @@ fn gac_holds_a_table_limit_across_routers_and_a_hot_partition_may_use_it() {
             "router {router} got {count} of {admitted}: {counts:?}"
         );
     }
+    // Router 0 exports what its client saw: one write unit per small
+    // write it served, and every throttle.
+    let metrics = scrape(cluster.metrics);
+    let series = |name: &str| metrics.get(name).copied().unwrap_or(0.0);
+    assert_eq!(
+        series(r#"cairn_table_consumed_capacity_units_total{table="hot",kind="write"}"#),
+        counts[0].0 as f64,
+        "{metrics:?}"
+    );
+    assert_eq!(
+        series(r#"cairn_table_throttled_requests_total{table="hot",kind="write"}"#),
+        counts[0].1 as f64,
+        "{metrics:?}"
+    );
+    let hot_partitions = metrics
+        .keys()
+        .filter(|k| {
+            k.starts_with("cairn_partition_requests_total{table=\"hot\"") && k.contains("write")
+        })
+        .count();
+    assert_eq!(
+        hot_partitions, 1,
+        "one partition took every write: {metrics:?}"
+    );
 }

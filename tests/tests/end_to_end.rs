@@ -80,6 +80,7 @@ fn cluster_of(replicas: u32) -> Cluster {
         identity: identity.clone(),
         node_server_name: "localhost".into(),
         dynamodb: None,
+        metrics: None,
         cores: 2,
         replicas,
     })

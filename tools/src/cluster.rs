@@ -87,6 +87,7 @@ pub fn start_router(path: &Path) -> anyhow::Result<Router> {
         identity,
         node_server_name: file.node_server_name,
         cores: file.cores,
+        metrics: file.metrics,
         dynamodb: file.dynamodb.map(|d| DynamoDbEndpoint {
             listen: d.listen,
             access: Access {
@@ -140,6 +141,7 @@ pub struct LocalCluster {
     pub dir: PathBuf,
     pub router_addr: SocketAddr,
     pub dynamodb: Option<(SocketAddr, AccessKey)>,
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Creates (or reuses) a local cluster directory with a self-signed
@@ -217,6 +219,7 @@ pub fn up(dir: &Path, cores: usize, port: u16, replication: u32) -> anyhow::Resu
     let router = RouterFile {
         memds: memds_files.iter().map(|(_, f)| f.listen).collect(),
         gac: gac_files.iter().map(|(_, f)| f.listen).collect(),
+        metrics: Some(format!("127.0.0.1:{}", port + 2).parse()?),
         listen: format!("127.0.0.1:{port}").parse()?,
         certificate: "cert.pem".into(),
         private_key: "key.pem".into(),
@@ -259,6 +262,7 @@ pub fn up(dir: &Path, cores: usize, port: u16, replication: u32) -> anyhow::Resu
         .and_then(|d| d.access_keys.first().map(|k| (d.listen, k.clone())));
     let router_process = start_router(&router_path)?;
     Ok(LocalCluster {
+        metrics: router.metrics,
         router_addr: router_process.addr(),
         nodes,
         memds,
@@ -298,6 +302,9 @@ impl LocalCluster {
         }
         for (g, gac) in self.gac.iter().enumerate() {
             out += &format!("  GAC {}:   {}\n", g + 1, gac.addr());
+        }
+        if let Some(addr) = self.metrics {
+            out += &format!("  metrics: http://{addr}/metrics (Prometheus)\n");
         }
         out += &format!(
             "  replicas per partition: {replicas}\n  data:    {}\n  configs: {}/*.toml\n",

@@ -75,6 +75,10 @@ pub struct RouterFile {
     /// across zones).
     #[serde(default = "one_replica")]
     pub replication: u32,
+    /// Prometheus scrapes consumed capacity and throttles here (TCP,
+    /// `GET /metrics`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<SocketAddr>,
     /// The DynamoDB-compatible HTTP endpoint (docs/dynamodb-api.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dynamodb: Option<DynamoDbFile>,
