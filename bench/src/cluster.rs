@@ -25,6 +25,8 @@ pub struct EmbeddedCluster {
     pub memds: Memds,
     pub nodes: Vec<StorageNode>,
     pub identity: Identity,
+    /// The router's Prometheus endpoint.
+    pub metrics: Option<SocketAddr>,
     /// The DynamoDB endpoint and its access key, if started with one.
     pub dynamodb: Option<(SocketAddr, (String, String))>,
 }
@@ -120,6 +122,7 @@ impl EmbeddedCluster {
         let gac = Gac::start(GacConfig::new(gac_addr, identity.clone()))
             .map_err(anyhow::Error::msg)
             .context("starting the embedded GAC")?;
+        let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let router = Router::start(RouterConfig {
             listen: format!("127.0.0.1:{base}").parse()?,
             nodes: addresses,
@@ -138,12 +141,13 @@ impl EmbeddedCluster {
                     },
                 }),
             cores: 1,
-            metrics: None,
+            metrics: Some(metrics),
         })
         .context("starting the embedded router")?;
         Ok(EmbeddedCluster {
             router,
             gac,
+            metrics: Some(metrics),
             memds,
             nodes,
             identity,

@@ -96,6 +96,21 @@ pub struct BenchArgs {
     /// the update p50 with it.
     #[arg(long)]
     pub baseline: bool,
+    /// Workload isolation: run the workload open loop (at
+    /// --target-ops-per-s, default 1000) alone and beside a noisy
+    /// neighbour table, in turn, and compare (docs/admission.md).
+    #[arg(long)]
+    pub noisy_neighbor: bool,
+    /// The router's Prometheus endpoint (with --router), for where
+    /// --noisy-neighbor's throttles fell.
+    #[arg(long)]
+    pub router_metrics: Option<SocketAddr>,
+    /// Closed-loop clients of the noisy neighbour.
+    #[arg(long, default_value_t = 64)]
+    pub noisy_clients: usize,
+    /// Read and write units of the noisy neighbour's provisioned table.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=40_000))]
+    pub noisy_units: u32,
 }
 
 /// Which front door the clients use.
@@ -143,19 +158,21 @@ impl Report {
 
 /// Everything a client task needs, shared across executors.
 #[derive(Debug)]
-struct Plan {
-    router: SocketAddr,
-    identity: Identity,
-    workload: Workload,
-    records: u64,
+pub(crate) struct Plan {
+    /// The table the clients use.
+    pub(crate) table: String,
+    pub(crate) router: SocketAddr,
+    pub(crate) identity: Identity,
+    pub(crate) workload: Workload,
+    pub(crate) records: u64,
     /// Keys loaded or inserted so far (the insert counter).
-    inserted: AtomicU64,
-    seed: u64,
+    pub(crate) inserted: AtomicU64,
+    pub(crate) seed: u64,
     /// The DynamoDB endpoint and access key, with `--protocol dynamodb`.
-    dynamodb: Option<(SocketAddr, (String, String))>,
+    pub(crate) dynamodb: Option<(SocketAddr, (String, String))>,
 }
 
-fn schema() -> KeySchema {
+pub(crate) fn schema() -> KeySchema {
     KeySchema::new(KeyAttribute::new("key", KeyType::S), None)
 }
 
@@ -232,6 +249,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
 
     prepare_table(router, &identity, args.cores as u32 * 2)?;
     let plan = Arc::new(Plan {
+        table: TABLE.to_owned(),
         router,
         identity,
         workload: Workload::new(args.workload),
@@ -255,6 +273,21 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
         loaded.errors()
     );
     plan.inserted.store(args.records, Ordering::Relaxed);
+    if args.noisy_neighbor {
+        let metrics = args
+            .router_metrics
+            .or(cluster.as_ref().and_then(|c| c.metrics));
+        let recorder = crate::noisy::run(args, &plan, threads, metrics)?;
+        drop(cluster);
+        return Ok(Report {
+            workload: args.workload,
+            clients: args.clients,
+            target_ops_per_s: args.target_ops_per_s,
+            duration_s: args.duration_s * 2.0,
+            load_s,
+            recorder,
+        });
+    }
 
     let cpu_before = process_cpu_us();
     let roles_before = cpu_by_role();
@@ -352,7 +385,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Report> {
 }
 
 /// Runs `body` once on a fresh executor with a connected client.
-fn with_client<T: Send + 'static>(
+pub(crate) fn with_client<T: Send + 'static>(
     router: SocketAddr,
     identity: &Identity,
     body: impl AsyncFnOnce(Client) -> Result<T, ClientError> + Send + 'static,
@@ -398,7 +431,7 @@ fn prepare_table(router: SocketAddr, identity: &Identity, partitions: u32) -> an
 /// A client session of one task: the native client (one connection per
 /// executor, requests multiplexed as QUIC streams) or its own HTTP
 /// connection to the DynamoDB endpoint (HTTP/1.1 has no multiplexing).
-enum Conn {
+pub(crate) enum Conn {
     Native(Rc<Client>),
     Dynamo(Box<DynamoConn>),
 }
@@ -441,9 +474,9 @@ const RETRIES: RetryPolicy = RetryPolicy {
 };
 
 impl Conn {
-    async fn put(&mut self, item: &Item) -> Result<(), OpError> {
+    async fn put(&mut self, table: &str, item: &Item) -> Result<(), OpError> {
         match self {
-            Conn::Native(client) => Ok(client.put_item(TABLE, item, None).await?),
+            Conn::Native(client) => Ok(client.put_item(table, item, None).await?),
             Conn::Dynamo(conn) => {
                 #[derive(serde::Serialize)]
                 struct Put<'a> {
@@ -453,7 +486,7 @@ impl Conn {
                     item: ItemJson<'a>,
                 }
                 let body = Put {
-                    table: TABLE,
+                    table,
                     item: ItemJson(item),
                 };
                 conn.call("PutItem", &body).await?;
@@ -462,10 +495,10 @@ impl Conn {
         }
     }
 
-    async fn get(&mut self, key: &Item) -> Result<(), OpError> {
+    async fn get(&mut self, table: &str, key: &Item) -> Result<(), OpError> {
         match self {
             Conn::Native(client) => client
-                .get_item(TABLE, key)
+                .get_item(table, key)
                 .await
                 .map(|_| ())
                 .map_err(Into::into),
@@ -480,7 +513,7 @@ impl Conn {
                     consistent: bool,
                 }
                 let body = Get {
-                    table: TABLE,
+                    table,
                     key: ItemJson(key),
                     consistent: true,
                 };
@@ -491,20 +524,26 @@ impl Conn {
     }
 
     /// YCSB's update: one field rewritten.
-    async fn update(&mut self, key: &Item, field: String, value: String) -> Result<(), OpError> {
+    async fn update(
+        &mut self,
+        table: &str,
+        key: &Item,
+        field: String,
+        value: String,
+    ) -> Result<(), OpError> {
         match self {
             Conn::Native(client) => {
                 let changes = vec![UpdateAction::Set(field.into(), AttributeValue::S(value))];
                 // As the DynamoDB form below: no item in the answer.
                 client
-                    .update_returning(TABLE, key, &changes, None, ReturnValues::None)
+                    .update_returning(table, key, &changes, None, ReturnValues::None)
                     .await
                     .map(|_| ())
                     .map_err(Into::into)
             }
             Conn::Dynamo(conn) => {
                 let body = json!({
-                    "TableName": TABLE,
+                    "TableName": table,
                     "Key": item_to_json(key),
                     "UpdateExpression": "SET #f = :v",
                     "ExpressionAttributeNames": {"#f": field},
@@ -517,20 +556,20 @@ impl Conn {
     }
 
     /// `length` items from `key` on.
-    async fn scan(&mut self, key: &Item, length: u32) -> Result<(), OpError> {
+    async fn scan(&mut self, table: &str, key: &Item, length: u32) -> Result<(), OpError> {
         match self {
             Conn::Native(client) => {
                 let stored = schema().key_of_key(key).expect("bench keys are valid");
                 let prefix = 2 + u16::from_be_bytes([stored[0], stored[1]]) as usize;
                 let hash = cairn_router::catalog::partition_hash(&stored[..prefix]);
                 client
-                    .scan(TABLE, length, Some((hash, stored)))
+                    .scan(table, length, Some((hash, stored)))
                     .await
                     .map(|_| ())
                     .map_err(Into::into)
             }
             Conn::Dynamo(conn) => {
-                let body = json!({"TableName": TABLE, "Limit": length, "ExclusiveStartKey": item_to_json(key)});
+                let body = json!({"TableName": table, "Limit": length, "ExclusiveStartKey": item_to_json(key)});
                 conn.call("Scan", &body).await?;
                 Ok(())
             }
@@ -539,7 +578,7 @@ impl Conn {
 }
 
 /// Runs `clients` tasks over `threads` executors; merges the recorders.
-fn on_executors<F, Fut>(
+pub(crate) fn on_executors<F, Fut>(
     plan: &Arc<Plan>,
     threads: usize,
     clients: usize,
@@ -655,7 +694,7 @@ fn process_cpu_us() -> u64 {
 
 /// Inserts records until all are loaded; retries what is retryable, with
 /// a short backoff, and counts the retries as errors of the load.
-async fn load_client(
+pub(crate) async fn load_client(
     plan: Arc<Plan>,
     mut conn: Conn,
     index: usize,
@@ -669,7 +708,7 @@ async fn load_client(
         }
         let item = record(&key_name(n), &mut rng);
         loop {
-            match conn.put(&item).await {
+            match conn.put(&plan.table, &item).await {
                 Ok(()) => break,
                 Err(error) if error.retryable => {
                     recorder.borrow_mut().record_error(Operation::Insert);
@@ -689,7 +728,7 @@ fn record(key: &str, rng: &mut StdRng) -> Item {
     item
 }
 
-async fn run_client(
+pub(crate) async fn run_client(
     plan: Arc<Plan>,
     mut conn: Conn,
     index: usize,
@@ -727,7 +766,7 @@ async fn run_client(
         let request = prepare(&plan, operation, &mut chooser, &mut rng);
         let mut attempt = 0;
         let result = loop {
-            match execute(&mut conn, &request).await {
+            match execute(&mut conn, &plan.table, &request).await {
                 Err(error) if error.retryable && attempt + 1 < RETRIES.attempts => {
                     if error.throttled {
                         recorder.borrow_mut().record_throttle(operation);
@@ -793,15 +832,17 @@ fn prepare(
     }
 }
 
-async fn execute(conn: &mut Conn, request: &Request) -> Result<(), OpError> {
+async fn execute(conn: &mut Conn, table: &str, request: &Request) -> Result<(), OpError> {
     match request {
-        Request::Read(key) => conn.get(key).await,
-        Request::Update(key, field, value) => conn.update(key, field.clone(), value.clone()).await,
-        Request::Insert(item) => conn.put(item).await,
-        Request::Scan(key, length) => conn.scan(key, *length).await,
+        Request::Read(key) => conn.get(table, key).await,
+        Request::Update(key, field, value) => {
+            conn.update(table, key, field.clone(), value.clone()).await
+        }
+        Request::Insert(item) => conn.put(table, item).await,
+        Request::Scan(key, length) => conn.scan(table, key, *length).await,
         Request::ReadModifyWrite(key, field, value) => {
-            conn.get(key).await?;
-            conn.update(key, field.clone(), value.clone()).await
+            conn.get(table, key).await?;
+            conn.update(table, key, field.clone(), value.clone()).await
         }
     }
 }

@@ -264,3 +264,76 @@ fn killed_gac_processes_restart_and_no_traffic_is_dropped() {
     });
     assert_eq!(stored, total, "acknowledged writes missing");
 }
+
+/// Workload isolation across processes: `cairn bench --noisy-neighbor`
+/// drives a cluster of `cairn node`, `cairn memds`, `cairn gac` and
+/// `cairn router` processes. The neighbour's small table is throttled
+/// (the router's metrics say where), while the YCSB table beside it is
+/// never throttled and loses no request. How far its latency moves is
+/// the benchmark's to measure, not this test's.
+#[test]
+fn a_noisy_neighbour_is_throttled_and_its_neighbour_is_not() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let base = cairn_tests::free_udp_ports(200);
+    let cluster_dir = dir.path().join("cluster");
+    let cairn = env!("CARGO_BIN_EXE_cairn");
+    cairn_tests::write_cluster_files(cairn, &cluster_dir, base, 1);
+    let config = |name: &str| cluster_dir.join(name).to_str().unwrap().to_owned();
+    let _node = start(&["node", "--config", &config("node.toml")], "node running");
+    let _memds = cairn_tests::start_memds(cairn, &cluster_dir);
+    let _gac = cairn_tests::start_gac(cairn, &cluster_dir);
+    let _router = start(
+        &["router", "--config", &config("router.toml")],
+        "router listening",
+    );
+    let (router, metrics) = (
+        format!("127.0.0.1:{base}"),
+        format!("127.0.0.1:{}", base + 2),
+    );
+    let output = std::process::Command::new(cairn)
+        .args([
+            "bench",
+            "--router",
+            &router,
+            "--certificate",
+            &config("cert.pem"),
+        ])
+        .args([
+            "--router-metrics",
+            &metrics,
+            "--noisy-neighbor",
+            "--noisy-units",
+            "100",
+        ])
+        .args(["--records", "500", "--clients", "4", "--duration-s", "1"])
+        .args(["--target-ops-per-s", "100", "--noisy-clients", "16"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = |prefix: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line in\n{stdout}"))
+            .to_owned()
+    };
+    let victim = line("victim under noise / quiet:");
+    assert!(
+        victim.contains("errors 0 / 0; throttled attempts 0 / 0"),
+        "{stdout}"
+    );
+    let throttles = line("router metrics over the phases:");
+    assert!(throttles.ends_with("usertable throttled 0"), "{stdout}");
+    let noisy: u64 = throttles
+        .split("noisytable throttled ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no throttle count in {throttles:?}"));
+    assert!(noisy > 0, "the neighbour was never throttled:\n{stdout}");
+}
