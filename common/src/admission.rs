@@ -260,11 +260,18 @@ pub struct GacServer {
     buckets: std::collections::BTreeMap<u64, GacBucket>,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Asked {
+    at_ns: u64,
+    wanted: u64,
+    granted: u64,
+}
+
 #[derive(Debug, Clone)]
 struct GacBucket {
     bucket: TokenBucket,
-    /// When each router last asked, and for how much.
-    routers: std::collections::BTreeMap<u64, (u64, u64)>,
+    /// Each router's last ask: when, what it wanted, what it was granted.
+    routers: std::collections::BTreeMap<u64, Asked>,
     /// `Some(floor)` for an on-demand limit.
     on_demand: Option<u64>,
     /// Highest rate spent over a whole window (milli-units per second).
@@ -336,10 +343,10 @@ impl GacServer {
         self.buckets.get(&bucket).map(|b| b.bucket.rate())
     }
 
-    /// A router reports what it spent of `bucket` since it last asked.
-    /// Spending is measured over windows of at least two periods; an
-    /// on-demand limit then moves to twice the highest rate measured.
-    pub fn report(&mut self, bucket: u64, spent: u64, now_ns: u64) {
+    /// What a router spent of `bucket` since it last asked. Spending is
+    /// measured over windows of at least two periods; an on-demand limit
+    /// then moves to twice the highest rate measured.
+    fn report(&mut self, bucket: u64, spent: u64, now_ns: u64) {
         let window = 2 * self.period_ns;
         let Some(b) = self.buckets.get_mut(&bucket) else {
             return;
@@ -367,20 +374,42 @@ impl GacServer {
     }
 
     /// A router asks for `wanted` milli-units of `bucket` for the next
-    /// period; returns what it is granted (0 for an unknown limit).
-    pub fn grant(&mut self, bucket: u64, router: u64, wanted: u64, now_ns: u64) -> u64 {
+    /// period, having `spent` since its last ask; returns what it is
+    /// granted (0 for an unknown limit). A new grant replaces the
+    /// router's last one, so what it left unspent of that goes back into
+    /// the bucket: asking for too much wastes nothing.
+    pub fn grant(&mut self, bucket: u64, router: u64, wanted: u64, spent: u64, now_ns: u64) -> u64 {
+        self.report(bucket, spent, now_ns);
         let period = self.period_ns;
         let Some(b) = self.buckets.get_mut(&bucket) else {
             return 0;
         };
-        b.routers.insert(router, (now_ns, wanted));
+        let last = b.routers.get(&router).copied();
+        if let Some(last) = last
+            && now_ns.saturating_sub(last.at_ns) <= 2 * period
+        {
+            // A grant that lapsed (older than two periods) is not returned.
+            b.bucket.refill(now_ns);
+            b.bucket.deposit(last.granted.saturating_sub(spent));
+        }
+        b.routers.insert(
+            router,
+            Asked {
+                at_ns: now_ns,
+                wanted,
+                granted: 0,
+            },
+        );
         // Routers that asked within the last two periods share the limit.
         b.routers
-            .retain(|_, (at, _)| now_ns.saturating_sub(*at) <= 2 * period);
-        let mut wants: Vec<u64> = b.routers.values().map(|(_, w)| *w).collect();
+            .retain(|_, asked| now_ns.saturating_sub(asked.at_ns) <= 2 * period);
+        let mut wants: Vec<u64> = b.routers.values().map(|a| a.wanted).collect();
         let share = fair_share(&mut wants, b.bucket.capacity());
         let granted = wanted.min(share).min(b.bucket.available(now_ns));
         b.bucket.take_refilled(granted);
+        if let Some(asked) = b.routers.get_mut(&router) {
+            asked.granted = granted;
+        }
         granted
     }
 }
@@ -413,6 +442,8 @@ pub struct GacTokens {
     spent: u64,
     /// Refused for want of tokens since the last request.
     refused: u64,
+    /// When the last request was made.
+    asked_ns: u64,
 }
 
 impl GacTokens {
@@ -462,14 +493,23 @@ impl GacTokens {
         self.spent
     }
 
-    /// What to ask GAC for, for the next period: what this router spent
-    /// and was refused in the last one, plus a quarter for growth; and the
-    /// counters restart.
-    pub fn wanted(&mut self) -> u64 {
-        let demand = self.spent + self.refused;
+    /// What to ask GAC for, for the next period of `period_ns`: what this
+    /// router spent and was refused since its last ask, scaled from the
+    /// time since then to a period (at least a quarter period, so an ask
+    /// soon after another does not inflate noise), plus a quarter for
+    /// growth; and the counters restart.
+    pub fn wanted(&mut self, now_ns: u64, period_ns: u64) -> u64 {
+        let elapsed = now_ns
+            .saturating_sub(self.asked_ns)
+            .max(period_ns / 4)
+            .max(1);
+        self.asked_ns = now_ns;
+        let seen = u128::from(self.spent + self.refused);
+        let demand =
+            u64::try_from(seen * u128::from(period_ns) / u128::from(elapsed)).unwrap_or(u64::MAX);
         self.spent = 0;
         self.refused = 0;
-        demand + demand / 4 + UNIT
+        demand.saturating_add(demand / 4).saturating_add(UNIT)
     }
 
     /// A grant for the period ending at `expires_ns`; it replaces what is
@@ -596,8 +636,9 @@ mod tests {
             for (r, tokens) in routers.iter_mut().enumerate() {
                 if now >= next_ask[r] {
                     // Routers ask at staggered moments.
-                    let wanted = tokens.wanted();
-                    let grant = gac.grant(7, r as u64, wanted, now);
+                    let spent = tokens.spent();
+                    let wanted = tokens.wanted(now, period);
+                    let grant = gac.grant(7, r as u64, wanted, spent, now);
                     tokens.granted(grant, now + period);
                     next_ask[r] = now + period;
                 }
@@ -633,9 +674,9 @@ mod tests {
         assert_eq!(fair_share(&mut [600, 600], 1000), 500);
         let mut gac = GacServer::new(SECOND);
         gac.set_table(1, 1000 * UNIT, 0);
-        assert_eq!(gac.grant(1, 0, 100 * UNIT, 0), 100 * UNIT);
-        assert_eq!(gac.grant(1, 1, 2000 * UNIT, 0), 900 * UNIT);
-        assert_eq!(gac.grant(2, 1, 2000 * UNIT, 0), 0, "unknown table");
+        assert_eq!(gac.grant(1, 0, 100 * UNIT, 0, 0), 100 * UNIT);
+        assert_eq!(gac.grant(1, 1, 2000 * UNIT, 0, 0), 900 * UNIT);
+        assert_eq!(gac.grant(2, 1, 2000 * UNIT, 0, 0), 0, "unknown table");
     }
 
     /// Grants expire: a router cut off from GAC stops spending at the end
@@ -646,7 +687,19 @@ mod tests {
         tokens.granted(10 * UNIT, SECOND);
         assert!(tokens.try_spend(UNIT, SECOND / 2));
         assert!(!tokens.try_spend(UNIT, SECOND));
-        assert_eq!(tokens.wanted(), 2 * UNIT + 2 * UNIT / 4 + UNIT);
+        assert_eq!(
+            tokens.wanted(SECOND, SECOND),
+            2 * UNIT + 2 * UNIT / 4 + UNIT
+        );
+        // Asked again after a quarter period: the same spending is a rate
+        // four times as high.
+        assert!(tokens.try_spend(0, SECOND));
+        tokens.granted(10 * UNIT, 2 * SECOND);
+        assert!(tokens.try_spend(UNIT, SECOND + 1));
+        assert_eq!(
+            tokens.wanted(SECOND + SECOND / 4, SECOND),
+            4 * UNIT + UNIT + UNIT
+        );
     }
 
     /// A router cut off from GAC may renew its last grant (the caller
@@ -682,34 +735,43 @@ mod tests {
         let mut gac = GacServer::new(period);
         gac.set_on_demand(1, floor, 0);
         assert_eq!(gac.rate(1), Some(floor));
-        // One router wanting far more than the floor gets a period of it.
-        assert_eq!(gac.grant(1, 0, 1000 * UNIT, 0), floor);
-        let mut now = 0;
-        // It spends everything for two periods: 100 units per second.
-        for _ in 0..2 {
-            now += period;
-            gac.report(1, floor, now);
-        }
-        assert_eq!(gac.rate(1), Some(2 * floor), "twice the peak");
-        assert_eq!(gac.grant(1, 0, 1000 * UNIT, now), 2 * floor);
+        // One router wanting far more than the floor gets a period of it,
+        // and spends it all, every period: 100 units per second.
+        let want = 1000 * UNIT;
+        assert_eq!(gac.grant(1, 0, want, 0, 0), floor);
+        assert_eq!(gac.grant(1, 0, want, floor, period), floor);
+        // Two periods measured: twice the peak, at once.
+        assert_eq!(gac.grant(1, 0, want, floor, 2 * period), 2 * floor);
+        assert_eq!(gac.rate(1), Some(2 * floor));
         // It spends the new rate: the limit doubles again.
-        for _ in 0..2 {
-            now += period;
-            gac.report(1, 2 * floor, now);
-        }
+        gac.grant(1, 0, want, 2 * floor, 3 * period);
+        gac.grant(1, 0, want, 2 * floor, 4 * period);
         assert_eq!(gac.rate(1), Some(4 * floor));
         // Traffic stops: the limit stays at twice the peak seen.
-        for _ in 0..10 {
-            now += period;
-            gac.report(1, 0, now);
+        for p in 5..15 {
+            gac.grant(1, 0, UNIT, 0, p * period);
         }
         assert_eq!(gac.rate(1), Some(4 * floor));
         // A provisioned limit does not follow traffic.
-        gac.set_table(2, floor, now);
-        for _ in 0..4 {
-            now += period;
-            gac.report(2, 5 * floor, now);
+        gac.set_table(2, floor, 0);
+        for p in 0..4 {
+            gac.grant(2, 0, want, 5 * floor, p * period);
         }
         assert_eq!(gac.rate(2), Some(floor));
+    }
+
+    /// What a router leaves of a grant goes back to GAC with its next ask,
+    /// so an ask far above what it spends takes nothing from the others.
+    #[test]
+    fn unspent_grants_return_to_the_bucket() {
+        let mut gac = GacServer::new(SECOND);
+        gac.set_table(1, 1000 * UNIT, 0);
+        // Router 0 asks for everything and spends a tenth of it.
+        assert_eq!(gac.grant(1, 0, 1000 * UNIT, 0, 0), 1000 * UNIT);
+        let later = SECOND / 10;
+        assert_eq!(gac.grant(1, 0, 100 * UNIT, 100 * UNIT, later), 100 * UNIT);
+        // What it left (900) plus a tenth of a second's refill (100), less
+        // its new grant (100): 900 for router 1.
+        assert_eq!(gac.grant(1, 1, 2000 * UNIT, 0, later), 900 * UNIT);
     }
 }

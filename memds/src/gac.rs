@@ -163,8 +163,7 @@ impl State {
             }
             self.versions.insert(key, (ask.version, ask.units));
         }
-        self.core.report(key, ask.spent, now);
-        let granted = self.core.grant(key, router, ask.wanted, now);
+        let granted = self.core.grant(key, router, ask.wanted, ask.spent, now);
         self.granted = self.granted.saturating_add(granted);
         granted
     }

@@ -140,6 +140,10 @@ impl GacClient {
             return Gate::Ungated;
         }
         let kind = usize::from(write);
+        // The common case, with no listener to set up.
+        if let Some(gate) = self.try_admit(table, kind, cost, self.now_ns()) {
+            return gate;
+        }
         let deadline = Instant::now() + FIRST_GRANT_WAIT;
         let mut woke = false;
         loop {
@@ -206,42 +210,56 @@ impl GacClient {
 
     /// Asks every period, and whenever a request waits for a grant.
     pub async fn run(self: Rc<Self>, links: Rc<NodeLinks>) {
+        let mut next_due = Instant::now() + self.period.get();
         loop {
             let woken = self.wake.listen();
             if !self.woken.replace(false) {
+                let left = next_due.saturating_duration_since(Instant::now());
                 futures_lite::future::or(woken, async {
-                    glommio::timer::sleep(self.period.get()).await;
+                    glommio::timer::sleep(left).await;
                 })
                 .await;
                 self.woken.set(false);
             }
-            self.round(&links).await;
+            let due = Instant::now() >= next_due;
+            if due {
+                next_due = Instant::now() + self.period.get();
+            }
+            self.round(&links, due).await;
             self.answered.notify(usize::MAX);
         }
     }
 
-    /// One round: the asks of every table served since the last, to their
-    /// home GAC processes.
-    async fn round(&self, links: &NodeLinks) {
+    /// One round of asks to the tables' home GAC processes: when `due`
+    /// (every period), for every limit served since the last; between
+    /// (a request is waiting), only for limits with no grant or a spent
+    /// one, so a waiting request does not shrink its neighbours' grants.
+    async fn round(&self, links: &NodeLinks, due: bool) {
         let period_ns = self.period.get().as_nanos() as u64;
         let started = self.now_ns();
         let mut groups: HashMap<usize, Vec<GacAsk>> = HashMap::new();
         {
             let mut limits = self.limits.borrow_mut();
-            limits.retain(|_, l| l.idle_rounds <= IDLE_ROUNDS_MAX);
+            if due {
+                limits.retain(|_, l| l.idle_rounds <= IDLE_ROUNDS_MAX);
+            }
             for (table, limit) in limits.iter_mut() {
-                if limit.used == [false; 2] {
-                    limit.idle_rounds += 1;
-                    continue;
-                }
-                limit.idle_rounds = 0;
-                for kind in 0..2 {
-                    if !std::mem::take(&mut limit.used[kind]) {
+                if due {
+                    if limit.used == [false; 2] {
+                        limit.idle_rounds += 1;
                         continue;
                     }
+                    limit.idle_rounds = 0;
+                }
+                for kind in 0..2 {
+                    let needs = limit.topup[kind] || !limit.tokens[kind].is_current(started);
+                    if !limit.used[kind] || !(due || needs) {
+                        continue;
+                    }
+                    limit.used[kind] = false;
                     let tokens = &mut limit.tokens[kind];
                     let spent = tokens.spent();
-                    let mut wanted = tokens.wanted();
+                    let mut wanted = tokens.wanted(started, period_ns);
                     if std::mem::take(&mut limit.topup[kind]) {
                         // The grant ran out before the period did: twice
                         // as much, so a growing load needs few top-ups.
@@ -287,6 +305,14 @@ impl GacClient {
                     for (ask, grant) in asks.iter().zip(grants) {
                         if let Some(limit) = limits.get_mut(&ask.table) {
                             let kind = usize::from(ask.write);
+                            tracing::debug!(
+                                table = ask.table,
+                                write = ask.write,
+                                wanted = ask.wanted,
+                                spent = ask.spent,
+                                grant,
+                                "GAC round"
+                            );
                             limit.tokens[kind].granted(grant, expires);
                             limit.cut[kind] = grant < ask.wanted;
                             limit.unreachable_since = None;
