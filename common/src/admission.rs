@@ -208,6 +208,12 @@ impl NodeBuckets {
         self.bucket.available(now_ns) >= cost.saturating_add(headroom)
     }
 
+    /// Takes `cost` for a request no partition limit applies to (an
+    /// on-demand table's), if the node holds it.
+    pub fn take(&mut self, cost: u64, now_ns: u64) -> bool {
+        self.bucket.try_take(cost, now_ns)
+    }
+
     /// Admits one request of `cost` to `partition` on this node. Steady
     /// capacity first; beyond it, saved burst capacity, but only while
     /// this node — and, for a write, the nodes of the other replicas

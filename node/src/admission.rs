@@ -7,8 +7,11 @@
 //! A read is admitted for its least cost (one unit, half for an
 //! eventually consistent read) and charged the rest once its item's size
 //! is known; a put is admitted for its item's size; an update or delete
-//! for one unit. What the shard itself may serve is not configured yet:
-//! its buckets are unbounded, so only partitions throttle.
+//! for one unit. The shard's own capacity is configured per node
+//! ([`ShardCapacity`]; unbounded by default). A partition bursts beyond
+//! its steady rate only while its shard has spare capacity and, for a
+//! write, so do the shards of its other replicas ([`PeerSpare`]: they say
+//! so in every replication batch).
 
 use std::collections::HashMap;
 
@@ -22,6 +25,50 @@ use crate::engine::PartitionId;
 /// A shard's capacity when none is configured: far beyond what a core
 /// can serve, in milli-units per second.
 const SHARD_UNLIMITED: u64 = 1 << 40;
+
+/// What one shard may serve, in units per second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardCapacity {
+    pub read_units: u32,
+    pub write_units: u32,
+}
+
+/// A peer's report older than this is forgotten (peers report with every
+/// replication batch, heartbeats included, many times a second).
+pub const PEER_REPORT_TTL_NS: u64 = 2_000_000_000;
+
+/// What the other replicas' shards last said about their spare write
+/// capacity, per partition and member.
+#[derive(Debug, Default)]
+pub struct PeerSpare {
+    reports: HashMap<PartitionId, Vec<(u32, bool, u64)>>,
+}
+
+impl PeerSpare {
+    /// Member `from` of `partition`'s group reported `spare` at `now_ns`.
+    pub fn record(&mut self, partition: PartitionId, from: u32, spare: bool, now_ns: u64) {
+        if self.reports.len() >= PARTITIONS_TRACKED_MAX && !self.reports.contains_key(&partition) {
+            // Reports come again within a heartbeat: forgetting is cheap.
+            self.reports.clear();
+        }
+        let members = self.reports.entry(partition).or_default();
+        match members.iter_mut().find(|(member, _, _)| *member == from) {
+            Some(report) => *report = (from, spare, now_ns),
+            None => members.push((from, spare, now_ns)),
+        }
+    }
+
+    /// Whether no other replica of `partition` recently said it was short
+    /// of capacity (no report counts as spare: a group that has not
+    /// spoken yet, or a partition with one copy).
+    pub fn peers_spare(&self, partition: PartitionId, now_ns: u64) -> bool {
+        self.reports.get(&partition).is_none_or(|members| {
+            members
+                .iter()
+                .all(|(_, spare, at)| *spare || now_ns.saturating_sub(*at) > PEER_REPORT_TTL_NS)
+        })
+    }
+}
 
 /// Partitions whose buckets a shard keeps; beyond it, the least recently
 /// limited are forgotten (and start afresh, with a full second).
@@ -49,13 +96,49 @@ fn rate(units: u32) -> u64 {
 }
 
 impl Admission {
+    /// A shard with no capacity of its own configured: only partitions
+    /// throttle.
     pub fn new(now_ns: u64) -> Admission {
+        Admission::with_capacity(None, now_ns)
+    }
+
+    pub fn with_capacity(capacity: Option<ShardCapacity>, now_ns: u64) -> Admission {
+        let (read, write) = capacity.map_or((SHARD_UNLIMITED, SHARD_UNLIMITED), |c| {
+            (rate(c.read_units), rate(c.write_units))
+        });
         Admission {
             partitions: HashMap::new(),
-            shard_read: NodeBuckets::new(SHARD_UNLIMITED, now_ns),
-            shard_write: NodeBuckets::new(SHARD_UNLIMITED, now_ns),
+            shard_read: NodeBuckets::new(read, now_ns),
+            shard_write: NodeBuckets::new(write, now_ns),
             throttled: (0, 0),
         }
+    }
+
+    /// Admits a request no partition limit applies to against the
+    /// shard's own capacity alone.
+    pub fn admit_unlimited(
+        &mut self,
+        write: bool,
+        cost: u64,
+        now_ns: u64,
+    ) -> Result<(), Throttled> {
+        let (shard, count) = if write {
+            (&mut self.shard_write, &mut self.throttled.1)
+        } else {
+            (&mut self.shard_read, &mut self.throttled.0)
+        };
+        if shard.take(cost, now_ns) {
+            Ok(())
+        } else {
+            *count += 1;
+            Err(Throttled::Node)
+        }
+    }
+
+    /// Whether this shard has write capacity to spare (what it tells its
+    /// peers).
+    pub fn write_spare(&mut self, now_ns: u64) -> bool {
+        self.shard_write.has_spare(UNIT, now_ns)
     }
 
     /// The partition's buckets, at `limit` from now on.
@@ -124,20 +207,21 @@ impl Admission {
     }
 
     /// Admits a write of `bytes` (0 when its size is not known before it
-    /// runs: one unit). The peers' spare capacity is not reported yet, so
-    /// a write may burst on this shard's word alone.
+    /// runs: one unit); beyond the partition's steady rate only if
+    /// `peers_spare` (the other replicas' shards have room too).
     pub fn admit_write(
         &mut self,
         partition: PartitionId,
         limit: PartitionLimit,
         bytes: usize,
+        peers_spare: bool,
         now_ns: u64,
     ) -> Result<(), Throttled> {
         let cost = write_cost(bytes);
         let buckets = Self::buckets(&mut self.partitions, partition, limit, now_ns);
         let admitted = self
             .shard_write
-            .admit(&mut buckets.write, cost, true, now_ns);
+            .admit(&mut buckets.write, cost, peers_spare, now_ns);
         if admitted.is_err() {
             self.throttled.1 += 1;
         }
@@ -164,20 +248,20 @@ mod tests {
         let l = limit(10, 5);
         // A full second to start with: 5 writes of 1 KB, then refused.
         let admitted = (0..20)
-            .filter(|_| admission.admit_write(7, l, 1000, 0).is_ok())
+            .filter(|_| admission.admit_write(7, l, 1000, true, 0).is_ok())
             .count();
         assert_eq!(admitted, 5);
         assert_eq!(admission.throttled.1, 15);
         // Another partition on the shard is not affected.
-        assert!(admission.admit_write(8, l, 1000, 0).is_ok());
+        assert!(admission.admit_write(8, l, 1000, true, 0).is_ok());
         // A second later, another 5.
         let admitted = (0..20)
-            .filter(|_| admission.admit_write(7, l, 1000, SECOND).is_ok())
+            .filter(|_| admission.admit_write(7, l, 1000, true, SECOND).is_ok())
             .count();
         assert_eq!(admitted, 5);
         // A 3 KB item costs 3 units.
         let admitted = (0..5)
-            .filter(|_| admission.admit_write(7, l, 3000, 2 * SECOND).is_ok())
+            .filter(|_| admission.admit_write(7, l, 3000, true, 2 * SECOND).is_ok())
             .count();
         assert_eq!(admitted, 1);
     }
@@ -204,17 +288,62 @@ mod tests {
         assert_eq!(admitted, 20);
     }
 
+    /// A shard at its own capacity keeps its partitions to their steady
+    /// rate, and so does a write whose peers said they were short; a
+    /// peer's word lapses.
+    #[test]
+    fn bursts_need_room_on_the_shard_and_its_peers() {
+        let capacity = ShardCapacity {
+            read_units: 100,
+            write_units: 100,
+        };
+        let l = limit(10, 10);
+        // Idle for 10 s: 100 units saved beyond the steady 10.
+        let now = 10 * SECOND;
+        let mut idle = Admission::with_capacity(Some(capacity), 0);
+        let mut peers = PeerSpare::default();
+        assert!(idle.admit_write(1, l, 10, true, 0).is_ok());
+        let burst = (0..200)
+            .filter(|_| {
+                idle.admit_write(1, l, 10, peers.peers_spare(1, now), now)
+                    .is_ok()
+            })
+            .count();
+        // Steady 10, then burst while the shard keeps 20 % free: 70 more.
+        assert_eq!(burst, 80);
+        assert!(!idle.write_spare(now), "the shard is near its capacity");
+        // A fresh shard, but a peer said it was short: steady only.
+        let mut fresh = Admission::with_capacity(Some(capacity), 0);
+        assert!(fresh.admit_write(1, l, 10, true, 0).is_ok());
+        peers.record(1, 2, false, now);
+        let steady = (0..200)
+            .filter(|_| {
+                fresh
+                    .admit_write(1, l, 10, peers.peers_spare(1, now), now)
+                    .is_ok()
+            })
+            .count();
+        assert_eq!(steady, 10);
+        assert!(peers.peers_spare(2, now), "another partition's peers");
+        assert!(
+            peers.peers_spare(1, now + PEER_REPORT_TTL_NS + 1),
+            "an old report lapses"
+        );
+        peers.record(1, 2, true, now);
+        assert!(peers.peers_spare(1, now));
+    }
+
     #[test]
     fn a_new_limit_applies_from_the_next_request() {
         let mut admission = Admission::new(0);
-        assert!(admission.admit_write(1, limit(1, 1), 10, 0).is_ok());
-        assert!(admission.admit_write(1, limit(1, 1), 10, 0).is_err());
+        assert!(admission.admit_write(1, limit(1, 1), 10, true, 0).is_ok());
+        assert!(admission.admit_write(1, limit(1, 1), 10, true, 0).is_err());
         // Raised: the rate changes, the tokens held stay; a second later
         // the new rate has refilled.
         let raised = limit(1, 100);
-        assert!(admission.admit_write(1, raised, 10, 0).is_err());
+        assert!(admission.admit_write(1, raised, 10, true, 0).is_err());
         let admitted = (0..200)
-            .filter(|_| admission.admit_write(1, raised, 10, SECOND).is_ok())
+            .filter(|_| admission.admit_write(1, raised, 10, true, SECOND).is_ok())
             .count();
         assert_eq!(admitted, 100);
     }

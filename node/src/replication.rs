@@ -30,9 +30,11 @@ use cairn_common::wire::{self, ErrorCode, GroupSpec, NodeOp, NodeRequest, Respon
 use event_listener::Event;
 use rkyv::rancor;
 
+use crate::admission::PeerSpare;
 use crate::device::DmaFs;
 use crate::engine::{Engine, EngineError, PartitionId};
 use crate::paxos::{self, Message, Replica, ReplicaId, Slot, Value};
+use crate::server::Admitter;
 use crate::shard::{Op, shard_addr};
 
 /// Timing and bounds of replication.
@@ -83,6 +85,9 @@ pub struct PeerMessage {
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct PeerBatch {
     pub messages: Vec<PeerMessage>,
+    /// Whether the sending shard has write capacity to spare: a leader
+    /// lets a partition burst only while its followers' shards do.
+    pub spare: bool,
 }
 
 /// Most bytes of messages gathered into one batch.
@@ -133,6 +138,11 @@ pub struct Replication {
     /// first instead of answering "exists" for a group not serving yet.
     creating: RefCell<std::collections::HashSet<PartitionId>>,
     created: Event,
+    /// The shard's admission control: what it says of its spare capacity.
+    admitter: Rc<Admitter>,
+    /// What the peers' shards said of theirs, per partition and member.
+    peer_spare: RefCell<PeerSpare>,
+    epoch: Instant,
 }
 
 /// A proposal's command: `id u64 ‖ NodeRequest` (the request as the router
@@ -177,6 +187,7 @@ impl Replication {
         endpoint: Endpoint,
         server_name: String,
         config: ReplicationConfig,
+        admitter: Rc<Admitter>,
     ) -> Result<Rc<Replication>, EngineError> {
         let replication = Rc::new(Replication {
             shard,
@@ -194,6 +205,9 @@ impl Replication {
             next_id: Cell::new(0),
             creating: RefCell::default(),
             created: Event::new(),
+            admitter,
+            peer_spare: RefCell::default(),
+            epoch: Instant::now(),
         });
         for partition in replication.engine.partition_ids() {
             if replication.engine.is_replicated(partition) {
@@ -389,6 +403,18 @@ impl Replication {
         }
     }
 
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether the other replicas' shards of `partition` have write
+    /// capacity to spare, as they last said.
+    pub fn peers_spare(&self, partition: PartitionId) -> bool {
+        self.peer_spare
+            .borrow()
+            .peers_spare(partition, self.now_ns())
+    }
+
     /// Handles a batch of messages from a peer shard.
     pub fn receive(self: &Rc<Self>, batch: &[u8]) -> Result<(), String> {
         let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(batch.len());
@@ -396,9 +422,11 @@ impl Replication {
         let batch = rkyv::from_bytes::<PeerBatch, rancor::Error>(&aligned)
             .map_err(|e| format!("malformed replication batch: {e}"))?;
         let now = Instant::now();
+        let now_ns = self.now_ns();
         let mut touched = BTreeSet::new();
         {
             let mut groups = self.groups.borrow_mut();
+            let mut peer_spare = self.peer_spare.borrow_mut();
             for PeerMessage {
                 partition,
                 from,
@@ -411,7 +439,9 @@ impl Replication {
                     && (from as usize) < group.members.len()
                 {
                     group.replica.handle(from as ReplicaId, message, now);
-                    touched.insert(partition);
+                    if touched.insert(partition) {
+                        peer_spare.record(partition, from, batch.spare, now_ns);
+                    }
                 }
             }
         }
@@ -691,7 +721,8 @@ impl Replication {
                 connection
             }
         };
-        let batch = rkyv::to_bytes::<rancor::Error>(&PeerBatch { messages })
+        let spare = self.admitter.write_spare();
+        let batch = rkyv::to_bytes::<rancor::Error>(&PeerBatch { messages, spare })
             .expect("serializing to memory cannot fail")
             .to_vec();
         let request = NodeRequest {

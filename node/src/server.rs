@@ -11,11 +11,12 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Instant;
 
+use cairn_common::admission::{Throttled, read_cost, write_cost};
 use cairn_common::quic::{Connection, Endpoint};
 use cairn_common::wire::{self, DecodeError, ErrorCode, NodeOp, NodeRequest, Response, WireBound};
 use cairn_common::{Item, KeySchema};
 
-use crate::admission::Admission;
+use crate::admission::{Admission, ShardCapacity};
 use crate::device::DmaFs;
 use crate::engine::{Engine, EngineError};
 use crate::replication::Replication;
@@ -59,10 +60,10 @@ pub struct Admitter {
 }
 
 impl Admitter {
-    pub fn new() -> Admitter {
+    pub fn new(capacity: Option<ShardCapacity>) -> Admitter {
         Admitter {
             epoch: Instant::now(),
-            admission: RefCell::new(Admission::new(0)),
+            admission: RefCell::new(Admission::with_capacity(capacity, 0)),
         }
     }
 
@@ -70,37 +71,63 @@ impl Admitter {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Admits `op` under the partition's `limit`, or says why not.
+    /// Admits `op` under the partition's `limit` (none: the shard's own
+    /// capacity alone), or says why not. A write bursts only if
+    /// `peers_spare`.
     fn admit(
         &self,
         partition: u64,
-        limit: wire::PartitionLimit,
+        limit: Option<wire::PartitionLimit>,
         op: &NodeOp,
+        peers_spare: bool,
     ) -> Result<(), Response> {
         let now = self.now_ns();
         let mut admission = self.admission.borrow_mut();
-        let (admitted, kind) = match op {
-            NodeOp::Get { consistent, .. } | NodeOp::Scan { consistent, .. } => (
+        let (admitted, kind) = match (op, limit) {
+            (NodeOp::Get { consistent, .. } | NodeOp::Scan { consistent, .. }, Some(limit)) => (
                 admission.admit_read(partition, limit, *consistent, now),
                 "read",
             ),
-            NodeOp::Put { item, .. } => (
-                admission.admit_write(partition, limit, item.len(), now),
+            (NodeOp::Get { consistent, .. } | NodeOp::Scan { consistent, .. }, None) => (
+                admission.admit_unlimited(false, read_cost(0, *consistent), now),
+                "read",
+            ),
+            (NodeOp::Put { item, .. }, Some(limit)) => (
+                admission.admit_write(partition, limit, item.len(), peers_spare, now),
                 "write",
             ),
-            NodeOp::Update { .. } | NodeOp::Delete { .. } => {
-                (admission.admit_write(partition, limit, 0, now), "write")
+            (NodeOp::Put { item, .. }, None) => (
+                admission.admit_unlimited(true, write_cost(item.len()), now),
+                "write",
+            ),
+            (NodeOp::Update { .. } | NodeOp::Delete { .. }, Some(limit)) => (
+                admission.admit_write(partition, limit, 0, peers_spare, now),
+                "write",
+            ),
+            (NodeOp::Update { .. } | NodeOp::Delete { .. }, None) => {
+                (admission.admit_unlimited(true, write_cost(0), now), "write")
             }
             _ => (Ok(()), ""),
         };
-        admitted.map_err(|_| {
+        admitted.map_err(|throttled| {
+            let what = match throttled {
+                Throttled::Node => "this node's shard is at its capacity",
+                _ => "the partition is over its capacity",
+            };
             Response::error(
                 ErrorCode::Throttling,
                 format!(
-                    "The level of configured provisioned throughput for the table was exceeded: partition {partition} is over its {kind} capacity; retry"
+                    "The level of configured provisioned throughput for the table was exceeded: partition {partition}: {what} ({kind}); retry"
                 ),
             )
         })
+    }
+
+    /// Whether the shard has write capacity to spare (what its
+    /// replication batches tell its peers).
+    pub fn write_spare(&self) -> bool {
+        let now = self.now_ns();
+        self.admission.borrow_mut().write_spare(now)
     }
 
     /// Charges a read what the items it returned cost beyond its first
@@ -113,12 +140,6 @@ impl Admitter {
     }
 }
 
-impl Default for Admitter {
-    fn default() -> Self {
-        Admitter::new()
-    }
-}
-
 /// Accepts connections on `endpoint` and serves them on this shard.
 pub async fn serve(
     engine: Rc<Engine<DmaFs>>,
@@ -126,8 +147,8 @@ pub async fn serve(
     endpoint: Endpoint,
     in_flight: Rc<Cell<usize>>,
     in_flight_max: usize,
+    admitter: Rc<Admitter>,
 ) {
-    let admitter = Rc::new(Admitter::new());
     while let Ok(connection) = endpoint.accept().await {
         let (engine, replication, in_flight, admitter) = (
             engine.clone(),
@@ -221,11 +242,11 @@ async fn answer(
     // Before anything else is spent on it. (A follower that will answer
     // NotLeader spends its own tokens too; the leader's are the ones that
     // hold a write back.)
-    if let Some(limit) = request.limit
-        && let Err(throttled) = admitter.admit(partition, limit, &request.op)
-    {
+    let peers_spare = replication.is_none_or(|r| r.peers_spare(partition));
+    if let Err(throttled) = admitter.admit(partition, request.limit, &request.op, peers_spare) {
         return throttled;
     }
+
     let is_write = request.op.is_write();
     let read_consistency = match &request.op {
         NodeOp::Get { consistent, .. } | NodeOp::Scan { consistent, .. } => Some(*consistent),

@@ -28,10 +28,12 @@ use cairn_common::{Item, KeySchema};
 use event_listener::Event;
 use glommio::{LocalExecutorBuilder, Placement};
 
+use crate::admission::ShardCapacity;
 use crate::device::DmaFs;
 use crate::engine::{Engine, EngineConfig, EngineError, OpenReport, PartitionId, ScanPage, Write};
 use crate::preflight::{IO_MEMORY_BYTES, PreflightError, preflight};
 use crate::replication::{Replication, ReplicationConfig};
+use crate::server::Admitter;
 
 /// How to run a node.
 #[derive(Clone, Debug)]
@@ -49,6 +51,9 @@ pub struct NodeConfig {
     /// Replicated partitions need it: their replicas talk over it.
     pub network: Option<NodeNetwork>,
     pub replication: ReplicationConfig,
+    /// What each shard may serve, in units per second, whatever its
+    /// partitions' limits (docs/admission.md); none: unbounded.
+    pub shard_capacity: Option<ShardCapacity>,
 }
 
 /// Where and as whom a node serves the network.
@@ -76,6 +81,7 @@ impl NodeConfig {
             upkeep_interval: Duration::from_millis(20),
             network: None,
             replication: ReplicationConfig::default(),
+            shard_capacity: None,
         }
     }
 }
@@ -531,6 +537,7 @@ async fn run_shard(
             Endpoint::bind(addr, Some(server), Some(client))
                 .map_err(|e| format!("listening on {addr}: {e}"))
         });
+        let admitter = Rc::new(Admitter::new(config.shard_capacity));
         let started = match endpoint {
             Ok(endpoint) => Replication::start(
                 index,
@@ -538,6 +545,7 @@ async fn run_shard(
                 endpoint.clone(),
                 network.peer_server_name.clone(),
                 config.replication.clone(),
+                admitter.clone(),
             )
             .await
             .map(|replication| (endpoint, replication))
@@ -552,6 +560,7 @@ async fn run_shard(
                     endpoint,
                     in_flight.clone(),
                     config.in_flight_max,
+                    admitter,
                 );
                 glommio::spawn_local(serving).detach();
             }

@@ -8,6 +8,7 @@ use anyhow::Context;
 use cairn_common::quic::Identity;
 use cairn_memds::gac::{Gac, GacConfig};
 use cairn_memds::server::{Memds, MemdsConfig};
+use cairn_node::admission::ShardCapacity;
 use cairn_node::{NodeConfig, NodeNetwork, StorageNode, shard_addr};
 use cairn_router::catalog::NodeAddress;
 use cairn_router::dynamodb::Access;
@@ -70,6 +71,19 @@ pub fn start_node(path: &Path) -> anyhow::Result<StorageNode> {
         identity,
         peer_server_name: file.peer_server_name,
     });
+    node_config.shard_capacity = match (file.shard_read_units, file.shard_write_units) {
+        (None, None) => None,
+        (Some(read_units), Some(write_units)) if read_units > 0 && write_units > 0 => {
+            Some(ShardCapacity {
+                read_units,
+                write_units,
+            })
+        }
+        _ => anyhow::bail!(
+            "{}: shard_read_units and shard_write_units go together, each at least 1",
+            path.display()
+        ),
+    };
     StorageNode::start(node_config)
         .with_context(|| format!("starting the node of {}", path.display()))
 }
@@ -178,6 +192,8 @@ pub fn up(dir: &Path, cores: usize, port: u16, replication: u32) -> anyhow::Resu
                 certificate: "cert.pem".into(),
                 private_key: "key.pem".into(),
                 peer_server_name: "localhost".into(),
+                shard_read_units: None,
+                shard_write_units: None,
             },
         ));
         entries.push(NodeEntry {

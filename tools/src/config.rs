@@ -26,6 +26,12 @@ pub struct NodeFile {
     /// The name peer nodes' certificates are issued for (replication).
     #[serde(default = "localhost")]
     pub peer_server_name: String,
+    /// What each shard may serve, in read and write units per second,
+    /// whatever its partitions' limits; both or neither (unbounded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_read_units: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_write_units: Option<u32>,
 }
 
 /// One node as routers and MemDS see it. Every router and MemDS must list
