@@ -693,7 +693,7 @@ fn process_cpu_us() -> u64 {
 }
 
 /// Inserts records until all are loaded; retries what is retryable, with
-/// a short backoff, and counts the retries as errors of the load.
+/// backoff and jitter, and counts the retries as errors of the load.
 pub(crate) async fn load_client(
     plan: Arc<Plan>,
     mut conn: Conn,
@@ -707,12 +707,15 @@ pub(crate) async fn load_client(
             return;
         }
         let item = record(&key_name(n), &mut rng);
-        loop {
+        for attempt in 0u32.. {
             match conn.put(&plan.table, &item).await {
                 Ok(()) => break,
                 Err(error) if error.retryable => {
                     recorder.borrow_mut().record_error(Operation::Insert);
-                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                    // Every record must land: backoff with jitter, capped,
+                    // however many attempts it takes.
+                    let wait = RETRIES.backoff(attempt, rng.random());
+                    glommio::timer::sleep(wait).await;
                 }
                 Err(error) => panic!("loading record {n} failed: {}", error.message),
             }

@@ -501,13 +501,13 @@ impl GacTokens {
 
     /// What to ask GAC for, for the next period of `period_ns`: what this
     /// router spent and was refused since its last ask, scaled from the
-    /// time since then to a period (at least a quarter period, so an ask
-    /// soon after another does not inflate noise), plus a quarter for
-    /// growth; and the counters restart.
+    /// time since then to a period (at least a sixteenth of one, so an
+    /// ask right after another does not magnify noise), plus a quarter
+    /// for growth; and the counters restart.
     pub fn wanted(&mut self, now_ns: u64, period_ns: u64) -> u64 {
         let elapsed = now_ns
             .saturating_sub(self.asked_ns)
-            .max(period_ns / 4)
+            .max(period_ns / 16)
             .max(1);
         self.asked_ns = now_ns;
         let seen = u128::from(self.spent + self.refused);

@@ -58,8 +58,8 @@ struct Limits {
     tokens: [GacTokens; 2],
     /// Served since the last ask.
     used: [bool; 2],
-    /// GAC granted less than this core asked: the table is contended, and
-    /// a spent grant means throttle. Otherwise a spent grant means this
+    /// GAC granted clearly less than this core asked: the table is
+    /// contended, and a spent grant means throttle. Otherwise a spent grant means this
     /// core asked too little, and it asks for more at once.
     cut: [bool; 2],
     /// A request found the grant spent and waits for a top-up.
@@ -314,7 +314,9 @@ impl GacClient {
                                 "GAC round"
                             );
                             limit.tokens[kind].granted(grant, expires);
-                            limit.cut[kind] = grant < ask.wanted;
+                            // Cut: GAC held back more than an eighth of the
+                            // ask (a near miss is rounding, not a limit).
+                            limit.cut[kind] = grant < ask.wanted - ask.wanted / 8;
                             limit.unreachable_since = None;
                         }
                     }
