@@ -19,7 +19,8 @@ use cairn_common::admission::{
 };
 use cairn_common::quic::{Connection, Endpoint, Identity};
 use cairn_common::wire::{self, ErrorCode, GacAsk, GacRequest, GacResponse};
-use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::executor::{Ready, ServiceThread, Stopped};
 
 /// Most limits one grant request may ask for.
 pub const ASKS_MAX: usize = 4096;
@@ -45,11 +46,7 @@ impl GacConfig {
 
 /// A running GAC process (one executor).
 #[derive(Debug)]
-pub struct Gac {
-    addr: SocketAddr,
-    stop: async_channel::Sender<()>,
-    thread: Option<glommio::ExecutorJoinHandle<()>>,
-}
+pub struct Gac(ServiceThread);
 
 impl Gac {
     pub fn start(config: GacConfig) -> Result<Gac, String> {
@@ -59,39 +56,19 @@ impl Gac {
                 config.period
             ));
         }
-        let (stop, stopped) = async_channel::bounded::<()>(1);
-        let (ready_sender, ready) = async_channel::bounded(1);
-        let thread = LocalExecutorBuilder::new(Placement::Unbound)
-            .name("cairn-gac")
-            .spawn(move || async move { run(config, ready_sender, stopped).await })
-            .map_err(|e| e.to_string())?;
-        let addr = futures_lite::future::block_on(ready.recv())
-            .map_err(|_| "GAC exited while starting".to_owned())??;
-        Ok(Gac {
-            addr,
-            stop,
-            thread: Some(thread),
+        ServiceThread::spawn("cairn-gac", move |ready, stopped| {
+            run(config, ready, stopped)
         })
+        .map(Gac)
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.0.addr()
     }
 
     /// Blocks until the process stops (it runs until the process ends).
-    pub fn wait(mut self) {
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for Gac {
-    fn drop(&mut self) {
-        let _ = self.stop.try_send(());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+    pub fn wait(self) {
+        self.0.wait();
     }
 }
 
@@ -169,11 +146,7 @@ impl State {
     }
 }
 
-async fn run(
-    config: GacConfig,
-    ready: async_channel::Sender<Result<SocketAddr, String>>,
-    stopped: async_channel::Receiver<()>,
-) {
+async fn run(config: GacConfig, ready: Ready, stopped: Stopped) {
     let bound = config.identity.server_config().and_then(|server| {
         Endpoint::bind(config.listen, Some(server), None)
             .map_err(|e| format!("listening on {}: {e}", config.listen))

@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod control;
+mod executor;
 pub mod gac;
 pub mod map;
 pub mod meta;

@@ -20,9 +20,9 @@ use cairn_common::quic::{Connection, Endpoint, Identity};
 use cairn_common::wire::{
     self, ErrorCode, MemdsRequest, MemdsResponse, WireLocated, WireNode, WireTable,
 };
-use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::control::MetaClient;
+use crate::executor::{Ready, ServiceThread, Stopped};
 use crate::map::{Located, PartitionMap};
 use crate::meta::{NodeRecord, Snapshot};
 
@@ -64,50 +64,26 @@ impl MemdsConfig {
 
 /// A running MemDS process (one executor).
 #[derive(Debug)]
-pub struct Memds {
-    addr: SocketAddr,
-    stop: async_channel::Sender<()>,
-    thread: Option<glommio::ExecutorJoinHandle<()>>,
-}
+pub struct Memds(ServiceThread);
 
 impl Memds {
     pub fn start(config: MemdsConfig) -> Result<Memds, String> {
         if config.nodes.is_empty() {
             return Err("MemDS needs the cluster's node list".into());
         }
-        let (stop, stopped) = async_channel::bounded::<()>(1);
-        let (ready_sender, ready) = async_channel::bounded(1);
-        let thread = LocalExecutorBuilder::new(Placement::Unbound)
-            .name("cairn-memds")
-            .spawn(move || async move { run(config, ready_sender, stopped).await })
-            .map_err(|e| e.to_string())?;
-        let addr = futures_lite::future::block_on(ready.recv())
-            .map_err(|_| "MemDS exited while starting".to_owned())??;
-        Ok(Memds {
-            addr,
-            stop,
-            thread: Some(thread),
+        ServiceThread::spawn("cairn-memds", move |ready, stopped| {
+            run(config, ready, stopped)
         })
+        .map(Memds)
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.0.addr()
     }
 
     /// Blocks until the process stops (it runs until the process ends).
-    pub fn wait(mut self) {
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for Memds {
-    fn drop(&mut self) {
-        let _ = self.stop.try_send(());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+    pub fn wait(self) {
+        self.0.wait();
     }
 }
 
@@ -160,11 +136,7 @@ struct Counters {
     reloads: Cell<u64>,
 }
 
-async fn run(
-    config: MemdsConfig,
-    ready: async_channel::Sender<Result<SocketAddr, String>>,
-    stopped: async_channel::Receiver<()>,
-) {
+async fn run(config: MemdsConfig, ready: Ready, stopped: Stopped) {
     let bound = (|| {
         let server = config.identity.server_config()?;
         let client = config.identity.client_config()?;

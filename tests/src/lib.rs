@@ -89,6 +89,20 @@ pub fn with_client<T: Send + 'static>(
     identity: &cairn_common::quic::Identity,
     body: impl AsyncFnOnce(cairn_common::client::Client) -> T + Send + 'static,
 ) -> T {
+    with_endpoint(identity, async move |endpoint| {
+        let client = cairn_common::client::Client::connect(&endpoint, router, "localhost")
+            .await
+            .expect("connected to the router");
+        body(client).await
+    })
+}
+
+/// Runs `body` on a fresh glommio executor with a client QUIC endpoint
+/// on loopback that trusts `identity`'s certificate.
+fn with_endpoint<T: Send + 'static>(
+    identity: &cairn_common::quic::Identity,
+    body: impl AsyncFnOnce(cairn_common::quic::Endpoint) -> T + Send + 'static,
+) -> T {
     let config = identity
         .client_config()
         .expect("a client TLS configuration");
@@ -97,14 +111,27 @@ pub fn with_client<T: Send + 'static>(
             let local = "127.0.0.1:0".parse().expect("an address");
             let endpoint = cairn_common::quic::Endpoint::bind(local, None, Some(config))
                 .expect("a client endpoint");
-            let client = cairn_common::client::Client::connect(&endpoint, router, "localhost")
-                .await
-                .expect("connected to the router");
-            body(client).await
+            body(endpoint).await
         })
         .expect("a client executor")
         .join()
         .expect("the client executor finished")
+}
+
+/// The schema of the tests' `user`/`ts` tables: a string partition key
+/// and a number sort key.
+pub fn user_schema() -> KeySchema {
+    KeySchema::new(
+        KeyAttribute::new("user", KeyType::S),
+        Some(KeyAttribute::new("ts", KeyType::N)),
+    )
+}
+
+/// A key of a [`user_schema`] table.
+pub fn user_key(user: &str, ts: i64) -> Item {
+    Item::new()
+        .with("user", AttributeValue::S(user.into()))
+        .with("ts", AttributeValue::N(Number::from_i64(ts)))
 }
 
 /// Bound on waiting for a process to report it is ready.
@@ -161,31 +188,21 @@ pub fn start_one_gac(cairn: &str, dir: &Path, g: u32) -> Process {
 /// How many grant requests the GAC process at `addr` has answered.
 pub fn gac_requests(addr: std::net::SocketAddr, identity: &cairn_common::quic::Identity) -> u64 {
     use cairn_common::wire::{self, GacRequest, GacResponse};
-    let config = identity
-        .client_config()
-        .expect("a client TLS configuration");
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .spawn(move || async move {
-            let local = "127.0.0.1:0".parse().expect("an address");
-            let endpoint = cairn_common::quic::Endpoint::bind(local, None, Some(config))
-                .expect("a client endpoint");
-            let connection = endpoint
-                .connect(addr, "localhost")
-                .await
-                .expect("connected to GAC");
-            let request = wire::encode_gac_request(&GacRequest::Stats);
-            let answer = connection
-                .request(&request, std::time::Duration::from_secs(5))
-                .await
-                .expect("GAC answered");
-            match wire::decode_gac_response(&answer).expect("a GAC response") {
-                GacResponse::Stats { requests, .. } => requests,
-                other => panic!("GAC answered Stats with {other:?}"),
-            }
-        })
-        .expect("an executor")
-        .join()
-        .expect("the executor finished")
+    with_endpoint(identity, async move |endpoint| {
+        let connection = endpoint
+            .connect(addr, "localhost")
+            .await
+            .expect("connected to GAC");
+        let request = wire::encode_gac_request(&GacRequest::Stats);
+        let answer = connection
+            .request(&request, std::time::Duration::from_secs(5))
+            .await
+            .expect("GAC answered");
+        match wire::decode_gac_response(&answer).expect("a GAC response") {
+            GacResponse::Stats { requests, .. } => requests,
+            other => panic!("GAC answered Stats with {other:?}"),
+        }
+    })
 }
 
 /// A child process that has reported it is ready; killed (SIGKILL) when

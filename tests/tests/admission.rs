@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use cairn_common::client::Client;
 use cairn_common::quic::Identity;
 use cairn_common::wire::{Capacity, ErrorCode};
-use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType, Number};
+use cairn_common::{AttributeValue, Item, KeySchema, Number};
 use cairn_memds::gac::{Gac, GacConfig};
 use cairn_memds::server::{Memds, MemdsConfig};
 use cairn_node::{NodeConfig, NodeNetwork, StorageNode};
@@ -142,16 +142,11 @@ fn scrape(addr: SocketAddr) -> std::collections::HashMap<String, f64> {
 }
 
 fn schema() -> KeySchema {
-    KeySchema::new(
-        KeyAttribute::new("user", KeyType::S),
-        Some(KeyAttribute::new("ts", KeyType::N)),
-    )
+    cairn_tests::user_schema()
 }
 
 fn key(user: &str, ts: i64) -> Item {
-    Item::new()
-        .with("user", AttributeValue::S(user.into()))
-        .with("ts", AttributeValue::N(Number::from_i64(ts)))
+    cairn_tests::user_key(user, ts)
 }
 
 /// Two routers write one partition of a four-partition table as fast as

@@ -13,7 +13,7 @@ use cairn_common::condition::{CompareOp, Condition};
 use cairn_common::quic::{Endpoint, Identity};
 use cairn_common::update::UpdateAction;
 use cairn_common::wire::ErrorCode;
-use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType, Number};
+use cairn_common::{AttributeValue, Item, KeySchema, Number};
 use cairn_memds::server::{Memds, MemdsConfig};
 use cairn_node::{NodeConfig, NodeNetwork, StorageNode};
 use cairn_router::catalog::NodeAddress;
@@ -100,16 +100,11 @@ fn with_client(cluster: &Cluster, body: impl AsyncFnOnce(Client) + Send + 'stati
 }
 
 fn schema() -> KeySchema {
-    KeySchema::new(
-        KeyAttribute::new("user", KeyType::S),
-        Some(KeyAttribute::new("ts", KeyType::N)),
-    )
+    cairn_tests::user_schema()
 }
 
 fn key(user: &str, ts: i64) -> Item {
-    Item::new()
-        .with("user", AttributeValue::S(user.into()))
-        .with("ts", AttributeValue::N(Number::from_i64(ts)))
+    cairn_tests::user_key(user, ts)
 }
 
 fn code(result: Result<impl std::fmt::Debug, ClientError>) -> ErrorCode {

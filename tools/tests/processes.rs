@@ -16,8 +16,50 @@ use cairn_common::wire::ErrorCode;
 use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType};
 use cairn_tests::Process;
 
+const CAIRN: &str = env!("CARGO_BIN_EXE_cairn");
+
 fn start(args: &[&str], ready: &str) -> Process {
-    Process::start(env!("CARGO_BIN_EXE_cairn"), args, ready)
+    Process::start(CAIRN, args, ready)
+}
+
+/// A one-node cluster of separate processes — node, two MemDS, two GAC,
+/// router — from the files `cairn up` writes; killed when dropped.
+struct ProcessCluster {
+    _router: Process,
+    gac: Vec<Process>,
+    _memds: Vec<Process>,
+    _node: Process,
+    /// Where the config files and the certificate are.
+    dir: std::path::PathBuf,
+    /// The router's port; the others follow `cairn up`'s layout.
+    base: u16,
+    _temporary: tempfile::TempDir,
+}
+
+impl ProcessCluster {
+    fn start() -> ProcessCluster {
+        let temporary = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let base = cairn_tests::free_udp_ports(200);
+        let dir = temporary.path().join("cluster");
+        cairn_tests::write_cluster_files(CAIRN, &dir, base, 1);
+        let config = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+        let node = start(&["node", "--config", &config("node.toml")], "node running");
+        let memds = cairn_tests::start_memds(CAIRN, &dir);
+        let gac = cairn_tests::start_gac(CAIRN, &dir);
+        let router = start(
+            &["router", "--config", &config("router.toml")],
+            "router listening",
+        );
+        ProcessCluster {
+            _router: router,
+            gac,
+            _memds: memds,
+            _node: node,
+            dir,
+            base,
+            _temporary: temporary,
+        }
+    }
 }
 
 fn client_run<T: Send + 'static>(
@@ -157,17 +199,10 @@ fn killed_gac_processes_restart_and_no_traffic_is_dropped() {
 
     use cairn_common::wire::Capacity;
 
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let base = cairn_tests::free_udp_ports(200);
-    let cluster_dir = dir.path().join("cluster");
-    let cairn = env!("CARGO_BIN_EXE_cairn");
-    cairn_tests::write_cluster_files(cairn, &cluster_dir, base, 1);
-    let config = |name: &str| cluster_dir.join(name).to_str().unwrap().to_owned();
+    let mut cluster = ProcessCluster::start();
+    let (base, cairn, cluster_dir) = (cluster.base, CAIRN, cluster.dir.clone());
     let cert = cluster_dir.join("cert.pem");
     let identity = Identity::trusting_pem_file(&cert).unwrap();
-    let _node = start(&["node", "--config", &config("node.toml")], "node running");
-    let _memds = cairn_tests::start_memds(cairn, &cluster_dir);
-    let gac = cairn_tests::start_gac(cairn, &cluster_dir);
     // `cairn up` puts the GAC processes at port + 95 and + 96.
     let gac_addrs: Vec<SocketAddr> = (95..97)
         .map(|o| format!("127.0.0.1:{}", base + o).parse().unwrap())
@@ -178,10 +213,6 @@ fn killed_gac_processes_restart_and_no_traffic_is_dropped() {
             .map(|addr| cairn_tests::gac_requests(*addr, &identity))
             .sum()
     };
-    let _router = start(
-        &["router", "--config", &config("router.toml")],
-        "router listening",
-    );
     let router: SocketAddr = format!("127.0.0.1:{base}").parse().unwrap();
     let schema = KeySchema::new(KeyAttribute::new("id", KeyType::S), None);
     let created = schema.clone();
@@ -227,7 +258,7 @@ fn killed_gac_processes_restart_and_no_traffic_is_dropped() {
         next_write();
         assert!(Instant::now() < deadline, "the router never asked GAC");
     }
-    for process in gac {
+    for process in std::mem::take(&mut cluster.gac) {
         process.kill();
     }
     // Down for three periods of one second: grants lapse before GAC is back.
@@ -273,19 +304,9 @@ fn killed_gac_processes_restart_and_no_traffic_is_dropped() {
 /// the benchmark's to measure, not this test's.
 #[test]
 fn a_noisy_neighbour_is_throttled_and_its_neighbour_is_not() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let base = cairn_tests::free_udp_ports(200);
-    let cluster_dir = dir.path().join("cluster");
-    let cairn = env!("CARGO_BIN_EXE_cairn");
-    cairn_tests::write_cluster_files(cairn, &cluster_dir, base, 1);
-    let config = |name: &str| cluster_dir.join(name).to_str().unwrap().to_owned();
-    let _node = start(&["node", "--config", &config("node.toml")], "node running");
-    let _memds = cairn_tests::start_memds(cairn, &cluster_dir);
-    let _gac = cairn_tests::start_gac(cairn, &cluster_dir);
-    let _router = start(
-        &["router", "--config", &config("router.toml")],
-        "router listening",
-    );
+    let cluster = ProcessCluster::start();
+    let (base, cairn) = (cluster.base, CAIRN);
+    let config = |name: &str| cluster.dir.join(name).to_str().unwrap().to_owned();
     let (router, metrics) = (
         format!("127.0.0.1:{base}"),
         format!("127.0.0.1:{}", base + 2),
