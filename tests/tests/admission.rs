@@ -204,11 +204,13 @@ fn gac_holds_a_table_limit_across_routers_and_a_hot_partition_may_use_it() {
         admitted <= bound,
         "{admitted} writes admitted, the table allows {bound}: {counts:?}"
     );
-    // The partition's even share would be 10 units per second: it got at
-    // least twice that.
+    // The partition's even share would be 10 units per second (plus a
+    // full second to start): it got more than that. (Alone on this
+    // machine it gets the table's whole rate, 120 in 3 s; under a loaded
+    // CI machine 77 was seen, so the bound is the share itself.)
     let even_share = ((WRITE_UNITS / 4) as f64 * (elapsed + 1.0)).ceil() as u64;
     assert!(
-        admitted >= 2 * even_share,
+        admitted > even_share,
         "{admitted} writes admitted; the even share allows {even_share}: {counts:?}"
     );
     assert!(throttled > 0, "the load was over the limit: {counts:?}");
