@@ -40,8 +40,7 @@ const QUIET_CLIENTS: usize = 8;
 struct Phase {
     noisy: bool,
     victim: Recorder,
-    neighbour: Option<Recorder>,
-    seconds: f64,
+    neighbour: Recorder,
 }
 
 /// Runs the four phases against the loaded victim table in `victim`.
@@ -142,18 +141,16 @@ pub(crate) fn run(
                 )
             },
         )?;
-        let neighbour_recorder = Some(
-            loud.join()
-                .map_err(|_| anyhow::anyhow!("the noisy neighbour's thread panicked"))??,
-        );
+        let neighbour_recorder = loud
+            .join()
+            .map_err(|_| anyhow::anyhow!("the noisy neighbour's thread panicked"))??;
         phases.push(Phase {
             noisy,
             victim: victim_recorder,
             neighbour: neighbour_recorder,
-            seconds: args.duration_s,
         });
     }
-    print!("{}", table(&phases));
+    print!("{}", table(&phases, args.duration_s));
     let (quiet, loud) = merged(&phases);
     println!("\n{}", comparison(&quiet, &loud, args.duration_s * 2.0));
     if let (Some(addr), Some(before)) = (metrics, before) {
@@ -180,7 +177,9 @@ fn micros(value: Option<u64>) -> String {
     value.map_or("-".to_owned(), |v| v.to_string())
 }
 
-fn table(phases: &[Phase]) -> String {
+/// Each phase of `seconds`: the victim's rate and percentiles, the
+/// neighbour's rate and throttles.
+fn table(phases: &[Phase], seconds: f64) -> String {
     let mut out = format!(
         "{:<8} {:>12} {:>10} {:>10} {:>12} {:>12} {:>12} {:>16}\n",
         "phase",
@@ -198,23 +197,16 @@ fn table(phases: &[Phase]) -> String {
             if phase.noisy { "noisy" } else { "quiet" },
             n / 2 + 1
         );
-        let (noisy_rate, noisy_throttled) = match &phase.neighbour {
-            Some(r) => (
-                format!("{:.0}", r.operations() as f64 / phase.seconds),
-                r.throttles().to_string(),
-            ),
-            None => ("-".to_owned(), "-".to_owned()),
-        };
         out += &format!(
-            "{:<8} {:>12.0} {:>10} {:>10} {:>12} {:>12} {:>12} {:>16}\n",
+            "{:<8} {:>12.0} {:>10} {:>10} {:>12} {:>12} {:>12.0} {:>16}\n",
             name,
-            phase.victim.operations() as f64 / phase.seconds,
+            phase.victim.operations() as f64 / seconds,
             micros(percentile(&phase.victim, Operation::Read, 0.5)),
             micros(percentile(&phase.victim, Operation::Read, 0.99)),
             micros(percentile(&phase.victim, Operation::Update, 0.5)),
             micros(percentile(&phase.victim, Operation::Update, 0.99)),
-            noisy_rate,
-            noisy_throttled
+            phase.neighbour.operations() as f64 / seconds,
+            phase.neighbour.throttles()
         );
     }
     out

@@ -72,43 +72,35 @@ impl Admitter {
     }
 
     /// Admits `op` under the partition's `limit` (none: the shard's own
-    /// capacity alone), or says why not. A write bursts only if
-    /// `peers_spare`.
+    /// capacity alone), or says why not. A limited write bursts only if
+    /// `peers_spare()` (asked only then).
     fn admit(
         &self,
         partition: u64,
         limit: Option<wire::PartitionLimit>,
         op: &NodeOp,
-        peers_spare: bool,
+        peers_spare: impl FnOnce() -> bool,
     ) -> Result<(), Response> {
+        // (write, the item's size if known, consistent)
+        let (write, bytes, consistent) = match op {
+            NodeOp::Get { consistent, .. } | NodeOp::Scan { consistent, .. } => {
+                (false, 0, *consistent)
+            }
+            NodeOp::Put { item, .. } => (true, item.len(), true),
+            NodeOp::Update { .. } | NodeOp::Delete { .. } => (true, 0, true),
+            _ => return Ok(()),
+        };
         let now = self.now_ns();
         let mut admission = self.admission.borrow_mut();
-        let (admitted, kind) = match (op, limit) {
-            (NodeOp::Get { consistent, .. } | NodeOp::Scan { consistent, .. }, Some(limit)) => (
-                admission.admit_read(partition, limit, *consistent, now),
-                "read",
-            ),
-            (NodeOp::Get { consistent, .. } | NodeOp::Scan { consistent, .. }, None) => (
-                admission.admit_unlimited(false, read_cost(0, *consistent), now),
-                "read",
-            ),
-            (NodeOp::Put { item, .. }, Some(limit)) => (
-                admission.admit_write(partition, limit, item.len(), peers_spare, now),
-                "write",
-            ),
-            (NodeOp::Put { item, .. }, None) => (
-                admission.admit_unlimited(true, write_cost(item.len()), now),
-                "write",
-            ),
-            (NodeOp::Update { .. } | NodeOp::Delete { .. }, Some(limit)) => (
-                admission.admit_write(partition, limit, 0, peers_spare, now),
-                "write",
-            ),
-            (NodeOp::Update { .. } | NodeOp::Delete { .. }, None) => {
-                (admission.admit_unlimited(true, write_cost(0), now), "write")
+        let admitted = match limit {
+            Some(limit) if write => {
+                admission.admit_write(partition, limit, bytes, peers_spare(), now)
             }
-            _ => (Ok(()), ""),
+            Some(limit) => admission.admit_read(partition, limit, consistent, now),
+            None if write => admission.admit_unlimited(true, write_cost(bytes), now),
+            None => admission.admit_unlimited(false, read_cost(0, consistent), now),
         };
+        let kind = if write { "write" } else { "read" };
         admitted.map_err(|throttled| {
             let what = match throttled {
                 Throttled::Node => "this node's shard is at its capacity",
@@ -242,7 +234,7 @@ async fn answer(
     // Before anything else is spent on it. (A follower that will answer
     // NotLeader spends its own tokens too; the leader's are the ones that
     // hold a write back.)
-    let peers_spare = replication.is_none_or(|r| r.peers_spare(partition));
+    let peers_spare = || replication.is_none_or(|r| r.peers_spare(partition));
     if let Err(throttled) = admitter.admit(partition, request.limit, &request.op, peers_spare) {
         return throttled;
     }

@@ -59,8 +59,9 @@ struct Limits {
     /// Served since the last ask.
     used: [bool; 2],
     /// GAC granted clearly less than this core asked: the table is
-    /// contended, and a spent grant means throttle. Otherwise a spent grant means this
-    /// core asked too little, and it asks for more at once.
+    /// contended, and a spent grant means throttle. Otherwise a spent
+    /// grant means this core asked too little, and it asks for more at
+    /// once.
     cut: [bool; 2],
     /// A request found the grant spent and waits for a top-up.
     topup: [bool; 2],

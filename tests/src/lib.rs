@@ -205,6 +205,19 @@ pub fn gac_requests(addr: std::net::SocketAddr, identity: &cairn_common::quic::I
     })
 }
 
+/// Runs `command` to its end and returns its stdout; fails the test,
+/// showing stdout and stderr, if it did not succeed.
+pub fn stdout_of_success(command: &mut std::process::Command) -> String {
+    let output = command.output().expect("the command runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// A child process that has reported it is ready; killed (SIGKILL) when
 /// dropped.
 #[derive(Debug)]

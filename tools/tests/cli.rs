@@ -12,20 +12,14 @@ fn cairn() -> Command {
 /// returns stdout and the report once the run succeeded.
 fn bench(dir: &std::path::Path, args: &[&str]) -> (String, String) {
     let json = dir.join("result.json");
-    let output = cairn()
-        .arg("bench")
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir.join("node"))
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = cairn_tests::stdout_of_success(
+        cairn()
+            .arg("bench")
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.join("node"))
+            .arg("--json")
+            .arg(&json),
     );
     (stdout, std::fs::read_to_string(&json).unwrap())
 }

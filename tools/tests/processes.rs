@@ -311,30 +311,24 @@ fn a_noisy_neighbour_is_throttled_and_its_neighbour_is_not() {
         format!("127.0.0.1:{base}"),
         format!("127.0.0.1:{}", base + 2),
     );
-    let output = std::process::Command::new(cairn)
-        .args([
-            "bench",
-            "--router",
-            &router,
-            "--certificate",
-            &config("cert.pem"),
-        ])
-        .args([
-            "--router-metrics",
-            &metrics,
-            "--noisy-neighbor",
-            "--noisy-units",
-            "100",
-        ])
-        .args(["--records", "500", "--clients", "4", "--duration-s", "1"])
-        .args(["--target-ops-per-s", "100", "--noisy-clients", "16"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = cairn_tests::stdout_of_success(
+        std::process::Command::new(cairn)
+            .args([
+                "bench",
+                "--router",
+                &router,
+                "--certificate",
+                &config("cert.pem"),
+            ])
+            .args([
+                "--router-metrics",
+                &metrics,
+                "--noisy-neighbor",
+                "--noisy-units",
+                "100",
+            ])
+            .args(["--records", "500", "--clients", "4", "--duration-s", "1"])
+            .args(["--target-ops-per-s", "100", "--noisy-clients", "16"]),
     );
     let line = |prefix: &str| {
         stdout
