@@ -123,6 +123,11 @@ pub struct Ready {
     pub send_after_persist: Vec<(ReplicaId, Message)>,
     /// Newly chosen values in slot order, from the first not yet reported.
     pub committed: Vec<(Slot, Value)>,
+    /// Leader: peers that lag below the first value it still holds. Log
+    /// shipping cannot catch them up; the driver sends them a snapshot of
+    /// its state machine, which they install with [`Replica::installed`].
+    /// A peer reappears here on each of its heartbeat replies until then.
+    pub snapshots: Vec<ReplicaId>,
 }
 
 impl Ready {
@@ -131,6 +136,7 @@ impl Ready {
             && self.send.is_empty()
             && self.send_after_persist.is_empty()
             && self.committed.is_empty()
+            && self.snapshots.is_empty()
     }
 }
 
@@ -251,13 +257,14 @@ impl Replica {
         now: Instant,
     ) -> Replica {
         let rng = config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        // Values it still holds below the applied point (the driver keeps
-        // a window of them) can still be shipped to lagging peers.
-        let log_start = state
-            .accepted
-            .keys()
-            .next()
-            .map_or(applied_through, |first| (*first).min(applied_through));
+        // Values it still holds just below the applied point (the driver
+        // keeps a window of them) can still be shipped to lagging peers:
+        // the run of them that reaches the applied point. Older ones may be
+        // cut off from it by a snapshot the state machine installed.
+        let mut log_start = applied_through;
+        while log_start > 0 && state.accepted.contains_key(&(log_start - 1)) {
+            log_start -= 1;
+        }
         Replica {
             config,
             state,
@@ -280,6 +287,11 @@ impl Replica {
 
     pub fn id(&self) -> ReplicaId {
         self.config.id
+    }
+
+    /// Whether [`Replica::installed`] would take a snapshot now.
+    pub fn is_follower(&self) -> bool {
+        matches!(self.role, Role::Follower | Role::PreCandidate { .. })
     }
 
     pub fn is_leader(&self) -> bool {
@@ -321,6 +333,22 @@ impl Replica {
         }
         self.state.accepted = self.state.accepted.split_off(&below);
         self.log_start = below;
+    }
+
+    /// Tells a follower that its state machine now holds a snapshot of
+    /// every slot below `through` (a leader's applied state, so a prefix of
+    /// chosen values): those slots count as chosen and reported, and their
+    /// values here are dropped as by [`Replica::compact`]. A snapshot that
+    /// adds nothing changes nothing, nor does one offered to a leader or a
+    /// candidate (it will take its slots over from promises instead).
+    pub fn installed(&mut self, through: Slot) {
+        if !self.is_follower() || through <= self.reported_through {
+            return;
+        }
+        self.commit_through = self.commit_through.max(through);
+        self.reported_through = through;
+        self.compact(through);
+        self.learn_commits();
     }
 
     fn majority(&self) -> usize {
@@ -791,9 +819,14 @@ impl Replica {
         self.ready.send.extend(resend);
     }
 
-    /// Resends what a lagging follower lacks, a bounded window at a time.
+    /// Resends what a lagging follower lacks, a bounded window at a time,
+    /// or asks for a snapshot when this leader no longer holds it.
     fn catch_up(&mut self, peer: ReplicaId, ballot: Ballot, applied_through: Slot) {
         const WINDOW: u64 = 64;
+        if applied_through < self.log_start {
+            self.ready.snapshots.push(peer);
+            return;
+        }
         let end = self.commit_through.min(applied_through + WINDOW);
         if end <= applied_through {
             return; // the follower is level, or ahead of a fresh leader's commit point

@@ -47,6 +47,13 @@ enum Event {
     Read,
     /// Replicas checkpoint and drop values every replica has checkpointed.
     Compact,
+    /// A leader's state machine through `through` (the values of every
+    /// slot below), for a peer that lags below the leader's log.
+    Snapshot {
+        to: ReplicaId,
+        through: Slot,
+        values: Vec<Value>,
+    },
 }
 
 struct Sim {
@@ -64,6 +71,12 @@ struct Sim {
     applied_durable: Vec<Slot>,
     /// Per replica, values of slots below were dropped from its log.
     applied_floor: Vec<Slot>,
+    /// Per replica, slots below are in its state machine (in memory).
+    applied: Vec<Slot>,
+    /// Per replica, a snapshot installed since its last checkpoint: lost
+    /// if it crashes first, as the node's swapped tree is.
+    installed: Vec<Option<Slot>>,
+    snapshots_installed: u64,
     epochs: Vec<u64>,
     skew: Vec<f64>,
     isolated: Option<ReplicaId>,
@@ -114,6 +127,9 @@ impl Sim {
             disks: vec![DurableState::default(); REPLICAS],
             applied_durable: vec![0; REPLICAS],
             applied_floor: vec![0; REPLICAS],
+            applied: vec![0; REPLICAS],
+            installed: vec![None; REPLICAS],
+            snapshots_installed: 0,
             epochs: vec![0; REPLICAS],
             skew,
             isolated: None,
@@ -184,7 +200,16 @@ impl Sim {
         };
         let ready = replica.poll_ready();
         for (slot, value) in ready.committed {
-            self.check_chosen(id, slot, value);
+            assert_eq!(
+                slot, self.applied[id],
+                "seed {}: replica {id} reported out of order",
+                self.seed
+            );
+            self.applied[id] = slot + 1;
+            self.check_chosen(id, slot, value, true);
+        }
+        for to in ready.snapshots {
+            self.send_snapshot(id, to);
         }
         for (to, message) in ready.send {
             self.send(id, to, message);
@@ -204,7 +229,33 @@ impl Sim {
         }
     }
 
-    fn check_chosen(&mut self, id: ReplicaId, slot: Slot, value: Value) {
+    /// Ships `from`'s state machine to `to`, over the same faulty network.
+    fn send_snapshot(&mut self, from: ReplicaId, to: ReplicaId) {
+        let through = self.applied[from];
+        let values: Vec<Value> = (0..through)
+            .map(|slot| self.reported[from][&slot].clone())
+            .collect();
+        let cut = self
+            .cut
+            .is_some_and(|(a, b)| (a, b) == (from, to) || (b, a) == (from, to));
+        let lost = self.faults && self.rng.random_bool(0.05);
+        if cut || lost || self.isolated.is_some_and(|i| i == from || i == to) {
+            return;
+        }
+        let delay = Duration::from_micros(self.rng.random_range(1000..20_000));
+        self.schedule(
+            delay,
+            Event::Snapshot {
+                to,
+                through,
+                values,
+            },
+        );
+    }
+
+    /// `acknowledge`: the proposing leader answers its client when it sees
+    /// the commit (not when a snapshot brings it the value).
+    fn check_chosen(&mut self, id: ReplicaId, slot: Slot, value: Value, acknowledge: bool) {
         match self.chosen.get(&slot) {
             Some(existing) => assert_eq!(
                 *existing, value,
@@ -222,8 +273,10 @@ impl Sim {
                 self.seed
             );
         }
-        // The proposing leader answers its client when it sees the commit.
-        if self.proposer.get(&value) == Some(&id) && !self.acknowledged.contains(&value) {
+        if acknowledge
+            && self.proposer.get(&value) == Some(&id)
+            && !self.acknowledged.contains(&value)
+        {
             self.acknowledged.push(value);
             self.acknowledged_slot = Some(self.acknowledged_slot.map_or(slot, |s| s.max(slot)));
         }
@@ -281,6 +334,8 @@ impl Sim {
                     self.applied_durable[id],
                     self.clock(id),
                 ));
+                self.applied[id] = self.applied_durable[id];
+                self.installed[id] = None;
             }
             Event::Compact => {
                 // A checkpoint: each live replica's state machine becomes
@@ -290,6 +345,16 @@ impl Sim {
                     let Some(replica) = &self.replicas[r] else {
                         continue;
                     };
+                    if let Some(snapshot) = self.installed[r].take() {
+                        // Values it held below the snapshot may be stale
+                        // (accepted in a ballot that lost, never corrected
+                        // since: the snapshot skipped those slots). A restart
+                        // must not take them for chosen ones, so the
+                        // checkpoint that makes the snapshot durable drops
+                        // them, as the node's does.
+                        self.applied_durable[r] = self.applied_durable[r].max(snapshot);
+                        self.disks[r].accepted = self.disks[r].accepted.split_off(&snapshot);
+                    }
                     let mut through = self.applied_durable[r].max(self.applied_floor[r]);
                     while through < replica.commit_through()
                         && self.disks[r].accepted.get(&through).map(|(_, v)| v)
@@ -300,11 +365,17 @@ impl Sim {
                     self.applied_durable[r] = self.applied_durable[r].max(through);
                 }
                 // Then drop values below what every replica has
-                // checkpointed, less a little: a lagging peer can still be
-                // caught up by log shipping from any of them.
+                // checkpointed, less a little, so a peer that lags a little
+                // is caught up by log shipping; but keep no more than a
+                // window below a replica's own checkpoint, as the node
+                // does, so a peer that lags far needs a snapshot.
                 let floor = self.applied_durable.iter().copied().min().unwrap_or(0);
                 for r in 0..REPLICAS {
-                    let below = floor.saturating_sub(self.rng.random_range(0..16));
+                    let window =
+                        self.applied_durable[r].saturating_sub(self.rng.random_range(16..96));
+                    let below = floor
+                        .saturating_sub(self.rng.random_range(0..16))
+                        .max(window);
                     if below <= self.applied_floor[r] {
                         continue;
                     }
@@ -315,6 +386,26 @@ impl Sim {
                     self.applied_floor[r] = below;
                 }
                 self.schedule(Duration::from_millis(25), Event::Compact);
+            }
+            Event::Snapshot {
+                to,
+                through,
+                values,
+            } => {
+                let takes = self.replicas[to]
+                    .as_ref()
+                    .is_some_and(|r| r.is_follower() && through > self.applied[to]);
+                if takes {
+                    // The driver swaps its state machine for the leader's.
+                    for slot in self.applied[to]..through {
+                        self.check_chosen(to, slot, values[slot as usize].clone(), false);
+                    }
+                    self.replicas[to].as_mut().unwrap().installed(through);
+                    self.applied[to] = through;
+                    self.installed[to] = Some(through);
+                    self.snapshots_installed += 1;
+                    self.drain(to);
+                }
             }
             Event::Read => {
                 let id = self.rng.random_range(0..REPLICAS);
@@ -398,9 +489,16 @@ impl Sim {
     }
 }
 
-/// Runs one seed: (commands acknowledged, lease reads checked, slots the
-/// least compacted replica dropped).
-fn run_seed(seed: u64) -> (usize, u64, u64) {
+/// What one seed exercised.
+struct Outcome {
+    acknowledged: usize,
+    lease_reads: u64,
+    /// Slots the least compacted replica dropped.
+    compacted: u64,
+    snapshots: u64,
+}
+
+fn run_seed(seed: u64) -> Outcome {
     let mut sim = Sim::new(seed);
     sim.run_until(SAFETY_PHASE);
     // Liveness: heal everything, restart the crashed, stop injecting faults.
@@ -421,8 +519,12 @@ fn run_seed(seed: u64) -> (usize, u64, u64) {
             .iter()
             .all(|value| (0..REPLICAS).all(|r| sim.reported[r].values().any(|v| v == value)));
         if done {
-            let compacted = sim.applied_floor.iter().min().copied().unwrap_or(0);
-            return (sim.acknowledged.len(), sim.lease_reads, compacted);
+            return Outcome {
+                acknowledged: sim.acknowledged.len(),
+                lease_reads: sim.lease_reads,
+                compacted: sim.applied_floor.iter().min().copied().unwrap_or(0),
+                snapshots: sim.snapshots_installed,
+            };
         }
     }
     let missing: Vec<_> = (0..REPLICAS)
@@ -456,9 +558,10 @@ fn run_seed(seed: u64) -> (usize, u64, u64) {
 #[test]
 fn multi_paxos_is_safe_and_live_under_faults() {
     if let Ok(seed) = std::env::var("CAIRN_SIM_SEED") {
-        let (acknowledged, reads, compacted) = run_seed(seed.parse().unwrap());
+        let o = run_seed(seed.parse().unwrap());
         println!(
-            "seed {seed}: {acknowledged} commands acknowledged, {reads} lease reads, {compacted} slots compacted"
+            "seed {seed}: {} commands acknowledged, {} lease reads, {} slots compacted, {} snapshots installed",
+            o.acknowledged, o.lease_reads, o.compacted, o.snapshots
         );
         return;
     }
@@ -466,13 +569,15 @@ fn multi_paxos_is_safe_and_live_under_faults() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
-    let (mut total, mut reads, mut compacted) = (0, 0, 0);
+    let (mut total, mut reads, mut compacted, mut snapshots) = (0, 0, 0, 0);
     for seed in 0..seeds {
-        let (acknowledged, lease_reads, dropped) = run_seed(seed);
-        total += acknowledged;
-        reads += lease_reads;
-        compacted += dropped;
+        let o = run_seed(seed);
+        total += o.acknowledged as u64;
+        reads += o.lease_reads;
+        compacted += o.compacted;
+        snapshots += o.snapshots;
     }
+    // The simulation must make progress, not just stay safe by doing nothing.
     assert!(
         compacted > seeds * 50,
         "only {compacted} slots compacted over {seeds} seeds"
@@ -481,13 +586,17 @@ fn multi_paxos_is_safe_and_live_under_faults() {
         reads > seeds * 50,
         "only {reads} lease reads over {seeds} seeds"
     );
-    // The simulation must make progress, not just stay safe by doing nothing.
     assert!(
-        total as u64 > seeds * 50,
+        total > seeds * 50,
         "only {total} commands acknowledged over {seeds} seeds"
     );
+    // Peers that fell behind every log were caught up by snapshots.
+    assert!(
+        snapshots > seeds / 4,
+        "only {snapshots} snapshots installed over {seeds} seeds"
+    );
     println!(
-        "{seeds} seeds, {total} commands acknowledged, {reads} lease reads checked, {compacted} slots compacted"
+        "{seeds} seeds, {total} commands acknowledged, {reads} lease reads checked, {compacted} slots compacted, {snapshots} snapshots installed"
     );
 }
 
