@@ -447,6 +447,24 @@ impl Tree {
         clean
     }
 
+    /// The clean pages that dirty nodes (or the root) point at: with
+    /// every page reachable below them, the pages this tree holds on disk.
+    pub fn clean_frontier(&self, out: &mut Vec<PageAddr>) {
+        fn walk(child: &Child, out: &mut Vec<PageAddr>) {
+            match child {
+                Child::Clean(addr) => out.push(*addr),
+                Child::Dirty(node) => {
+                    if let Node::Branch { children, .. } = node.as_ref() {
+                        children.iter().for_each(|c| walk(c, out));
+                    }
+                }
+            }
+        }
+        if let Some(root) = &self.root {
+            walk(root, out);
+        }
+    }
+
     /// Whether any node is dirty.
     pub fn is_dirty(&self) -> bool {
         matches!(self.root, Some(Child::Dirty(_)))

@@ -99,6 +99,11 @@ pub enum EngineError {
     Stopped(String),
     #[error("partition {0} is replicated: it changes only through its group")]
     Replicated(PartitionId),
+    #[error("snapshot of partition {partition} refused: {reason}")]
+    InvalidSnapshot {
+        partition: PartitionId,
+        reason: String,
+    },
 }
 
 impl EngineError {
@@ -319,6 +324,43 @@ pub struct Engine<Fs: FileSystem> {
     unsynced: RefCell<HashMap<(PartitionId, Vec<u8>), Lsn>>,
     checkpointing: Cell<bool>,
     stopped: RefCell<Option<String>>,
+    /// Snapshots being read ([`Engine::snapshot_view`]): while any is, no
+    /// extent is given back for reuse, so the pages of their frozen trees
+    /// stay as they were…
+    snapshot_pins: Rc<Cell<usize>>,
+    /// …and the extents checkpoints would have released wait here.
+    pinned_free: RefCell<Vec<PageAddr>>,
+    /// Trees being received from a leader's snapshot, by partition: never
+    /// in the catalog (a crash forgets them), swapped in whole once
+    /// complete ([`Engine::stage_install`]).
+    staging: RefCell<BTreeMap<PartitionId, Tree>>,
+}
+
+/// A frozen copy of a replicated partition's tree at an applied point, to
+/// ship to a peer that lags ([`Engine::snapshot_read`]). Its pages stay
+/// unreused while it lives.
+#[derive(Debug)]
+pub struct SnapshotView {
+    pub partition: PartitionId,
+    /// The tree reflects every slot below.
+    pub through: Slot,
+    tree: Tree,
+    _pin: SnapshotPin,
+}
+
+#[derive(Debug)]
+struct SnapshotPin(Rc<Cell<usize>>);
+
+/// A tree taken out of use by [`Engine::stage_install`], for
+/// [`Engine::retire`] to give back.
+#[derive(Debug)]
+#[must_use]
+pub struct Retired(Option<Tree>);
+
+impl Drop for SnapshotPin {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
 }
 
 impl<Fs: FileSystem> Engine<Fs> {
@@ -377,6 +419,9 @@ impl<Fs: FileSystem> Engine<Fs> {
             unsynced: RefCell::default(),
             checkpointing: Cell::new(false),
             stopped: RefCell::default(),
+            snapshot_pins: Rc::default(),
+            pinned_free: RefCell::default(),
+            staging: RefCell::default(),
         };
         for record in records {
             engine.replay(record).await?;
@@ -640,6 +685,198 @@ impl<Fs: FileSystem> Engine<Fs> {
             }
         })?;
         result
+    }
+
+    /// Freezes the tree of replicated `partition` at its applied point, to
+    /// be read by [`Engine::snapshot_read`] while writes go on. Clean pages
+    /// are shared with the live tree (and kept from reuse while the view
+    /// lives); dirty nodes are copied.
+    pub fn snapshot_view(&self, partition: PartitionId) -> Result<SnapshotView, EngineError> {
+        self.check_running()?;
+        let partitions = self.partitions.borrow();
+        let p = partitions
+            .get(&partition)
+            .ok_or(EngineError::UnknownPartition(partition))?;
+        let group = p
+            .group
+            .as_ref()
+            .ok_or(EngineError::UnknownPartition(partition))?;
+        self.snapshot_pins.set(self.snapshot_pins.get() + 1);
+        Ok(SnapshotView {
+            partition,
+            through: group.applied_through,
+            tree: p.tree.clone(),
+            _pin: SnapshotPin(self.snapshot_pins.clone()),
+        })
+    }
+
+    /// The view's entries (encoded key, item bytes) after `after`, in key
+    /// order, about `bytes_max` of them; and whether more follow.
+    pub async fn snapshot_read(
+        &self,
+        view: &SnapshotView,
+        after: Option<&[u8]>,
+        bytes_max: usize,
+    ) -> Result<(Vec<(Vec<u8>, Vec<u8>)>, bool), EngineError> {
+        self.check_running()?;
+        let range = ScanRange {
+            start: after.map_or(Bound::Unbounded, Bound::Excluded),
+            end: Bound::Unbounded,
+            reverse: false,
+        };
+        for _ in 0..FAULT_ATTEMPTS_MAX {
+            let mut out = Vec::new();
+            let src = FnSource(&|addr| self.store.cache().get(addr));
+            match view
+                .tree
+                .scan_bounded(&src, &range, usize::MAX, bytes_max, &mut out)
+            {
+                Ok(more) => return Ok((out, more)),
+                Err(TreeError::Miss(addr)) => {
+                    self.store.load(addr).await?;
+                }
+                Err(TreeError::Corrupt(e)) => return Err(StoreError::Corrupt(e).into()),
+            }
+        }
+        Err(EngineError::CacheThrashing)
+    }
+
+    /// Starts receiving a snapshot of replicated `partition` into an empty
+    /// staging tree, dropping any earlier unfinished one.
+    pub async fn stage_begin(&self, partition: PartitionId) -> Result<(), EngineError> {
+        self.check_running()?;
+        if !self.is_replicated(partition) {
+            return Err(EngineError::UnknownPartition(partition));
+        }
+        let fresh = Tree::new(self.config.page_size);
+        let old = self.staging.borrow_mut().insert(partition, fresh);
+        if let Some(old) = old {
+            self.release_tree(old).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds a snapshot chunk's entries to the staging tree. Every value
+    /// must decode to an item whose key is the entry's key under the
+    /// partition's schema; nothing is logged (a crash forgets the staging
+    /// tree, and the leader sends the snapshot again).
+    pub async fn stage_chunk(
+        &self,
+        partition: PartitionId,
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), EngineError> {
+        self.check_running()?;
+        if self.dirty_nodes.get() * self.config.page_size > self.config.dirty_bytes_max {
+            return Err(EngineError::Throttled);
+        }
+        let schema = self.schema(partition)?;
+        let refuse = |reason: String| EngineError::InvalidSnapshot { partition, reason };
+        for (key, value) in entries {
+            let item = Item::decode(&value)?;
+            if schema.key_of_item(&item)? != key {
+                return Err(refuse("an entry's key does not match its item".into()));
+            }
+            for _ in 0..FAULT_ATTEMPTS_MAX {
+                let probe = {
+                    let staging = self.staging.borrow();
+                    let tree = staging
+                        .get(&partition)
+                        .ok_or_else(|| refuse("no snapshot is being received".into()))?;
+                    tree.probe(self.store.cache(), &key)
+                };
+                match probe {
+                    Ok(()) => break,
+                    Err(TreeError::Miss(addr)) => {
+                        self.store.load(addr).await?;
+                    }
+                    Err(TreeError::Corrupt(e)) => return Err(StoreError::Corrupt(e).into()),
+                }
+            }
+            let mut staging = self.staging.borrow_mut();
+            let tree = staging
+                .get_mut(&partition)
+                .ok_or_else(|| refuse("no snapshot is being received".into()))?;
+            let before = tree.dirty_stats().dirty_nodes;
+            let mut freed = self.freed.borrow_mut();
+            match tree.put(self.store.cache(), key, value, &mut freed) {
+                Ok(()) => {}
+                Err(TreeError::Miss(_)) => return Err(EngineError::CacheThrashing),
+                Err(TreeError::Corrupt(e)) => return Err(StoreError::Corrupt(e).into()),
+            }
+            let after = tree.dirty_stats().dirty_nodes;
+            self.dirty_nodes
+                .set(self.dirty_nodes.get() + after - before);
+        }
+        Ok(())
+    }
+
+    /// Swaps the complete staging tree of `partition` in as its state at
+    /// `through`, if that is ahead of what it has applied, with no await;
+    /// returns whether it did, and the tree to [`Engine::retire`] (the
+    /// replaced one, or the refused one). The next checkpoint makes the
+    /// swap durable: a crash before it leaves the old tree and applied
+    /// point, consistent.
+    ///
+    /// Accepted values below `through` go too: the snapshot skipped those
+    /// slots, so what this replica accepted for them may be stale (from a
+    /// ballot that lost), and after a restart values below the applied
+    /// point are taken for chosen ones.
+    pub fn stage_install(
+        &self,
+        partition: PartitionId,
+        through: Slot,
+    ) -> Result<(bool, Retired), EngineError> {
+        self.check_running()?;
+        let Some(staged) = self.staging.borrow_mut().remove(&partition) else {
+            return Ok((false, Retired(None)));
+        };
+        let mut partitions = self.partitions.borrow_mut();
+        let p = partitions
+            .get_mut(&partition)
+            .ok_or(EngineError::UnknownPartition(partition))?;
+        Ok(match p.group.as_mut() {
+            Some(group) if through > group.applied_through => {
+                group.applied_through = through;
+                group.committed_through = group.committed_through.max(through);
+                group.durable.accepted = group.durable.accepted.split_off(&through);
+                (true, Retired(Some(std::mem::replace(&mut p.tree, staged))))
+            }
+            _ => (false, Retired(Some(staged))),
+        })
+    }
+
+    /// Gives back the tree an install replaced (or refused).
+    pub async fn retire(&self, retired: Retired) -> Result<(), EngineError> {
+        match retired.0 {
+            Some(tree) => self.release_tree(tree).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Drops `partition`'s unfinished staging tree, if any.
+    pub async fn stage_abort(&self, partition: PartitionId) -> Result<(), EngineError> {
+        let staged = self.staging.borrow_mut().remove(&partition);
+        match staged {
+            Some(tree) => self.release_tree(tree).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Gives back a tree that no partition holds any more: its dirty nodes
+    /// at once, its pages on disk with the next checkpoint.
+    async fn release_tree(&self, tree: Tree) -> Result<(), EngineError> {
+        let dirty = tree.dirty_stats().dirty_nodes;
+        self.dirty_nodes
+            .set(self.dirty_nodes.get().saturating_sub(dirty));
+        let mut frontier = Vec::new();
+        tree.clean_frontier(&mut frontier);
+        drop(tree);
+        let mut pages = Vec::new();
+        for addr in frontier {
+            self.store.reachable(addr, &mut pages).await?;
+        }
+        self.freed.borrow_mut().append(&mut pages);
+        Ok(())
     }
 
     /// The partition's key schema.
@@ -1106,18 +1343,26 @@ impl<Fs: FileSystem> Engine<Fs> {
             let mut budget = CHECKPOINT_SLICE_NODES;
             let mut clean = true;
             let mut dirty_nodes = 0;
-            for partition in self.partitions.borrow_mut().values_mut() {
-                clean &= partition.tree.flush_some(&mut budget, &mut |node| {
-                    let archived = archive_node(&node);
-                    let addr = self.store.allocate(units_for(archived.len(), page_size));
-                    writes.push((
-                        addr,
-                        frame(&archived, PageKind::Node, addr, generation, page_size),
-                    ));
-                    cache.insert(addr, Rc::new(PageBytes::trusted(archived)), true);
-                    addr
-                });
-                dirty_nodes += partition.tree.dirty_stats().dirty_nodes;
+            {
+                let mut partitions = self.partitions.borrow_mut();
+                let mut staging = self.staging.borrow_mut();
+                let trees = partitions
+                    .values_mut()
+                    .map(|p| &mut p.tree)
+                    .chain(staging.values_mut());
+                for tree in trees {
+                    clean &= tree.flush_some(&mut budget, &mut |node| {
+                        let archived = archive_node(&node);
+                        let addr = self.store.allocate(units_for(archived.len(), page_size));
+                        writes.push((
+                            addr,
+                            frame(&archived, PageKind::Node, addr, generation, page_size),
+                        ));
+                        cache.insert(addr, Rc::new(PageBytes::trusted(archived)), true);
+                        addr
+                    });
+                    dirty_nodes += tree.dirty_stats().dirty_nodes;
+                }
             }
             self.dirty_nodes.set(dirty_nodes);
             let snapshot = clean.then(|| (self.applied_lsn.get(), self.catalog_page()));
@@ -1155,6 +1400,13 @@ impl<Fs: FileSystem> Engine<Fs> {
             cache.unpin(*addr);
         }
         cache.trim();
+        let pages_freed = to_free.len();
+        if self.snapshot_pins.get() > 0 {
+            // A snapshot's frozen tree may still read these.
+            self.pinned_free.borrow_mut().append(&mut to_free);
+        } else {
+            to_free.append(&mut self.pinned_free.borrow_mut());
+        }
         for addr in &to_free {
             self.store.free(*addr);
         }
@@ -1163,7 +1415,7 @@ impl<Fs: FileSystem> Engine<Fs> {
             generation,
             checkpoint_lsn,
             pages_written = written.len() + 1,
-            pages_freed = to_free.len(),
+            pages_freed,
             slice_us_max,
             total_us = started.elapsed().as_micros() as u64,
             "checkpoint committed"
@@ -1172,7 +1424,7 @@ impl<Fs: FileSystem> Engine<Fs> {
             generation,
             checkpoint_lsn,
             pages_written: written.len() + 1,
-            pages_freed: to_free.len(),
+            pages_freed,
         })
     }
 

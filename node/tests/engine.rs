@@ -621,3 +621,136 @@ fn a_replicated_partition_recovers_its_paxos_state_across_checkpoints() {
         assert_eq!(got, Some(item(slot as u32, 0, slot, 10)), "slot {slot}");
     }
 }
+
+/// A leader's frozen snapshot, streamed in chunks into a follower's
+/// staging tree and swapped in: the follower ends with exactly the
+/// leader's items at the snapshot's slot, although the leader went on
+/// writing and checkpointing (reusing no page the view still reads) and
+/// the follower held items the leader had deleted. The swap is durable
+/// only with the follower's next checkpoint: a power cut before it leaves
+/// the old state, consistent.
+#[test]
+fn a_snapshot_replaces_a_replicas_state_and_is_durable_once_checkpointed() {
+    use cairn_common::wire::{GroupMember, GroupSpec};
+    use cairn_node::engine::Write;
+
+    let spec = |replica| GroupSpec {
+        replica,
+        members: (0..3)
+            .map(|n| GroupMember {
+                addr: format!("127.0.0.1:{}", 7200 + n),
+                cores: 1,
+                zone: format!("zone-{n}"),
+            })
+            .collect(),
+    };
+    // Slot s writes item (s % 300) at version s, or deletes it when s % 7 == 0.
+    let apply = |engine: &Engine<MemFs>, model: &mut Model, slot: u64| {
+        let pk = (slot % 300) as u32;
+        let item = item(pk, 0, slot, 40 + (slot % 200) as usize);
+        let key = key(pk, 0);
+        let write = if slot.is_multiple_of(7) {
+            model.remove(&(pk, 0));
+            Write::Delete {
+                key: &key,
+                condition: None,
+            }
+        } else {
+            model.insert((pk, 0), item.clone());
+            Write::Put {
+                item: &item,
+                condition: None,
+            }
+        };
+        block_on(engine.apply_committed(PARTITION, slot, Some((write, ReturnValues::None))))
+            .unwrap();
+    };
+    let leader_fs = MemFs::new();
+    let leader = open(&leader_fs);
+    block_on(leader.create_replicated(PARTITION, schema(), spec(0))).unwrap();
+    let mut model = Model::new();
+    for slot in 0..1500 {
+        apply(&leader, &mut model, slot);
+        if slot == 700 || slot == 1450 {
+            block_on(leader.checkpoint()).unwrap();
+        }
+    }
+    let view = leader.snapshot_view(PARTITION).unwrap();
+    assert_eq!(view.through, 1500);
+    let at_snapshot = model.clone();
+    // The leader goes on, checkpointing (and freeing what it replaced).
+    for slot in 1500..3000 {
+        apply(&leader, &mut model, slot);
+        if slot % 400 == 0 {
+            block_on(leader.checkpoint()).unwrap();
+        }
+    }
+
+    let follower_fs = MemFs::new();
+    let follower = open(&follower_fs);
+    block_on(follower.create_replicated(PARTITION, schema(), spec(1))).unwrap();
+    let mut old = Model::new();
+    for slot in 0..30 {
+        apply(&follower, &mut old, slot);
+    }
+    block_on(follower.checkpoint()).unwrap();
+    let install = |follower: &Engine<MemFs>| {
+        block_on(follower.stage_begin(PARTITION)).unwrap();
+        let mut after: Option<Vec<u8>> = None;
+        let mut chunks = 0;
+        loop {
+            let (entries, more) =
+                block_on(leader.snapshot_read(&view, after.as_deref(), 4096)).unwrap();
+            after = entries.last().map(|(k, _)| k.clone());
+            block_on(follower.stage_chunk(PARTITION, entries)).unwrap();
+            chunks += 1;
+            if !more {
+                break;
+            }
+        }
+        assert!(chunks > 10, "{chunks} chunks");
+        // Staged, not yet installed: the replica still serves its old state.
+        assert_eq!(follower.applied_through(PARTITION), Some(30));
+        let (installed, retired) = follower.stage_install(PARTITION, view.through).unwrap();
+        assert!(installed);
+        block_on(follower.retire(retired)).unwrap();
+    };
+    install(&follower);
+    assert_matches_model(&follower, &at_snapshot);
+    assert_eq!(follower.applied_through(PARTITION), Some(1500));
+    // A snapshot that is not ahead is refused and changes nothing.
+    block_on(follower.stage_begin(PARTITION)).unwrap();
+    let (installed, retired) = follower.stage_install(PARTITION, 1400).unwrap();
+    assert!(!installed);
+    block_on(follower.retire(retired)).unwrap();
+    assert_matches_model(&follower, &at_snapshot);
+
+    // Power cut before a checkpoint: the old state, whole.
+    drop(follower);
+    follower_fs.crash(|| false);
+    let follower = open(&follower_fs);
+    assert_eq!(follower.applied_through(PARTITION), Some(30));
+    assert_matches_model(&follower, &old);
+    // Installed and checkpointed: the snapshot's state survives.
+    install(&follower);
+    block_on(follower.checkpoint()).unwrap();
+    drop(follower);
+    follower_fs.crash(|| false);
+    let follower = open(&follower_fs);
+    assert_eq!(follower.applied_through(PARTITION), Some(1500));
+    assert_matches_model(&follower, &at_snapshot);
+    // It goes on from the snapshot's slot.
+    let mut going_on = at_snapshot.clone();
+    apply(&follower, &mut going_on, 1500);
+    assert_matches_model(&follower, &going_on);
+
+    // A chunk whose key is not its item's is refused.
+    block_on(follower.stage_begin(PARTITION)).unwrap();
+    let forged = vec![(b"not-the-key".to_vec(), item(1, 0, 1, 10).to_bytes())];
+    assert!(matches!(
+        block_on(follower.stage_chunk(PARTITION, forged)),
+        Err(EngineError::InvalidSnapshot { .. })
+    ));
+    drop(view);
+    let _ = leader;
+}
