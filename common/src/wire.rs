@@ -14,7 +14,7 @@ use crate::path::Path;
 use crate::update::UpdateAction;
 
 /// Wire format version, checked in every request.
-pub const WIRE_VERSION: u16 = 5;
+pub const WIRE_VERSION: u16 = 6;
 
 /// A bound of a range: on attribute values (Query) or encoded keys (node scans).
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -272,6 +272,9 @@ pub enum NodeOp {
     /// Replication messages between the replicas of groups on two shards
     /// (a node-internal format, docs/replication.md).
     Replication { batch: Vec<u8> },
+    /// One chunk of a leader's snapshot for a replica that lags below the
+    /// leader's log (a node-internal format, docs/replication.md).
+    Snapshot { chunk: Vec<u8> },
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]

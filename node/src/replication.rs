@@ -90,6 +90,41 @@ pub struct PeerBatch {
     pub spare: bool,
 }
 
+/// One chunk of a leader's snapshot of a partition, for a replica that
+/// lags below the leader's log. Chunks go one at a time, in key order.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotChunk {
+    pub partition: u64,
+    pub from: u32,
+    /// Names one transfer: a chunk of another is refused.
+    pub stream: u64,
+    /// The snapshot holds every slot below.
+    pub through: u64,
+    /// `None` in the first chunk, else the previous chunk's last key.
+    pub after: Option<Vec<u8>>,
+    /// Encoded key and item bytes, in key order.
+    pub entries: Vec<(Vec<u8>, Vec<u8>)>,
+    pub last: bool,
+}
+
+/// About this many bytes of entries go in one snapshot chunk.
+const SNAPSHOT_CHUNK_BYTES: usize = 256 << 10;
+/// How long a peer may take to store one chunk.
+const SNAPSHOT_CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Times a chunk is offered to a peer that answers "throttled".
+const SNAPSHOT_CHUNK_ATTEMPTS: u32 = 50;
+
+/// A snapshot being received.
+#[derive(Debug)]
+struct Install {
+    stream: u64,
+    through: Slot,
+    /// The last key stored; the next chunk must start after it.
+    after: Option<Vec<u8>>,
+    /// A chunk is being stored (no other may interleave with it).
+    busy: bool,
+}
+
 /// Most bytes of messages gathered into one batch.
 const BATCH_BYTES_MAX: usize = 1 << 20;
 /// How long a peer may take to answer a batch before its link is dropped.
@@ -142,6 +177,14 @@ pub struct Replication {
     admitter: Rc<Admitter>,
     /// What the peers' shards said of theirs, per partition and member.
     peer_spare: RefCell<PeerSpare>,
+    /// Snapshots this shard is sending, by partition and peer: the slot
+    /// each holds through (none is started twice, and the log is kept
+    /// from there on so the peer can go on from it).
+    snapshots_out: RefCell<HashMap<(PartitionId, ReplicaId), Slot>>,
+    /// Snapshots this shard is receiving, by partition.
+    installs: RefCell<HashMap<PartitionId, Install>>,
+    /// Complete snapshots for the apply task to swap in, between slots.
+    installs_ready: RefCell<VecDeque<(PartitionId, Slot)>>,
     epoch: Instant,
 }
 
@@ -207,6 +250,9 @@ impl Replication {
             created: Event::new(),
             admitter,
             peer_spare: RefCell::default(),
+            snapshots_out: RefCell::default(),
+            installs: RefCell::default(),
+            installs_ready: RefCell::default(),
             epoch: Instant::now(),
         });
         for partition in replication.engine.partition_ids() {
@@ -463,6 +509,9 @@ impl Replication {
         if ready.is_empty() {
             return;
         }
+        for peer in ready.snapshots {
+            self.start_snapshot(partition, peer);
+        }
         self.enqueue(partition, me, ready.send);
         if let Some((last, _)) = ready.committed.last() {
             let through = last + 1;
@@ -544,6 +593,14 @@ impl Replication {
     async fn apply_loop(self: Rc<Self>) {
         loop {
             let listener = self.apply_ready.listen();
+            let install = self.installs_ready.borrow_mut().pop_front();
+            if let Some((partition, through)) = install {
+                if let Err(error) = self.install(partition, through).await {
+                    tracing::error!(shard = self.shard, partition, %error, "snapshot not installed");
+                    return; // the engine stopped
+                }
+                continue;
+            }
             let next = self.to_apply.borrow_mut().pop_front();
             let Some((partition, slot, value)) = next else {
                 listener.await;
@@ -578,7 +635,17 @@ impl Replication {
                     }
                     let retained = self.config.retained_slots;
                     if slot.is_multiple_of(1024) && slot > retained {
-                        group.replica.compact(slot - retained);
+                        // Not past a snapshot being sent: its peer goes on
+                        // from there by log shipping.
+                        let floor = self
+                            .snapshots_out
+                            .borrow()
+                            .iter()
+                            .filter(|((p, _), _)| *p == partition)
+                            .map(|(_, through)| *through)
+                            .min();
+                        let below = floor.map_or(slot - retained, |f| f.min(slot - retained));
+                        group.replica.compact(below);
                     }
                 }
             }
@@ -587,6 +654,263 @@ impl Replication {
                 return; // the engine stopped
             }
         }
+    }
+
+    /// Swaps a received snapshot in (between two applies, so none is in
+    /// flight), if its replica still follows and it is ahead of what the
+    /// replica has applied.
+    async fn install(&self, partition: PartitionId, through: Slot) -> Result<(), EngineError> {
+        let following = self
+            .groups
+            .borrow()
+            .get(&partition)
+            .is_some_and(|g| g.replica.is_follower());
+        let retired = if following {
+            let (installed, retired) = self.engine.stage_install(partition, through)?;
+            if installed && let Some(group) = self.groups.borrow_mut().get_mut(&partition) {
+                group.replica.installed(through);
+                tracing::info!(shard = self.shard, partition, through, "snapshot installed");
+            }
+            retired
+        } else {
+            self.engine.stage_install(partition, 0)?.1
+        };
+        self.applied.notify(usize::MAX);
+        // Walking the old tree's pages may take a while: not on the
+        // apply path.
+        let engine = self.engine.clone();
+        glommio::spawn_local(async move {
+            if let Err(error) = engine.retire(retired).await {
+                tracing::warn!(partition, %error, "pages of a replaced tree not given back");
+            }
+        })
+        .detach();
+        Ok(())
+    }
+
+    /// Starts sending `peer` a snapshot of `partition`, unless one is on
+    /// its way.
+    fn start_snapshot(self: &Rc<Self>, partition: PartitionId, peer: ReplicaId) {
+        let view = {
+            let mut out = self.snapshots_out.borrow_mut();
+            if out.contains_key(&(partition, peer)) {
+                return;
+            }
+            let view = match self.engine.snapshot_view(partition) {
+                Ok(view) => view,
+                Err(error) => {
+                    tracing::warn!(partition, peer, %error, "no snapshot for a lagging peer");
+                    return;
+                }
+            };
+            out.insert((partition, peer), view.through);
+            view
+        };
+        let this = self.clone();
+        glommio::spawn_local(async move {
+            let started = Instant::now();
+            let result = this.stream_snapshot(peer, &view).await;
+            this.snapshots_out.borrow_mut().remove(&(partition, peer));
+            match result {
+                Ok(entries) => tracing::info!(
+                    shard = this.shard,
+                    partition,
+                    peer,
+                    through = view.through,
+                    entries,
+                    ms = started.elapsed().as_millis() as u64,
+                    "snapshot sent"
+                ),
+                Err(reason) => {
+                    tracing::warn!(shard = this.shard, partition, peer, %reason, "snapshot not sent");
+                }
+            }
+        })
+        .detach();
+    }
+
+    /// Sends `view` to `peer` chunk by chunk; the number of entries sent.
+    async fn stream_snapshot(
+        &self,
+        peer: ReplicaId,
+        view: &crate::engine::SnapshotView,
+    ) -> Result<usize, String> {
+        let partition = view.partition;
+        let (addr, me) = {
+            let groups = self.groups.borrow();
+            let group = groups.get(&partition).ok_or("the group is gone")?;
+            let addr = *group.members.get(peer).ok_or("no such peer")?;
+            (addr, group.replica.id())
+        };
+        let stream = self.next_id.get();
+        self.next_id.set(stream + 1);
+        let mut after: Option<Vec<u8>> = None;
+        let mut sent = 0;
+        loop {
+            let (entries, more) = self
+                .engine
+                .snapshot_read(view, after.as_deref(), SNAPSHOT_CHUNK_BYTES)
+                .await
+                .map_err(|e| e.to_string())?;
+            let next = entries.last().map(|(key, _)| key.clone());
+            sent += entries.len();
+            let chunk = SnapshotChunk {
+                partition,
+                from: me as u32,
+                stream,
+                through: view.through,
+                after: after.take(),
+                entries,
+                last: !more,
+            };
+            let bytes = rkyv::to_bytes::<rancor::Error>(&chunk)
+                .expect("serializing to memory cannot fail")
+                .to_vec();
+            self.send_chunk(addr, partition, bytes).await?;
+            if !more {
+                return Ok(sent);
+            }
+            after = next;
+        }
+    }
+
+    /// Offers one chunk until the peer stores it (it may ask to wait while
+    /// it has too many unflushed pages).
+    async fn send_chunk(
+        &self,
+        addr: SocketAddr,
+        partition: PartitionId,
+        chunk: Vec<u8>,
+    ) -> Result<(), String> {
+        let request = wire::encode_node_request(&NodeRequest {
+            limit: None,
+            partition,
+            op: NodeOp::Snapshot { chunk },
+        });
+        let mut backoff = Duration::from_millis(10);
+        for _ in 0..SNAPSHOT_CHUNK_ATTEMPTS {
+            let connection = self.connection(addr).await.map_err(|e| e.to_string())?;
+            let answer = connection
+                .request(&request, SNAPSHOT_CHUNK_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())?;
+            match wire::decode_response(&answer).map_err(|e| e.to_string())? {
+                Response::Done => return Ok(()),
+                Response::Error { code, .. } if code.is_retryable() => {
+                    glommio::timer::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                Response::Error { message, .. } => {
+                    return Err(format!("the peer refused: {message}"));
+                }
+                other => return Err(format!("unexpected answer {other:?}")),
+            }
+        }
+        Err("the peer stayed too busy to take the snapshot".into())
+    }
+
+    /// Stores one chunk of a snapshot sent by this partition's leader.
+    pub async fn receive_snapshot(self: &Rc<Self>, chunk: &[u8]) -> Response {
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(chunk.len());
+        aligned.extend_from_slice(chunk);
+        let chunk = match rkyv::from_bytes::<SnapshotChunk, rancor::Error>(&aligned) {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                return Response::error(
+                    ErrorCode::Malformed,
+                    format!("malformed snapshot chunk: {e}"),
+                );
+            }
+        };
+        let partition = chunk.partition;
+        let refuse = |message: String| Response::error(ErrorCode::Validation, message);
+        {
+            let groups = self.groups.borrow();
+            let Some(group) = groups.get(&partition) else {
+                return self.missing_group(partition);
+            };
+            if !group.replica.is_follower() {
+                return refuse(format!(
+                    "partition {partition}: this replica leads or stands for election; it takes no snapshot"
+                ));
+            }
+        }
+        let applied = self.engine.applied_through(partition).unwrap_or(0);
+        if chunk.through <= applied {
+            self.installs.borrow_mut().remove(&partition);
+            return refuse(format!(
+                "partition {partition}: snapshot through {} not needed, applied through {applied}",
+                chunk.through
+            ));
+        }
+        let first = chunk.after.is_none();
+        let next_after = chunk.entries.last().map(|(key, _)| key.clone());
+        {
+            let mut installs = self.installs.borrow_mut();
+            match installs.get_mut(&partition) {
+                Some(install) if install.busy => {
+                    return Response::error(
+                        ErrorCode::Throttling,
+                        "another snapshot chunk is being stored; retry",
+                    );
+                }
+                Some(install)
+                    if !first
+                        && (install.stream, &install.after) == (chunk.stream, &chunk.after) =>
+                {
+                    install.busy = true;
+                }
+                _ if first => {
+                    installs.insert(
+                        partition,
+                        Install {
+                            stream: chunk.stream,
+                            through: chunk.through,
+                            after: None,
+                            busy: true,
+                        },
+                    );
+                }
+                _ => {
+                    return refuse(format!(
+                        "partition {partition}: snapshot chunk out of order"
+                    ));
+                }
+            }
+        }
+        let stored = async {
+            if first {
+                self.engine.stage_begin(partition).await?;
+            }
+            self.engine.stage_chunk(partition, chunk.entries).await
+        }
+        .await;
+        let mut installs = self.installs.borrow_mut();
+        let Some(install) = installs.get_mut(&partition) else {
+            return unavailable("snapshot abandoned");
+        };
+        install.busy = false;
+        match stored {
+            Ok(()) => {}
+            Err(EngineError::Throttled) => {
+                return Response::error(ErrorCode::Throttling, "too many unflushed pages; retry");
+            }
+            Err(error) => {
+                installs.remove(&partition);
+                return engine_error(&error);
+            }
+        }
+        if chunk.last {
+            let through = install.through;
+            installs.remove(&partition);
+            self.installs_ready
+                .borrow_mut()
+                .push_back((partition, through));
+            self.apply_ready.notify(1);
+        } else {
+            install.after = next_after;
+        }
+        Response::Done
     }
 
     /// Applies one chosen value; the answer for its proposer.
@@ -695,32 +1019,35 @@ impl Replication {
         .detach();
     }
 
-    async fn send_now(
-        &self,
-        addr: SocketAddr,
-        messages: Vec<PeerMessage>,
-    ) -> Result<(), TransportError> {
+    /// The link's connection to a peer shard, made if there is none.
+    async fn connection(&self, addr: SocketAddr) -> Result<Connection, TransportError> {
         let existing = self
             .links
             .borrow()
             .get(&addr)
             .and_then(|l| l.connection.clone());
-        let connection = match existing {
-            Some(connection) => connection,
-            None => {
-                let connect = self.endpoint.connect(addr, &self.server_name);
-                let timer = async {
-                    glommio::timer::sleep(PEER_TIMEOUT).await;
-                    Err(TransportError::TimedOut(PEER_TIMEOUT))
-                };
-                let connection = futures_lite::future::or(connect, timer).await?;
-                let mut links = self.links.borrow_mut();
-                let link = links.entry(addr).or_default();
-                link.connection = Some(connection.clone());
-                link.connecting = false;
-                connection
-            }
+        if let Some(connection) = existing {
+            return Ok(connection);
+        }
+        let connect = self.endpoint.connect(addr, &self.server_name);
+        let timer = async {
+            glommio::timer::sleep(PEER_TIMEOUT).await;
+            Err(TransportError::TimedOut(PEER_TIMEOUT))
         };
+        let connection = futures_lite::future::or(connect, timer).await?;
+        let mut links = self.links.borrow_mut();
+        let link = links.entry(addr).or_default();
+        link.connection = Some(connection.clone());
+        link.connecting = false;
+        Ok(connection)
+    }
+
+    async fn send_now(
+        &self,
+        addr: SocketAddr,
+        messages: Vec<PeerMessage>,
+    ) -> Result<(), TransportError> {
+        let connection = self.connection(addr).await?;
         let spare = self.admitter.write_spare();
         let batch = rkyv::to_bytes::<rancor::Error>(&PeerBatch { messages, spare })
             .expect("serializing to memory cannot fail")

@@ -220,6 +220,12 @@ async fn answer(
                 Err(message) => Response::error(ErrorCode::Malformed, message),
             };
         }
+        NodeOp::Snapshot { chunk } => {
+            let Some(replication) = replication else {
+                return no_replication();
+            };
+            return replication.receive_snapshot(chunk).await;
+        }
         NodeOp::CreatePartition {
             schema,
             group: Some(spec),
@@ -419,9 +425,9 @@ pub(crate) fn to_op(request: NodeRequest) -> Result<Op, DecodeError> {
             bytes_max: bytes_max as usize,
             resume_after,
         }),
-        NodeOp::Replication { .. } => {
+        NodeOp::Replication { .. } | NodeOp::Snapshot { .. } => {
             return Err(DecodeError::Malformed(
-                "a replication batch is not an operation".into(),
+                "a replication message is not an operation".into(),
             ));
         }
     })

@@ -84,6 +84,14 @@ pub fn start_node(path: &Path) -> anyhow::Result<StorageNode> {
             path.display()
         ),
     };
+    if let Some(retained) = file.retained_slots {
+        anyhow::ensure!(
+            retained >= 1,
+            "{}: retained_slots must be at least 1",
+            path.display()
+        );
+        node_config.replication.retained_slots = retained;
+    }
     StorageNode::start(node_config)
         .with_context(|| format!("starting the node of {}", path.display()))
 }
@@ -194,6 +202,7 @@ pub fn up(dir: &Path, cores: usize, port: u16, replication: u32) -> anyhow::Resu
                 peer_server_name: "localhost".into(),
                 shard_read_units: None,
                 shard_write_units: None,
+                retained_slots: None,
             },
         ));
         entries.push(NodeEntry {

@@ -32,6 +32,10 @@ pub struct NodeFile {
     pub shard_read_units: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard_write_units: Option<u32>,
+    /// Chosen values each replication group keeps in memory for peers
+    /// that lag (default 20 000); a peer further behind gets a snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained_slots: Option<u64>,
 }
 
 /// One node as routers and MemDS see it. Every router and MemDS must list

@@ -96,6 +96,22 @@ impl Node {
     }
 }
 
+/// The three nodes (zones a, b, c) of the cluster `cairn up` wrote in
+/// `dir` with its router on `base`; not started.
+fn group_nodes(dir: &Path, base: u16) -> Vec<Node> {
+    ["a", "b", "c"]
+        .iter()
+        .enumerate()
+        .map(|(n, zone)| Node {
+            config: dir.join(format!("node-zone-{zone}.toml")),
+            shard0: format!("127.0.0.1:{}", base + 100 + 2 * n as u16)
+                .parse()
+                .unwrap(),
+            process: None,
+        })
+        .collect()
+}
+
 /// Asks each node's shard directly which one leads `partition` (a
 /// consistent read only the leader answers), until one does.
 fn leader_of(nodes: &[Node], partition: u64, cert: &Path) -> usize {
@@ -217,17 +233,7 @@ fn killing_leaders_loses_no_acknowledged_write_and_reads_stay_linearizable() {
     let cluster_dir = dir.path().join("cluster");
     cairn_tests::write_cluster_files(env!("CARGO_BIN_EXE_cairn"), &cluster_dir, base, 3);
     let cert = cluster_dir.join("cert.pem");
-    let mut nodes: Vec<Node> = ["a", "b", "c"]
-        .iter()
-        .enumerate()
-        .map(|(n, zone)| Node {
-            config: cluster_dir.join(format!("node-zone-{zone}.toml")),
-            shard0: format!("127.0.0.1:{}", base + 100 + 2 * n as u16)
-                .parse()
-                .unwrap(),
-            process: None,
-        })
-        .collect();
+    let mut nodes = group_nodes(&cluster_dir, base);
     for node in &mut nodes {
         node.start();
     }
@@ -316,4 +322,164 @@ fn killing_leaders_loses_no_acknowledged_write_and_reads_stay_linearizable() {
             panic!("key {k}: history is not linearizable: {error:?}");
         }
     }
+}
+
+/// Reads `expected` keys from one replica's shard directly, eventually
+/// consistent (what that replica has applied), until every answer matches
+/// (bounded).
+fn wait_for_replica_state(
+    shard: SocketAddr,
+    partition: u64,
+    cert: &Path,
+    expected: Vec<(u64, Option<Item>)>,
+) {
+    let identity = Identity::trusting_pem_file(cert).unwrap();
+    let client = identity.client_config().unwrap();
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(move || async move {
+            let endpoint =
+                Endpoint::bind("127.0.0.1:0".parse().unwrap(), None, Some(client)).unwrap();
+            let deadline = Instant::now() + PROGRESS_TIMEOUT;
+            let mut mismatch = String::new();
+            while Instant::now() < deadline {
+                let Ok(connection) = endpoint.connect(shard, "localhost").await else {
+                    continue;
+                };
+                mismatch.clear();
+                for (k, want) in &expected {
+                    let probe = wire::encode_node_request(&NodeRequest {
+                        limit: None,
+                        partition,
+                        op: NodeOp::Get {
+                            key: key(*k).to_bytes(),
+                            consistent: false,
+                        },
+                    });
+                    let answer = connection.request(&probe, Duration::from_secs(1)).await;
+                    let got = answer.ok().and_then(|b| wire::decode_response(&b).ok());
+                    let matches = match &got {
+                        Some(Response::Item(bytes)) => {
+                            bytes.as_deref().map(|b| wire::decode_item(b).unwrap()) == *want
+                        }
+                        _ => false,
+                    };
+                    if !matches {
+                        mismatch =
+                            format!("key {k}: wanted {want:?}, the replica answered {got:?}");
+                        break;
+                    }
+                }
+                connection.close();
+                if mismatch.is_empty() {
+                    return;
+                }
+            }
+            panic!("the replica did not catch up within {PROGRESS_TIMEOUT:?}: {mismatch}");
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+fn versioned(k: u64, v: u64) -> Item {
+    key(k).with("v", AttributeValue::N(Number::from_i64(v as i64)))
+}
+
+/// A follower is killed, and while it is down its group writes more slots
+/// than the leader keeps (`retained_slots = 300`), deleting and
+/// overwriting items the follower holds. Restarted, it is behind every
+/// log, so only a snapshot can catch it up: afterwards it holds exactly
+/// the leader's items (none of the deleted ones), and with the leader
+/// killed it forms the new majority with the third replica, which still
+/// serves every acknowledged write.
+#[test]
+fn a_replica_behind_every_log_is_caught_up_by_a_snapshot() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let base = cairn_tests::free_udp_ports(200);
+    let cluster_dir = dir.path().join("cluster");
+    cairn_tests::write_cluster_files(env!("CARGO_BIN_EXE_cairn"), &cluster_dir, base, 3);
+    let cert = cluster_dir.join("cert.pem");
+    let mut nodes = group_nodes(&cluster_dir, base);
+    for node in &mut nodes {
+        let mut config = std::fs::read_to_string(&node.config).unwrap();
+        config.push_str("retained_slots = 300\n");
+        std::fs::write(&node.config, config).unwrap();
+        node.start();
+    }
+    let router_config = cluster_dir.join("router.toml");
+    let _memds = cairn_tests::start_memds(env!("CARGO_BIN_EXE_cairn"), &cluster_dir);
+    let _gac = cairn_tests::start_gac(env!("CARGO_BIN_EXE_cairn"), &cluster_dir);
+    let _router = start(
+        &["router", "--config", router_config.to_str().unwrap()],
+        "router listening",
+    );
+    let router: SocketAddr = format!("127.0.0.1:{base}").parse().unwrap();
+    let identity = Identity::trusting_pem_file(&cert).unwrap();
+    let partition = 1 << 20; // the first table's one partition, on shard 0
+    cairn_tests::with_client(router, &identity, async |client| {
+        let schema = KeySchema::new(KeyAttribute::new("id", KeyType::S), None);
+        client.create_table("kv-table", &schema, 1).await.unwrap();
+        for k in 0..100 {
+            client
+                .put_item("kv-table", &versioned(k, 1), None)
+                .await
+                .unwrap();
+        }
+    });
+    let leader = leader_of(&nodes, partition, &cert);
+    let lagging = (leader + 1) % 3;
+    nodes[lagging].kill();
+    // Puts and deletes of whole items may be retried: a write whose answer
+    // was lost with the killed node's connection is `Unavailable`.
+    cairn_tests::with_client(router, &identity, async |client| {
+        let deadline = Instant::now() + PROGRESS_TIMEOUT;
+        for k in 0..1300 {
+            loop {
+                let done = match k {
+                    0..50 => client
+                        .delete_item("kv-table", &key(k), None)
+                        .await
+                        .map(|_| ()),
+                    50..100 => client
+                        .put_item("kv-table", &versioned(k, 2), None)
+                        .await
+                        .map(|_| ()),
+                    _ => client
+                        .put_item("kv-table", &versioned(k, 1), None)
+                        .await
+                        .map(|_| ()),
+                };
+                match done {
+                    Err(e) if e.is_retryable() && Instant::now() < deadline => continue,
+                    done => break done.unwrap(),
+                }
+            }
+        }
+    });
+    let expected = |k: u64| match k {
+        0..50 => None,
+        50..100 => Some(versioned(k, 2)),
+        _ => Some(versioned(k, 1)),
+    };
+    nodes[lagging].start();
+    let all: Vec<(u64, Option<Item>)> = (0..1300).map(|k| (k, expected(k))).collect();
+    wait_for_replica_state(nodes[lagging].shard0, partition, &cert, all.clone());
+
+    // The caught-up replica and the third one are a majority without the
+    // leader: every acknowledged write is still read back.
+    nodes[leader].kill();
+    cairn_tests::with_client(router, &identity, async move |client| {
+        for (k, want) in all {
+            let mut got = client.get_item("kv-table", &key(k)).await;
+            let deadline = Instant::now() + PROGRESS_TIMEOUT;
+            while matches!(&got, Err(e) if e.is_retryable()) && Instant::now() < deadline {
+                got = client.get_item("kv-table", &key(k)).await;
+            }
+            assert_eq!(got.unwrap(), want, "key {k}");
+        }
+        client
+            .put_item("kv-table", &versioned(7, 3), None)
+            .await
+            .unwrap();
+    });
 }
