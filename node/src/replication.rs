@@ -121,7 +121,9 @@ struct Install {
     through: Slot,
     /// The last key stored; the next chunk must start after it.
     after: Option<Vec<u8>>,
-    /// A chunk is being stored (no other may interleave with it).
+    /// A chunk is being stored (no other may interleave with it), or the
+    /// last one was and the swap is queued: a new transfer must not
+    /// replace the complete staging tree before it is swapped in.
     busy: bool,
 }
 
@@ -675,6 +677,7 @@ impl Replication {
         } else {
             self.engine.stage_install(partition, 0)?.1
         };
+        self.installs.borrow_mut().remove(&partition);
         self.applied.notify(usize::MAX);
         // Walking the old tree's pages may take a while: not on the
         // apply path.
@@ -836,8 +839,17 @@ impl Replication {
             }
         }
         let applied = self.engine.applied_through(partition).unwrap_or(0);
-        if chunk.through <= applied {
+        let installing = self
+            .installs
+            .borrow()
+            .get(&partition)
+            .is_some_and(|i| i.busy);
+        if chunk.through <= applied && !installing {
+            // An unfinished staging tree is of no use any more.
             self.installs.borrow_mut().remove(&partition);
+            if let Err(error) = self.engine.stage_abort(partition).await {
+                return engine_error(&error);
+            }
             return refuse(format!(
                 "partition {partition}: snapshot through {} not needed, applied through {applied}",
                 chunk.through
@@ -851,7 +863,7 @@ impl Replication {
                 Some(install) if install.busy => {
                     return Response::error(
                         ErrorCode::Throttling,
-                        "another snapshot chunk is being stored; retry",
+                        "another snapshot chunk is being stored or installed; retry",
                     );
                 }
                 Some(install)
@@ -901,11 +913,11 @@ impl Replication {
             }
         }
         if chunk.last {
-            let through = install.through;
-            installs.remove(&partition);
+            // Busy until the apply task has swapped it in.
+            install.busy = true;
             self.installs_ready
                 .borrow_mut()
-                .push_back((partition, through));
+                .push_back((partition, install.through));
             self.apply_ready.notify(1);
         } else {
             install.after = next_after;
