@@ -259,12 +259,18 @@ pub const ON_DEMAND_WRITE_UNITS_START: u64 = 4_000;
 /// A provisioned limit is set from the table's capacity; an on-demand one
 /// follows traffic: it starts at a floor and is twice the highest rate
 /// routers reported spending, so a table may double its previous peak at
-/// once.
+/// once. A peak is remembered for [`PEAK_HOLD_NS`]; then the highest rate
+/// seen since takes its place, so the limit comes down after traffic
+/// does, one hold at a time.
 #[derive(Debug, Clone)]
 pub struct GacServer {
     period_ns: u64,
+    peak_hold_ns: u64,
     buckets: std::collections::BTreeMap<u64, GacBucket>,
 }
+
+/// How long an on-demand limit remembers its peak (DynamoDB's 30 minutes).
+pub const PEAK_HOLD_NS: u64 = 30 * 60 * NANOS as u64;
 
 #[derive(Debug, Clone, Copy)]
 struct Asked {
@@ -280,8 +286,12 @@ struct GacBucket {
     routers: std::collections::BTreeMap<u64, Asked>,
     /// `Some(floor)` for an on-demand limit.
     on_demand: Option<u64>,
-    /// Highest rate spent over a whole window (milli-units per second).
+    /// Highest rate spent over a whole window (milli-units per second)…
     peak: u64,
+    /// …since this time, and the highest rate since then below it, which
+    /// replaces it when the hold runs out.
+    peak_ns: u64,
+    since_peak: u64,
     /// The current measuring window: its start and what was spent in it.
     window_ns: u64,
     window_spent: u64,
@@ -292,8 +302,15 @@ impl GacServer {
     pub fn new(period_ns: u64) -> GacServer {
         GacServer {
             period_ns: period_ns.max(1),
+            peak_hold_ns: PEAK_HOLD_NS,
             buckets: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// Remembers on-demand peaks for `hold_ns` instead of [`PEAK_HOLD_NS`].
+    pub fn with_peak_hold(mut self, hold_ns: u64) -> GacServer {
+        self.peak_hold_ns = hold_ns;
+        self
     }
 
     pub fn period_ns(&self) -> u64 {
@@ -332,6 +349,8 @@ impl GacServer {
                         routers: std::collections::BTreeMap::new(),
                         on_demand,
                         peak: 0,
+                        peak_ns: now_ns,
+                        since_peak: 0,
                         window_ns: now_ns,
                         window_spent: 0,
                     },
@@ -363,7 +382,15 @@ impl GacServer {
             return;
         }
         let rate = (u128::from(b.window_spent) * NANOS / u128::from(elapsed)) as u64;
-        b.peak = b.peak.max(rate);
+        if rate >= b.peak {
+            (b.peak, b.peak_ns, b.since_peak) = (rate, now_ns, 0);
+        } else if now_ns.saturating_sub(b.peak_ns) >= self.peak_hold_ns {
+            // The hold ran out: the highest rate since the peak (or this
+            // one) is the peak now, held from now.
+            (b.peak, b.peak_ns, b.since_peak) = (b.since_peak.max(rate), now_ns, 0);
+        } else {
+            b.since_peak = b.since_peak.max(rate);
+        }
         b.window_ns = now_ns;
         b.window_spent = 0;
         if let Some(floor) = b.on_demand {
@@ -371,6 +398,7 @@ impl GacServer {
             if rate != b.bucket.rate() {
                 // A higher limit applies at once: the period's extra
                 // capacity is there now, not earned over the next period.
+                // (A lower one holds no more than a period of it.)
                 let capacity = (u128::from(rate) * u128::from(self.period_ns) / NANOS) as u64;
                 let grown = capacity.saturating_sub(b.bucket.capacity());
                 b.bucket.set_rate(rate, capacity, now_ns);
@@ -764,6 +792,40 @@ mod tests {
             gac.grant(2, 0, want, 5 * floor, p * period);
         }
         assert_eq!(gac.rate(2), Some(floor));
+    }
+
+    /// An on-demand limit keeps its peak for the hold, then steps down to
+    /// twice the highest rate seen since (never below the floor).
+    #[test]
+    fn on_demand_capacity_comes_down_after_the_peak_hold() {
+        let period = SECOND;
+        let floor = 100 * UNIT;
+        let mut gac = GacServer::new(period).with_peak_hold(10 * period);
+        gac.set_on_demand(1, floor, 0);
+        let want = 1000 * UNIT;
+        let spend = |gac: &mut GacServer, units: u64, periods: std::ops::RangeInclusive<u64>| {
+            for p in periods {
+                gac.grant(1, 0, want, units * UNIT, p * period);
+            }
+        };
+        spend(&mut gac, 0, 0..=0);
+        spend(&mut gac, 150, 1..=4);
+        assert_eq!(gac.rate(1), Some(300 * UNIT), "twice the peak of 150/s");
+        // Traffic falls to 60 units a second: the peak (measured at 4 s)
+        // holds for 10 s…
+        spend(&mut gac, 60, 5..=12);
+        assert_eq!(gac.rate(1), Some(300 * UNIT));
+        // …then twice the highest rate since is the limit.
+        spend(&mut gac, 60, 13..=14);
+        assert_eq!(gac.rate(1), Some(120 * UNIT));
+        // Quiet: after another hold, the floor.
+        spend(&mut gac, 0, 15..=22);
+        assert_eq!(gac.rate(1), Some(120 * UNIT));
+        spend(&mut gac, 0, 23..=24);
+        assert_eq!(gac.rate(1), Some(floor));
+        // A new peak raises it at once again.
+        spend(&mut gac, 90, 25..=26);
+        assert_eq!(gac.rate(1), Some(180 * UNIT));
     }
 
     /// What a router leaves of a grant goes back to GAC with its next ask,
