@@ -208,6 +208,14 @@ impl NodeBuckets {
         self.bucket.available(now_ns) >= cost.saturating_add(headroom)
     }
 
+    /// Draws `cost` for work the node must do whatever its capacity (a
+    /// follower applying a chosen write): what it holds, down to empty.
+    pub fn charge(&mut self, cost: u64, now_ns: u64) {
+        let available = self.bucket.available(now_ns);
+        let taken = self.bucket.try_take(cost.min(available), now_ns);
+        debug_assert!(taken);
+    }
+
     /// Takes `cost` for a request no partition limit applies to (an
     /// on-demand table's), if the node holds it.
     pub fn take(&mut self, cost: u64, now_ns: u64) -> bool {

@@ -135,6 +135,13 @@ impl Admission {
         }
     }
 
+    /// Charges the shard for a write it applied as a follower: the
+    /// leader admitted it, but the work is this shard's too, so what it
+    /// tells its peers of its spare capacity must count it.
+    pub fn charge_follower_write(&mut self, bytes: usize, now_ns: u64) {
+        self.shard_write.charge(write_cost(bytes), now_ns);
+    }
+
     /// Whether this shard has write capacity to spare (what it tells its
     /// peers).
     pub fn write_spare(&mut self, now_ns: u64) -> bool {
@@ -286,6 +293,45 @@ mod tests {
             .filter(|_| admission.admit_read(2, l, false, 0).is_ok())
             .count();
         assert_eq!(admitted, 20);
+    }
+
+    /// Writes a shard applies as a follower count against its capacity:
+    /// applying a second's worth leaves it nothing to spare, and it says
+    /// so until its bucket refills.
+    #[test]
+    fn follower_writes_use_up_the_spare_a_shard_reports() {
+        let capacity = ShardCapacity {
+            read_units: 100,
+            write_units: 100,
+        };
+        let mut shard = Admission::with_capacity(Some(capacity), 0);
+        assert!(shard.write_spare(0));
+        for _ in 0..70 {
+            shard.charge_follower_write(1000, 0);
+        }
+        assert!(shard.write_spare(0), "30 % of a second left");
+        for _ in 0..20 {
+            shard.charge_follower_write(1000, 0);
+        }
+        assert!(!shard.write_spare(0), "under the 20 % headroom");
+        // More than it holds takes it to empty, not below.
+        shard.charge_follower_write(1 << 20, 0);
+        assert!(
+            shard.write_spare(SECOND / 2),
+            "half a second refills 50 units"
+        );
+        // The shard's own capacity is a cap: emptied by follower work, it
+        // refuses its own partitions' writes until it refills.
+        let mut busy = Admission::with_capacity(Some(capacity), 0);
+        busy.charge_follower_write(1 << 20, 0);
+        assert_eq!(
+            busy.admit_write(1, limit(10, 10), 10, true, 0),
+            Err(Throttled::Node)
+        );
+        assert!(
+            busy.admit_write(1, limit(10, 10), 10, true, SECOND / 10)
+                .is_ok()
+        );
     }
 
     /// A shard at its own capacity keeps its partitions to their steady

@@ -627,6 +627,12 @@ impl Replication {
             {
                 let mut groups = self.groups.borrow_mut();
                 if let Some(group) = groups.get_mut(&partition) {
+                    if let Value::Command(command) = &value
+                        && !group.replica.is_leader()
+                    {
+                        // The leader admitted it; this shard did the work.
+                        self.admitter.charge_follower_write(command.len());
+                    }
                     if let Some(pending) = group.pending.remove(&slot) {
                         let answer = if Some(pending.id) == mine {
                             response

@@ -117,6 +117,14 @@ impl Admitter {
 
     /// Whether the shard has write capacity to spare (what its
     /// replication batches tell its peers).
+    /// See [`Admission::charge_follower_write`].
+    pub fn charge_follower_write(&self, bytes: usize) {
+        let now = self.now_ns();
+        self.admission
+            .borrow_mut()
+            .charge_follower_write(bytes, now);
+    }
+
     pub fn write_spare(&self) -> bool {
         let now = self.now_ns();
         self.admission.borrow_mut().write_spare(now)
