@@ -112,6 +112,51 @@ fn group_nodes(dir: &Path, base: u16) -> Vec<Node> {
         .collect()
 }
 
+/// A three-node replication group (zones a, b, c), two MemDS, two GAC and
+/// a router, as separate processes from the files `cairn up` writes;
+/// killed when dropped. `node_extra` is appended to each node's config.
+struct GroupCluster {
+    nodes: Vec<Node>,
+    cert: PathBuf,
+    router: SocketAddr,
+    _router: Process,
+    _gac: Vec<Process>,
+    _memds: Vec<Process>,
+    _dir: tempfile::TempDir,
+}
+
+impl GroupCluster {
+    fn start(node_extra: &str) -> GroupCluster {
+        let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let base = cairn_tests::free_udp_ports(200);
+        let cluster_dir = dir.path().join("cluster");
+        cairn_tests::write_cluster_files(env!("CARGO_BIN_EXE_cairn"), &cluster_dir, base, 3);
+        let mut nodes = group_nodes(&cluster_dir, base);
+        for node in &mut nodes {
+            let mut config = std::fs::read_to_string(&node.config).unwrap();
+            config.push_str(node_extra);
+            std::fs::write(&node.config, config).unwrap();
+            node.start();
+        }
+        let memds = cairn_tests::start_memds(env!("CARGO_BIN_EXE_cairn"), &cluster_dir);
+        let gac = cairn_tests::start_gac(env!("CARGO_BIN_EXE_cairn"), &cluster_dir);
+        let router_config = cluster_dir.join("router.toml");
+        let router = start(
+            &["router", "--config", router_config.to_str().unwrap()],
+            "router listening",
+        );
+        GroupCluster {
+            nodes,
+            cert: cluster_dir.join("cert.pem"),
+            router: format!("127.0.0.1:{base}").parse().unwrap(),
+            _router: router,
+            _gac: gac,
+            _memds: memds,
+            _dir: dir,
+        }
+    }
+}
+
 /// Asks each node's shard directly which one leads `partition` (a
 /// consistent read only the leader answers), until one does.
 fn leader_of(nodes: &[Node], partition: u64, cert: &Path) -> usize {
@@ -228,23 +273,8 @@ async fn client_loop(
 
 #[test]
 fn killing_leaders_loses_no_acknowledged_write_and_reads_stay_linearizable() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let base = cairn_tests::free_udp_ports(200);
-    let cluster_dir = dir.path().join("cluster");
-    cairn_tests::write_cluster_files(env!("CARGO_BIN_EXE_cairn"), &cluster_dir, base, 3);
-    let cert = cluster_dir.join("cert.pem");
-    let mut nodes = group_nodes(&cluster_dir, base);
-    for node in &mut nodes {
-        node.start();
-    }
-    let router_config = cluster_dir.join("router.toml");
-    let _memds = cairn_tests::start_memds(env!("CARGO_BIN_EXE_cairn"), &cluster_dir);
-    let _gac = cairn_tests::start_gac(env!("CARGO_BIN_EXE_cairn"), &cluster_dir);
-    let _router = start(
-        &["router", "--config", router_config.to_str().unwrap()],
-        "router listening",
-    );
-    let router: SocketAddr = format!("127.0.0.1:{base}").parse().unwrap();
+    let mut cluster = GroupCluster::start("");
+    let (cert, router) = (cluster.cert.clone(), cluster.router);
     let identity = Identity::trusting_pem_file(&cert).unwrap();
     cairn_tests::with_client(router, &identity, async |client| {
         let schema = KeySchema::new(KeyAttribute::new("id", KeyType::S), None);
@@ -260,19 +290,19 @@ fn killing_leaders_loses_no_acknowledged_write_and_reads_stay_linearizable() {
     let clients = run_clients(epoch, router, cert.clone(), progress.clone(), stop.clone());
     progress.wait_for(100, "before any failure");
 
-    let first = leader_of(&nodes, partition, &cert);
-    nodes[first].kill();
+    let first = leader_of(&cluster.nodes, partition, &cert);
+    cluster.nodes[first].kill();
     let mut kills = vec![since(Instant::now())];
     progress.wait_for(100, "after the first leader was killed");
 
-    nodes[first].start();
+    cluster.nodes[first].start();
     progress.wait_for(100, "after the killed node restarted");
     // Now kill whoever leads: the restarted node must form the majority.
-    let second = leader_of(&nodes, partition, &cert);
-    nodes[second].kill();
+    let second = leader_of(&cluster.nodes, partition, &cert);
+    cluster.nodes[second].kill();
     kills.push(since(Instant::now()));
     progress.wait_for(100, "after the second leader was killed");
-    nodes[second].start();
+    cluster.nodes[second].start();
     progress.wait_for(50, "with all three nodes back");
     stop.store(true, Ordering::Relaxed);
     let histories = clients.join().unwrap();
@@ -394,26 +424,8 @@ fn versioned(k: u64, v: u64) -> Item {
 /// serves every acknowledged write.
 #[test]
 fn a_replica_behind_every_log_is_caught_up_by_a_snapshot() {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let base = cairn_tests::free_udp_ports(200);
-    let cluster_dir = dir.path().join("cluster");
-    cairn_tests::write_cluster_files(env!("CARGO_BIN_EXE_cairn"), &cluster_dir, base, 3);
-    let cert = cluster_dir.join("cert.pem");
-    let mut nodes = group_nodes(&cluster_dir, base);
-    for node in &mut nodes {
-        let mut config = std::fs::read_to_string(&node.config).unwrap();
-        config.push_str("retained_slots = 300\n");
-        std::fs::write(&node.config, config).unwrap();
-        node.start();
-    }
-    let router_config = cluster_dir.join("router.toml");
-    let _memds = cairn_tests::start_memds(env!("CARGO_BIN_EXE_cairn"), &cluster_dir);
-    let _gac = cairn_tests::start_gac(env!("CARGO_BIN_EXE_cairn"), &cluster_dir);
-    let _router = start(
-        &["router", "--config", router_config.to_str().unwrap()],
-        "router listening",
-    );
-    let router: SocketAddr = format!("127.0.0.1:{base}").parse().unwrap();
+    let mut cluster = GroupCluster::start("retained_slots = 300\n");
+    let (cert, router) = (cluster.cert.clone(), cluster.router);
     let identity = Identity::trusting_pem_file(&cert).unwrap();
     let partition = 1 << 20; // the first table's one partition, on shard 0
     cairn_tests::with_client(router, &identity, async |client| {
@@ -426,9 +438,9 @@ fn a_replica_behind_every_log_is_caught_up_by_a_snapshot() {
                 .unwrap();
         }
     });
-    let leader = leader_of(&nodes, partition, &cert);
+    let leader = leader_of(&cluster.nodes, partition, &cert);
     let lagging = (leader + 1) % 3;
-    nodes[lagging].kill();
+    cluster.nodes[lagging].kill();
     // Puts and deletes of whole items may be retried: a write whose answer
     // was lost with the killed node's connection is `Unavailable`.
     cairn_tests::with_client(router, &identity, async |client| {
@@ -461,13 +473,13 @@ fn a_replica_behind_every_log_is_caught_up_by_a_snapshot() {
         50..100 => Some(versioned(k, 2)),
         _ => Some(versioned(k, 1)),
     };
-    nodes[lagging].start();
+    cluster.nodes[lagging].start();
     let all: Vec<(u64, Option<Item>)> = (0..1300).map(|k| (k, expected(k))).collect();
-    wait_for_replica_state(nodes[lagging].shard0, partition, &cert, all.clone());
+    wait_for_replica_state(cluster.nodes[lagging].shard0, partition, &cert, all.clone());
 
     // The caught-up replica and the third one are a majority without the
     // leader: every acknowledged write is still read back.
-    nodes[leader].kill();
+    cluster.nodes[leader].kill();
     cairn_tests::with_client(router, &identity, async move |client| {
         for (k, want) in all {
             let mut got = client.get_item("kv-table", &key(k)).await;
