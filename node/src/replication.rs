@@ -117,6 +117,8 @@ const SNAPSHOT_CHUNK_ATTEMPTS: u32 = 50;
 /// A snapshot being received.
 #[derive(Debug)]
 struct Install {
+    /// The sending replica and its name for the transfer.
+    from: u32,
     stream: u64,
     through: Slot,
     /// The last key stored; the next chunk must start after it.
@@ -874,7 +876,8 @@ impl Replication {
                 }
                 Some(install)
                     if !first
-                        && (install.stream, &install.after) == (chunk.stream, &chunk.after) =>
+                        && (install.from, install.stream, &install.after)
+                            == (chunk.from, chunk.stream, &chunk.after) =>
                 {
                     install.busy = true;
                 }
@@ -882,6 +885,7 @@ impl Replication {
                     installs.insert(
                         partition,
                         Install {
+                            from: chunk.from,
                             stream: chunk.stream,
                             through: chunk.through,
                             after: None,

@@ -46,7 +46,9 @@ impl EngineError {
                 ErrorCode::Throttling
             }
             EngineError::Stopped(_) => ErrorCode::Unavailable,
-            EngineError::Replicated(_) => ErrorCode::Validation,
+            EngineError::Replicated(_) | EngineError::InvalidSnapshot { .. } => {
+                ErrorCode::Validation
+            }
             _ => ErrorCode::Internal,
         }
     }
