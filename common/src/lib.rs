@@ -12,6 +12,7 @@ pub mod key;
 pub mod number;
 pub mod path;
 pub mod quic;
+pub mod scrape;
 pub mod update;
 pub mod wire;
 

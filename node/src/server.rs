@@ -9,6 +9,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 use cairn_common::admission::{Throttled, read_cost, write_cost};
@@ -19,6 +20,7 @@ use cairn_common::{Item, KeySchema};
 use crate::admission::{Admission, ShardCapacity};
 use crate::device::DmaFs;
 use crate::engine::{Engine, EngineError};
+use crate::metrics::{Op as MetricOp, ShardCounters};
 use crate::replication::Replication;
 use crate::shard::{NodeError, Op, Outcome, ScanRequest, execute};
 use crate::wal::WalError;
@@ -59,13 +61,16 @@ impl EngineError {
 pub struct Admitter {
     epoch: Instant,
     admission: RefCell<Admission>,
+    counters: Arc<ShardCounters>,
 }
 
 impl Admitter {
-    pub fn new(capacity: Option<ShardCapacity>) -> Admitter {
+    /// `counters`: where the shard's metrics go.
+    pub fn new(capacity: Option<ShardCapacity>, counters: Arc<ShardCounters>) -> Admitter {
         Admitter {
             epoch: Instant::now(),
             admission: RefCell::new(Admission::with_capacity(capacity, 0)),
+            counters,
         }
     }
 
@@ -102,7 +107,24 @@ impl Admitter {
             None if write => admission.admit_unlimited(true, write_cost(bytes), now),
             None => admission.admit_unlimited(false, read_cost(0, consistent), now),
         };
-        let kind = if write { "write" } else { "read" };
+        let (kind, metric) = if write {
+            ("write", MetricOp::Write)
+        } else {
+            ("read", MetricOp::Read)
+        };
+        match admitted {
+            Ok(()) => {
+                let cost = if write {
+                    write_cost(bytes)
+                } else {
+                    read_cost(0, consistent)
+                };
+                self.counters.consumed(metric, cost);
+            }
+            Err(throttled) => self
+                .counters
+                .throttled(metric, throttled == Throttled::Node),
+        }
         admitted.map_err(|throttled| {
             let what = match throttled {
                 Throttled::Node => "this node's shard is at its capacity",
@@ -117,16 +139,17 @@ impl Admitter {
         })
     }
 
-    /// Whether the shard has write capacity to spare (what its
-    /// replication batches tell its peers).
     /// See [`Admission::charge_follower_write`].
     pub fn charge_follower_write(&self, bytes: usize) {
         let now = self.now_ns();
         self.admission
             .borrow_mut()
             .charge_follower_write(bytes, now);
+        self.counters.follower_write(write_cost(bytes));
     }
 
+    /// Whether the shard has write capacity to spare (what its
+    /// replication batches tell its peers).
     pub fn write_spare(&self) -> bool {
         let now = self.now_ns();
         self.admission.borrow_mut().write_spare(now)
@@ -139,6 +162,8 @@ impl Admitter {
         self.admission
             .borrow_mut()
             .charge_read(partition, bytes, consistent, now);
+        let extra = read_cost(bytes, consistent).saturating_sub(read_cost(0, consistent));
+        self.counters.consumed(MetricOp::Read, extra);
     }
 }
 

@@ -16,6 +16,7 @@ use std::cell::Cell;
 use std::ops::Bound;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use std::net::SocketAddr;
@@ -31,6 +32,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::admission::ShardCapacity;
 use crate::device::DmaFs;
 use crate::engine::{Engine, EngineConfig, EngineError, OpenReport, PartitionId, ScanPage, Write};
+use crate::metrics::ShardCounters;
 use crate::preflight::{IO_MEMORY_BYTES, PreflightError, preflight};
 use crate::replication::{Replication, ReplicationConfig};
 use crate::server::Admitter;
@@ -54,6 +56,9 @@ pub struct NodeConfig {
     /// What each shard may serve, in units per second, whatever its
     /// partitions' limits (docs/admission.md); none: unbounded.
     pub shard_capacity: Option<ShardCapacity>,
+    /// Serve Prometheus scrapes of the shards' consumed capacity and
+    /// throttles here (TCP, `GET /metrics`; needs `network`).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Where and as whom a node serves the network.
@@ -82,6 +87,7 @@ impl NodeConfig {
             network: None,
             replication: ReplicationConfig::default(),
             shard_capacity: None,
+            metrics: None,
         }
     }
 }
@@ -305,7 +311,10 @@ impl StorageNode {
         let core_ids = core_affinity::get_core_ids().unwrap_or_default();
         let mut shards = Vec::with_capacity(config.cores);
         let mut ready = Vec::with_capacity(config.cores);
+        let counters: Arc<Vec<Arc<ShardCounters>>> =
+            Arc::new((0..config.cores).map(|_| Arc::default()).collect());
         for index in 0..config.cores {
+            let counters = counters.clone();
             let (sender, receiver) = async_channel::bounded(config.queue_depth);
             let (ready_sender, ready_receiver) = async_channel::bounded(1);
             let core = core_ids.get(index).copied();
@@ -319,7 +328,7 @@ impl StorageNode {
                     {
                         tracing::warn!(shard = index, "could not pin shard to its core");
                     }
-                    run_shard(index, shard_config, receiver, ready_sender).await;
+                    run_shard(index, shard_config, counters, receiver, ready_sender).await;
                 })
                 .map_err(|e| NodeError::Startup {
                     shard: index,
@@ -505,9 +514,24 @@ impl Drop for StorageNode {
     }
 }
 
+/// Answers Prometheus's scrapes with every shard's counters.
+async fn serve_metrics(
+    listener: glommio::net::TcpListener,
+    counters: Arc<Vec<Arc<ShardCounters>>>,
+) {
+    while let Ok(stream) = listener.accept().await {
+        let counters = counters.clone();
+        glommio::spawn_local(cairn_common::scrape::serve_scrape(stream, move || {
+            crate::metrics::encode(&counters)
+        }))
+        .detach();
+    }
+}
+
 async fn run_shard(
     index: usize,
     config: NodeConfig,
+    counters: Arc<Vec<Arc<ShardCounters>>>,
     commands: async_channel::Receiver<Command>,
     ready: async_channel::Sender<Result<OpenReport, String>>,
 ) {
@@ -537,7 +561,24 @@ async fn run_shard(
             Endpoint::bind(addr, Some(server), Some(client))
                 .map_err(|e| format!("listening on {addr}: {e}"))
         });
-        let admitter = Rc::new(Admitter::new(config.shard_capacity));
+        let admitter = Rc::new(Admitter::new(
+            config.shard_capacity,
+            counters[index].clone(),
+        ));
+        // Shard 0 answers scrapes, for every shard.
+        if let Some(addr) = config.metrics.filter(|_| index == 0) {
+            match glommio::net::TcpListener::bind(addr) {
+                Ok(listener) => {
+                    glommio::spawn_local(serve_metrics(listener, counters.clone())).detach();
+                }
+                Err(error) => {
+                    let _ = ready
+                        .send(Err(format!("metrics endpoint on {addr}: {error}")))
+                        .await;
+                    return;
+                }
+            }
+        }
         let started = match endpoint {
             Ok(endpoint) => Replication::start(
                 index,

@@ -396,7 +396,7 @@ async fn serve_metrics(
 ) {
     while let Ok(stream) = listener.accept().await {
         let (state, cores) = (state.clone(), cores.clone());
-        glommio::spawn_local(metrics::serve_scrape(stream, move || {
+        glommio::spawn_local(cairn_common::scrape::serve_scrape(stream, move || {
             let names: std::collections::HashMap<u32, String> = state
                 .catalog
                 .borrow()

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -21,8 +20,6 @@ use prometheus_client::registry::Registry;
 pub const PARTITIONS_COUNTED_MAX: usize = 65_536;
 /// The partition id counts of uncounted partitions go under.
 const OTHER: u64 = u64::MAX;
-/// The longest request head a scrape may send.
-const HEAD_BYTES_MAX: usize = 8192;
 
 /// Why a request was throttled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,45 +208,6 @@ pub fn encode(
         let _ = writeln!(text, "# encoding the metrics failed");
     }
     text
-}
-
-/// Serves `GET /metrics` on one connection, then closes it.
-pub(crate) async fn serve_scrape(
-    mut stream: glommio::net::TcpStream,
-    body: impl FnOnce() -> String,
-) {
-    let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    let complete = loop {
-        let mut slots = [httparse::EMPTY_HEADER; 32];
-        let mut request = httparse::Request::new(&mut slots);
-        match request.parse(&head) {
-            Ok(httparse::Status::Complete(_)) => {
-                break Some((request.method == Some("GET")) && request.path == Some("/metrics"));
-            }
-            Ok(httparse::Status::Partial) if head.len() < HEAD_BYTES_MAX => {}
-            _ => break None,
-        }
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let (status, content_type, text) = match complete {
-        Some(true) => (
-            "200 OK",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            body(),
-        ),
-        Some(false) => ("404 Not Found", "text/plain", "GET /metrics\n".to_owned()),
-        None => ("400 Bad Request", "text/plain", "bad request\n".to_owned()),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
-        text.len()
-    );
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.close().await;
 }
 
 #[cfg(test)]

@@ -205,6 +205,28 @@ pub fn gac_requests(addr: std::net::SocketAddr, identity: &cairn_common::quic::I
     })
 }
 
+/// A Prometheus scrape of `addr`: every sample line's value by its name
+/// and labels.
+pub fn scrape(addr: std::net::SocketAddr) -> std::collections::HashMap<String, f64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("the metrics endpoint accepts");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: cairn\r\n\r\n")
+        .expect("the scrape is sent");
+    let mut text = String::new();
+    stream
+        .read_to_string(&mut text)
+        .expect("the scrape is answered");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text.lines()
+        .filter(|l| l.starts_with("cairn_"))
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("a sample line");
+            (series.to_owned(), value.parse().expect("a number"))
+        })
+        .collect()
+}
+
 /// Runs `command` to its end and returns its stdout; fails the test,
 /// showing stdout and stderr, if it did not succeed.
 pub fn stdout_of_success(command: &mut std::process::Command) -> String {

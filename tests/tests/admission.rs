@@ -122,25 +122,6 @@ fn start_gac(addr: SocketAddr, identity: &Identity) -> Gac {
     Gac::start(config).unwrap()
 }
 
-/// Router 0's metrics: every sample line's value by its name and labels.
-fn scrape(addr: SocketAddr) -> std::collections::HashMap<String, f64> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nhost: cairn\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    text.lines()
-        .filter(|l| l.starts_with("cairn_"))
-        .map(|l| {
-            let (series, value) = l.rsplit_once(' ').unwrap();
-            (series.to_owned(), value.parse().unwrap())
-        })
-        .collect()
-}
-
 fn schema() -> KeySchema {
     cairn_tests::user_schema()
 }
@@ -222,7 +203,7 @@ fn gac_holds_a_table_limit_across_routers_and_a_hot_partition_may_use_it() {
     }
     // Router 0 exports what its client saw: one write unit per small
     // write it served, and every throttle.
-    let metrics = scrape(cluster.metrics);
+    let metrics = cairn_tests::scrape(cluster.metrics);
     let series = |name: &str| metrics.get(name).copied().unwrap_or(0.0);
     assert_eq!(
         series(r#"cairn_table_consumed_capacity_units_total{table="hot",kind="write"}"#),

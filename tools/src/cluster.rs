@@ -84,6 +84,7 @@ pub fn start_node(path: &Path) -> anyhow::Result<StorageNode> {
             path.display()
         ),
     };
+    node_config.metrics = file.metrics;
     if let Some(retained) = file.retained_slots {
         anyhow::ensure!(
             retained >= 1,
@@ -203,6 +204,7 @@ pub fn up(dir: &Path, cores: usize, port: u16, replication: u32) -> anyhow::Resu
                 shard_read_units: None,
                 shard_write_units: None,
                 retained_slots: None,
+                metrics: Some(format!("127.0.0.1:{}", port + 80 + n).parse()?),
             },
         ));
         entries.push(NodeEntry {
@@ -329,8 +331,18 @@ impl LocalCluster {
             out += &format!("  GAC {}:   {}\n", g + 1, gac.addr());
         }
         if let Some(addr) = self.metrics {
-            out += &format!("  metrics: http://{addr}/metrics (Prometheus)\n");
+            out += &format!("  metrics: http://{addr}/metrics (Prometheus; the router's)\n");
         }
+        let nodes_metrics = (0..self.nodes.len() as u16)
+            .map(|n| {
+                format!(
+                    "http://127.0.0.1:{}/metrics",
+                    self.router_addr.port() + 80 + n
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        out += &format!("  node metrics: {nodes_metrics}\n");
         out += &format!(
             "  replicas per partition: {replicas}\n  data:    {}\n  configs: {}/*.toml\n",
             self.dir.display(),

@@ -36,6 +36,9 @@ pub struct NodeFile {
     /// that lag (default 20 000); a peer further behind gets a snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retained_slots: Option<u64>,
+    /// Serve the node's Prometheus metrics here (TCP, `GET /metrics`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// One node as routers and MemDS see it. Every router and MemDS must list

@@ -119,6 +119,8 @@ struct GroupCluster {
     nodes: Vec<Node>,
     cert: PathBuf,
     router: SocketAddr,
+    /// The router's port; node n serves metrics on base + 80 + n.
+    base: u16,
     _router: Process,
     _gac: Vec<Process>,
     _memds: Vec<Process>,
@@ -149,6 +151,7 @@ impl GroupCluster {
             nodes,
             cert: cluster_dir.join("cert.pem"),
             router: format!("127.0.0.1:{base}").parse().unwrap(),
+            base,
             _router: router,
             _gac: gac,
             _memds: memds,
@@ -476,6 +479,32 @@ fn a_replica_behind_every_log_is_caught_up_by_a_snapshot() {
     cluster.nodes[lagging].start();
     let all: Vec<(u64, Option<Item>)> = (0..1300).map(|k| (k, expected(k))).collect();
     wait_for_replica_state(cluster.nodes[lagging].shard0, partition, &cert, all.clone());
+
+    // Every node counts what it did, whatever router asked: the leader the
+    // writes it admitted, the third replica those it applied as follower.
+    let third = 3 - leader - lagging;
+    let node_metrics = |n: usize| {
+        cairn_tests::scrape(
+            format!("127.0.0.1:{}", cluster.base + 80 + n as u16)
+                .parse()
+                .unwrap(),
+        )
+    };
+    let series = |source: &str| {
+        format!(
+            r#"cairn_node_consumed_capacity_units_total{{shard="0",kind="write",source="{source}"}}"#
+        )
+    };
+    let admitted = node_metrics(leader)[&series("client")];
+    let applied = node_metrics(third)[&series("follower")];
+    assert!(
+        admitted >= 1400.0,
+        "the leader admitted {admitted} write units"
+    );
+    assert!(
+        applied >= 1400.0,
+        "the third replica applied {applied} write units"
+    );
 
     // The caught-up replica and the third one are a majority without the
     // leader: every acknowledged write is still read back.
