@@ -93,9 +93,12 @@ pub enum Message {
         ballot: Ballot,
         from_slot: Slot,
     },
+    /// `promised`: the replier's promise, so a refused pre-candidate can
+    /// stand above it next time.
     PreVoteReply {
         ballot: Ballot,
         granted: bool,
+        promised: Ballot,
     },
     HeartbeatReply {
         ballot: Ballot,
@@ -239,6 +242,8 @@ pub struct Replica {
     /// Follower: the leader it last acknowledged, and when (its lease
     /// promise: no other candidate gets a promise until this + lease).
     leader_contact: Option<(ReplicaId, Instant)>,
+    /// The highest ballot peers said they promised, from pre-vote replies.
+    seen: Ballot,
     rng: u64,
     ready: Ready,
 }
@@ -280,6 +285,7 @@ impl Replica {
             lease_acks: BTreeMap::new(),
             term_start_slot: 0,
             leader_contact: Some((ReplicaId::MAX, now)),
+            seen: Ballot::default(),
             rng,
             ready: Ready::default(),
         }
@@ -510,13 +516,15 @@ impl Replica {
         }
     }
 
-    /// The ballot an election started now would use.
+    /// The ballot an election started now would use: above any this
+    /// replica promised, followed or heard a peer promise.
     fn next_ballot(&self) -> Ballot {
         let round = self
             .state
             .promised
             .round
             .max(self.leader.map_or(0, |(b, _)| b.round))
+            .max(self.seen.round)
             + 1;
         Ballot {
             round,
@@ -567,16 +575,7 @@ impl Replica {
     }
 
     fn start_election(&mut self, now: Instant) {
-        let round = self
-            .state
-            .promised
-            .round
-            .max(self.leader.map_or(0, |(b, _)| b.round))
-            + 1;
-        let ballot = Ballot {
-            round,
-            leader: self.config.id,
-        };
+        let ballot = self.next_ballot();
         let from_slot = self.commit_through;
         self.role = Role::Candidate {
             ballot,
@@ -623,11 +622,27 @@ impl Replica {
             }
             Message::PreVote { ballot, from_slot } => {
                 let granted = self.would_promise(ballot, from_slot, now);
-                self.ready
-                    .send
-                    .push((from, Message::PreVoteReply { ballot, granted }));
+                let promised = self.state.promised;
+                self.ready.send.push((
+                    from,
+                    Message::PreVoteReply {
+                        ballot,
+                        granted,
+                        promised,
+                    },
+                ));
             }
-            Message::PreVoteReply { ballot, granted } => {
+            Message::PreVoteReply {
+                ballot,
+                granted,
+                promised,
+            } => {
+                // A peer that promised higher would refuse this ballot
+                // forever: the next one must be above it. (Peers that lag
+                // below a compacted log cannot win, and may be the ones
+                // that raised the ballots the replica that can win must
+                // pass.)
+                self.seen = self.seen.max(promised);
                 if let Role::PreCandidate {
                     ballot: current,
                     grants,
