@@ -212,8 +212,7 @@ impl NodeBuckets {
     /// follower applying a chosen write): what it holds, down to empty.
     pub fn charge(&mut self, cost: u64, now_ns: u64) {
         let available = self.bucket.available(now_ns);
-        let taken = self.bucket.try_take(cost.min(available), now_ns);
-        debug_assert!(taken);
+        self.bucket.take_refilled(cost.min(available));
     }
 
     /// Takes `cost` for a request no partition limit applies to (an

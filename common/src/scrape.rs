@@ -1,8 +1,18 @@
 //! A minimal HTTP/1.1 responder for Prometheus scrapes (`GET /metrics`),
 //! shared by routers and nodes: one request per connection, a bounded
-//! request head, the exposition text made by the caller.
+//! request head, the exposition text made by the caller ([`exposition`]).
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
+
+/// The text exposition (OpenMetrics) of `registry`.
+pub fn exposition(registry: &prometheus_client::registry::Registry) -> String {
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, registry).is_err() {
+        text.clear();
+        text.push_str("# encoding the metrics failed\n");
+    }
+    text
+}
 
 /// Most bytes of a scrape's request head.
 const HEAD_BYTES_MAX: usize = 8192;

@@ -14,6 +14,7 @@
 //! so in every replication batch).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use cairn_common::admission::{
     NodeBuckets, PartitionBuckets, Throttled, UNIT, read_cost, write_cost,
@@ -21,6 +22,7 @@ use cairn_common::admission::{
 use cairn_common::wire::PartitionLimit;
 
 use crate::engine::PartitionId;
+use crate::metrics::{Op, ShardCounters};
 
 /// A shard's capacity when none is configured: far beyond what a core
 /// can serve, in milli-units per second.
@@ -89,6 +91,8 @@ pub struct Admission {
     shard_write: NodeBuckets,
     /// Requests refused, reads and writes.
     pub throttled: (u64, u64),
+    /// What the shard's metrics show: bumped where costs are known.
+    counters: Arc<ShardCounters>,
 }
 
 fn rate(units: u32) -> u64 {
@@ -111,7 +115,35 @@ impl Admission {
             shard_read: NodeBuckets::new(read, now_ns),
             shard_write: NodeBuckets::new(write, now_ns),
             throttled: (0, 0),
+            counters: Arc::default(),
         }
+    }
+
+    /// Counts consumed capacity and throttles into `counters` (the
+    /// node's metrics) from now on.
+    pub fn counting_into(mut self, counters: Arc<ShardCounters>) -> Admission {
+        self.counters = counters;
+        self
+    }
+
+    /// Counts one admission's outcome, of `cost` when admitted.
+    fn count(
+        &mut self,
+        op: Op,
+        cost: u64,
+        admitted: Result<(), Throttled>,
+    ) -> Result<(), Throttled> {
+        match admitted {
+            Ok(()) => self.counters.consumed(op, cost),
+            Err(throttled) => {
+                self.counters.throttled(op, throttled == Throttled::Node);
+                match op {
+                    Op::Read => self.throttled.0 += 1,
+                    Op::Write => self.throttled.1 += 1,
+                }
+            }
+        }
+        admitted
     }
 
     /// Admits a request no partition limit applies to against the
@@ -122,24 +154,26 @@ impl Admission {
         cost: u64,
         now_ns: u64,
     ) -> Result<(), Throttled> {
-        let (shard, count) = if write {
-            (&mut self.shard_write, &mut self.throttled.1)
+        let (shard, op) = if write {
+            (&mut self.shard_write, Op::Write)
         } else {
-            (&mut self.shard_read, &mut self.throttled.0)
+            (&mut self.shard_read, Op::Read)
         };
-        if shard.take(cost, now_ns) {
+        let admitted = if shard.take(cost, now_ns) {
             Ok(())
         } else {
-            *count += 1;
             Err(Throttled::Node)
-        }
+        };
+        self.count(op, cost, admitted)
     }
 
     /// Charges the shard for a write it applied as a follower: the
     /// leader admitted it, but the work is this shard's too, so what it
     /// tells its peers of its spare capacity must count it.
     pub fn charge_follower_write(&mut self, bytes: usize, now_ns: u64) {
-        self.shard_write.charge(write_cost(bytes), now_ns);
+        let cost = write_cost(bytes);
+        self.shard_write.charge(cost, now_ns);
+        self.counters.follower_write(cost);
     }
 
     /// Whether this shard has write capacity to spare (what it tells its
@@ -190,10 +224,7 @@ impl Admission {
         let cost = read_cost(0, consistent);
         let buckets = Self::buckets(&mut self.partitions, partition, limit, now_ns);
         let admitted = self.shard_read.admit(&mut buckets.read, cost, true, now_ns);
-        if admitted.is_err() {
-            self.throttled.0 += 1;
-        }
-        admitted
+        self.count(Op::Read, cost, admitted)
     }
 
     /// Charges a read what its `bytes` cost beyond the unit it was
@@ -211,6 +242,7 @@ impl Admission {
         {
             buckets.read.charge(extra, now_ns);
         }
+        self.counters.consumed(Op::Read, extra);
     }
 
     /// Admits a write of `bytes` (0 when its size is not known before it
@@ -229,10 +261,7 @@ impl Admission {
         let admitted = self
             .shard_write
             .admit(&mut buckets.write, cost, peers_spare, now_ns);
-        if admitted.is_err() {
-            self.throttled.1 += 1;
-        }
-        admitted
+        self.count(Op::Write, cost, admitted)
     }
 }
 

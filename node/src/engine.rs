@@ -351,17 +351,17 @@ pub struct SnapshotView {
 #[derive(Debug)]
 struct SnapshotPin(Rc<Cell<usize>>);
 
-/// A tree taken out of use by [`Engine::stage_install`], for
-/// [`Engine::retire`] to give back.
-#[derive(Debug)]
-#[must_use]
-pub struct Retired(Option<Tree>);
-
 impl Drop for SnapshotPin {
     fn drop(&mut self) {
         self.0.set(self.0.get() - 1);
     }
 }
+
+/// A tree taken out of use by [`Engine::stage_install`] or
+/// [`Engine::stage_discard`], for [`Engine::retire`] to give back.
+#[derive(Debug)]
+#[must_use]
+pub struct Retired(Option<Tree>);
 
 impl<Fs: FileSystem> Engine<Fs> {
     /// Opens the engine over `fs`, recovering from the last checkpoint and
@@ -724,21 +724,15 @@ impl<Fs: FileSystem> Engine<Fs> {
             end: Bound::Unbounded,
             reverse: false,
         };
-        for _ in 0..FAULT_ATTEMPTS_MAX {
+        self.resident(|| {
             let mut out = Vec::new();
             let src = FnSource(&|addr| self.store.cache().get(addr));
-            match view
+            Ok(view
                 .tree
                 .scan_bounded(&src, &range, usize::MAX, bytes_max, &mut out)
-            {
-                Ok(more) => return Ok((out, more)),
-                Err(TreeError::Miss(addr)) => {
-                    self.store.load(addr).await?;
-                }
-                Err(TreeError::Corrupt(e)) => return Err(StoreError::Corrupt(e).into()),
-            }
-        }
-        Err(EngineError::CacheThrashing)
+                .map(|more| (out, more)))
+        })
+        .await
     }
 
     /// Starts receiving a snapshot of replicated `partition` into an empty
@@ -750,10 +744,7 @@ impl<Fs: FileSystem> Engine<Fs> {
         }
         let fresh = Tree::new(self.config.page_size);
         let old = self.staging.borrow_mut().insert(partition, fresh);
-        if let Some(old) = old {
-            self.release_tree(old).await?;
-        }
-        Ok(())
+        self.retire(Retired(old)).await
     }
 
     /// Adds a snapshot chunk's entries to the staging tree. Every value
@@ -766,46 +757,32 @@ impl<Fs: FileSystem> Engine<Fs> {
         entries: Vec<(Vec<u8>, Vec<u8>)>,
     ) -> Result<(), EngineError> {
         self.check_running()?;
-        if self.dirty_nodes.get() * self.config.page_size > self.config.dirty_bytes_max {
+        if self.over_dirty_bound() {
             return Err(EngineError::Throttled);
         }
         let schema = self.schema(partition)?;
-        let refuse = |reason: String| EngineError::InvalidSnapshot { partition, reason };
+        let refuse = |reason: &str| EngineError::InvalidSnapshot {
+            partition,
+            reason: reason.into(),
+        };
         for (key, value) in entries {
             let item = Item::decode(&value)?;
             if schema.key_of_item(&item)? != key {
-                return Err(refuse("an entry's key does not match its item".into()));
+                return Err(refuse("an entry's key does not match its item"));
             }
-            for _ in 0..FAULT_ATTEMPTS_MAX {
-                let probe = {
-                    let staging = self.staging.borrow();
-                    let tree = staging
-                        .get(&partition)
-                        .ok_or_else(|| refuse("no snapshot is being received".into()))?;
-                    tree.probe(self.store.cache(), &key)
-                };
-                match probe {
-                    Ok(()) => break,
-                    Err(TreeError::Miss(addr)) => {
-                        self.store.load(addr).await?;
-                    }
-                    Err(TreeError::Corrupt(e)) => return Err(StoreError::Corrupt(e).into()),
-                }
-            }
+            self.resident(|| {
+                let staging = self.staging.borrow();
+                let tree = staging
+                    .get(&partition)
+                    .ok_or_else(|| refuse("no snapshot is being received"))?;
+                Ok(tree.probe(self.store.cache(), &key))
+            })
+            .await?;
             let mut staging = self.staging.borrow_mut();
             let tree = staging
                 .get_mut(&partition)
-                .ok_or_else(|| refuse("no snapshot is being received".into()))?;
-            let before = tree.dirty_stats().dirty_nodes;
-            let mut freed = self.freed.borrow_mut();
-            match tree.put(self.store.cache(), key, value, &mut freed) {
-                Ok(()) => {}
-                Err(TreeError::Miss(_)) => return Err(EngineError::CacheThrashing),
-                Err(TreeError::Corrupt(e)) => return Err(StoreError::Corrupt(e).into()),
-            }
-            let after = tree.dirty_stats().dirty_nodes;
-            self.dirty_nodes
-                .set(self.dirty_nodes.get() + after - before);
+                .ok_or_else(|| refuse("no snapshot is being received"))?;
+            self.change_resident(tree, key, Some(value));
         }
         Ok(())
     }
@@ -853,13 +830,9 @@ impl<Fs: FileSystem> Engine<Fs> {
         }
     }
 
-    /// Drops `partition`'s unfinished staging tree, if any.
-    pub async fn stage_abort(&self, partition: PartitionId) -> Result<(), EngineError> {
-        let staged = self.staging.borrow_mut().remove(&partition);
-        match staged {
-            Some(tree) => self.release_tree(tree).await,
-            None => Ok(()),
-        }
+    /// Takes `partition`'s unfinished staging tree, if any, out of use.
+    pub fn stage_discard(&self, partition: PartitionId) -> Retired {
+        Retired(self.staging.borrow_mut().remove(&partition))
     }
 
     /// Gives back a tree that no partition holds any more: its dirty nodes
@@ -1033,7 +1006,7 @@ impl<Fs: FileSystem> Engine<Fs> {
     ) -> Result<(Option<Item>, Option<Item>), EngineError> {
         self.check_running()?;
         if mode == WriteMode::Logged {
-            if self.dirty_nodes.get() * self.config.page_size > self.config.dirty_bytes_max {
+            if self.over_dirty_bound() {
                 return Err(EngineError::Throttled);
             }
             if self.is_replicated(partition) {
@@ -1096,7 +1069,7 @@ impl<Fs: FileSystem> Engine<Fs> {
         value: Option<Vec<u8>>,
         payload: Vec<u8>,
     ) -> Result<(), EngineError> {
-        if self.dirty_nodes.get() * self.config.page_size > self.config.dirty_bytes_max {
+        if self.over_dirty_bound() {
             return Err(EngineError::Throttled);
         }
         if !self.partitions.borrow().contains_key(&partition) {
@@ -1119,7 +1092,7 @@ impl<Fs: FileSystem> Engine<Fs> {
     /// unflushed pages or pending log bytes are over their bounds: once
     /// chosen, a command must be applied, whatever the load.
     pub fn admit_write(&self) -> Result<(), EngineError> {
-        if self.dirty_nodes.get() * self.config.page_size > self.config.dirty_bytes_max {
+        if self.over_dirty_bound() {
             return Err(EngineError::Throttled);
         }
         if self.wal.pending_bytes() > self.config.wal.pending_bytes_max / 2 {
@@ -1136,55 +1109,39 @@ impl<Fs: FileSystem> Engine<Fs> {
             // gets here; fault_in already reported it.
             return;
         };
+        self.change_resident(&mut p.tree, key, value);
+    }
+
+    /// Puts (`Some`) or deletes (`None`) in `tree`, whose path to `key` is
+    /// resident, keeping the count of dirty nodes.
+    fn change_resident(&self, tree: &mut Tree, key: Vec<u8>, value: Option<Vec<u8>>) {
         let cache = self.store.cache();
         let mut freed = self.freed.borrow_mut();
-        let before = p.tree.dirty_stats().dirty_nodes;
+        let before = tree.dirty_stats().dirty_nodes;
         let result = match value {
-            Some(value) => p.tree.put(cache, key, value, &mut freed),
-            None => p.tree.delete(cache, &key, &mut freed).map(|_| ()),
+            Some(value) => tree.put(cache, key, value, &mut freed),
+            None => tree.delete(cache, &key, &mut freed).map(|_| ()),
         };
         result.expect("the path was faulted in with no await since");
-        let after = p.tree.dirty_stats().dirty_nodes;
+        let after = tree.dirty_stats().dirty_nodes;
         self.dirty_nodes
             .set(self.dirty_nodes.get() + after - before);
     }
 
-    /// Loads pages until the path to `key` in `partition` is resident.
-    async fn fault_in(&self, partition: PartitionId, key: &[u8]) -> Result<(), EngineError> {
-        for _ in 0..FAULT_ATTEMPTS_MAX {
-            let probe = {
-                let partitions = self.partitions.borrow();
-                let p = partitions
-                    .get(&partition)
-                    .ok_or(EngineError::UnknownPartition(partition))?;
-                p.tree.probe(self.store.cache(), key)
-            };
-            match probe {
-                Ok(()) => return Ok(()),
-                Err(TreeError::Miss(addr)) => {
-                    self.store.load(addr).await?;
-                }
-                Err(TreeError::Corrupt(e)) => return Err(StoreError::Corrupt(e).into()),
-            }
-        }
-        Err(EngineError::CacheThrashing)
+    /// Whether unflushed nodes are over the bound that throttles writes.
+    fn over_dirty_bound(&self) -> bool {
+        self.dirty_nodes.get() * self.config.page_size > self.config.dirty_bytes_max
     }
 
-    /// Runs a read-only tree operation, loading missing pages and retrying.
-    async fn read<R>(
+    /// Runs `attempt` (a tree operation that stops with
+    /// [`TreeError::Miss`] before changing anything) until no page it
+    /// needs is missing, loading each miss.
+    async fn resident<R>(
         &self,
-        partition: PartitionId,
-        op: impl Fn(&Tree, &dyn Fn(PageAddr) -> Option<Rc<PageBytes>>) -> Result<R, TreeError>,
+        mut attempt: impl FnMut() -> Result<Result<R, TreeError>, EngineError>,
     ) -> Result<R, EngineError> {
         for _ in 0..FAULT_ATTEMPTS_MAX {
-            let result = {
-                let partitions = self.partitions.borrow();
-                let p = partitions
-                    .get(&partition)
-                    .ok_or(EngineError::UnknownPartition(partition))?;
-                op(&p.tree, &|addr| self.store.cache().get(addr))
-            };
-            match result {
+            match attempt()? {
                 Ok(value) => return Ok(value),
                 Err(TreeError::Miss(addr)) => {
                     self.store.load(addr).await?;
@@ -1193,6 +1150,34 @@ impl<Fs: FileSystem> Engine<Fs> {
             }
         }
         Err(EngineError::CacheThrashing)
+    }
+
+    /// Loads pages until the path to `key` in `partition` is resident.
+    async fn fault_in(&self, partition: PartitionId, key: &[u8]) -> Result<(), EngineError> {
+        self.resident(|| {
+            let partitions = self.partitions.borrow();
+            let p = partitions
+                .get(&partition)
+                .ok_or(EngineError::UnknownPartition(partition))?;
+            Ok(p.tree.probe(self.store.cache(), key))
+        })
+        .await
+    }
+
+    /// Runs a read-only tree operation, loading missing pages and retrying.
+    async fn read<R>(
+        &self,
+        partition: PartitionId,
+        op: impl Fn(&Tree, &dyn Fn(PageAddr) -> Option<Rc<PageBytes>>) -> Result<R, TreeError>,
+    ) -> Result<R, EngineError> {
+        self.resident(|| {
+            let partitions = self.partitions.borrow();
+            let p = partitions
+                .get(&partition)
+                .ok_or(EngineError::UnknownPartition(partition))?;
+            Ok(op(&p.tree, &|addr| self.store.cache().get(addr)))
+        })
+        .await
     }
 
     /// Reads the item with this key (given as its key attributes).

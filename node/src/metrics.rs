@@ -107,12 +107,7 @@ pub fn encode(shards: &[Arc<ShardCounters>]) -> String {
         "Requests this node refused, by shard, kind and by what (partition: its limit; shard: the shard's capacity)",
         throttled,
     );
-    let mut text = String::new();
-    if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
-        text.clear();
-        text.push_str("# encoding the metrics failed\n");
-    }
-    text
+    cairn_common::scrape::exposition(&registry)
 }
 
 #[cfg(test)]

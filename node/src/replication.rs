@@ -214,6 +214,18 @@ fn unavailable(message: impl Into<String>) -> Response {
     Response::error(ErrorCode::Unavailable, message)
 }
 
+/// Decodes (and validates) a node-internal message from a peer shard.
+fn decode_peer<T>(bytes: &[u8], what: &str) -> Result<T, String>
+where
+    T: rkyv::Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>
+        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+{
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+    aligned.extend_from_slice(bytes);
+    rkyv::from_bytes::<T, rancor::Error>(&aligned).map_err(|e| format!("malformed {what}: {e}"))
+}
+
 /// Each member's shard address for `partition`.
 fn member_addrs(spec: &GroupSpec, partition: PartitionId) -> Result<Vec<SocketAddr>, String> {
     spec.members
@@ -467,10 +479,7 @@ impl Replication {
 
     /// Handles a batch of messages from a peer shard.
     pub fn receive(self: &Rc<Self>, batch: &[u8]) -> Result<(), String> {
-        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(batch.len());
-        aligned.extend_from_slice(batch);
-        let batch = rkyv::from_bytes::<PeerBatch, rancor::Error>(&aligned)
-            .map_err(|e| format!("malformed replication batch: {e}"))?;
+        let batch = decode_peer::<PeerBatch>(batch, "replication batch")?;
         let now = Instant::now();
         let now_ns = self.now_ns();
         let mut touched = BTreeSet::new();
@@ -647,14 +656,13 @@ impl Replication {
                     if slot.is_multiple_of(1024) && slot > retained {
                         // Not past a snapshot being sent: its peer goes on
                         // from there by log shipping.
-                        let floor = self
+                        let below = self
                             .snapshots_out
                             .borrow()
                             .iter()
                             .filter(|((p, _), _)| *p == partition)
                             .map(|(_, through)| *through)
-                            .min();
-                        let below = floor.map_or(slot - retained, |f| f.min(slot - retained));
+                            .fold(slot - retained, Slot::min);
                         group.replica.compact(below);
                     }
                 }
@@ -675,16 +683,15 @@ impl Replication {
             .borrow()
             .get(&partition)
             .is_some_and(|g| g.replica.is_follower());
-        let retired = if following {
-            let (installed, retired) = self.engine.stage_install(partition, through)?;
-            if installed && let Some(group) = self.groups.borrow_mut().get_mut(&partition) {
-                group.replica.installed(through);
-                tracing::info!(shard = self.shard, partition, through, "snapshot installed");
-            }
-            retired
+        let (installed, retired) = if following {
+            self.engine.stage_install(partition, through)?
         } else {
-            self.engine.stage_install(partition, 0)?.1
+            (false, self.engine.stage_discard(partition))
         };
+        if installed && let Some(group) = self.groups.borrow_mut().get_mut(&partition) {
+            group.replica.installed(through);
+            tracing::info!(shard = self.shard, partition, through, "snapshot installed");
+        }
         self.installs.borrow_mut().remove(&partition);
         self.applied.notify(usize::MAX);
         // Walking the old tree's pages may take a while: not on the
@@ -822,16 +829,9 @@ impl Replication {
 
     /// Stores one chunk of a snapshot sent by this partition's leader.
     pub async fn receive_snapshot(self: &Rc<Self>, chunk: &[u8]) -> Response {
-        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(chunk.len());
-        aligned.extend_from_slice(chunk);
-        let chunk = match rkyv::from_bytes::<SnapshotChunk, rancor::Error>(&aligned) {
+        let chunk = match decode_peer::<SnapshotChunk>(chunk, "snapshot chunk") {
             Ok(chunk) => chunk,
-            Err(e) => {
-                return Response::error(
-                    ErrorCode::Malformed,
-                    format!("malformed snapshot chunk: {e}"),
-                );
-            }
+            Err(message) => return Response::error(ErrorCode::Malformed, message),
         };
         let partition = chunk.partition;
         let refuse = |message: String| Response::error(ErrorCode::Validation, message);
@@ -855,7 +855,8 @@ impl Replication {
         if chunk.through <= applied && !installing {
             // An unfinished staging tree is of no use any more.
             self.installs.borrow_mut().remove(&partition);
-            if let Err(error) = self.engine.stage_abort(partition).await {
+            let retired = self.engine.stage_discard(partition);
+            if let Err(error) = self.engine.retire(retired).await {
                 return engine_error(&error);
             }
             return refuse(format!(

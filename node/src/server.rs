@@ -20,7 +20,7 @@ use cairn_common::{Item, KeySchema};
 use crate::admission::{Admission, ShardCapacity};
 use crate::device::DmaFs;
 use crate::engine::{Engine, EngineError};
-use crate::metrics::{Op as MetricOp, ShardCounters};
+use crate::metrics::ShardCounters;
 use crate::replication::Replication;
 use crate::shard::{NodeError, Op, Outcome, ScanRequest, execute};
 use crate::wal::WalError;
@@ -61,7 +61,6 @@ impl EngineError {
 pub struct Admitter {
     epoch: Instant,
     admission: RefCell<Admission>,
-    counters: Arc<ShardCounters>,
 }
 
 impl Admitter {
@@ -69,8 +68,7 @@ impl Admitter {
     pub fn new(capacity: Option<ShardCapacity>, counters: Arc<ShardCounters>) -> Admitter {
         Admitter {
             epoch: Instant::now(),
-            admission: RefCell::new(Admission::with_capacity(capacity, 0)),
-            counters,
+            admission: RefCell::new(Admission::with_capacity(capacity, 0).counting_into(counters)),
         }
     }
 
@@ -107,24 +105,7 @@ impl Admitter {
             None if write => admission.admit_unlimited(true, write_cost(bytes), now),
             None => admission.admit_unlimited(false, read_cost(0, consistent), now),
         };
-        let (kind, metric) = if write {
-            ("write", MetricOp::Write)
-        } else {
-            ("read", MetricOp::Read)
-        };
-        match admitted {
-            Ok(()) => {
-                let cost = if write {
-                    write_cost(bytes)
-                } else {
-                    read_cost(0, consistent)
-                };
-                self.counters.consumed(metric, cost);
-            }
-            Err(throttled) => self
-                .counters
-                .throttled(metric, throttled == Throttled::Node),
-        }
+        let kind = if write { "write" } else { "read" };
         admitted.map_err(|throttled| {
             let what = match throttled {
                 Throttled::Node => "this node's shard is at its capacity",
@@ -145,7 +126,6 @@ impl Admitter {
         self.admission
             .borrow_mut()
             .charge_follower_write(bytes, now);
-        self.counters.follower_write(write_cost(bytes));
     }
 
     /// Whether the shard has write capacity to spare (what its
@@ -162,8 +142,6 @@ impl Admitter {
         self.admission
             .borrow_mut()
             .charge_read(partition, bytes, consistent, now);
-        let extra = read_cost(bytes, consistent).saturating_sub(read_cost(0, consistent));
-        self.counters.consumed(MetricOp::Read, extra);
     }
 }
 

@@ -546,23 +546,28 @@ fn power_loss_before_the_first_superblock_recovers_from_the_log() {
 /// checkpoint and a crash: the promise, the applied point, the window of
 /// applied values kept for lagging peers, accepted values not yet applied,
 /// and the commit marker — and a restart applies nothing twice.
+/// Replica `replica` of a three-member group whose nodes run `cores` shards.
+fn group_spec(replica: u32, cores: u32) -> cairn_common::wire::GroupSpec {
+    use cairn_common::wire::{GroupMember, GroupSpec};
+    GroupSpec {
+        replica,
+        members: (0..3)
+            .map(|n| GroupMember {
+                addr: format!("127.0.0.1:{}", 7100 + n),
+                cores,
+                zone: format!("zone-{n}"),
+            })
+            .collect(),
+    }
+}
+
 #[test]
 fn a_replicated_partition_recovers_its_paxos_state_across_checkpoints() {
-    use cairn_common::wire::{GroupMember, GroupSpec};
     use cairn_node::engine::{RETAINED_APPLIED_SLOTS, Write};
     use cairn_node::paxos::{Ballot, Persist, Value};
 
     let fs = MemFs::new();
-    let spec = GroupSpec {
-        replica: 1,
-        members: (0..3)
-            .map(|n| GroupMember {
-                addr: format!("127.0.0.1:{}", 7100 + n),
-                cores: 2,
-                zone: format!("zone-{n}"),
-            })
-            .collect(),
-    };
+    let spec = group_spec(1, 2);
     let ballot = Ballot {
         round: 3,
         leader: 2,
@@ -631,19 +636,9 @@ fn a_replicated_partition_recovers_its_paxos_state_across_checkpoints() {
 /// the old state, consistent.
 #[test]
 fn a_snapshot_replaces_a_replicas_state_and_is_durable_once_checkpointed() {
-    use cairn_common::wire::{GroupMember, GroupSpec};
     use cairn_node::engine::Write;
 
-    let spec = |replica| GroupSpec {
-        replica,
-        members: (0..3)
-            .map(|n| GroupMember {
-                addr: format!("127.0.0.1:{}", 7200 + n),
-                cores: 1,
-                zone: format!("zone-{n}"),
-            })
-            .collect(),
-    };
+    let spec = |replica| group_spec(replica, 1);
     // Slot s writes item (s % 300) at version s, or deletes it when s % 7 == 0.
     let apply = |engine: &Engine<MemFs>, model: &mut Model, slot: u64| {
         let pk = (slot % 300) as u32;

@@ -166,11 +166,17 @@ impl Sim {
         self.base + self.now.mul_f64(self.skew[replica])
     }
 
-    fn send(&mut self, from: ReplicaId, to: ReplicaId, message: Message) {
+    /// Whether the link between two replicas is up (neither cut nor
+    /// isolated).
+    fn linked(&self, from: ReplicaId, to: ReplicaId) -> bool {
         let cut = self
             .cut
             .is_some_and(|(a, b)| (a, b) == (from, to) || (b, a) == (from, to));
-        if cut || self.isolated.is_some_and(|i| i == from || i == to) {
+        !cut && self.isolated.is_none_or(|i| i != from && i != to)
+    }
+
+    fn send(&mut self, from: ReplicaId, to: ReplicaId, message: Message) {
+        if !self.linked(from, to) {
             return;
         }
         if self.faults {
@@ -235,11 +241,8 @@ impl Sim {
         let values: Vec<Value> = (0..through)
             .map(|slot| self.reported[from][&slot].clone())
             .collect();
-        let cut = self
-            .cut
-            .is_some_and(|(a, b)| (a, b) == (from, to) || (b, a) == (from, to));
         let lost = self.faults && self.rng.random_bool(0.05);
-        if cut || lost || self.isolated.is_some_and(|i| i == from || i == to) {
+        if lost || !self.linked(from, to) {
             return;
         }
         let delay = Duration::from_micros(self.rng.random_range(1000..20_000));

@@ -7,7 +7,6 @@
 //! them up and encodes them with `prometheus-client`.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -202,12 +201,7 @@ pub fn encode(
         "Requests throttled, by table and kind",
         table_throttled,
     );
-    let mut text = String::new();
-    if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
-        text.clear();
-        let _ = writeln!(text, "# encoding the metrics failed");
-    }
-    text
+    cairn_common::scrape::exposition(&registry)
 }
 
 #[cfg(test)]

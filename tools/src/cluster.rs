@@ -165,6 +165,8 @@ pub struct LocalCluster {
     pub router_addr: SocketAddr,
     pub dynamodb: Option<(SocketAddr, AccessKey)>,
     pub metrics: Option<SocketAddr>,
+    /// Each node's metrics endpoint.
+    pub node_metrics: Vec<SocketAddr>,
 }
 
 /// Creates (or reuses) a local cluster directory with a self-signed
@@ -290,6 +292,7 @@ pub fn up(dir: &Path, cores: usize, port: u16, replication: u32) -> anyhow::Resu
     let router_process = start_router(&router_path)?;
     Ok(LocalCluster {
         metrics: router.metrics,
+        node_metrics: node_files.iter().filter_map(|(_, f)| f.metrics).collect(),
         router_addr: router_process.addr(),
         nodes,
         memds,
@@ -333,13 +336,10 @@ impl LocalCluster {
         if let Some(addr) = self.metrics {
             out += &format!("  metrics: http://{addr}/metrics (Prometheus; the router's)\n");
         }
-        let nodes_metrics = (0..self.nodes.len() as u16)
-            .map(|n| {
-                format!(
-                    "http://127.0.0.1:{}/metrics",
-                    self.router_addr.port() + 80 + n
-                )
-            })
+        let nodes_metrics = self
+            .node_metrics
+            .iter()
+            .map(|addr| format!("http://{addr}/metrics"))
             .collect::<Vec<_>>()
             .join(", ");
         out += &format!("  node metrics: {nodes_metrics}\n");
