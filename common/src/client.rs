@@ -240,6 +240,26 @@ impl Client {
         }
     }
 
+    /// Splits a partition of `table` (`None`: its widest) in two.
+    pub async fn split_partition(
+        &self,
+        table: &str,
+        partition: Option<u64>,
+    ) -> Result<(), ClientError> {
+        match self
+            .call(&ClientRequest::SplitPartition {
+                table: table.into(),
+                partition,
+            })
+            .await?
+        {
+            Response::Done => Ok(()),
+            _ => Err(ClientError::UnexpectedResponse {
+                request: "SplitPartition",
+            }),
+        }
+    }
+
     pub async fn put_item(
         &self,
         table: &str,

@@ -120,6 +120,32 @@ impl KeySchema {
     }
 }
 
+/// The 64-bit hash that places a partition key (its encoded component,
+/// length prefix included): FNV-1a, then murmur3's fmix64 finalizer.
+/// Ranges split on the high bits, which FNV-1a alone mixes poorly for
+/// short, similar keys (one of 16 partitions got a third of its share in
+/// a test).
+pub fn partition_hash(bytes: &[u8]) -> u64 {
+    let mut hash = bytes.iter().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01B3)
+    });
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+    hash ^ (hash >> 33)
+}
+
+/// The partition hash of an encoded key (its partition-key prefix);
+/// `None` for bytes no key encoding produces.
+pub fn key_hash(encoded_key: &[u8]) -> Option<u64> {
+    let len = usize::from(u16::from_be_bytes([
+        *encoded_key.first()?,
+        *encoded_key.get(1)?,
+    ]));
+    Some(partition_hash(encoded_key.get(..2 + len)?))
+}
+
 /// Encoded bounds of a Query: a sort-key range within one partition key.
 pub type KeyRange = (Bound<Vec<u8>>, Bound<Vec<u8>>);
 

@@ -14,7 +14,7 @@ use crate::path::Path;
 use crate::update::UpdateAction;
 
 /// Wire format version, checked in every request.
-pub const WIRE_VERSION: u16 = 6;
+pub const WIRE_VERSION: u16 = 7;
 
 /// A bound of a range: on attribute values (Query) or encoded keys (node scans).
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -171,6 +171,13 @@ pub enum ClientRequest {
     DeleteTable {
         table: String,
     },
+    /// Splits partition `partition` of the table (by default its widest)
+    /// at the middle of its hash range; `Done` once MemDS serves the new
+    /// map.
+    SplitPartition {
+        table: String,
+        partition: Option<u64>,
+    },
     PutItem {
         table: String,
         item: Vec<u8>,
@@ -268,7 +275,21 @@ pub enum NodeOp {
         bytes_max: u32,
         resume_after: Option<Vec<u8>>,
         consistent: bool,
+        /// The hash range the sender believes the partition covers
+        /// (inclusive); a partition that serves less of it (it was split)
+        /// answers `WrongPartition` rather than a page that would miss
+        /// items. `None`: no check (tools).
+        hash_range: Option<(u64, u64)>,
     },
+    /// Splits a replicated partition in two, through its log: hashes from
+    /// `at` on move to the new partition `child` (same replicas, same
+    /// shards; its id must equal the parent's modulo every member's core
+    /// count). Sent to the leader; `Done` once applied there, also when
+    /// the same split was applied before.
+    Split { at: u64, child: u64 },
+    /// What the replica holds of the partition: `PartitionStats`. Any
+    /// replica answers (the control plane's size check).
+    Stats,
     /// Replication messages between the replicas of groups on two shards
     /// (a node-internal format, docs/replication.md).
     Replication { batch: Vec<u8> },
@@ -305,6 +326,10 @@ pub enum ErrorCode {
     /// The message could not be decoded.
     Malformed,
     Internal,
+    /// The key's hash (or the scan's range) is not the partition's any
+    /// more: it was split. Routers look the key up again; clients never
+    /// see it.
+    WrongPartition,
 }
 
 impl ErrorCode {
@@ -337,6 +362,12 @@ pub enum Response {
     Error {
         code: ErrorCode,
         message: String,
+    },
+    /// `Stats`: bytes of keys and items stored, and the hash range served
+    /// (inclusive; as far as the node knows, docs/wire-format.md).
+    PartitionStats {
+        bytes: u64,
+        range: (u64, u64),
     },
 }
 
@@ -567,7 +598,10 @@ impl NodeOp {
     pub fn is_write(&self) -> bool {
         matches!(
             self,
-            NodeOp::Put { .. } | NodeOp::Update { .. } | NodeOp::Delete { .. }
+            NodeOp::Put { .. }
+                | NodeOp::Update { .. }
+                | NodeOp::Delete { .. }
+                | NodeOp::Split { .. }
         )
     }
 }

@@ -145,6 +145,7 @@ impl MetaClient {
                 bytes_max: u32::MAX,
                 resume_after: resume.take(),
                 consistent: true,
+                hash_range: None,
             };
             match self.call(op).await {
                 Response::Page { items, last_key } => {
@@ -338,6 +339,163 @@ impl MetaClient {
         }
         self.increment("version").await?;
         Ok(record)
+    }
+
+    /// Splits a partition of table `name` (or its widest one) at the
+    /// middle of its range: first through the partition's own log (its
+    /// replicas copy the upper half into the new partition), then in the
+    /// table record, by compare-and-set on its version. Returns the plan
+    /// carried out.
+    ///
+    /// The plan depends only on the record, so a split cut short after the
+    /// nodes applied it and before the record changed is finished by
+    /// asking again: the nodes answer the same split as done. Until the
+    /// record changes, the parent answers `WrongPartition` for the moved
+    /// keys and routers retry. Returns the plan and the record's new
+    /// version.
+    ///
+    /// With `expected` (the table version a decision to split was made
+    /// at), a record that changed since is not split again: the answer is
+    /// `ConditionalCheckFailed`, and the decision is made afresh.
+    pub async fn split_partition(
+        &self,
+        name: &str,
+        partition: Option<u64>,
+        expected: Option<u64>,
+    ) -> Result<(meta::SplitPlan, u64), Response> {
+        self.bootstrap().await?;
+        let changed = || {
+            Response::error(
+                ErrorCode::ConditionalCheckFailed,
+                format!("table {name:?} changed since the split was decided"),
+            )
+        };
+        for _ in 0..CAS_ATTEMPTS {
+            let snapshot = self.load().await?;
+            let table = snapshot.tables.get(name).ok_or_else(|| {
+                Response::error(
+                    ErrorCode::ResourceNotFound,
+                    format!("table {name:?} does not exist"),
+                )
+            })?;
+            if table.status != TableStatus::Active {
+                return Err(validation(format!(
+                    "table {name:?} is {}",
+                    table.status.as_str()
+                )));
+            }
+            if expected.is_some_and(|v| v != table.version) {
+                return Err(changed());
+            }
+            let plan = meta::plan_split(table, partition, &snapshot.nodes).map_err(validation)?;
+            let replicas: Option<Vec<SocketAddr>> = table.partitions[plan.index]
+                .replicas
+                .as_slice()
+                .iter()
+                .map(|id| snapshot.nodes.get(id).map(|n| n.shard_of(plan.parent)))
+                .collect();
+            let replicas =
+                replicas.ok_or_else(|| internal("a replica's node is not registered"))?;
+            let request = wire::encode_node_request(&NodeRequest {
+                partition: plan.parent,
+                op: NodeOp::Split {
+                    at: plan.at,
+                    child: plan.child,
+                },
+                limit: None,
+            });
+            match self
+                .links
+                .forward(plan.parent, &replicas, &request, true, false)
+                .await
+            {
+                Response::Done => {}
+                other => return Err(unexpected(other)),
+            }
+            let version = self.increment("version").await?;
+            let record = meta::split_record(table, &plan, version);
+            let update = NodeOp::Put {
+                item: record.to_item().to_bytes(),
+                condition: Some(WireCondition::Compare {
+                    attribute: "version".into(),
+                    op: 0,
+                    value: meta::number(table.version).to_bytes(),
+                }),
+                returns: ReturnValues::None,
+            };
+            match self.call(update).await {
+                Response::Done => {
+                    self.increment("version").await?;
+                    return Ok((plan, version));
+                }
+                Response::Error {
+                    code: ErrorCode::ConditionalCheckFailed,
+                    ..
+                } if expected.is_some() => return Err(changed()),
+                Response::Error {
+                    code: ErrorCode::ConditionalCheckFailed,
+                    ..
+                } => continue, // the record changed: plan again
+                other => return Err(unexpected(other)),
+            }
+        }
+        Err(Response::error(
+            ErrorCode::Throttling,
+            format!("table {name:?} is changing concurrently; retry"),
+        ))
+    }
+
+    /// One round of the size check: asks a replica of every partition of
+    /// every active replicated table for its size, and splits the first
+    /// partition of each table found above `bytes_max` (one per table
+    /// and round: the record changes with it). Returns the splits made.
+    /// Any number of processes may run it: a split decided on a record
+    /// that changed meanwhile is dropped.
+    pub async fn split_oversized(&self, bytes_max: u64) -> Result<usize, Response> {
+        self.bootstrap().await?;
+        let snapshot = self.load().await?;
+        let mut splits = 0;
+        for table in snapshot.tables.values() {
+            if table.status != TableStatus::Active || table.replicas < 2 {
+                continue;
+            }
+            for partition in &table.partitions {
+                let replicas: Option<Vec<SocketAddr>> = partition
+                    .replicas
+                    .as_slice()
+                    .iter()
+                    .map(|id| snapshot.nodes.get(id).map(|n| n.shard_of(partition.id)))
+                    .collect();
+                let Some(replicas) = replicas else { continue };
+                let request = wire::encode_node_request(&NodeRequest {
+                    partition: partition.id,
+                    op: NodeOp::Stats,
+                    limit: None,
+                });
+                let stats = self
+                    .links
+                    .forward(partition.id, &replicas, &request, false, true)
+                    .await;
+                let Response::PartitionStats { bytes, .. } = stats else {
+                    continue; // unreachable now: next round
+                };
+                if bytes <= bytes_max {
+                    continue;
+                }
+                tracing::info!(table = %table.name, partition = partition.id, bytes, bytes_max, "splitting an oversized partition");
+                match self
+                    .split_partition(&table.name, Some(partition.id), Some(table.version))
+                    .await
+                {
+                    Ok(_) => splits += 1,
+                    Err(error) => {
+                        tracing::warn!(table = %table.name, partition = partition.id, ?error, "size split not made");
+                    }
+                }
+                break;
+            }
+        }
+        Ok(splits)
     }
 
     /// One table's record, read consistently.

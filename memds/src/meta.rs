@@ -358,6 +358,118 @@ pub fn new_partitions(
         .collect()
 }
 
+/// A split the control plane is about to make: partition `index` of the
+/// table (id `parent`) gives the hashes from `at` to `last` to a new
+/// partition `child`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitPlan {
+    pub index: usize,
+    pub parent: u64,
+    pub at: u64,
+    pub last: u64,
+    pub child: u64,
+}
+
+/// Plans the split of `partition` (or, if `None`, of the table's widest
+/// partition) at the middle of its hash range. Deterministic in the
+/// record and the nodes, so a split retried after a crash asks for the
+/// same thing and the nodes answer it as done.
+///
+/// The child's id is the parent's plus a multiple of the least common
+/// multiple of its nodes' core counts: it lives on the same shard of
+/// every replica (a partition is on shard `id mod cores`), where the
+/// parent's items are.
+pub fn plan_split(
+    table: &TableRecord,
+    partition: Option<u64>,
+    nodes: &BTreeMap<u16, NodeRecord>,
+) -> Result<SplitPlan, String> {
+    let parts = &table.partitions;
+    let last_of = |i: usize| parts.get(i + 1).map_or(u64::MAX, |next| next.start - 1);
+    let index = match partition {
+        Some(id) => parts
+            .iter()
+            .position(|p| p.id == id)
+            .ok_or_else(|| format!("table {:?} has no partition {id}", table.name))?,
+        None => (0..parts.len())
+            .max_by_key(|&i| (last_of(i) - parts[i].start, std::cmp::Reverse(i)))
+            .ok_or_else(|| format!("table {:?} has no partitions", table.name))?,
+    };
+    if parts.len() >= PARTITIONS_MAX as usize {
+        return Err(format!(
+            "table {:?} has {PARTITIONS_MAX} partitions, the most a table may have",
+            table.name
+        ));
+    }
+    let parent = parts[index];
+    let last = last_of(index);
+    if last - parent.start < 1 {
+        return Err(format!("partition {} covers one hash", parent.id));
+    }
+    if parent.replicas.len() < 2 {
+        return Err(format!(
+            "partition {} has a single copy; only replicated partitions split",
+            parent.id
+        ));
+    }
+    let at = parent.start + (last - parent.start) / 2 + 1;
+    let mut step = 1u64;
+    for node in parent.replicas.as_slice() {
+        let cores = u64::from(
+            nodes
+                .get(node)
+                .ok_or_else(|| format!("partition {}: node {node} is not registered", parent.id))?
+                .cores
+                .max(1),
+        );
+        step = lcm(step, cores);
+    }
+    let mask = (1u64 << PARTITION_BITS) - 1;
+    let base = parent.id & !mask;
+    let child = (1u64..)
+        .map(|k| (parent.id & mask) + k * step)
+        .take_while(|&index| index <= mask)
+        .map(|index| base | index)
+        .find(|id| parts.iter().all(|p| p.id != *id))
+        .ok_or_else(|| format!("no partition id is left for a split of {}", parent.id))?;
+    Ok(SplitPlan {
+        index,
+        parent: parent.id,
+        at,
+        last,
+        child,
+    })
+}
+
+/// The table record after `plan`, at map version `version`: the parent's
+/// entry and the child's both carry it, so a router's cache tells them
+/// from the parent's older, wider entry.
+pub fn split_record(table: &TableRecord, plan: &SplitPlan, version: u64) -> TableRecord {
+    let mut record = table.clone();
+    let parent = &mut record.partitions[plan.index];
+    parent.version = version;
+    let child = Partition {
+        id: plan.child,
+        start: plan.at,
+        version,
+        replicas: parent.replicas,
+        leader: None,
+    };
+    record.partitions.insert(plan.index + 1, child);
+    record.version = version;
+    record
+}
+
+fn lcm(a: u64, b: u64) -> u64 {
+    let gcd = |mut a: u64, mut b: u64| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    a / gcd(a, b) * b
+}
+
 /// Everything the metadata partition holds, read at one map version.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -458,6 +570,76 @@ mod tests {
             TableRecord::from_item(&bad),
             Err(MetaError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn splits_halve_the_widest_range_and_keep_children_on_the_parents_shards() {
+        let nodes: BTreeMap<u16, NodeRecord> = [(0, 2), (1, 3), (2, 2)]
+            .into_iter()
+            .map(|(id, cores)| {
+                let mut n = node(id, &format!("z{id}"));
+                n.cores = cores;
+                (id, n)
+            })
+            .collect();
+        let all: Vec<NodeRecord> = nodes.values().cloned().collect();
+        let mut table = TableRecord {
+            name: "t".into(),
+            id: 7,
+            schema: meta_schema(),
+            replicas: 3,
+            status: TableStatus::Active,
+            version: 1,
+            partitions: new_partitions(7, 1, 3, 1, &all).unwrap(),
+            capacity: Capacity::OnDemand,
+        };
+        let mut version = 1;
+        for _ in 0..20 {
+            let plan = plan_split(&table, None, &nodes).unwrap();
+            version += 1;
+            let next = split_record(&table, &plan, version);
+            // Same record, same plan: a retry asks for the same split.
+            assert_eq!(plan_split(&table, None, &nodes).unwrap(), plan);
+            for node in nodes.values() {
+                let cores = u64::from(node.cores);
+                assert_eq!(plan.child % cores, plan.parent % cores);
+            }
+            assert_eq!(plan.child >> PARTITION_BITS, 7);
+            assert_eq!(next.partitions.len(), table.partitions.len() + 1);
+            let starts: Vec<u64> = next.partitions.iter().map(|p| p.start).collect();
+            assert!(starts.windows(2).all(|w| w[0] < w[1]), "{starts:?}");
+            assert_eq!(starts[0], 0);
+            let mut ids: Vec<u64> = next.partitions.iter().map(|p| p.id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            assert_eq!(ids.len(), next.partitions.len(), "ids are unique");
+            // The child takes the upper half of the parent's range.
+            assert!(plan.at > table.partitions[plan.index].start && plan.at <= plan.last);
+            assert_eq!(next.partitions[plan.index + 1].start, plan.at);
+            assert_eq!(next.partitions[plan.index + 1].version, version);
+            assert!(PartitionMap::new().set_table(7, &next.partitions).is_ok());
+            table = next;
+        }
+        // 21 partitions from one: the widest is split each time, so no
+        // range is more than twice as wide as another.
+        let widths: Vec<u64> = (0..table.partitions.len())
+            .map(|i| {
+                let last = table
+                    .partitions
+                    .get(i + 1)
+                    .map_or(u64::MAX, |n| n.start - 1);
+                last - table.partitions[i].start
+            })
+            .collect();
+        let (min, max) = (widths.iter().min().unwrap(), widths.iter().max().unwrap());
+        assert!(*max / 2 <= *min + 1, "{widths:?}");
+        let single = TableRecord {
+            replicas: 1,
+            partitions: new_partitions(8, 1, 1, 1, &all).unwrap(),
+            ..table.clone()
+        };
+        assert!(plan_split(&single, None, &nodes).is_err());
+        assert!(plan_split(&table, Some(12345), &nodes).is_err());
     }
 
     #[test]

@@ -42,7 +42,15 @@ pub struct MemdsConfig {
     pub poll: Duration,
     /// A full reload at least this often, whatever the version says.
     pub reload_every: Duration,
+    /// Split a replicated partition holding more than this many bytes of
+    /// keys and items (docs/metadata.md, "Splits"); `None`: never.
+    pub split_bytes: Option<u64>,
+    /// How often partition sizes are checked.
+    pub split_check: Duration,
 }
+
+/// DynamoDB's partition size bound.
+pub const SPLIT_BYTES_DEFAULT: u64 = 10 << 30;
 
 impl MemdsConfig {
     pub fn new(
@@ -58,6 +66,8 @@ impl MemdsConfig {
             node_server_name,
             poll: Duration::from_millis(50),
             reload_every: Duration::from_secs(5),
+            split_bytes: Some(SPLIT_BYTES_DEFAULT),
+            split_check: Duration::from_secs(10),
         }
     }
 }
@@ -161,6 +171,9 @@ async fn run(config: MemdsConfig, ready: Ready, stopped: Stopped) {
     let meta = Rc::new(MetaClient::new(links, config.nodes.clone()));
     let served = Rc::new(RefCell::new(Served::default()));
     let counters = Rc::new(Counters::default());
+    if let Some(bytes_max) = config.split_bytes {
+        glommio::spawn_local(split_by_size(meta.clone(), bytes_max, config.split_check)).detach();
+    }
     glommio::spawn_local(follow(
         meta,
         served.clone(),
@@ -217,6 +230,16 @@ async fn follow(
             }
         }
         glommio::timer::sleep(poll).await;
+    }
+}
+
+/// Splits oversized partitions, one round every `every`.
+async fn split_by_size(meta: Rc<MetaClient>, bytes_max: u64, every: Duration) {
+    loop {
+        glommio::timer::sleep(every).await;
+        if let Err(error) = meta.split_oversized(bytes_max).await {
+            tracing::debug!(?error, "MemDS: size check not done this round");
+        }
     }
 }
 

@@ -250,6 +250,9 @@ pub struct Tree {
     root: Option<Child>,
     page_size: usize,
     dirty: DirtyStats,
+    /// Bytes of keys and values stored, as far as this tree has seen
+    /// ([`Tree::set_stored_bytes`] carries the count across a reopen).
+    bytes: u64,
 }
 
 impl Tree {
@@ -258,6 +261,7 @@ impl Tree {
             root: None,
             page_size,
             dirty: DirtyStats::default(),
+            bytes: 0,
         }
     }
 
@@ -267,7 +271,19 @@ impl Tree {
             root,
             page_size,
             dirty: DirtyStats::default(),
+            bytes: 0,
         }
+    }
+
+    /// Bytes of keys and values the tree holds.
+    pub fn stored_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Sets what [`Tree::stored_bytes`] counts from (a reopened tree's
+    /// recorded size).
+    pub fn set_stored_bytes(&mut self, bytes: u64) {
+        self.bytes = bytes;
     }
 
     /// The root page, if the tree is clean (after a flush).
@@ -324,6 +340,11 @@ impl Tree {
         freed: &mut Vec<PageAddr>,
     ) -> Result<(), TreeError> {
         self.probe(src, &key)?;
+        let replaced = self
+            .get_with(src, &key, <[u8]>::len)?
+            .map_or(0, |v| key.len() + v);
+        self.bytes =
+            (self.bytes + (key.len() + value.len()) as u64).saturating_sub(replaced as u64);
         let page_size = self.page_size;
         let Some(root) = &mut self.root else {
             self.root = Some(Child::Dirty(Box::new(Node::Leaf {
@@ -354,9 +375,10 @@ impl Tree {
         key: &[u8],
         freed: &mut Vec<PageAddr>,
     ) -> Result<bool, TreeError> {
-        if self.get_with(src, key, |_| ())?.is_none() {
+        let Some(len) = self.get_with(src, key, <[u8]>::len)? else {
             return Ok(false);
-        }
+        };
+        self.bytes = self.bytes.saturating_sub((key.len() + len) as u64);
         let root = self.root.as_mut().expect("key found, so a root exists");
         let node = make_dirty(root, src, freed, &mut self.dirty)?;
         remove(node, src, key, freed, &mut self.dirty)?;

@@ -42,6 +42,12 @@ use crate::wal::{Lsn, Record, RecoveryReport, Wal, WalConfig, WalError};
 /// A partition's identity on a node.
 pub type PartitionId = u64;
 
+/// The partition-key hashes a partition serves, first and last inclusive.
+pub type HashRange = (u64, u64);
+
+/// What a partition serves until a split narrows it.
+pub const WHOLE_RANGE: HashRange = (0, u64::MAX);
+
 /// Engine tuning.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -104,6 +110,20 @@ pub enum EngineError {
         partition: PartitionId,
         reason: String,
     },
+    #[error(
+        "partition {partition} serves hashes {first:#x}..={last:#x}: the key (hash {hash:#x}) or range asked for is not its own"
+    )]
+    WrongPartition {
+        partition: PartitionId,
+        hash: u64,
+        first: u64,
+        last: u64,
+    },
+    #[error("split of partition {partition} refused: {reason}")]
+    InvalidSplit {
+        partition: PartitionId,
+        reason: String,
+    },
 }
 
 impl EngineError {
@@ -112,7 +132,10 @@ impl EngineError {
     pub fn is_answer(&self) -> bool {
         matches!(
             self,
-            EngineError::ConditionFailed | EngineError::InvalidItem(_)
+            EngineError::ConditionFailed
+                | EngineError::InvalidItem(_)
+                | EngineError::WrongPartition { .. }
+                | EngineError::InvalidSplit { .. }
         )
     }
 
@@ -162,6 +185,32 @@ struct Partition {
     tree: Tree,
     /// Set for a replica of a replication group.
     group: Option<GroupLog>,
+    /// Keys whose hash is outside are refused with
+    /// [`EngineError::WrongPartition`]; items left outside by a split are
+    /// invisible.
+    range: HashRange,
+}
+
+impl Partition {
+    fn new(schema: KeySchema, tree: Tree, group: Option<GroupLog>) -> Partition {
+        Partition {
+            schema,
+            tree,
+            group,
+            range: WHOLE_RANGE,
+        }
+    }
+
+    /// Whether the item stored under `key` is this partition's.
+    fn holds(&self, key: &[u8]) -> bool {
+        in_range(self.range, key)
+    }
+}
+
+/// Whether the item stored under `key` hashes into `range`.
+fn in_range(range: HashRange, key: &[u8]) -> bool {
+    range == WHOLE_RANGE
+        || cairn_common::key::key_hash(key).is_some_and(|h| (range.0..=range.1).contains(&h))
 }
 
 /// A replica's durable Paxos state, mirrored here so that checkpoints can
@@ -344,6 +393,8 @@ pub struct SnapshotView {
     pub partition: PartitionId,
     /// The tree reflects every slot below.
     pub through: Slot,
+    /// The hashes the partition served at `through`.
+    pub range: HashRange,
     tree: Tree,
     _pin: SnapshotPin,
 }
@@ -392,15 +443,11 @@ impl<Fs: FileSystem> Engine<Fs> {
                 .map(|g| group_from_catalog(g).map_err(corrupt))
                 .transpose()?;
             store.reachable(PageAddr(entry.root), &mut used).await?;
-            let tree = Tree::with_root(PageAddr(entry.root), config.page_size);
-            partitions.insert(
-                entry.partition,
-                Partition {
-                    schema,
-                    tree,
-                    group,
-                },
-            );
+            let mut tree = Tree::with_root(PageAddr(entry.root), config.page_size);
+            tree.set_stored_bytes(entry.bytes);
+            let mut partition = Partition::new(schema, tree, group);
+            partition.range = (entry.range_first, entry.range_last);
+            partitions.insert(entry.partition, partition);
         }
         store.set_used(used);
         let mut records = Vec::new();
@@ -448,14 +495,9 @@ impl<Fs: FileSystem> Engine<Fs> {
             record::CREATE_PARTITION => {
                 let schema = KeySchema::decode(body).map_err(|e| corrupt(&e.to_string()))?;
                 let tree = Tree::new(self.config.page_size);
-                self.partitions.borrow_mut().insert(
-                    record.partition,
-                    Partition {
-                        schema,
-                        tree,
-                        group: None,
-                    },
-                );
+                self.partitions
+                    .borrow_mut()
+                    .insert(record.partition, Partition::new(schema, tree, None));
             }
             record::CREATE_REPLICATED => {
                 let (schema, spec) =
@@ -465,11 +507,7 @@ impl<Fs: FileSystem> Engine<Fs> {
                 let tree = Tree::new(self.config.page_size);
                 self.partitions.borrow_mut().insert(
                     record.partition,
-                    Partition {
-                        schema,
-                        tree,
-                        group: Some(GroupLog::new(spec)),
-                    },
+                    Partition::new(schema, tree, Some(GroupLog::new(spec))),
                 );
             }
             record::PROMISE | record::ACCEPT => {
@@ -559,11 +597,7 @@ impl<Fs: FileSystem> Engine<Fs> {
         let tree = Tree::new(self.config.page_size);
         self.partitions.borrow_mut().insert(
             partition,
-            Partition {
-                schema,
-                tree,
-                group: spec.map(GroupLog::new),
-            },
+            Partition::new(schema, tree, spec.map(GroupLog::new)),
         );
         self.applied_lsn.set(lsn);
         self.wal.wait_durable(lsn).await?;
@@ -672,19 +706,169 @@ impl<Fs: FileSystem> Engine<Fs> {
             *self.stopped.borrow_mut() = Some(format!("applying slot {slot}: {error}"));
             return result;
         }
-        self.with_group(partition, |group| {
-            group.applied_through = slot + 1;
-            let keep_from = group.keep_from();
-            if group
-                .durable
-                .accepted
-                .first_key_value()
-                .is_some_and(|(s, _)| *s < keep_from)
-            {
-                group.durable.accepted = group.durable.accepted.split_off(&keep_from);
-            }
-        })?;
+        self.with_group(partition, |group| group.mark_applied(slot))?;
         result
+    }
+
+    /// Applies chosen slot `slot` of replicated `partition` when it holds
+    /// a split at hash `at`: the items hashing from `at` to the end of the
+    /// partition's range are copied into a new replicated partition
+    /// `child` (same schema, same members, this replica's index), which
+    /// then serves that part of the range while the parent keeps the rest.
+    /// Returns whether `child` was created (`false`: this split was
+    /// applied before). Refusals ([`EngineError::InvalidSplit`]) are
+    /// answers: the slot counts as applied, on every replica alike.
+    ///
+    /// The copy goes into a staging tree and the swap has no await, so a
+    /// checkpoint sees the parent whole, or the parent narrowed (its
+    /// applied point past `slot`) together with the child. Until one
+    /// does, the child must not take part in its group: a crash would
+    /// forget it, and recovery re-applies the split. The parent keeps the
+    /// moved items in its pages, invisible.
+    pub async fn apply_split(
+        &self,
+        partition: PartitionId,
+        slot: Slot,
+        at: u64,
+        child: PartitionId,
+    ) -> Result<bool, EngineError> {
+        self.check_running()?;
+        let (schema, spec, (first, last)) = {
+            let partitions = self.partitions.borrow();
+            let p = partitions
+                .get(&partition)
+                .ok_or(EngineError::UnknownPartition(partition))?;
+            let group = p.group.as_ref().ok_or(EngineError::Replicated(partition))?;
+            assert_eq!(
+                slot, group.applied_through,
+                "chosen slots are applied in order, once"
+            );
+            (p.schema.clone(), group.spec.clone(), p.range)
+        };
+        let exists = self.partitions.borrow().contains_key(&child);
+        if last.checked_add(1) == Some(at) && exists {
+            // The same split, applied before (a retried request).
+            self.with_group(partition, |g| g.mark_applied(slot))?;
+            return Ok(false);
+        }
+        let misplaced = spec
+            .members
+            .iter()
+            .find(|m| m.cores == 0 || child % u64::from(m.cores) != partition % u64::from(m.cores));
+        let refusal = if !(first < at && at <= last) {
+            Some(format!("hash {at:#x} is not inside {first:#x}..={last:#x}"))
+        } else if exists {
+            Some(format!("partition {child} exists"))
+        } else {
+            misplaced.map(|m| {
+                format!(
+                    "partition {child} would live on another shard of {} than its parent",
+                    m.addr
+                )
+            })
+        };
+        if let Some(reason) = refusal {
+            self.with_group(partition, |g| g.mark_applied(slot))?;
+            return Err(EngineError::InvalidSplit { partition, reason });
+        }
+        let old = self
+            .staging
+            .borrow_mut()
+            .insert(child, Tree::new(self.config.page_size));
+        self.retire(Retired(old)).await?;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let range = ScanRange {
+                start: after.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
+                end: Bound::Unbounded,
+                reverse: false,
+            };
+            let (entries, more) = self
+                .read(partition, |tree, src| {
+                    let mut out = Vec::new();
+                    let more =
+                        tree.scan_bounded(&FnSource(src), &range, 512, usize::MAX, &mut out)?;
+                    Ok((out, more))
+                })
+                .await?;
+            after = entries.last().map(|(k, _)| k.clone());
+            for (key, value) in entries {
+                if !in_range((at, last), &key) {
+                    continue;
+                }
+                self.resident(|| {
+                    let staging = self.staging.borrow();
+                    Ok(staging
+                        .get(&child)
+                        .map_or(Ok(()), |tree| tree.probe(self.store.cache(), &key)))
+                })
+                .await?;
+                let mut staging = self.staging.borrow_mut();
+                let tree = staging.get_mut(&child).ok_or_else(|| {
+                    self.stop(format!(
+                        "split of {partition}: the staging tree of {child} vanished"
+                    ))
+                })?;
+                self.change_resident(tree, key, Some(value));
+            }
+            if !more || after.is_none() {
+                break;
+            }
+        }
+        // The swap: no await from here on.
+        let tree = self.staging.borrow_mut().remove(&child).ok_or_else(|| {
+            self.stop(format!(
+                "split of {partition}: the staging tree of {child} vanished"
+            ))
+        })?;
+        let mut partitions = self.partitions.borrow_mut();
+        let p = partitions
+            .get_mut(&partition)
+            .ok_or(EngineError::UnknownPartition(partition))?;
+        p.range = (first, at - 1);
+        let kept = p.tree.stored_bytes().saturating_sub(tree.stored_bytes());
+        p.tree.set_stored_bytes(kept);
+        if let Some(group) = p.group.as_mut() {
+            group.mark_applied(slot);
+        }
+        let mut born = Partition::new(schema, tree, Some(GroupLog::new(spec)));
+        born.range = (at, last);
+        partitions.insert(child, born);
+        Ok(true)
+    }
+
+    /// Bytes of keys and values `partition` holds (items a split moved
+    /// out no longer count).
+    pub fn stored_bytes(&self, partition: PartitionId) -> Option<u64> {
+        Some(
+            self.partitions
+                .borrow()
+                .get(&partition)?
+                .tree
+                .stored_bytes(),
+        )
+    }
+
+    /// The hashes `partition` serves.
+    pub fn range(&self, partition: PartitionId) -> Option<HashRange> {
+        Some(self.partitions.borrow().get(&partition)?.range)
+    }
+
+    /// `Ok` if the item under `key` belongs to `partition`.
+    pub fn check_holds(&self, partition: PartitionId, key: &[u8]) -> Result<(), EngineError> {
+        let partitions = self.partitions.borrow();
+        let p = partitions
+            .get(&partition)
+            .ok_or(EngineError::UnknownPartition(partition))?;
+        if p.holds(key) {
+            return Ok(());
+        }
+        Err(EngineError::WrongPartition {
+            partition,
+            hash: cairn_common::key::key_hash(key).unwrap_or(0),
+            first: p.range.0,
+            last: p.range.1,
+        })
     }
 
     /// Freezes the tree of replicated `partition` at its applied point, to
@@ -705,6 +889,7 @@ impl<Fs: FileSystem> Engine<Fs> {
         Ok(SnapshotView {
             partition,
             through: group.applied_through,
+            range: p.range,
             tree: p.tree.clone(),
             _pin: SnapshotPin(self.snapshot_pins.clone()),
         })
@@ -733,6 +918,11 @@ impl<Fs: FileSystem> Engine<Fs> {
                 .map(|more| (out, more)))
         })
         .await
+        .map(|(mut entries, more)| {
+            // Items a split moved out stay in the pages, invisible.
+            entries.retain(|(key, _)| in_range(view.range, key));
+            (entries, more)
+        })
     }
 
     /// Starts receiving a snapshot of replicated `partition` into an empty
@@ -802,6 +992,7 @@ impl<Fs: FileSystem> Engine<Fs> {
         &self,
         partition: PartitionId,
         through: Slot,
+        range: HashRange,
     ) -> Result<(bool, Retired), EngineError> {
         self.check_running()?;
         let Some(staged) = self.staging.borrow_mut().remove(&partition) else {
@@ -816,6 +1007,7 @@ impl<Fs: FileSystem> Engine<Fs> {
                 group.applied_through = through;
                 group.committed_through = group.committed_through.max(through);
                 group.durable.accepted = group.durable.accepted.split_off(&through);
+                p.range = range;
                 (true, Retired(Some(std::mem::replace(&mut p.tree, staged))))
             }
             _ => (false, Retired(Some(staged))),
@@ -1005,6 +1197,7 @@ impl<Fs: FileSystem> Engine<Fs> {
         change: impl FnOnce(Option<Item>) -> Result<Option<Item>, EngineError>,
     ) -> Result<(Option<Item>, Option<Item>), EngineError> {
         self.check_running()?;
+        self.check_holds(partition, &key)?;
         if mode == WriteMode::Logged {
             if self.over_dirty_bound() {
                 return Err(EngineError::Throttled);
@@ -1188,6 +1381,7 @@ impl<Fs: FileSystem> Engine<Fs> {
     ) -> Result<Option<Item>, EngineError> {
         self.check_running()?;
         let key = self.schema(partition)?.key_of_key(key)?;
+        self.check_holds(partition, &key)?;
         let item = self
             .read(partition, |tree, src| {
                 tree.get_with(&FnSource(src), &key, Item::decode)
@@ -1274,8 +1468,10 @@ impl<Fs: FileSystem> Engine<Fs> {
         } else {
             None
         };
+        let range = self.range(partition).unwrap_or(WHOLE_RANGE);
         let items = entries
             .iter()
+            .filter(|(k, _)| in_range(range, k))
             .map(|(_, v)| Item::decode(v))
             .collect::<Result<_, _>>()?;
         Ok(ScanPage { items, last_key })
@@ -1423,6 +1619,9 @@ impl<Fs: FileSystem> Engine<Fs> {
                 schema: p.schema.encode(),
                 root: p.tree.root_addr().0,
                 group: p.group.as_ref().map(GroupLog::to_catalog),
+                range_first: p.range.0,
+                range_last: p.range.1,
+                bytes: p.tree.stored_bytes(),
             })
             .collect();
         CatalogPage { entries }
@@ -1492,6 +1691,21 @@ impl GroupLog {
     /// kept only for a window below the applied point. The tree holds
     /// their effect; the window lets this replica, once restarted and
     /// leading, still ship them to a peer that lags a little.
+    /// Records slot `slot` as applied and drops accepted values below the
+    /// retained window.
+    fn mark_applied(&mut self, slot: Slot) {
+        self.applied_through = slot + 1;
+        let keep_from = self.keep_from();
+        if self
+            .durable
+            .accepted
+            .first_key_value()
+            .is_some_and(|(s, _)| *s < keep_from)
+        {
+            self.durable.accepted = self.durable.accepted.split_off(&keep_from);
+        }
+    }
+
     fn keep_from(&self) -> Slot {
         self.applied_through.saturating_sub(RETAINED_APPLIED_SLOTS)
     }

@@ -51,7 +51,10 @@ pub enum PageKind {
     Node = 1,
     /// The first catalog layout ([`CatalogPageV1`]): read, never written.
     CatalogV1 = 2,
-    Catalog = 3,
+    /// The second ([`CatalogPageV2`], before hash ranges): read, never
+    /// written.
+    CatalogV2 = 3,
+    Catalog = 4,
 }
 
 /// A B-tree node as stored. A branch with `n` keys has `n + 1` children;
@@ -78,6 +81,13 @@ pub struct CatalogEntry {
     pub root: u64,
     /// For a replica of a replication group: its durable Paxos state.
     pub group: Option<CatalogGroup>,
+    /// The partition-key hashes the partition serves, inclusive (the
+    /// whole space until a split narrows it).
+    pub range_first: u64,
+    pub range_last: u64,
+    /// Bytes of keys and values in its tree (0 in older catalogs, which
+    /// did not count them).
+    pub bytes: u64,
 }
 
 /// A replica's Paxos state at a checkpoint: what the WAL records it
@@ -114,6 +124,41 @@ pub struct CatalogPage {
     pub entries: Vec<CatalogEntry>,
 }
 
+/// The second catalog layout (page kind 3), before splits gave
+/// partitions hash ranges.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CatalogPageV2 {
+    pub entries: Vec<CatalogEntryV2>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CatalogEntryV2 {
+    pub partition: u64,
+    pub schema: Vec<u8>,
+    pub root: u64,
+    pub group: Option<CatalogGroup>,
+}
+
+impl From<CatalogPageV2> for CatalogPage {
+    fn from(v2: CatalogPageV2) -> Self {
+        CatalogPage {
+            entries: v2
+                .entries
+                .into_iter()
+                .map(|e| CatalogEntry {
+                    partition: e.partition,
+                    schema: e.schema,
+                    root: e.root,
+                    group: e.group,
+                    range_first: 0,
+                    range_last: u64::MAX,
+                    bytes: 0,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// The first catalog layout (page kind 2), before replicated partitions.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct CatalogPageV1 {
@@ -138,6 +183,9 @@ impl From<CatalogPageV1> for CatalogPage {
                     schema: e.schema,
                     root: e.root,
                     group: None,
+                    range_first: 0,
+                    range_last: u64::MAX,
+                    bytes: 0,
                 })
                 .collect(),
         }

@@ -32,7 +32,7 @@ use rkyv::rancor;
 
 use crate::admission::PeerSpare;
 use crate::device::DmaFs;
-use crate::engine::{Engine, EngineError, PartitionId};
+use crate::engine::{Engine, EngineError, HashRange, PartitionId};
 use crate::paxos::{self, Message, Replica, ReplicaId, Slot, Value};
 use crate::server::Admitter;
 use crate::shard::{Op, shard_addr};
@@ -100,6 +100,9 @@ pub struct SnapshotChunk {
     pub stream: u64,
     /// The snapshot holds every slot below.
     pub through: u64,
+    /// The hashes the partition served at `through` (a split may have
+    /// narrowed it).
+    pub range: (u64, u64),
     /// `None` in the first chunk, else the previous chunk's last key.
     pub after: Option<Vec<u8>>,
     /// Encoded key and item bytes, in key order.
@@ -121,6 +124,7 @@ struct Install {
     from: u32,
     stream: u64,
     through: Slot,
+    range: HashRange,
     /// The last key stored; the next chunk must start after it.
     after: Option<Vec<u8>>,
     /// A chunk is being stored (no other may interleave with it), or the
@@ -188,7 +192,7 @@ pub struct Replication {
     /// Snapshots this shard is receiving, by partition.
     installs: RefCell<HashMap<PartitionId, Install>>,
     /// Complete snapshots for the apply task to swap in, between slots.
-    installs_ready: RefCell<VecDeque<(PartitionId, Slot)>>,
+    installs_ready: RefCell<VecDeque<(PartitionId, Slot, HashRange)>>,
     epoch: Instant,
 }
 
@@ -327,7 +331,7 @@ impl Replication {
     /// Brings up the replica of a replicated partition: first applies the
     /// slots its commit markers say are chosen, then starts the Paxos
     /// replica from the durable state.
-    pub async fn add_group(&self, partition: PartitionId) -> Result<(), EngineError> {
+    pub async fn add_group(self: &Rc<Self>, partition: PartitionId) -> Result<(), EngineError> {
         let log = self
             .engine
             .group(partition)
@@ -607,8 +611,8 @@ impl Replication {
         loop {
             let listener = self.apply_ready.listen();
             let install = self.installs_ready.borrow_mut().pop_front();
-            if let Some((partition, through)) = install {
-                if let Err(error) = self.install(partition, through).await {
+            if let Some((partition, through, range)) = install {
+                if let Err(error) = self.install(partition, through, range).await {
                     tracing::error!(shard = self.shard, partition, %error, "snapshot not installed");
                     return; // the engine stopped
                 }
@@ -677,14 +681,19 @@ impl Replication {
     /// Swaps a received snapshot in (between two applies, so none is in
     /// flight), if its replica still follows and it is ahead of what the
     /// replica has applied.
-    async fn install(&self, partition: PartitionId, through: Slot) -> Result<(), EngineError> {
+    async fn install(
+        self: &Rc<Self>,
+        partition: PartitionId,
+        through: Slot,
+        range: HashRange,
+    ) -> Result<(), EngineError> {
         let following = self
             .groups
             .borrow()
             .get(&partition)
             .is_some_and(|g| g.replica.is_follower());
         let (installed, retired) = if following {
-            self.engine.stage_install(partition, through)?
+            self.engine.stage_install(partition, through, range)?
         } else {
             (false, self.engine.stage_discard(partition))
         };
@@ -777,6 +786,7 @@ impl Replication {
                 from: me as u32,
                 stream,
                 through: view.through,
+                range: view.range,
                 after: after.take(),
                 entries,
                 last: !more,
@@ -889,6 +899,7 @@ impl Replication {
                             from: chunk.from,
                             stream: chunk.stream,
                             through: chunk.through,
+                            range: chunk.range,
                             after: None,
                             busy: true,
                         },
@@ -928,7 +939,7 @@ impl Replication {
             install.busy = true;
             self.installs_ready
                 .borrow_mut()
-                .push_back((partition, install.through));
+                .push_back((partition, install.through, install.range));
             self.apply_ready.notify(1);
         } else {
             install.after = next_after;
@@ -938,7 +949,7 @@ impl Replication {
 
     /// Applies one chosen value; the answer for its proposer.
     async fn apply_one(
-        &self,
+        self: &Rc<Self>,
         partition: PartitionId,
         slot: Slot,
         value: &Value,
@@ -966,6 +977,9 @@ impl Replication {
                 }
             }
         };
+        if let Some(Op::Split { at, child }) = command {
+            return self.apply_split(partition, slot, at, child).await;
+        }
         // Reads and admin ops are never proposed.
         let write = command.as_ref().and_then(Op::write);
         let returns = write.map(|(_, returns)| returns);
@@ -977,6 +991,59 @@ impl Replication {
             Err(error) if error.is_answer() => Ok(engine_error(&error)),
             Err(error) => Err(error),
         }
+    }
+
+    /// Applies a chosen split; the new partition joins its group once a
+    /// checkpoint holds it (before that a crash forgets it, and recovery
+    /// applies the split again), and answers "being created" until then.
+    async fn apply_split(
+        self: &Rc<Self>,
+        partition: PartitionId,
+        slot: Slot,
+        at: u64,
+        child: PartitionId,
+    ) -> Result<Response, EngineError> {
+        let began = self.begin_creating(child);
+        match self.engine.apply_split(partition, slot, at, child).await {
+            Ok(true) => {
+                tracing::info!(
+                    shard = self.shard,
+                    partition,
+                    slot,
+                    at,
+                    child,
+                    "partition split"
+                );
+                let replication = self.clone();
+                glommio::spawn_local(async move {
+                    if let Err(error) = replication.bring_up_child(child).await {
+                        tracing::error!(child, %error, "split partition not brought up");
+                    }
+                    replication.end_creating(child);
+                })
+                .detach();
+                Ok(Response::Done)
+            }
+            outcome => {
+                if began {
+                    self.end_creating(child);
+                }
+                match outcome {
+                    Ok(_) => Ok(Response::Done),
+                    Err(error) if error.is_answer() => Ok(engine_error(&error)),
+                    Err(error) => Err(error),
+                }
+            }
+        }
+    }
+
+    async fn bring_up_child(self: &Rc<Self>, child: PartitionId) -> Result<(), EngineError> {
+        // A checkpoint that began before the split may not hold the child:
+        // wait for one of our own.
+        while self.engine.checkpoint().await?.is_none() {
+            glommio::timer::sleep(Duration::from_millis(2)).await;
+        }
+        self.add_group(child).await
     }
 
     /// Sends what the outbox holds, one batch per peer shard at a time.

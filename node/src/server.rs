@@ -48,9 +48,10 @@ impl EngineError {
                 ErrorCode::Throttling
             }
             EngineError::Stopped(_) => ErrorCode::Unavailable,
-            EngineError::Replicated(_) | EngineError::InvalidSnapshot { .. } => {
-                ErrorCode::Validation
-            }
+            EngineError::Replicated(_)
+            | EngineError::InvalidSnapshot { .. }
+            | EngineError::InvalidSplit { .. } => ErrorCode::Validation,
+            EngineError::WrongPartition { .. } => ErrorCode::WrongPartition,
             _ => ErrorCode::Internal,
         }
     }
@@ -239,6 +240,15 @@ async fn answer(
             };
             return replication.receive_snapshot(chunk).await;
         }
+        NodeOp::Stats => {
+            return match (engine.stored_bytes(partition), engine.range(partition)) {
+                (Some(bytes), Some(range)) => Response::PartitionStats { bytes, range },
+                _ => Response::error(
+                    ErrorCode::ResourceNotFound,
+                    EngineError::UnknownPartition(partition).to_string(),
+                ),
+            };
+        }
         NodeOp::CreatePartition {
             schema,
             group: Some(spec),
@@ -258,6 +268,21 @@ async fn answer(
         return throttled;
     }
 
+    if let NodeOp::Scan {
+        hash_range: Some((first, last)),
+        ..
+    } = request.op
+        && let Some(range) = engine.range(partition)
+        && !(range.0 <= first && last <= range.1)
+    {
+        let error = EngineError::WrongPartition {
+            partition,
+            hash: first,
+            first: range.0,
+            last: range.1,
+        };
+        return Response::error(error.code(), error.to_string());
+    }
     let is_write = request.op.is_write();
     let read_consistency = match &request.op {
         NodeOp::Get { consistent, .. } | NodeOp::Scan { consistent, .. } => Some(*consistent),
@@ -358,17 +383,16 @@ const CREATION_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(2)
 /// schema, the item's size and shape.
 fn validate_write(engine: &Engine<DmaFs>, partition: u64, op: &Op) -> Result<(), EngineError> {
     let schema = engine.schema(partition)?;
-    match op {
+    let key = match op {
         Op::Put { item, .. } => {
-            schema.key_of_item(item)?;
             item.validate()?;
+            schema.key_of_item(item)?
         }
-        Op::Delete { key, .. } | Op::Update { key, .. } => {
-            schema.key_of_key(key)?;
-        }
-        _ => {} // only writes get here
-    }
-    Ok(())
+        Op::Delete { key, .. } | Op::Update { key, .. } => schema.key_of_key(key)?,
+        _ => return Ok(()), // a split: its apply decides
+    };
+    // A key a split moved away (checked again when applied).
+    engine.check_holds(partition, &key)
 }
 
 fn bound(bound: WireBound) -> std::ops::Bound<Vec<u8>> {
@@ -438,9 +462,10 @@ pub(crate) fn to_op(request: NodeRequest) -> Result<Op, DecodeError> {
             bytes_max: bytes_max as usize,
             resume_after,
         }),
-        NodeOp::Replication { .. } | NodeOp::Snapshot { .. } => {
+        NodeOp::Split { at, child } => Op::Split { at, child },
+        NodeOp::Replication { .. } | NodeOp::Snapshot { .. } | NodeOp::Stats => {
             return Err(DecodeError::Malformed(
-                "a replication message is not an operation".into(),
+                "a replication or stats message is not an operation".into(),
             ));
         }
     })

@@ -150,6 +150,11 @@ pub enum Op {
         key: Item,
     },
     Scan(ScanRequest),
+    /// Only through a replicated partition's log (docs/metadata.md).
+    Split {
+        at: u64,
+        child: PartitionId,
+    },
     Checkpoint,
 }
 
@@ -287,6 +292,13 @@ pub async fn execute(
         Op::Checkpoint => {
             engine.checkpoint().await?;
             Outcome::Done
+        }
+        Op::Split { .. } => {
+            return Err(EngineError::InvalidSplit {
+                partition,
+                reason: "only a replicated partition splits (through its log)".into(),
+            }
+            .into());
         }
     })
 }

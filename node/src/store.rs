@@ -23,8 +23,8 @@ use rkyv::rancor;
 
 use crate::device::{BLOCK_SIZE, BlockFile, FileSystem, OpenMode};
 use crate::page::{
-    ArchivedNodePage, CatalogPage, CatalogPageV1, PageAddr, PageBytes, PageCache, PageError,
-    PageKind, unframe, unframe_any,
+    ArchivedNodePage, CatalogPage, CatalogPageV1, CatalogPageV2, PageAddr, PageBytes, PageCache,
+    PageError, PageKind, unframe, unframe_any,
 };
 use crate::wal::Lsn;
 
@@ -255,14 +255,20 @@ impl<Fs: FileSystem> PageStore<Fs> {
 
     async fn read_catalog(&self, addr: PageAddr) -> Result<CatalogPage, StoreError> {
         let bytes = self.read_extent(addr).await?;
-        let (kind, archived) =
-            unframe_any(&bytes, addr, &[PageKind::Catalog, PageKind::CatalogV1])?;
+        let (kind, archived) = unframe_any(
+            &bytes,
+            addr,
+            &[PageKind::Catalog, PageKind::CatalogV2, PageKind::CatalogV1],
+        )?;
         let corrupt = |e: rancor::Error| PageError::Corrupt {
             addr: addr.0,
             reason: format!("catalog: {e}"),
         };
         let catalog = match kind {
             PageKind::CatalogV1 => rkyv::from_bytes::<CatalogPageV1, rancor::Error>(&archived)
+                .map_err(corrupt)?
+                .into(),
+            PageKind::CatalogV2 => rkyv::from_bytes::<CatalogPageV2, rancor::Error>(&archived)
                 .map_err(corrupt)?
                 .into(),
             _ => rkyv::from_bytes::<CatalogPage, rancor::Error>(&archived).map_err(corrupt)?,

@@ -14,7 +14,7 @@ use cairn_common::update::UpdateAction;
 use cairn_common::wire::ReturnValues;
 use cairn_common::{AttributeValue, Item, ItemError, KeyAttribute, KeySchema, KeyType, Number};
 use cairn_node::device::MemFs;
-use cairn_node::engine::{Engine, EngineConfig, EngineError};
+use cairn_node::engine::{Engine, EngineConfig, EngineError, WHOLE_RANGE, Write};
 use cairn_node::store::PAGE_FILE;
 use cairn_node::wal::WalConfig;
 use futures_lite::future::block_on;
@@ -194,7 +194,6 @@ fn update_sets_and_removes_attributes_and_creates_missing_items() {
 
 #[test]
 fn writes_return_the_image_they_are_asked_for() {
-    use cairn_node::engine::Write;
     let fs = MemFs::new();
     let engine = open(&fs);
     block_on(engine.create_partition(PARTITION, schema())).unwrap();
@@ -636,8 +635,6 @@ fn a_replicated_partition_recovers_its_paxos_state_across_checkpoints() {
 /// the old state, consistent.
 #[test]
 fn a_snapshot_replaces_a_replicas_state_and_is_durable_once_checkpointed() {
-    use cairn_node::engine::Write;
-
     let spec = |replica| group_spec(replica, 1);
     // Slot s writes item (s % 300) at version s, or deletes it when s % 7 == 0.
     let apply = |engine: &Engine<MemFs>, model: &mut Model, slot: u64| {
@@ -706,7 +703,9 @@ fn a_snapshot_replaces_a_replicas_state_and_is_durable_once_checkpointed() {
         assert!(chunks > 10, "{chunks} chunks");
         // Staged, not yet installed: the replica still serves its old state.
         assert_eq!(follower.applied_through(PARTITION), Some(30));
-        let (installed, retired) = follower.stage_install(PARTITION, view.through).unwrap();
+        let (installed, retired) = follower
+            .stage_install(PARTITION, view.through, view.range)
+            .unwrap();
         assert!(installed);
         block_on(follower.retire(retired)).unwrap();
     };
@@ -715,7 +714,9 @@ fn a_snapshot_replaces_a_replicas_state_and_is_durable_once_checkpointed() {
     assert_eq!(follower.applied_through(PARTITION), Some(1500));
     // A snapshot that is not ahead is refused and changes nothing.
     block_on(follower.stage_begin(PARTITION)).unwrap();
-    let (installed, retired) = follower.stage_install(PARTITION, 1400).unwrap();
+    let (installed, retired) = follower
+        .stage_install(PARTITION, 1400, WHOLE_RANGE)
+        .unwrap();
     assert!(!installed);
     block_on(follower.retire(retired)).unwrap();
     assert_matches_model(&follower, &at_snapshot);
@@ -748,4 +749,176 @@ fn a_snapshot_replaces_a_replicas_state_and_is_durable_once_checkpointed() {
     ));
     drop(view);
     let _ = leader;
+}
+
+/// The partition hash of a test item's key.
+fn hash_of(pk: u32, sk: i64) -> u64 {
+    let encoded = schema().key_of_key(&key(pk, sk)).unwrap();
+    cairn_common::key::key_hash(&encoded).unwrap()
+}
+
+fn scan_partition(engine: &Engine<MemFs>, partition: u64) -> Vec<Item> {
+    let mut items = Vec::new();
+    let mut resume: Option<Vec<u8>> = None;
+    loop {
+        let page = block_on(engine.scan(
+            partition,
+            (Bound::Unbounded, Bound::Unbounded),
+            false,
+            37,
+            resume.as_deref(),
+        ))
+        .unwrap();
+        items.extend(page.items);
+        match page.last_key {
+            Some(last) => resume = Some(last),
+            None => return items,
+        }
+    }
+}
+
+#[test]
+fn a_split_moves_the_upper_hashes_to_a_child_and_is_durable_with_it() {
+    const CHILD: u64 = PARTITION + 2; // same shard on 2-core members
+    const AT: u64 = 1 << 63;
+    let fs = MemFs::new();
+    let engine = open(&fs);
+    block_on(engine.create_replicated(PARTITION, schema(), group_spec(0, 2))).unwrap();
+    let mut model = Model::new();
+    for slot in 0..600u64 {
+        let pk = (slot % 400) as u32;
+        let item = item(pk, 0, slot, 100);
+        model.insert((pk, 0), item.clone());
+        let write = Write::Put {
+            item: &item,
+            condition: None,
+        };
+        block_on(engine.apply_committed(PARTITION, slot, Some((write, ReturnValues::None))))
+            .unwrap();
+        if slot == 300 {
+            block_on(engine.checkpoint()).unwrap();
+        }
+    }
+    let upper: Model = model
+        .iter()
+        .filter(|((pk, sk), _)| hash_of(*pk, *sk) >= AT)
+        .map(|(k, v)| (*k, v.clone()))
+        .collect();
+    let lower: Model = model
+        .iter()
+        .filter(|(k, _)| !upper.contains_key(k))
+        .map(|(k, v)| (*k, v.clone()))
+        .collect();
+    assert!(
+        upper.len() > 150 && lower.len() > 150,
+        "{} / {}",
+        upper.len(),
+        lower.len()
+    );
+
+    // Refusals are answers: the slot counts as applied, nothing changes.
+    let refused = block_on(engine.apply_split(PARTITION, 600, 0, CHILD));
+    assert!(
+        matches!(refused, Err(EngineError::InvalidSplit { .. })),
+        "{refused:?}"
+    );
+    let refused = block_on(engine.apply_split(PARTITION, 601, AT, PARTITION + 1));
+    assert!(
+        matches!(refused, Err(EngineError::InvalidSplit { .. })),
+        "other shard: {refused:?}"
+    );
+    assert_eq!(engine.applied_through(PARTITION), Some(602));
+    assert_eq!(engine.range(PARTITION), Some(WHOLE_RANGE));
+
+    // Sizes count keys and values: each item's encoded key and bytes.
+    let size = |model: &Model| -> u64 {
+        model
+            .values()
+            .map(|item| (schema().key_of_item(item).unwrap().len() + item.to_bytes().len()) as u64)
+            .sum()
+    };
+    assert_eq!(engine.stored_bytes(PARTITION), Some(size(&model)));
+    let split = |engine: &Engine<MemFs>| {
+        assert!(block_on(engine.apply_split(PARTITION, 602, AT, CHILD)).unwrap());
+        assert_eq!(engine.stored_bytes(PARTITION), Some(size(&lower)));
+        assert_eq!(engine.stored_bytes(CHILD), Some(size(&upper)));
+        assert_eq!(engine.range(PARTITION), Some((0, AT - 1)));
+        assert_eq!(engine.range(CHILD), Some((AT, u64::MAX)));
+        assert_eq!(engine.applied_through(PARTITION), Some(603));
+        assert_eq!(engine.applied_through(CHILD), Some(0));
+    };
+    let check = |engine: &Engine<MemFs>| {
+        let on = |partition| -> Vec<Item> { scan_partition(engine, partition) };
+        assert_eq!(on(PARTITION), lower.values().cloned().collect::<Vec<_>>());
+        assert_eq!(on(CHILD), upper.values().cloned().collect::<Vec<_>>());
+        for ((pk, sk), item) in &model {
+            let (home, away) = if upper.contains_key(&(*pk, *sk)) {
+                (CHILD, PARTITION)
+            } else {
+                (PARTITION, CHILD)
+            };
+            let got = block_on(engine.get_item(home, &key(*pk, *sk))).unwrap();
+            assert_eq!(got.as_ref(), Some(item));
+            let wrong = block_on(engine.get_item(away, &key(*pk, *sk)));
+            assert!(
+                matches!(wrong, Err(EngineError::WrongPartition { .. })),
+                "{wrong:?}"
+            );
+        }
+    };
+    split(&engine);
+    check(&engine);
+    // A write for a moved key, chosen after the split, is refused where
+    // it was proposed, as an answer.
+    let (pk, _) = *upper.keys().next().unwrap();
+    let moved = item(pk, 0, 9999, 10);
+    let write = Write::Put {
+        item: &moved,
+        condition: None,
+    };
+    let refused =
+        block_on(engine.apply_committed(PARTITION, 603, Some((write, ReturnValues::None))));
+    assert!(
+        matches!(refused, Err(EngineError::WrongPartition { .. })),
+        "{refused:?}"
+    );
+    // The same split again (a retried request) is done already.
+    assert!(!block_on(engine.apply_split(PARTITION, 604, AT, CHILD)).unwrap());
+    check(&engine);
+
+    // Power cut before a checkpoint: the parent whole at its old applied
+    // point, no child; applying the split again gives the same result.
+    drop(engine);
+    fs.crash(|| false);
+    let engine = open(&fs);
+    assert_eq!(engine.range(CHILD), None);
+    assert_eq!(engine.range(PARTITION), Some(WHOLE_RANGE));
+    assert_eq!(engine.applied_through(PARTITION), Some(301));
+    assert_eq!(scan_partition(&engine, PARTITION).len(), 301);
+    for slot in 301..600u64 {
+        let pk = (slot % 400) as u32;
+        let item = item(pk, 0, slot, 100);
+        let write = Write::Put {
+            item: &item,
+            condition: None,
+        };
+        block_on(engine.apply_committed(PARTITION, slot, Some((write, ReturnValues::None))))
+            .unwrap();
+    }
+    assert!(block_on(engine.apply_split(PARTITION, 600, 0, CHILD)).is_err());
+    assert!(block_on(engine.apply_split(PARTITION, 601, AT, PARTITION + 1)).is_err());
+    split(&engine);
+    check(&engine);
+    // Checkpointed: parent narrowed and child survive together.
+    block_on(engine.checkpoint()).unwrap();
+    drop(engine);
+    fs.crash(|| false);
+    let engine = open(&fs);
+    assert_eq!(engine.range(PARTITION), Some((0, AT - 1)));
+    assert_eq!(engine.range(CHILD), Some((AT, u64::MAX)));
+    assert_eq!(engine.applied_through(PARTITION), Some(603));
+    assert!(engine.is_replicated(CHILD));
+    assert_eq!(engine.stored_bytes(PARTITION), Some(size(&lower)));
+    assert_eq!(engine.stored_bytes(CHILD), Some(size(&upper)));
+    check(&engine);
 }

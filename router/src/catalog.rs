@@ -108,20 +108,7 @@ impl Table {
     }
 }
 
-/// The 64-bit hash that places a partition key: FNV-1a, then murmur3's
-/// fmix64 finalizer. Ranges split on the high bits, which FNV-1a alone
-/// mixes poorly for short, similar keys (one of 16 partitions got a third
-/// of its share in a test).
-pub fn partition_hash(bytes: &[u8]) -> u64 {
-    let mut hash = bytes.iter().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01B3)
-    });
-    hash ^= hash >> 33;
-    hash = hash.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
-    hash ^= hash >> 33;
-    hash = hash.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
-    hash ^ (hash >> 33)
-}
+pub use cairn_common::key::partition_hash;
 
 /// A core's copy of MemDS's catalog.
 #[derive(Debug, Default)]

@@ -65,6 +65,11 @@ const REFRESH_EVERY: Duration = Duration::from_millis(10);
 const MEMDS_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a request waits for a range it has no cached entry for.
 const LOCATE_DEADLINE: Duration = Duration::from_secs(1);
+/// How long a request follows `WrongPartition` answers (a split the
+/// partition map has not caught up with) before it fails, retryably.
+const SPLIT_FOLLOW_DEADLINE: Duration = Duration::from_secs(5);
+/// The pause between two of those attempts.
+const WRONG_PARTITION_BACKOFF: Duration = Duration::from_millis(10);
 /// A waiting request asks again this often (MemDS may not have loaded a
 /// new table yet).
 const LOCATE_RETRY: Duration = Duration::from_millis(50);
@@ -557,6 +562,9 @@ impl State {
                 Response::Tables(names)
             }
             ClientRequest::DeleteTable { table } => self.delete_table(&table).await,
+            ClientRequest::SplitPartition { table, partition } => {
+                self.split_partition(&table, partition).await
+            }
             ClientRequest::PutItem {
                 table,
                 item,
@@ -768,9 +776,43 @@ impl State {
 
     async fn forward_key(&self, table: &Table, encoded_key: &[u8], op: NodeOp) -> Response {
         let hash = partition_hash(partition_prefix(encoded_key));
-        match self.locate(table.id, hash).await {
-            Ok(located) => self.forward_admitted(table, &located.partition, op).await,
-            Err(response) => response,
+        self.forward_located(table, hash, |_| op.clone()).await
+    }
+
+    /// Forwards the operation `op` makes for the range holding `hash`,
+    /// following splits: a `WrongPartition` answer drops the cached range
+    /// and the key is located again (waiting for MemDS to learn the
+    /// split), until `LOCATE_DEADLINE`.
+    async fn forward_located(
+        &self,
+        table: &Table,
+        hash: u64,
+        op: impl Fn(&Located) -> NodeOp,
+    ) -> Response {
+        let deadline = Instant::now() + SPLIT_FOLLOW_DEADLINE;
+        loop {
+            let located = match self.locate(table.id, hash).await {
+                Ok(located) => located,
+                Err(response) => return response,
+            };
+            let response = self
+                .forward_admitted(table, &located.partition, op(&located))
+                .await;
+            let Response::Error {
+                code: ErrorCode::WrongPartition,
+                message,
+            } = &response
+            else {
+                return response;
+            };
+            self.cache.borrow_mut().forget(table.id, hash);
+            if Instant::now() >= deadline {
+                return Response::error(
+                    ErrorCode::Unavailable,
+                    format!("the partition map has not caught up with a split: {message}"),
+                );
+            }
+            glommio::timer::sleep(WRONG_PARTITION_BACKOFF).await;
         }
     }
 
@@ -938,6 +980,26 @@ impl State {
         Response::Done
     }
 
+    async fn split_partition(&self, name: &str, partition: Option<u64>) -> Response {
+        let (plan, version) = match self.meta.split_partition(name, partition, None).await {
+            Ok(done) => done,
+            Err(response) => return response,
+        };
+        tracing::info!(table = %name, parent = plan.parent, child = plan.child, at = plan.at, "partition split");
+        // Answer once every MemDS serves the new map.
+        if !self
+            .await_catalog(|tables| {
+                tables
+                    .iter()
+                    .any(|t| t.name == name && t.version >= version)
+            })
+            .await
+        {
+            tracing::warn!(table = %name, "a MemDS did not serve the split in time");
+        }
+        Response::Done
+    }
+
     async fn delete_table(&self, name: &str) -> Response {
         if let Err(response) = self.meta.delete_table(name).await {
             return response;
@@ -1011,8 +1073,19 @@ impl State {
             bytes_max: PAGE_BYTES_MAX as u32,
             resume_after: request.exclusive_start_key,
             consistent: request.consistent,
+            hash_range: None,
         };
-        self.forward_key(&table, &prefix, op).await
+        // The node checks the range too: a partition split since the
+        // cache learned it would answer an empty page.
+        let within = |located: &Located| {
+            let mut op = op.clone();
+            if let NodeOp::Scan { hash_range, .. } = &mut op {
+                *hash_range = Some((located.partition.start, located.last));
+            }
+            op
+        };
+        self.forward_located(&table, partition_hash(&prefix), within)
+            .await
     }
 
     /// A page of the whole table (or of one segment of it), partition by
@@ -1065,20 +1138,26 @@ impl State {
         // PAGE_BYTES_MAX, as one of a partition does.
         let mut bytes = 0usize;
         loop {
-            let located = match self.locate(table.id, hash).await {
-                Ok(located) => located,
-                Err(response) => return response,
+            let scanned = Cell::new(None);
+            let op = |located: &Located| {
+                scanned.set(Some(*located));
+                NodeOp::Scan {
+                    start: WireBound::Unbounded,
+                    end: WireBound::Unbounded,
+                    reverse: false,
+                    limit: limit - items.len() as u32,
+                    bytes_max: (PAGE_BYTES_MAX - bytes) as u32,
+                    resume_after: resume.clone(),
+                    consistent,
+                    hash_range: Some((located.partition.start, located.last)),
+                }
             };
-            let op = NodeOp::Scan {
-                start: WireBound::Unbounded,
-                end: WireBound::Unbounded,
-                reverse: false,
-                limit: limit - items.len() as u32,
-                bytes_max: (PAGE_BYTES_MAX - bytes) as u32,
-                resume_after: resume.take(),
-                consistent,
+            let response = self.forward_located(&table, hash, op).await;
+            resume = None;
+            let Some(located) = scanned.get() else {
+                return response;
             };
-            match self.forward_admitted(&table, &located.partition, op).await {
+            match response {
                 Response::Page {
                     items: page,
                     last_key,

@@ -45,6 +45,8 @@ pub fn start_memds(path: &Path) -> anyhow::Result<Memds> {
         .collect();
     let mut memds_config = MemdsConfig::new(file.listen, identity, nodes, file.node_server_name);
     memds_config.poll = std::time::Duration::from_millis(file.poll_ms.max(1));
+    memds_config.split_bytes = (file.split_bytes > 0).then_some(file.split_bytes);
+    memds_config.split_check = std::time::Duration::from_millis(file.split_check_ms.max(1));
     Memds::start(memds_config)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("starting the MemDS of {}", path.display()))
@@ -226,6 +228,8 @@ pub fn up(dir: &Path, cores: usize, port: u16, replication: u32) -> anyhow::Resu
                     private_key: "key.pem".into(),
                     node_server_name: "localhost".into(),
                     poll_ms: 50,
+                    split_bytes: cairn_memds::server::SPLIT_BYTES_DEFAULT,
+                    split_check_ms: 10_000,
                     nodes: entries.clone(),
                 },
             ))

@@ -112,7 +112,22 @@ pub struct MemdsFile {
     /// How often the map version is read, in milliseconds.
     #[serde(default = "fifty")]
     pub poll_ms: u64,
+    /// Split a replicated partition above this many bytes of keys and
+    /// items (default 10 GiB; 0: never).
+    #[serde(default = "split_bytes")]
+    pub split_bytes: u64,
+    /// How often partition sizes are checked, in milliseconds.
+    #[serde(default = "ten_thousand")]
+    pub split_check_ms: u64,
     pub nodes: Vec<NodeEntry>,
+}
+
+fn split_bytes() -> u64 {
+    cairn_memds::server::SPLIT_BYTES_DEFAULT
+}
+
+fn ten_thousand() -> u64 {
+    10_000
 }
 
 fn fifty() -> u64 {

@@ -1,4 +1,4 @@
-//! `cairn table create|describe|list|delete`: table admin through a router.
+//! `cairn table create|describe|list|delete|split`: table admin through a router.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,6 +53,16 @@ pub enum TableCommand {
     },
     Delete {
         name: String,
+        #[command(flatten)]
+        router: RouterArgs,
+    },
+    /// Split a partition of a replicated table in two at the middle of its
+    /// hash range (`cairn status` lists partition ids).
+    Split {
+        name: String,
+        /// The partition's id; without it, the table's widest partition.
+        #[arg(long)]
+        partition: Option<u64>,
         #[command(flatten)]
         router: RouterArgs,
     },
@@ -165,6 +175,19 @@ pub fn run(command: TableCommand) -> anyhow::Result<()> {
         TableCommand::Delete { name, router } => with_client(&router, async move |client| {
             client.delete_table(&name).await?;
             println!("deleted table {name}");
+            Ok(())
+        }),
+        TableCommand::Split {
+            name,
+            partition,
+            router,
+        } => with_client(&router, async move |client| {
+            client.split_partition(&name, partition).await?;
+            let table = client.describe_table(&name).await?;
+            println!(
+                "split a partition of {name}: it has {} partitions",
+                table.partitions
+            );
             Ok(())
         }),
     }

@@ -129,6 +129,12 @@ struct GroupCluster {
 
 impl GroupCluster {
     fn start(node_extra: &str) -> GroupCluster {
+        Self::start_with(node_extra, "")
+    }
+
+    /// As [`GroupCluster::start`]; `memds_extra` (top-level `key = value`
+    /// lines) replaces those keys in each MemDS config.
+    fn start_with(node_extra: &str, memds_extra: &str) -> GroupCluster {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let base = cairn_tests::free_udp_ports(200);
         let cluster_dir = dir.path().join("cluster");
@@ -139,6 +145,21 @@ impl GroupCluster {
             config.push_str(node_extra);
             std::fs::write(&node.config, config).unwrap();
             node.start();
+        }
+        for m in 1..=2 {
+            let path = cluster_dir.join(format!("memds-{m}.toml"));
+            let keys: Vec<&str> = memds_extra
+                .lines()
+                .filter_map(|line| line.split('=').next())
+                .map(str::trim)
+                .collect();
+            let config: String = std::fs::read_to_string(&path)
+                .unwrap()
+                .lines()
+                .filter(|line| !keys.iter().any(|k| line.starts_with(&format!("{k} "))))
+                .map(|line| format!("{line}\n"))
+                .collect();
+            std::fs::write(&path, format!("{memds_extra}{config}")).unwrap();
         }
         let memds = cairn_tests::start_memds(env!("CARGO_BIN_EXE_cairn"), &cluster_dir);
         let gac = cairn_tests::start_gac(env!("CARGO_BIN_EXE_cairn"), &cluster_dir);
@@ -522,5 +543,228 @@ fn a_replica_behind_every_log_is_caught_up_by_a_snapshot() {
             .put_item("kv-table", &versioned(7, 3), None)
             .await
             .unwrap();
+    });
+}
+
+/// What one writer of the split test did: the inserts it got an answer
+/// for, those whose answer was an error (applied or not), and its own
+/// overwritten key's last acknowledged and last attempted values.
+#[derive(Default, Debug)]
+struct WriterLog {
+    acknowledged: Vec<u64>,
+    uncertain: Vec<u64>,
+    hot_acknowledged: u64,
+    hot_attempted: u64,
+}
+
+fn named(name: String, v: u64) -> Item {
+    Item::new()
+        .with("id", AttributeValue::S(name))
+        .with("v", AttributeValue::N(Number::from_i64(v as i64)))
+}
+
+#[test]
+fn splits_under_load_lose_and_duplicate_nothing() {
+    const WRITERS: u64 = 6;
+    let cluster = GroupCluster::start("");
+    let (cert, router) = (cluster.cert.clone(), cluster.router);
+    let identity = Identity::trusting_pem_file(&cert).unwrap();
+    cairn_tests::with_client(router, &identity, async |client| {
+        let schema = KeySchema::new(KeyAttribute::new("id", KeyType::S), None);
+        client
+            .create_table("split-table", &schema, 1)
+            .await
+            .unwrap();
+    });
+    let progress = Arc::new(Progress::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = {
+        let (progress, stop, cert) = (progress.clone(), stop.clone(), cert.clone());
+        std::thread::spawn(move || {
+            let identity = Identity::trusting_pem_file(&cert).unwrap();
+            cairn_tests::with_client(router, &identity, async move |client| {
+                let client = Rc::new(client);
+                let tasks: Vec<_> = (0..WRITERS)
+                    .map(|w| {
+                        let (client, progress, stop) =
+                            (client.clone(), progress.clone(), stop.clone());
+                        glommio::spawn_local(async move {
+                            let mut log = WriterLog::default();
+                            let mut seq = 0;
+                            while !stop.load(Ordering::Relaxed) {
+                                seq += 1;
+                                let insert = named(format!("w{w}-{seq}"), seq);
+                                match client.put_item("split-table", &insert, None).await {
+                                    Ok(()) => {
+                                        log.acknowledged.push(seq);
+                                        progress.add();
+                                    }
+                                    Err(_) => log.uncertain.push(seq),
+                                }
+                                log.hot_attempted = seq;
+                                let hot = named(format!("hot-{w}"), seq);
+                                if client.put_item("split-table", &hot, None).await.is_ok() {
+                                    log.hot_acknowledged = seq;
+                                }
+                            }
+                            log
+                        })
+                    })
+                    .collect();
+                let mut logs = Vec::new();
+                for task in tasks {
+                    logs.push(task.await);
+                }
+                logs
+            })
+        })
+    };
+    progress.wait_for(300, "before the splits");
+    for split in 0..2 {
+        cairn_tests::with_client(router, &identity, async |client| {
+            client.split_partition("split-table", None).await.unwrap();
+        });
+        progress.wait_for(300, &format!("after split {split}"));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let logs = Arc::new(writers.join().unwrap());
+    let acknowledged: usize = logs.iter().map(|l| l.acknowledged.len()).sum();
+    let uncertain: usize = logs.iter().map(|l| l.uncertain.len()).sum();
+    eprintln!("splits under load: {acknowledged} inserts acknowledged, {uncertain} failed");
+    let checked = logs.clone();
+    cairn_tests::with_client(router, &identity, async move |client| {
+        let logs = checked;
+        let table = client.describe_table("split-table").await.unwrap();
+        assert_eq!(table.partitions, 3, "two splits of one partition");
+        // Every acknowledged write is there, with its value.
+        for (w, log) in logs.iter().enumerate() {
+            for &seq in &log.acknowledged {
+                let got = client
+                    .get_item("split-table", &key_named(format!("w{w}-{seq}")))
+                    .await
+                    .unwrap();
+                assert_eq!(got.as_ref().and_then(value_of), Some(seq), "w{w}-{seq}");
+            }
+            let hot = client
+                .get_item("split-table", &key_named(format!("hot-{w}")))
+                .await
+                .unwrap()
+                .as_ref()
+                .and_then(value_of)
+                .unwrap();
+            assert!(
+                (log.hot_acknowledged..=log.hot_attempted).contains(&hot),
+                "hot-{w} = {hot}, acknowledged {}, attempted {}",
+                log.hot_acknowledged,
+                log.hot_attempted
+            );
+        }
+        // A scan of the split table returns each item once, and nothing
+        // that was never written.
+        let mut seen = std::collections::HashSet::new();
+        let mut start = None;
+        loop {
+            let page = client.scan("split-table", 97, start).await.unwrap();
+            for item in page.items {
+                let Some(AttributeValue::S(name)) = item.get("id") else {
+                    panic!("an item without its key: {item:?}");
+                };
+                assert!(seen.insert(name.clone()), "{name} returned twice");
+            }
+            match page.last {
+                Some(last) => start = Some(last),
+                None => break,
+            }
+        }
+        for (w, log) in logs.iter().enumerate() {
+            assert!(seen.contains(&format!("hot-{w}")));
+            for seq in &log.acknowledged {
+                assert!(
+                    seen.contains(&format!("w{w}-{seq}")),
+                    "scan lost w{w}-{seq}"
+                );
+            }
+        }
+        let written: usize = logs
+            .iter()
+            .map(|l| l.acknowledged.len() + l.uncertain.len() + 1)
+            .sum();
+        assert!(
+            seen.len() <= written,
+            "{} items, {written} written",
+            seen.len()
+        );
+    });
+}
+
+fn key_named(name: String) -> Item {
+    Item::new().with("id", AttributeValue::S(name))
+}
+
+#[test]
+fn partitions_over_the_size_bound_are_split_until_none_is() {
+    const ITEMS: u64 = 600;
+    const BOUND: u64 = 30_000;
+    let cluster = GroupCluster::start_with(
+        "",
+        &format!("split_bytes = {BOUND}\nsplit_check_ms = 200\n"),
+    );
+    let identity = Identity::trusting_pem_file(&cluster.cert).unwrap();
+    cairn_tests::with_client(cluster.router, &identity, async |client| {
+        let schema = KeySchema::new(KeyAttribute::new("id", KeyType::S), None);
+        client.create_table("sized", &schema, 1).await.unwrap();
+        let mut stored = 0;
+        for i in 0..ITEMS {
+            let item = named(format!("item-{i}"), i).with("body", AttributeValue::B(vec![7; 100]));
+            stored += item.to_bytes().len() as u64;
+            // The moving half of a partition being split is unavailable
+            // (retryably) until its new group has a leader.
+            let deadline = Instant::now() + PROGRESS_TIMEOUT;
+            loop {
+                match client.put_item("sized", &item, None).await {
+                    Err(e) if e.is_retryable() && Instant::now() < deadline => continue,
+                    done => break done.unwrap(),
+                }
+            }
+        }
+        // MemDS checks sizes every 200 ms and splits one partition of a
+        // table per round, until each holds at most BOUND bytes: that
+        // takes at least stored / BOUND partitions.
+        let wanted = stored.div_ceil(BOUND) as u32;
+        let deadline = Instant::now() + PROGRESS_TIMEOUT;
+        let partitions = loop {
+            let partitions = client.describe_table("sized").await.unwrap().partitions;
+            if partitions >= wanted {
+                break partitions;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{partitions} partitions after {PROGRESS_TIMEOUT:?}; {stored} bytes need {wanted}"
+            );
+            glommio::timer::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(
+            partitions <= 4 * wanted,
+            "{partitions} partitions for {stored} bytes"
+        );
+        eprintln!("size splits: {stored} bytes in {partitions} partitions (bound {BOUND})");
+        for i in 0..ITEMS {
+            let got = client
+                .get_item("sized", &key_named(format!("item-{i}")))
+                .await
+                .unwrap();
+            assert_eq!(got.as_ref().and_then(value_of), Some(i), "item-{i}");
+        }
+        let mut count = 0;
+        let mut start = None;
+        loop {
+            let page = client.scan("sized", 1000, start).await.unwrap();
+            count += page.items.len() as u64;
+            match page.last {
+                Some(last) => start = Some(last),
+                None => break,
+            }
+        }
+        assert_eq!(count, ITEMS);
     });
 }

@@ -70,7 +70,7 @@ impl ApiError {
                 "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
             ),
             ErrorCode::Malformed => (400, "com.amazon.coral.service#SerializationException"),
-            ErrorCode::Unavailable | ErrorCode::Internal => {
+            ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::WrongPartition => {
                 (500, "com.amazonaws.dynamodb.v20120810#InternalServerError")
             }
         };
