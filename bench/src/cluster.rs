@@ -109,14 +109,13 @@ impl EmbeddedCluster {
             .enumerate()
             .map(|(id, node)| node.record(id))
             .collect();
-        let memds = Memds::start(MemdsConfig::new(
-            memds_addr,
-            identity.clone(),
-            records,
-            "localhost".into(),
-        ))
-        .map_err(anyhow::Error::msg)
-        .context("starting the embedded MemDS")?;
+        let mut memds_config =
+            MemdsConfig::new(memds_addr, identity.clone(), records, "localhost".into());
+        // A run measures a fixed layout: no split for consumption midway.
+        memds_config.split.ops_per_s = None;
+        let memds = Memds::start(memds_config)
+            .map_err(anyhow::Error::msg)
+            .context("starting the embedded MemDS")?;
         let gac_addr: SocketAddr =
             format!("127.0.0.1:{}", base + 2 + node_count * cores as u16).parse()?;
         let gac = Gac::start(GacConfig::new(gac_addr, identity.clone()))

@@ -284,8 +284,9 @@ pub enum NodeOp {
     /// Splits a replicated partition in two, through its log: hashes from
     /// `at` on move to the new partition `child` (same replicas, same
     /// shards; its id must equal the parent's modulo every member's core
-    /// count). Sent to the leader; `Done` once applied there, also when
-    /// the same split was applied before.
+    /// count). Sent to the leader; answered, once applied there, with the
+    /// parent's `PartitionStats` — also when `child` was split off before,
+    /// whatever its point: the range says where.
     Split { at: u64, child: u64 },
     /// What the replica holds of the partition: `PartitionStats`. Any
     /// replica answers (the control plane's size check).
@@ -363,11 +364,15 @@ pub enum Response {
         code: ErrorCode,
         message: String,
     },
-    /// `Stats`: bytes of keys and items stored, and the hash range served
-    /// (inclusive; as far as the node knows, docs/wire-format.md).
+    /// `Stats` (and a `Split`, for the parent after it): bytes of keys
+    /// and items stored, the hash range served (inclusive; as far as the
+    /// node knows, docs/wire-format.md), operations in the last whole
+    /// second and the median key hash they touched.
     PartitionStats {
         bytes: u64,
         range: (u64, u64),
+        ops_per_s: u64,
+        median: Option<u64>,
     },
 }
 

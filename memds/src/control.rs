@@ -361,6 +361,7 @@ impl MetaClient {
         &self,
         name: &str,
         partition: Option<u64>,
+        at: Option<u64>,
         expected: Option<u64>,
     ) -> Result<(meta::SplitPlan, u64), Response> {
         self.bootstrap().await?;
@@ -387,7 +388,8 @@ impl MetaClient {
             if expected.is_some_and(|v| v != table.version) {
                 return Err(changed());
             }
-            let plan = meta::plan_split(table, partition, &snapshot.nodes).map_err(validation)?;
+            let mut plan =
+                meta::plan_split(table, partition, at, &snapshot.nodes).map_err(validation)?;
             let replicas: Option<Vec<SocketAddr>> = table.partitions[plan.index]
                 .replicas
                 .as_slice()
@@ -409,7 +411,17 @@ impl MetaClient {
                 .forward(plan.parent, &replicas, &request, true, false)
                 .await
             {
-                Response::Done => {}
+                // The parent's range after the split: where it was made
+                // (another point, if an earlier attempt made it).
+                Response::PartitionStats { range, .. } if range.1 < plan.last => {
+                    plan.at = range.1 + 1;
+                }
+                Response::PartitionStats { .. } => {
+                    return Err(internal(format!(
+                        "partition {} answered a split without narrowing",
+                        plan.parent
+                    )));
+                }
                 other => return Err(unexpected(other)),
             }
             let version = self.increment("version").await?;
@@ -445,21 +457,32 @@ impl MetaClient {
         ))
     }
 
-    /// One round of the size check: asks a replica of every partition of
-    /// every active replicated table for its size, and splits the first
-    /// partition of each table found above `bytes_max` (one per table
-    /// and round: the record changes with it). Returns the splits made.
-    /// Any number of processes may run it: a split decided on a record
-    /// that changed meanwhile is dropped.
-    pub async fn split_oversized(&self, bytes_max: u64) -> Result<usize, Response> {
+    /// One round of the split checks: asks the leader of every partition
+    /// of every active replicated table for its size and load, and splits
+    /// the first partition of each table that needs it (one per table and
+    /// round: the record changes with it).
+    ///
+    /// - Above `bounds.bytes`: at the middle of its range.
+    /// - Above `bounds.ops_per_s` in this round and the last (`hot` holds
+    ///   the partitions that were, and is updated): at the median key hash
+    ///   of its traffic, so each half takes about half of it.
+    ///
+    /// Returns the splits made. Any number of processes may run it: a
+    /// split decided on a record that changed meanwhile is dropped.
+    pub async fn check_splits(
+        &self,
+        bounds: SplitBounds,
+        hot: &mut std::collections::HashSet<u64>,
+    ) -> Result<usize, Response> {
         self.bootstrap().await?;
         let snapshot = self.load().await?;
         let mut splits = 0;
+        let mut still_hot = std::collections::HashSet::new();
         for table in snapshot.tables.values() {
             if table.status != TableStatus::Active || table.replicas < 2 {
                 continue;
             }
-            for partition in &table.partitions {
+            for (index, partition) in table.partitions.iter().enumerate() {
                 let replicas: Option<Vec<SocketAddr>> = partition
                     .replicas
                     .as_slice()
@@ -472,29 +495,54 @@ impl MetaClient {
                     op: NodeOp::Stats,
                     limit: None,
                 });
+                // The leader: it alone sees the strongly consistent reads.
                 let stats = self
                     .links
-                    .forward(partition.id, &replicas, &request, false, true)
+                    .forward(partition.id, &replicas, &request, false, false)
                     .await;
-                let Response::PartitionStats { bytes, .. } = stats else {
+                let Response::PartitionStats {
+                    bytes,
+                    ops_per_s,
+                    median,
+                    ..
+                } = stats
+                else {
                     continue; // unreachable now: next round
                 };
-                if bytes <= bytes_max {
+                let last = table
+                    .partitions
+                    .get(index + 1)
+                    .map_or(u64::MAX, |next| next.start - 1);
+                let at = if bounds.bytes.is_some_and(|b| bytes > b) {
+                    tracing::info!(table = %table.name, partition = partition.id, bytes, "splitting an oversized partition");
+                    None
+                } else if bounds.ops_per_s.is_some_and(|b| ops_per_s > b) {
+                    still_hot.insert(partition.id);
+                    match median {
+                        Some(m)
+                            if hot.contains(&partition.id) && partition.start < m && m <= last =>
+                        {
+                            tracing::info!(table = %table.name, partition = partition.id, ops_per_s, median = m, "splitting a hot partition at its traffic's median");
+                            Some(m)
+                        }
+                        _ => continue,
+                    }
+                } else {
                     continue;
-                }
-                tracing::info!(table = %table.name, partition = partition.id, bytes, bytes_max, "splitting an oversized partition");
+                };
                 match self
-                    .split_partition(&table.name, Some(partition.id), Some(table.version))
+                    .split_partition(&table.name, Some(partition.id), at, Some(table.version))
                     .await
                 {
                     Ok(_) => splits += 1,
                     Err(error) => {
-                        tracing::warn!(table = %table.name, partition = partition.id, ?error, "size split not made");
+                        tracing::warn!(table = %table.name, partition = partition.id, ?error, "split not made");
                     }
                 }
                 break;
             }
         }
+        *hot = still_hot;
         Ok(splits)
     }
 
@@ -526,6 +574,16 @@ impl MetaClient {
         }
         self.increment("version").await.map(|_| ())
     }
+}
+
+/// When the control plane splits a partition by itself (`None`: never
+/// for that reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitBounds {
+    /// Bytes of keys and items.
+    pub bytes: Option<u64>,
+    /// Operations per second, in two checks in a row.
+    pub ops_per_s: Option<u64>,
 }
 
 /// An error passes through; any other answer is a protocol bug, reported.

@@ -371,9 +371,11 @@ pub struct SplitPlan {
 }
 
 /// Plans the split of `partition` (or, if `None`, of the table's widest
-/// partition) at the middle of its hash range. Deterministic in the
-/// record and the nodes, so a split retried after a crash asks for the
-/// same thing and the nodes answer it as done.
+/// partition) at hash `at` (by default the middle of its range; a split
+/// for consumption passes the median of the traffic). The child's id is
+/// deterministic in the record and the nodes, so a split retried after a
+/// crash names the same child, and the nodes answer it as done, with the
+/// point it was made at.
 ///
 /// The child's id is the parent's plus a multiple of the least common
 /// multiple of its nodes' core counts: it lives on the same shard of
@@ -382,6 +384,7 @@ pub struct SplitPlan {
 pub fn plan_split(
     table: &TableRecord,
     partition: Option<u64>,
+    at: Option<u64>,
     nodes: &BTreeMap<u16, NodeRecord>,
 ) -> Result<SplitPlan, String> {
     let parts = &table.partitions;
@@ -412,7 +415,13 @@ pub fn plan_split(
             parent.id
         ));
     }
-    let at = parent.start + (last - parent.start) / 2 + 1;
+    let at = at.unwrap_or(parent.start + (last - parent.start) / 2 + 1);
+    if !(parent.start < at && at <= last) {
+        return Err(format!(
+            "hash {at:#x} is not inside partition {}'s range after its first hash",
+            parent.id
+        ));
+    }
     let mut step = 1u64;
     for node in parent.replicas.as_slice() {
         let cores = u64::from(
@@ -595,11 +604,11 @@ mod tests {
         };
         let mut version = 1;
         for _ in 0..20 {
-            let plan = plan_split(&table, None, &nodes).unwrap();
+            let plan = plan_split(&table, None, None, &nodes).unwrap();
             version += 1;
             let next = split_record(&table, &plan, version);
             // Same record, same plan: a retry asks for the same split.
-            assert_eq!(plan_split(&table, None, &nodes).unwrap(), plan);
+            assert_eq!(plan_split(&table, None, None, &nodes).unwrap(), plan);
             for node in nodes.values() {
                 let cores = u64::from(node.cores);
                 assert_eq!(plan.child % cores, plan.parent % cores);
@@ -638,8 +647,14 @@ mod tests {
             partitions: new_partitions(8, 1, 1, 1, &all).unwrap(),
             ..table.clone()
         };
-        assert!(plan_split(&single, None, &nodes).is_err());
-        assert!(plan_split(&table, Some(12345), &nodes).is_err());
+        assert!(plan_split(&single, None, None, &nodes).is_err());
+        assert!(plan_split(&table, Some(12345), None, &nodes).is_err());
+        // A given point must fall inside the range, after its first hash.
+        let first = table.partitions[0];
+        assert!(plan_split(&table, Some(first.id), Some(first.start), &nodes).is_err());
+        let at = first.start + 12345;
+        let plan = plan_split(&table, Some(first.id), Some(at), &nodes).unwrap();
+        assert_eq!(plan.at, at);
     }
 
     #[test]

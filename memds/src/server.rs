@@ -21,7 +21,7 @@ use cairn_common::wire::{
     self, ErrorCode, MemdsRequest, MemdsResponse, WireLocated, WireNode, WireTable,
 };
 
-use crate::control::MetaClient;
+use crate::control::{MetaClient, SplitBounds};
 use crate::executor::{Ready, ServiceThread, Stopped};
 use crate::map::{Located, PartitionMap};
 use crate::meta::{NodeRecord, Snapshot};
@@ -42,15 +42,19 @@ pub struct MemdsConfig {
     pub poll: Duration,
     /// A full reload at least this often, whatever the version says.
     pub reload_every: Duration,
-    /// Split a replicated partition holding more than this many bytes of
-    /// keys and items (docs/metadata.md, "Splits"); `None`: never.
-    pub split_bytes: Option<u64>,
-    /// How often partition sizes are checked.
+    /// When to split a replicated partition (docs/metadata.md,
+    /// "Splits"): by size, and by load.
+    pub split: SplitBounds,
+    /// How often partition sizes and loads are checked.
     pub split_check: Duration,
 }
 
 /// DynamoDB's partition size bound.
 pub const SPLIT_BYTES_DEFAULT: u64 = 10 << 30;
+/// Operations per second a partition may serve, in two checks in a row,
+/// before it is split for consumption (DynamoDB's per-partition read
+/// limit).
+pub const SPLIT_OPS_DEFAULT: u64 = 3000;
 
 impl MemdsConfig {
     pub fn new(
@@ -66,7 +70,10 @@ impl MemdsConfig {
             node_server_name,
             poll: Duration::from_millis(50),
             reload_every: Duration::from_secs(5),
-            split_bytes: Some(SPLIT_BYTES_DEFAULT),
+            split: SplitBounds {
+                bytes: Some(SPLIT_BYTES_DEFAULT),
+                ops_per_s: Some(SPLIT_OPS_DEFAULT),
+            },
             split_check: Duration::from_secs(10),
         }
     }
@@ -171,8 +178,13 @@ async fn run(config: MemdsConfig, ready: Ready, stopped: Stopped) {
     let meta = Rc::new(MetaClient::new(links, config.nodes.clone()));
     let served = Rc::new(RefCell::new(Served::default()));
     let counters = Rc::new(Counters::default());
-    if let Some(bytes_max) = config.split_bytes {
-        glommio::spawn_local(split_by_size(meta.clone(), bytes_max, config.split_check)).detach();
+    if config.split.bytes.is_some() || config.split.ops_per_s.is_some() {
+        glommio::spawn_local(split_when_needed(
+            meta.clone(),
+            config.split,
+            config.split_check,
+        ))
+        .detach();
     }
     glommio::spawn_local(follow(
         meta,
@@ -233,12 +245,13 @@ async fn follow(
     }
 }
 
-/// Splits oversized partitions, one round every `every`.
-async fn split_by_size(meta: Rc<MetaClient>, bytes_max: u64, every: Duration) {
+/// Splits oversized and hot partitions, one round every `every`.
+async fn split_when_needed(meta: Rc<MetaClient>, bounds: SplitBounds, every: Duration) {
+    let mut hot = std::collections::HashSet::new();
     loop {
         glommio::timer::sleep(every).await;
-        if let Err(error) = meta.split_oversized(bytes_max).await {
-            tracing::debug!(?error, "MemDS: size check not done this round");
+        if let Err(error) = meta.check_splits(bounds, &mut hot).await {
+            tracing::debug!(?error, "MemDS: split check not done this round");
         }
     }
 }

@@ -31,6 +31,7 @@ use cairn_common::wire::{GroupSpec, ReturnValues};
 
 use crate::btree::{PageSource, ScanRange, Tree, TreeError};
 use crate::device::FileSystem;
+use crate::load::{Load, LoadTracker};
 use crate::page::{
     CatalogAccepted, CatalogEntry, CatalogGroup, CatalogPage, PageAddr, PageBytes, PageKind,
     archive_catalog, archive_node, frame, units_for,
@@ -383,6 +384,10 @@ pub struct Engine<Fs: FileSystem> {
     /// in the catalog (a crash forgets them), swapped in whole once
     /// complete ([`Engine::stage_install`]).
     staging: RefCell<BTreeMap<PartitionId, Tree>>,
+    /// Operations and key hashes per partition, for splits for
+    /// consumption.
+    load: RefCell<LoadTracker>,
+    epoch: std::time::Instant,
 }
 
 /// A frozen copy of a replicated partition's tree at an applied point, to
@@ -469,6 +474,8 @@ impl<Fs: FileSystem> Engine<Fs> {
             snapshot_pins: Rc::default(),
             pinned_free: RefCell::default(),
             staging: RefCell::default(),
+            load: RefCell::default(),
+            epoch: std::time::Instant::now(),
         };
         for record in records {
             engine.replay(record).await?;
@@ -715,8 +722,8 @@ impl<Fs: FileSystem> Engine<Fs> {
     /// partition's range are copied into a new replicated partition
     /// `child` (same schema, same members, this replica's index), which
     /// then serves that part of the range while the parent keeps the rest.
-    /// Returns whether `child` was created (`false`: this split was
-    /// applied before). Refusals ([`EngineError::InvalidSplit`]) are
+    /// Returns whether `child` was created (`false`: `child` was split off
+    /// this partition before, at whatever point). Refusals ([`EngineError::InvalidSplit`]) are
     /// answers: the slot counts as applied, on every replica alike.
     ///
     /// The copy goes into a staging tree and the swap has no await, so a
@@ -745,9 +752,11 @@ impl<Fs: FileSystem> Engine<Fs> {
             );
             (p.schema.clone(), group.spec.clone(), p.range)
         };
-        let exists = self.partitions.borrow().contains_key(&child);
-        if last.checked_add(1) == Some(at) && exists {
-            // The same split, applied before (a retried request).
+        let child_range = self.range(child);
+        let exists = child_range.is_some();
+        if child_range.is_some_and(|(start, _)| last.checked_add(1) == Some(start)) {
+            // Split off before (a retried request, maybe at another
+            // point): the parent's range tells where.
             self.with_group(partition, |g| g.mark_applied(slot))?;
             return Ok(false);
         }
@@ -852,6 +861,25 @@ impl<Fs: FileSystem> Engine<Fs> {
     /// The hashes `partition` serves.
     pub fn range(&self, partition: PartitionId) -> Option<HashRange> {
         Some(self.partitions.borrow().get(&partition)?.range)
+    }
+
+    /// `partition`'s operations in the last whole second and the median
+    /// key hash they touched.
+    pub fn load(&self, partition: PartitionId) -> Load {
+        let now = self.now_ns();
+        self.load.borrow_mut().load(partition, now)
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Counts an operation on `key` of `partition`.
+    fn observe(&self, partition: PartitionId, key: &[u8]) {
+        if let Some(hash) = cairn_common::key::key_hash(key) {
+            let now = self.now_ns();
+            self.load.borrow_mut().observe(partition, hash, now);
+        }
     }
 
     /// `Ok` if the item under `key` belongs to `partition`.
@@ -1198,6 +1226,7 @@ impl<Fs: FileSystem> Engine<Fs> {
     ) -> Result<(Option<Item>, Option<Item>), EngineError> {
         self.check_running()?;
         self.check_holds(partition, &key)?;
+        self.observe(partition, &key);
         if mode == WriteMode::Logged {
             if self.over_dirty_bound() {
                 return Err(EngineError::Throttled);
@@ -1382,6 +1411,7 @@ impl<Fs: FileSystem> Engine<Fs> {
         self.check_running()?;
         let key = self.schema(partition)?.key_of_key(key)?;
         self.check_holds(partition, &key)?;
+        self.observe(partition, &key);
         let item = self
             .read(partition, |tree, src| {
                 tree.get_with(&FnSource(src), &key, Item::decode)

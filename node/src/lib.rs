@@ -17,6 +17,7 @@ pub mod admission;
 pub mod btree;
 pub mod device;
 pub mod engine;
+pub mod load;
 pub mod metrics;
 pub mod page;
 pub mod paxos;

@@ -1022,14 +1022,14 @@ impl Replication {
                     replication.end_creating(child);
                 })
                 .detach();
-                Ok(Response::Done)
+                Ok(crate::server::stats(&self.engine, partition))
             }
             outcome => {
                 if began {
                     self.end_creating(child);
                 }
                 match outcome {
-                    Ok(_) => Ok(Response::Done),
+                    Ok(_) => Ok(crate::server::stats(&self.engine, partition)),
                     Err(error) if error.is_answer() => Ok(engine_error(&error)),
                     Err(error) => Err(error),
                 }

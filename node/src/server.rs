@@ -241,13 +241,7 @@ async fn answer(
             return replication.receive_snapshot(chunk).await;
         }
         NodeOp::Stats => {
-            return match (engine.stored_bytes(partition), engine.range(partition)) {
-                (Some(bytes), Some(range)) => Response::PartitionStats { bytes, range },
-                _ => Response::error(
-                    ErrorCode::ResourceNotFound,
-                    EngineError::UnknownPartition(partition).to_string(),
-                ),
-            };
+            return stats(engine, partition);
         }
         NodeOp::CreatePartition {
             schema,
@@ -326,6 +320,25 @@ async fn answer(
         admitter.charge_read(partition, bytes, consistent);
     }
     response
+}
+
+/// The `PartitionStats` answer for `partition`.
+pub(crate) fn stats(engine: &Engine<DmaFs>, partition: u64) -> Response {
+    match (engine.stored_bytes(partition), engine.range(partition)) {
+        (Some(bytes), Some(range)) => {
+            let load = engine.load(partition);
+            Response::PartitionStats {
+                bytes,
+                range,
+                ops_per_s: load.ops_per_s,
+                median: load.median,
+            }
+        }
+        _ => Response::error(
+            ErrorCode::ResourceNotFound,
+            EngineError::UnknownPartition(partition).to_string(),
+        ),
+    }
 }
 
 async fn create_replicated(

@@ -981,7 +981,7 @@ impl State {
     }
 
     async fn split_partition(&self, name: &str, partition: Option<u64>) -> Response {
-        let (plan, version) = match self.meta.split_partition(name, partition, None).await {
+        let (plan, version) = match self.meta.split_partition(name, partition, None, None).await {
             Ok(done) => done,
             Err(response) => return response,
         };

@@ -45,7 +45,10 @@ pub fn start_memds(path: &Path) -> anyhow::Result<Memds> {
         .collect();
     let mut memds_config = MemdsConfig::new(file.listen, identity, nodes, file.node_server_name);
     memds_config.poll = std::time::Duration::from_millis(file.poll_ms.max(1));
-    memds_config.split_bytes = (file.split_bytes > 0).then_some(file.split_bytes);
+    memds_config.split = cairn_memds::control::SplitBounds {
+        bytes: (file.split_bytes > 0).then_some(file.split_bytes),
+        ops_per_s: (file.split_ops_per_s > 0).then_some(file.split_ops_per_s),
+    };
     memds_config.split_check = std::time::Duration::from_millis(file.split_check_ms.max(1));
     Memds::start(memds_config)
         .map_err(anyhow::Error::msg)
@@ -229,6 +232,7 @@ pub fn up(dir: &Path, cores: usize, port: u16, replication: u32) -> anyhow::Resu
                     node_server_name: "localhost".into(),
                     poll_ms: 50,
                     split_bytes: cairn_memds::server::SPLIT_BYTES_DEFAULT,
+                    split_ops_per_s: cairn_memds::server::SPLIT_OPS_DEFAULT,
                     split_check_ms: 10_000,
                     nodes: entries.clone(),
                 },

@@ -116,7 +116,12 @@ pub struct MemdsFile {
     /// items (default 10 GiB; 0: never).
     #[serde(default = "split_bytes")]
     pub split_bytes: u64,
-    /// How often partition sizes are checked, in milliseconds.
+    /// Split a replicated partition serving more than this many
+    /// operations per second in two checks in a row, at the median of its
+    /// traffic (default 3000; 0: never).
+    #[serde(default = "split_ops")]
+    pub split_ops_per_s: u64,
+    /// How often partition sizes and loads are checked, in milliseconds.
     #[serde(default = "ten_thousand")]
     pub split_check_ms: u64,
     pub nodes: Vec<NodeEntry>,
@@ -124,6 +129,10 @@ pub struct MemdsFile {
 
 fn split_bytes() -> u64 {
     cairn_memds::server::SPLIT_BYTES_DEFAULT
+}
+
+fn split_ops() -> u64 {
+    cairn_memds::server::SPLIT_OPS_DEFAULT
 }
 
 fn ten_thousand() -> u64 {

@@ -768,3 +768,106 @@ fn partitions_over_the_size_bound_are_split_until_none_is() {
         assert_eq!(count, ITEMS);
     });
 }
+
+/// The first hash of each partition of `table`, from `cairn status`.
+fn partition_starts(cluster: &GroupCluster, table: &str) -> Vec<u64> {
+    let memds = format!("127.0.0.1:{}", cluster.base + 90);
+    let status = cairn_tests::stdout_of_success(
+        std::process::Command::new(env!("CARGO_BIN_EXE_cairn")).args([
+            "status",
+            "--memds",
+            &memds,
+            "--certificate",
+            cluster.cert.to_str().unwrap(),
+        ]),
+    );
+    let mut in_table = false;
+    let mut starts = Vec::new();
+    for line in status.lines() {
+        if line.starts_with("  ") && !line.starts_with("    ") {
+            in_table = line.trim_start().starts_with(&format!("{table} "));
+        } else if in_table && let Some((_, rest)) = line.split_once("hashes 0x") {
+            starts.push(u64::from_str_radix(&rest[..16], 16).unwrap());
+        }
+    }
+    starts
+}
+
+#[test]
+fn a_hot_partition_is_split_at_the_median_of_its_traffic() {
+    const HOT_KEYS: usize = 64;
+    let cluster = GroupCluster::start_with(
+        "",
+        "split_bytes = 0\nsplit_ops_per_s = 50\nsplit_check_ms = 300\n",
+    );
+    // Keys whose hashes all fall in the lowest sixteenth of the space: a
+    // split at the middle of the range would leave all of them on one side.
+    let schema = KeySchema::new(KeyAttribute::new("id", KeyType::S), None);
+    let hash_of = |name: &str| {
+        let encoded = schema.key_of_key(&key_named(name.to_owned())).unwrap();
+        cairn_common::key::key_hash(&encoded).unwrap()
+    };
+    let hot: Vec<String> = (0..)
+        .map(|i| format!("hot-{i}"))
+        .filter(|name| hash_of(name) < 1 << 60)
+        .take(HOT_KEYS)
+        .collect();
+    let identity = Identity::trusting_pem_file(&cluster.cert).unwrap();
+    let (router, stop) = (cluster.router, Arc::new(AtomicBool::new(false)));
+    let load = {
+        let (stop, hot, schema) = (stop.clone(), hot.clone(), schema.clone());
+        let cert = cluster.cert.clone();
+        std::thread::spawn(move || {
+            let identity = Identity::trusting_pem_file(&cert).unwrap();
+            cairn_tests::with_client(router, &identity, async move |client| {
+                client.create_table("hot", &schema, 1).await.unwrap();
+                let mut round = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    round += 1;
+                    for name in &hot {
+                        // Retryable errors while the split completes.
+                        let _ = client
+                            .put_item("hot", &named(name.clone(), round), None)
+                            .await;
+                    }
+                }
+                round
+            })
+        })
+    };
+    let deadline = Instant::now() + PROGRESS_TIMEOUT;
+    let starts = loop {
+        let starts = partition_starts(&cluster, "hot");
+        if starts.len() >= 2 {
+            break starts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no split within {PROGRESS_TIMEOUT:?}"
+        );
+        // Between two looks at the partition map, which a process prints.
+        std::thread::yield_now();
+    };
+    stop.store(true, Ordering::Relaxed);
+    let rounds = load.join().unwrap();
+    let at = starts[1];
+    let below = hot.iter().filter(|name| hash_of(name) < at).count();
+    eprintln!(
+        "hot partition split at {at:#x}: {below} of {HOT_KEYS} hot keys below, after {rounds} rounds"
+    );
+    assert!(at < 1 << 60, "split at {at:#x}, not among the hot keys");
+    assert!(
+        (HOT_KEYS / 4..=3 * HOT_KEYS / 4).contains(&below),
+        "{below} of {HOT_KEYS} hot keys below the split point {at:#x}"
+    );
+    // Both halves serve every hot key's last write.
+    cairn_tests::with_client(router, &identity, async move |client| {
+        for name in &hot {
+            let got = client
+                .get_item("hot", &key_named(name.clone()))
+                .await
+                .unwrap();
+            assert!(got.as_ref().and_then(value_of).is_some(), "{name}");
+        }
+    });
+}
