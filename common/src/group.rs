@@ -271,6 +271,12 @@ impl NodeLinks {
         }
     }
 
+    /// The replica (an index into its replicas) last seen leading
+    /// `partition`, if any.
+    pub fn leader_of(&self, partition: u64) -> Option<usize> {
+        self.leaders.borrow().get(&partition).copied()
+    }
+
     /// Drops a cached connection (after a failure seen elsewhere).
     pub fn drop_link(&self, addr: SocketAddr) {
         self.links.borrow_mut().remove(&addr);

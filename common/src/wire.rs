@@ -288,8 +288,8 @@ pub enum NodeOp {
     /// parent's `PartitionStats` — also when `child` was split off before,
     /// whatever its point: the range says where.
     Split { at: u64, child: u64 },
-    /// What the replica holds of the partition: `PartitionStats`. Any
-    /// replica answers (the control plane's size check).
+    /// What the partition's leader holds and serves: `PartitionStats`
+    /// (others answer `NotLeader`; the control plane's split checks).
     Stats,
     /// Replication messages between the replicas of groups on two shards
     /// (a node-internal format, docs/replication.md).

@@ -535,6 +535,11 @@ impl MetaClient {
                     .await
                 {
                     Ok(_) => splits += 1,
+                    // Another process made it (or another change) first.
+                    Err(Response::Error {
+                        code: ErrorCode::ConditionalCheckFailed,
+                        ..
+                    }) => {}
                     Err(error) => {
                         tracing::warn!(table = %table.name, partition = partition.id, ?error, "split not made");
                     }

@@ -426,6 +426,17 @@ impl Replication {
         }
     }
 
+    /// `Ok` if this replica leads `partition` (or runs no group of it),
+    /// else the `NotLeader` answer with its guess.
+    pub fn check_leads(&self, partition: PartitionId) -> Result<(), Response> {
+        match self.groups.borrow().get(&partition) {
+            Some(group) if !group.replica.is_leader() => Err(Response::NotLeader {
+                leader: group.replica.leader_hint().map(|h| h as u32),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Checks that a read of `partition` may be served here: `Ok` to read
     /// the local state, or the answer to give instead.
     pub async fn admit_read(

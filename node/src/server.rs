@@ -241,6 +241,12 @@ async fn answer(
             return replication.receive_snapshot(chunk).await;
         }
         NodeOp::Stats => {
+            // The leader's: it alone sees the strongly consistent reads.
+            if let Some(replication) = replication
+                && let Err(not_leader) = replication.check_leads(partition)
+            {
+                return not_leader;
+            }
             return stats(engine, partition);
         }
         NodeOp::CreatePartition {

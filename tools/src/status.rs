@@ -1,5 +1,6 @@
 //! `cairn status`: what MemDS serves — the map version, the registered
-//! nodes, and every table with its partitions' hash ranges and replicas.
+//! nodes, and every table with its partitions' hash ranges and replicas —
+//! and, from each partition's leader, its size and load.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -7,8 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use cairn_common::group::NodeLinks;
 use cairn_common::quic::{Connection, Endpoint, Identity};
-use cairn_common::wire::{self, MemdsRequest, MemdsResponse};
+use cairn_common::wire::{self, MemdsRequest, MemdsResponse, NodeOp, NodeRequest, Response};
 use glommio::{LocalExecutorBuilder, Placement};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -48,6 +50,7 @@ pub fn report(args: &StatusArgs) -> anyhow::Result<String> {
             else {
                 bail!("MemDS at {addr} did not send its catalog");
             };
+            let links = NodeLinks::new(endpoint.clone(), "localhost".into());
             let mut out = format!("map version {version} (from MemDS {addr})\n");
             let zone_of = |id: u16| {
                 nodes
@@ -84,14 +87,45 @@ pub fn report(args: &StatusArgs) -> anyhow::Result<String> {
                     );
                 };
                 for p in partitions {
+                    // Its leader's size and load (one round trip each).
+                    let addrs: Vec<SocketAddr> = p
+                        .replicas
+                        .iter()
+                        .filter_map(|id| nodes.iter().find(|n| n.id == *id))
+                        .filter_map(|n| {
+                            let base: SocketAddr = n.addr.parse().ok()?;
+                            let shard = p.id % u64::from(n.cores.max(1));
+                            Some(SocketAddr::new(base.ip(), base.port() + shard as u16))
+                        })
+                        .collect();
+                    let request = wire::encode_node_request(&NodeRequest {
+                        partition: p.id,
+                        op: NodeOp::Stats,
+                        limit: None,
+                    });
+                    let load = match links.forward(p.id, &addrs, &request, false, false).await {
+                        Response::PartitionStats {
+                            bytes, ops_per_s, ..
+                        } => format!("{bytes} bytes, {ops_per_s} ops/s"),
+                        _ => "size unknown (no leader answered)".into(),
+                    };
+                    let leader = links.leader_of(p.id);
                     let replicas: Vec<String> = p
                         .replicas
                         .iter()
-                        .map(|id| format!("node {id} ({})", zone_of(*id)))
+                        .enumerate()
+                        .map(|(i, id)| {
+                            let lead = if leader == Some(i) && p.replicas.len() > 1 {
+                                ", leader"
+                            } else {
+                                ""
+                            };
+                            format!("node {id} ({}{lead})", zone_of(*id))
+                        })
                         .collect();
                     writeln!(
                         out,
-                        "    partition {:#x}: hashes {:#018x}..={:#018x}, version {}, on {}",
+                        "    partition {:#x}: hashes {:#018x}..={:#018x}, version {}, {load}, on {}",
                         p.id,
                         p.start,
                         p.last,

@@ -787,10 +787,27 @@ fn partitions_over_the_size_bound_are_split_until_none_is() {
         }
         assert_eq!(count, ITEMS);
     });
+    // Each partition's leader reports what it holds: within the bound,
+    // and all of it together.
+    let sizes: Vec<u64> = partition_status(&cluster, "sized")
+        .into_iter()
+        .map(|(_, bytes)| bytes.expect("every partition's leader answers"))
+        .collect();
+    assert!(sizes.iter().all(|b| *b <= BOUND), "{sizes:?}");
+    assert!(sizes.iter().sum::<u64>() > ITEMS * 100, "{sizes:?}");
 }
 
 /// The first hash of each partition of `table`, from `cairn status`.
 fn partition_starts(cluster: &GroupCluster, table: &str) -> Vec<u64> {
+    partition_status(cluster, table)
+        .into_iter()
+        .map(|(start, _)| start)
+        .collect()
+}
+
+/// The first hash and the size its leader reports (if one answered) of
+/// each partition of `table`, from `cairn status`.
+fn partition_status(cluster: &GroupCluster, table: &str) -> Vec<(u64, Option<u64>)> {
     let memds = format!("127.0.0.1:{}", cluster.base + 90);
     let status = cairn_tests::stdout_of_success(
         std::process::Command::new(env!("CARGO_BIN_EXE_cairn")).args([
@@ -807,7 +824,11 @@ fn partition_starts(cluster: &GroupCluster, table: &str) -> Vec<u64> {
         if line.starts_with("  ") && !line.starts_with("    ") {
             in_table = line.trim_start().starts_with(&format!("{table} "));
         } else if in_table && let Some((_, rest)) = line.split_once("hashes 0x") {
-            starts.push(u64::from_str_radix(&rest[..16], 16).unwrap());
+            let bytes = line
+                .split(", ")
+                .find_map(|part| part.strip_suffix(" bytes"))
+                .map(|n| n.parse().unwrap());
+            starts.push((u64::from_str_radix(&rest[..16], 16).unwrap(), bytes));
         }
     }
     starts
