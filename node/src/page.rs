@@ -174,21 +174,19 @@ pub struct CatalogEntryV1 {
 
 impl From<CatalogPageV1> for CatalogPage {
     fn from(v1: CatalogPageV1) -> Self {
-        CatalogPage {
+        CatalogPageV2 {
             entries: v1
                 .entries
                 .into_iter()
-                .map(|e| CatalogEntry {
+                .map(|e| CatalogEntryV2 {
                     partition: e.partition,
                     schema: e.schema,
                     root: e.root,
                     group: None,
-                    range_first: 0,
-                    range_last: u64::MAX,
-                    bytes: 0,
                 })
                 .collect(),
         }
+        .into()
     }
 }
 

@@ -71,11 +71,16 @@ fn open(fs: &MemFs) -> Engine<MemFs> {
 
 /// Every item of the partition, in key order, through paged scans.
 fn scan_all(engine: &Engine<MemFs>, reverse: bool) -> Vec<Item> {
+    scan_pages(engine, PARTITION, reverse)
+}
+
+/// Every item of `partition`, in key order or reversed, in pages of 17.
+fn scan_pages(engine: &Engine<MemFs>, partition: u64, reverse: bool) -> Vec<Item> {
     let mut items = Vec::new();
     let mut resume: Option<Vec<u8>> = None;
     loop {
         let page = block_on(engine.scan(
-            PARTITION,
+            partition,
             (Bound::Unbounded, Bound::Unbounded),
             reverse,
             17,
@@ -757,26 +762,6 @@ fn hash_of(pk: u32, sk: i64) -> u64 {
     cairn_common::key::key_hash(&encoded).unwrap()
 }
 
-fn scan_partition(engine: &Engine<MemFs>, partition: u64) -> Vec<Item> {
-    let mut items = Vec::new();
-    let mut resume: Option<Vec<u8>> = None;
-    loop {
-        let page = block_on(engine.scan(
-            partition,
-            (Bound::Unbounded, Bound::Unbounded),
-            false,
-            37,
-            resume.as_deref(),
-        ))
-        .unwrap();
-        items.extend(page.items);
-        match page.last_key {
-            Some(last) => resume = Some(last),
-            None => return items,
-        }
-    }
-}
-
 #[test]
 fn a_split_moves_the_upper_hashes_to_a_child_and_is_durable_with_it() {
     const CHILD: u64 = PARTITION + 2; // same shard on 2-core members
@@ -848,7 +833,7 @@ fn a_split_moves_the_upper_hashes_to_a_child_and_is_durable_with_it() {
         assert_eq!(engine.applied_through(CHILD), Some(0));
     };
     let check = |engine: &Engine<MemFs>| {
-        let on = |partition| -> Vec<Item> { scan_partition(engine, partition) };
+        let on = |partition| -> Vec<Item> { scan_pages(engine, partition, false) };
         assert_eq!(on(PARTITION), lower.values().cloned().collect::<Vec<_>>());
         assert_eq!(on(CHILD), upper.values().cloned().collect::<Vec<_>>());
         for ((pk, sk), item) in &model {
@@ -894,7 +879,7 @@ fn a_split_moves_the_upper_hashes_to_a_child_and_is_durable_with_it() {
     assert_eq!(engine.range(CHILD), None);
     assert_eq!(engine.range(PARTITION), Some(WHOLE_RANGE));
     assert_eq!(engine.applied_through(PARTITION), Some(301));
-    assert_eq!(scan_partition(&engine, PARTITION).len(), 301);
+    assert_eq!(scan_pages(&engine, PARTITION, false).len(), 301);
     for slot in 301..600u64 {
         let pk = (slot % 400) as u32;
         let item = item(pk, 0, slot, 100);
