@@ -158,6 +158,27 @@ pub fn write_cluster_files(cairn: &str, dir: &Path, port: u16, replication: u32)
         &replication,
     ];
     Process::start(cairn, &args, "Cairn is up.").kill();
+    await_ports_released(port.parse().expect("a port"), 200);
+}
+
+/// Waits (at most 10 s) until the `count` ports from `base` can be bound
+/// again, UDP and TCP. A killed process's io_uring rings are torn down
+/// after it is reaped, and their sockets keep the ports until then: a
+/// process started at once on the same port would find it in use.
+pub fn await_ports_released(base: u16, count: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let free = |port: u16| {
+        std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+    };
+    while !(0..count).all(|offset| free(base + offset)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ports {base}..{} still in use 10 s after their process was killed",
+            base + count
+        );
+        std::thread::yield_now();
+    }
 }
 
 /// Starts the MemDS processes whose configs `cairn up` wrote in `dir`

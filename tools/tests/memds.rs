@@ -151,6 +151,8 @@ fn memds_sees_the_same_lookups_from_a_cold_router_as_from_a_warm_one() {
 
     // Every router restarts cold (here, the one).
     router_process.kill();
+    // Its QUIC port and its two TCP ports (DynamoDB, metrics).
+    cairn_tests::await_ports_released(base, 3);
     let _router = start_router();
     let before = memds_lookups(&memds, &identity);
     let (cold_requests, cold_time) = reads(router, &cert);
