@@ -140,6 +140,8 @@ impl NodeLinks {
             target = self.next_replica(addrs, target);
         }
         let mut last_error = String::from("no replica answered");
+        // Which replicas said they do not have the partition.
+        let mut not_found = vec![false; addrs.len()];
         while Instant::now() < deadline {
             let addr = addrs[target];
             let next = self.next_replica(addrs, target);
@@ -165,6 +167,21 @@ impl NodeLinks {
                     code: ErrorCode::Unavailable,
                     message,
                 }) if !is_write => {
+                    last_error = message;
+                    target = next;
+                }
+                // A replica that has not applied the split that creates
+                // the partition yet (it lags its group): nothing was done,
+                // so another replica may answer. Unknown to all of them,
+                // it is unknown.
+                Ok(Response::Error {
+                    code: ErrorCode::ResourceNotFound,
+                    message,
+                }) => {
+                    not_found[target] = true;
+                    if not_found.iter().all(|&said| said) {
+                        return Response::error(ErrorCode::ResourceNotFound, message);
+                    }
                     last_error = message;
                     target = next;
                 }
