@@ -201,11 +201,6 @@ impl Partition {
             range: WHOLE_RANGE,
         }
     }
-
-    /// Whether the item stored under `key` is this partition's.
-    fn holds(&self, key: &[u8]) -> bool {
-        in_range(self.range, key)
-    }
 }
 
 /// Whether the item stored under `key` hashes into `range`.
@@ -874,28 +869,37 @@ impl<Fs: FileSystem> Engine<Fs> {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Counts an operation on `key` of `partition`.
-    fn observe(&self, partition: PartitionId, key: &[u8]) {
-        if let Some(hash) = cairn_common::key::key_hash(key) {
+    /// Checks that the item under `key` is `partition`'s, and counts the
+    /// operation in the partition's load (one hash for both).
+    fn admit_key(&self, partition: PartitionId, key: &[u8]) -> Result<(), EngineError> {
+        let hash = cairn_common::key::key_hash(key);
+        self.check_hash(partition, hash)?;
+        if let Some(hash) = hash {
             let now = self.now_ns();
             self.load.borrow_mut().observe(partition, hash, now);
         }
+        Ok(())
     }
 
     /// `Ok` if the item under `key` belongs to `partition`.
     pub fn check_holds(&self, partition: PartitionId, key: &[u8]) -> Result<(), EngineError> {
+        self.check_hash(partition, cairn_common::key::key_hash(key))
+    }
+
+    fn check_hash(&self, partition: PartitionId, hash: Option<u64>) -> Result<(), EngineError> {
         let partitions = self.partitions.borrow();
         let p = partitions
             .get(&partition)
             .ok_or(EngineError::UnknownPartition(partition))?;
-        if p.holds(key) {
+        let (first, last) = p.range;
+        if p.range == WHOLE_RANGE || hash.is_some_and(|h| (first..=last).contains(&h)) {
             return Ok(());
         }
         Err(EngineError::WrongPartition {
             partition,
-            hash: cairn_common::key::key_hash(key).unwrap_or(0),
-            first: p.range.0,
-            last: p.range.1,
+            hash: hash.unwrap_or(0),
+            first,
+            last,
         })
     }
 
@@ -1225,8 +1229,7 @@ impl<Fs: FileSystem> Engine<Fs> {
         change: impl FnOnce(Option<Item>) -> Result<Option<Item>, EngineError>,
     ) -> Result<(Option<Item>, Option<Item>), EngineError> {
         self.check_running()?;
-        self.check_holds(partition, &key)?;
-        self.observe(partition, &key);
+        self.admit_key(partition, &key)?;
         if mode == WriteMode::Logged {
             if self.over_dirty_bound() {
                 return Err(EngineError::Throttled);
@@ -1410,8 +1413,7 @@ impl<Fs: FileSystem> Engine<Fs> {
     ) -> Result<Option<Item>, EngineError> {
         self.check_running()?;
         let key = self.schema(partition)?.key_of_key(key)?;
-        self.check_holds(partition, &key)?;
-        self.observe(partition, &key);
+        self.admit_key(partition, &key)?;
         let item = self
             .read(partition, |tree, src| {
                 tree.get_with(&FnSource(src), &key, Item::decode)

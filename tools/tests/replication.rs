@@ -749,7 +749,8 @@ fn partitions_over_the_size_bound_are_split_until_none_is() {
         }
         // MemDS checks sizes every 200 ms and splits one partition of a
         // table per round, until each holds at most BOUND bytes: that
-        // takes at least stored / BOUND partitions.
+        // takes at least stored / BOUND partitions. Each look is a round
+        // trip to the router, bounded by the deadline.
         let wanted = stored.div_ceil(BOUND) as u32;
         let deadline = Instant::now() + PROGRESS_TIMEOUT;
         let partitions = loop {
@@ -761,7 +762,6 @@ fn partitions_over_the_size_bound_are_split_until_none_is() {
                 Instant::now() < deadline,
                 "{partitions} partitions after {PROGRESS_TIMEOUT:?}; {stored} bytes need {wanted}"
             );
-            glommio::timer::sleep(Duration::from_millis(100)).await;
         };
         assert!(
             partitions <= 4 * wanted,
