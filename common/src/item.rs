@@ -366,6 +366,7 @@ fn write_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+#[derive(Debug, Clone)]
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
@@ -413,10 +414,11 @@ impl<'a> Reader<'a> {
     }
 
     fn string(&mut self) -> Result<String, CodecError> {
-        let bytes = self.bytes()?;
-        std::str::from_utf8(bytes)
-            .map(str::to_owned)
-            .map_err(|_| CodecError::InvalidUtf8)
+        self.str().map(str::to_owned)
+    }
+
+    fn str(&mut self) -> Result<&'a str, CodecError> {
+        std::str::from_utf8(self.bytes()?).map_err(|_| CodecError::InvalidUtf8)
     }
 
     fn number(&mut self) -> Result<Number, CodecError> {
@@ -466,7 +468,7 @@ impl<'a> Reader<'a> {
                 AttributeValue::Ss(
                     (0..count)
                         .map(|_| self.string())
-                        .collect::<Result<_, _>>()?,
+                        .collect::<Result<_, CodecError>>()?,
                 )
             }
             tag::NS => {
@@ -474,7 +476,7 @@ impl<'a> Reader<'a> {
                 AttributeValue::Ns(
                     (0..count)
                         .map(|_| self.number())
-                        .collect::<Result<_, _>>()?,
+                        .collect::<Result<_, CodecError>>()?,
                 )
             }
             tag::BS => {
@@ -484,6 +486,215 @@ impl<'a> Reader<'a> {
             }
             tag => return Err(CodecError::UnknownTag { tag }),
         })
+    }
+}
+
+/// A value read in place from an encoded item: strings and binaries
+/// borrow the encoding, and lists, maps and sets are iterated where they
+/// lie. Reading an item this way allocates nothing; the router writes a
+/// read's answer straight from the bytes the node sent.
+#[derive(Debug, Clone)]
+pub enum ValueRef<'a> {
+    S(&'a str),
+    N(Number),
+    B(&'a [u8]),
+    Bool(bool),
+    Null,
+    L(ValuesRef<'a>),
+    M(AttributesRef<'a>),
+    Ss(ValuesRef<'a>),
+    Ns(ValuesRef<'a>),
+    Bs(ValuesRef<'a>),
+}
+
+/// The attributes of an encoded item or map, in name order. Malformed
+/// bytes are an error where the iteration reaches them, and end it.
+#[derive(Debug, Clone)]
+pub struct AttributesRef<'a> {
+    reader: Reader<'a>,
+    left: usize,
+    depth: usize,
+    failed: bool,
+}
+
+/// The elements of an encoded list (any values) or set (strings, numbers
+/// or binaries, each yielded as the matching `ValueRef`).
+#[derive(Debug, Clone)]
+pub struct ValuesRef<'a> {
+    reader: Reader<'a>,
+    left: usize,
+    depth: usize,
+    tag: u8,
+    failed: bool,
+}
+
+impl<'a> AttributesRef<'a> {
+    /// The attributes of the encoded item `bytes`. Like [`Item::decode`],
+    /// the iteration fails on trailing bytes.
+    pub fn new(bytes: &'a [u8]) -> Result<AttributesRef<'a>, CodecError> {
+        let mut reader = Reader { bytes, at: 0 };
+        let left = reader.length()?;
+        Ok(AttributesRef {
+            reader,
+            left,
+            depth: 0,
+            failed: false,
+        })
+    }
+
+    /// Attributes still to come.
+    pub fn len(&self) -> usize {
+        self.left
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.left == 0
+    }
+}
+
+impl<'a> ValuesRef<'a> {
+    /// Elements still to come.
+    pub fn len(&self) -> usize {
+        self.left
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.left == 0
+    }
+}
+
+/// What ends an in-place iteration: nothing if every byte of its extent
+/// was read, else (once) the trailing bytes.
+fn trailing(reader: &Reader<'_>, failed: &mut bool) -> Option<CodecError> {
+    if *failed || reader.at == reader.bytes.len() {
+        return None;
+    }
+    *failed = true;
+    Some(CodecError::TrailingBytes {
+        count: reader.bytes.len() - reader.at,
+    })
+}
+
+impl<'a> Iterator for AttributesRef<'a> {
+    type Item = Result<(&'a str, ValueRef<'a>), CodecError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return trailing(&self.reader, &mut self.failed).map(Err);
+        }
+        let read = (|| {
+            let name = self.reader.str()?;
+            Ok((name, self.reader.value_ref(self.depth)?))
+        })();
+        self.left -= 1;
+        if read.is_err() {
+            self.left = 0;
+            self.failed = true;
+        }
+        Some(read)
+    }
+}
+
+impl<'a> Iterator for ValuesRef<'a> {
+    type Item = Result<ValueRef<'a>, CodecError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return trailing(&self.reader, &mut self.failed).map(Err);
+        }
+        let read = match self.tag {
+            tag::SS => self.reader.str().map(ValueRef::S),
+            tag::NS => self.reader.number().map(ValueRef::N),
+            tag::BS => self.reader.bytes().map(ValueRef::B),
+            _ => self.reader.value_ref(self.depth),
+        };
+        self.left -= 1;
+        if read.is_err() {
+            self.left = 0;
+            self.failed = true;
+        }
+        Some(read)
+    }
+}
+
+impl<'a> Reader<'a> {
+    /// One value in place. A list, map or set is walked once to find its
+    /// extent (no allocation), then handed out as an iterator over it.
+    fn value_ref(&mut self, depth: usize) -> Result<ValueRef<'a>, CodecError> {
+        if depth > NESTING_DEPTH_MAX {
+            return Err(CodecError::TooDeep);
+        }
+        Ok(match self.byte()? {
+            tag::S => ValueRef::S(self.str()?),
+            tag::N => ValueRef::N(self.number()?),
+            tag::B => ValueRef::B(self.bytes()?),
+            tag::FALSE => ValueRef::Bool(false),
+            tag::TRUE => ValueRef::Bool(true),
+            tag::NULL => ValueRef::Null,
+            tag @ (tag::L | tag::M | tag::SS | tag::NS | tag::BS) => {
+                let left = self.length()?;
+                let start = self.at;
+                for _ in 0..left {
+                    self.skip_element(tag, depth + 1)?;
+                }
+                let reader = Reader {
+                    bytes: &self.bytes[start..self.at],
+                    at: 0,
+                };
+                let depth = depth + 1;
+                let values = |reader| ValuesRef {
+                    reader,
+                    left,
+                    depth,
+                    tag,
+                    failed: false,
+                };
+                match tag {
+                    tag::L => ValueRef::L(values(reader)),
+                    tag::SS => ValueRef::Ss(values(reader)),
+                    tag::NS => ValueRef::Ns(values(reader)),
+                    tag::BS => ValueRef::Bs(values(reader)),
+                    _ => ValueRef::M(AttributesRef {
+                        reader,
+                        left,
+                        depth,
+                        failed: false,
+                    }),
+                }
+            }
+            tag => return Err(CodecError::UnknownTag { tag }),
+        })
+    }
+
+    /// Skips one element of a container with tag `container`.
+    fn skip_element(&mut self, container: u8, depth: usize) -> Result<(), CodecError> {
+        match container {
+            tag::L => self.skip_value(depth),
+            tag::M => {
+                self.bytes()?;
+                self.skip_value(depth)
+            }
+            tag::NS => self.number().map(drop),
+            _ => self.bytes().map(drop),
+        }
+    }
+
+    fn skip_value(&mut self, depth: usize) -> Result<(), CodecError> {
+        if depth > NESTING_DEPTH_MAX {
+            return Err(CodecError::TooDeep);
+        }
+        match self.byte()? {
+            tag::S | tag::B => self.bytes().map(drop),
+            tag::N => self.number().map(drop),
+            tag::FALSE | tag::TRUE | tag::NULL => Ok(()),
+            tag @ (tag::L | tag::M | tag::SS | tag::NS | tag::BS) => {
+                for _ in 0..self.length()? {
+                    self.skip_element(tag, depth + 1)?;
+                }
+                Ok(())
+            }
+            tag => Err(CodecError::UnknownTag { tag }),
+        }
     }
 }
 
@@ -550,6 +761,92 @@ mod tests {
             Item::decode(&[0xFF, 0xFF, 0xFF, 0xFF, 0x0F]),
             Err(CodecError::Truncated)
         );
+    }
+
+    /// The owned item an in-place view reads as.
+    fn owned(bytes: &[u8]) -> Result<Item, CodecError> {
+        fn value(read: ValueRef<'_>) -> Result<AttributeValue, CodecError> {
+            Ok(match read {
+                ValueRef::S(s) => AttributeValue::S(s.to_owned()),
+                ValueRef::N(n) => AttributeValue::N(n),
+                ValueRef::B(b) => AttributeValue::B(b.to_vec()),
+                ValueRef::Bool(b) => AttributeValue::Bool(b),
+                ValueRef::Null => AttributeValue::Null,
+                ValueRef::L(list) => {
+                    AttributeValue::L(list.map(|v| value(v?)).collect::<Result<_, _>>()?)
+                }
+                ValueRef::M(map) => AttributeValue::M(attributes(map)?),
+                ValueRef::Ss(set) => AttributeValue::Ss(
+                    set.map(|v| match v? {
+                        ValueRef::S(s) => Ok(s.to_owned()),
+                        other => panic!("a string set yielded {other:?}"),
+                    })
+                    .collect::<Result<_, CodecError>>()?,
+                ),
+                ValueRef::Ns(set) => AttributeValue::Ns(
+                    set.map(|v| match v? {
+                        ValueRef::N(n) => Ok(n),
+                        other => panic!("a number set yielded {other:?}"),
+                    })
+                    .collect::<Result<_, CodecError>>()?,
+                ),
+                ValueRef::Bs(set) => AttributeValue::Bs(
+                    set.map(|v| match v? {
+                        ValueRef::B(b) => Ok(b.to_vec()),
+                        other => panic!("a binary set yielded {other:?}"),
+                    })
+                    .collect::<Result<_, CodecError>>()?,
+                ),
+            })
+        }
+        fn attributes(
+            map: AttributesRef<'_>,
+        ) -> Result<BTreeMap<String, AttributeValue>, CodecError> {
+            map.map(|entry| {
+                let (name, v) = entry?;
+                Ok((name.to_owned(), value(v)?))
+            })
+            .collect()
+        }
+        Ok(Item {
+            attributes: attributes(AttributesRef::new(bytes)?)?,
+        })
+    }
+
+    #[test]
+    fn the_in_place_view_reads_what_decode_reads_and_refuses_what_it_refuses() {
+        let bytes = sample().to_bytes();
+        assert_eq!(owned(&bytes), Ok(sample()));
+        for cut in 0..bytes.len() {
+            assert!(owned(&bytes[..cut]).is_err(), "prefix of {cut} bytes read");
+        }
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert_eq!(owned(&extra), Err(CodecError::TrailingBytes { count: 1 }));
+        // Every single-byte corruption: the view and decode agree on the
+        // item or both refuse it.
+        for at in 0..bytes.len() {
+            for flip in [0x01, 0x80, 0xFF] {
+                let mut bad = bytes.clone();
+                bad[at] ^= flip;
+                assert_eq!(
+                    owned(&bad).is_ok(),
+                    Item::decode(&bad).is_ok(),
+                    "byte {at} ^ {flip:#x}"
+                );
+                if let Ok(item) = Item::decode(&bad) {
+                    assert_eq!(owned(&bad), Ok(item));
+                }
+            }
+        }
+        // Nesting deeper than DynamoDB allows is refused in place too.
+        let mut deep = AttributeValue::Null;
+        for _ in 0..=NESTING_DEPTH_MAX + 1 {
+            deep = AttributeValue::L(vec![deep]);
+        }
+        let deep = Item::new().with("d", deep).to_bytes();
+        assert_eq!(Item::decode(&deep), Err(CodecError::TooDeep));
+        assert_eq!(owned(&deep), Err(CodecError::TooDeep));
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub mod scrape;
 pub mod update;
 pub mod wire;
 
-pub use item::{AttributeValue, CodecError, Item, ItemError};
+pub use item::{AttributeValue, AttributesRef, CodecError, Item, ItemError, ValueRef, ValuesRef};
 pub use key::{KeyAttribute, KeyRange, KeySchema, KeyType, SchemaDecodeError};
 pub use number::{Number, NumberError};
 pub use path::{Path, Step};

@@ -10,7 +10,7 @@ use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType, Path}
 use serde_json::{Value as Json, json};
 
 use super::expr::{Placeholders, SortCondition};
-use super::json::{Body, ItemJson, item_from_json, item_to_json};
+use super::json::{Body, EncodedItemJson, ItemJson, item_from_json, item_to_json};
 use crate::State;
 
 /// Partitions a table created through this endpoint gets.
@@ -623,6 +623,19 @@ pub(crate) async fn dispatch(
                 return Err(unexpected());
             };
             match item {
+                Some(bytes) if shaping.projection.is_none() => {
+                    // The common read: the node's bytes straight to JSON.
+                    #[derive(serde::Serialize)]
+                    struct Found<'a> {
+                        #[serde(rename = "Item")]
+                        item: EncodedItemJson<'a>,
+                    }
+                    serde_json::to_vec(&Found {
+                        item: EncodedItemJson(&bytes),
+                    })
+                    .map(Reply::Bytes)
+                    .map_err(ApiError::internal)
+                }
                 Some(bytes) => {
                     let item =
                         Item::decode(&bytes).map_err(|e| ApiError::internal(e.to_string()))?;

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine as _;
-use cairn_common::{AttributeValue, Item, Number};
+use cairn_common::{AttributeValue, AttributesRef, CodecError, Item, Number, ValueRef, ValuesRef};
 use serde_json::{Map, Value as Json};
 
 /// Why a JSON value is not a DynamoDB attribute value.
@@ -236,6 +236,105 @@ impl serde::Serialize for ValueJson<'_> {
             }
         }
         map.end()
+    }
+}
+
+/// An encoded item (the node's bytes) written as DynamoDB JSON where it
+/// lies: names and strings are borrowed from the encoding and nothing is
+/// decoded into the item model first. Bytes that do not decode fail the
+/// serialization, so a corrupt item is reported, never half-written.
+#[derive(Debug)]
+pub struct EncodedItemJson<'a>(pub &'a [u8]);
+
+struct AttributesJson<'a>(std::cell::Cell<Option<AttributesRef<'a>>>);
+
+struct ValueRefJson<'a>(ValueRef<'a>);
+
+/// The elements of an encoded list or set, failing on the first that
+/// does not decode.
+struct ValuesJson<'a>(std::cell::Cell<Option<ValuesRef<'a>>>);
+
+fn codec<E: serde::ser::Error>(error: CodecError) -> E {
+    E::custom(format_args!("a stored item does not decode: {error}"))
+}
+
+impl serde::Serialize for EncodedItemJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let attributes = AttributesRef::new(self.0).map_err(codec)?;
+        AttributesJson(std::cell::Cell::new(Some(attributes))).serialize(serializer)
+    }
+}
+
+impl serde::Serialize for AttributesJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let attributes = self.0.take().expect("attributes are written once");
+        let mut map = serializer.serialize_map(Some(attributes.len()))?;
+        for entry in attributes {
+            let (name, value) = entry.map_err(codec)?;
+            map.serialize_entry(name, &ValueRefJson(value))?;
+        }
+        map.end()
+    }
+}
+
+impl serde::Serialize for ValuesJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let values = self.0.take().expect("elements are written once");
+        let mut seq = serializer.serialize_seq(Some(values.len()))?;
+        for value in values {
+            seq.serialize_element(&ValueRefJson(value.map_err(codec)?))?;
+        }
+        seq.end()
+    }
+}
+
+impl<'a> serde::Serialize for ValueRefJson<'a> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let once = |v: &ValuesRef<'a>| std::cell::Cell::new(Some(v.clone()));
+        let mut map = serializer.serialize_map(Some(1))?;
+        match &self.0 {
+            ValueRef::S(s) => map.serialize_entry("S", s)?,
+            ValueRef::N(n) => map.serialize_entry("N", &Text(n))?,
+            ValueRef::B(b) => map.serialize_entry("B", &Base64(b))?,
+            ValueRef::Bool(b) => map.serialize_entry("BOOL", b)?,
+            ValueRef::Null => map.serialize_entry("NULL", &true)?,
+            ValueRef::L(list) => map.serialize_entry("L", &ValuesJson(once(list)))?,
+            ValueRef::M(m) => {
+                map.serialize_entry("M", &AttributesJson(std::cell::Cell::new(Some(m.clone()))))?;
+            }
+            // Set elements are bare JSON strings, not typed values.
+            ValueRef::Ss(s) => map.serialize_entry("SS", &SetJson(once(s)))?,
+            ValueRef::Ns(s) => map.serialize_entry("NS", &SetJson(once(s)))?,
+            ValueRef::Bs(s) => map.serialize_entry("BS", &SetJson(once(s)))?,
+        }
+        map.end()
+    }
+}
+
+/// A set's elements as bare strings (numbers as text, binaries base64).
+struct SetJson<'a>(std::cell::Cell<Option<ValuesRef<'a>>>);
+
+impl serde::Serialize for SetJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let values = self.0.take().expect("elements are written once");
+        let mut seq = serializer.serialize_seq(Some(values.len()))?;
+        for value in values {
+            match value.map_err(codec)? {
+                ValueRef::S(s) => seq.serialize_element(s)?,
+                ValueRef::N(n) => seq.serialize_element(&Text(&n))?,
+                ValueRef::B(b) => seq.serialize_element(&Base64(b))?,
+                other => {
+                    return Err(serde::ser::Error::custom(format_args!(
+                        "a set holds {other:?}"
+                    )));
+                }
+            }
+        }
+        seq.end()
     }
 }
 
@@ -471,5 +570,37 @@ mod tests {
             assert_eq!((body.item, body.key, &body.json), (None, None, &bad));
         }
         assert!(Body::parse(b"{not json").is_err());
+    }
+
+    #[test]
+    fn an_encoded_item_is_written_as_its_decoded_form_is() {
+        let json = json!({
+            "s": {"S": "te\"xt\u{e9}"}, "n": {"N": "-12.50"}, "b": {"B": "AAEC"}, "t": {"BOOL": true},
+            "z": {"NULL": true}, "l": {"L": [{"N": "1"}, {"S": "x"}, {"L": []}, {"SS": ["q"]}]},
+            "m": {"M": {"k": {"BOOL": false}, "deep": {"M": {"x": {"NS": ["3", "1e2"]}}}}},
+            "ss": {"SS": ["b", "a"]}, "ns": {"NS": ["1", "2"]}, "bs": {"BS": ["AQ==", "AA=="]}
+        });
+        let item = item_from_json(&json).unwrap();
+        let bytes = item.to_bytes();
+        let direct = serde_json::to_vec(&EncodedItemJson(&bytes)).unwrap();
+        assert_eq!(direct, serde_json::to_vec(&ItemJson(&item)).unwrap());
+        // Whatever does not decode fails the serialization instead of
+        // writing part of an item.
+        for cut in 0..bytes.len() {
+            assert!(serde_json::to_vec(&EncodedItemJson(&bytes[..cut])).is_err());
+        }
+        for at in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x80;
+            let written = serde_json::to_vec(&EncodedItemJson(&bad));
+            match Item::decode(&bad) {
+                // The same item; a set may come out in its stored order.
+                Ok(decoded) => {
+                    let written: Json = serde_json::from_slice(&written.unwrap()).unwrap();
+                    assert_eq!(item_from_json(&written), Ok(decoded), "byte {at} flipped");
+                }
+                Err(_) => assert!(written.is_err(), "byte {at} flipped was written"),
+            }
+        }
     }
 }

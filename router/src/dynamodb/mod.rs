@@ -67,7 +67,10 @@ impl Parsed {
     }
 
     fn path(&self) -> &str {
-        &self.text[self.path.clone()]
+        match &self.text[self.path.clone()] {
+            "" => "/",
+            path => path,
+        }
     }
 
     /// The first header of this name, in any case.
@@ -97,22 +100,26 @@ fn parse(buffer: &[u8]) -> ParseOutcome {
     let mut request = httparse::Request::new(&mut slots);
     match request.parse(buffer) {
         Ok(httparse::Status::Complete(header_len)) => {
-            let mut text = String::with_capacity(header_len);
-            let mut push = |part: &[u8]| {
-                let start = text.len();
-                text.push_str(&String::from_utf8_lossy(part));
-                start..text.len()
+            // httparse's parts are slices of the head: copy the head once
+            // and keep where each part lies in it.
+            let Ok(text) = std::str::from_utf8(&buffer[..header_len]) else {
+                return ParseOutcome::Bad("request headers are not UTF-8");
             };
-            let method = push(request.method.unwrap_or_default().as_bytes());
-            let path = push(request.path.unwrap_or("/").as_bytes());
+            let base = buffer.as_ptr() as usize;
+            let at = |part: &[u8]| {
+                let start = part.as_ptr() as usize - base;
+                start..start + part.len()
+            };
+            let method = request.method.map_or(0..0, |m| at(m.as_bytes()));
+            let path = request.path.map_or(0..0, |p| at(p.as_bytes()));
             let headers: Vec<(Range<usize>, Range<usize>)> = request
                 .headers
                 .iter()
-                .map(|h| (push(h.name.as_bytes()), push(h.value)))
+                .map(|h| (at(h.name.as_bytes()), at(h.value)))
                 .collect();
             let mut parsed = Parsed {
                 header_len,
-                text,
+                text: text.to_owned(),
                 method,
                 path,
                 headers,
@@ -283,20 +290,83 @@ async fn respond(
     close: bool,
 ) -> std::io::Result<()> {
     let body = reply.into_bytes();
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        413 => "Payload Too Large",
-        _ => "Internal Server Error",
+    let status_line: &[u8] = match status {
+        200 => b"HTTP/1.1 200 OK\r\n",
+        400 => b"HTTP/1.1 400 Bad Request\r\n",
+        413 => b"HTTP/1.1 413 Payload Too Large\r\n",
+        _ => b"HTTP/1.1 500 Internal Server Error\r\n",
     };
-    let head = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/x-amz-json-1.0\r\nContent-Length: {}\r\nx-amzn-RequestId: cairn\r\n{}\r\n",
-        body.len(),
-        if close { "Connection: close\r\n" } else { "" }
-    );
-    // One write per response: two would wait on each other's ACK.
-    let mut response = head.into_bytes();
+    // One write per response: two would wait on each other's ACK. The
+    // head is assembled from fixed parts, without a formatting call.
+    let mut response = Vec::with_capacity(160 + body.len());
+    response.extend_from_slice(status_line);
+    response.extend_from_slice(b"Content-Type: application/x-amz-json-1.0\r\nContent-Length: ");
+    push_decimal(&mut response, body.len());
+    response.extend_from_slice(b"\r\nx-amzn-RequestId: cairn\r\n");
+    if close {
+        response.extend_from_slice(b"Connection: close\r\n");
+    }
+    response.extend_from_slice(b"\r\n");
     response.extend_from_slice(&body);
     stream.write_all(&response).await?;
     stream.flush().await
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_head_is_parsed_into_ranges_of_one_copy() {
+        let request = b"POST /?a=1 HTTP/1.1\r\nHost: x\r\nX-Amz-Target: DynamoDB_20120810.GetItem\r\nContent-Length: 12\r\n\r\n{\"Key\":null}";
+        let ParseOutcome::Complete(parsed) = parse(request) else {
+            panic!("a whole head parses");
+        };
+        assert_eq!(parsed.method(), "POST");
+        assert_eq!(parsed.path(), "/?a=1");
+        assert_eq!(parsed.header("host"), Some("x"));
+        assert_eq!(
+            parsed.header("x-amz-target"),
+            Some("DynamoDB_20120810.GetItem")
+        );
+        assert_eq!(parsed.content_length, 12);
+        assert_eq!(&request[parsed.header_len..], b"{\"Key\":null}");
+        assert_eq!(
+            parsed.header_pairs(),
+            vec![
+                ("Host", "x"),
+                ("X-Amz-Target", "DynamoDB_20120810.GetItem"),
+                ("Content-Length", "12")
+            ]
+        );
+        assert!(matches!(parse(&request[..30]), ParseOutcome::Partial));
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nX: \xff\r\n\r\n"),
+            ParseOutcome::Bad(_)
+        ));
+    }
+
+    #[test]
+    fn decimals_are_written_without_formatting() {
+        for n in [0, 7, 10, 99, 1234, 16 << 20, usize::MAX] {
+            let mut out = b"x".to_vec();
+            push_decimal(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+        }
+    }
 }
