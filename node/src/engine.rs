@@ -240,6 +240,12 @@ mod record {
     pub const COMMIT: u8 = 7;
 }
 
+/// Membership changes have no record or catalog form yet; the driver
+/// proposes none and refuses peers' messages that carry one, so none
+/// reaches the engine.
+const NO_MEMBERSHIP_CHANGES: &str =
+    "a membership change reached the engine: the replication driver refuses them";
+
 /// The body of a PROMISE or ACCEPT record.
 fn encode_persist(persist: &Persist) -> Vec<u8> {
     match persist {
@@ -258,6 +264,7 @@ fn encode_persist(persist: &Persist) -> Vec<u8> {
             let command: &[u8] = match value {
                 Value::Noop => &[],
                 Value::Command(command) => command,
+                Value::Reconfigure(_) => unreachable!("{NO_MEMBERSHIP_CHANGES}"),
             };
             let mut out = Vec::with_capacity(26 + command.len());
             out.push(record::ACCEPT);
@@ -1770,6 +1777,7 @@ impl GroupLog {
                     command: match value {
                         Value::Noop => None,
                         Value::Command(command) => Some(command.clone()),
+                        Value::Reconfigure(_) => unreachable!("{NO_MEMBERSHIP_CHANGES}"),
                     },
                 })
                 .collect(),

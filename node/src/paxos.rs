@@ -54,6 +54,96 @@ pub enum Value {
     /// Fills a slot a new leader found empty.
     Noop,
     Command(Vec<u8>),
+    /// The group's members from the next slot on.
+    Reconfigure(Membership),
+}
+
+/// One member of a group.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub struct Member {
+    pub id: ReplicaId,
+    /// A log replica: it accepts values and counts in every quorum, but
+    /// holds no state machine, so it never stands for leader.
+    pub log_only: bool,
+}
+
+/// The members of a group, which decide its quorums: a majority of them.
+/// The membership of slot `s` is the one the last `Reconfigure` chosen
+/// below `s` names (the group's first one below that).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Membership {
+    /// By id, each once.
+    members: Vec<Member>,
+}
+
+/// Why a membership cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    /// Log replicas stand in for a minority: a majority of members
+    /// must hold a state machine, so some full member can always be
+    /// elected by the others.
+    #[error("full members must be a majority of the group")]
+    TooFewFullMembers,
+    #[error("replica {0} is named twice")]
+    Duplicate(ReplicaId),
+}
+
+impl Membership {
+    /// Checks and sorts `members`.
+    pub fn new(mut members: Vec<Member>) -> Result<Membership, MembershipError> {
+        members.sort_unstable_by_key(|m| m.id);
+        if let Some(pair) = members.windows(2).find(|pair| pair[0].id == pair[1].id) {
+            return Err(MembershipError::Duplicate(pair[0].id));
+        }
+        let full = members.iter().filter(|m| !m.log_only).count();
+        if full * 2 <= members.len() {
+            return Err(MembershipError::TooFewFullMembers);
+        }
+        Ok(Membership { members })
+    }
+
+    /// Full members with these ids (at least one).
+    pub fn full(ids: impl IntoIterator<Item = ReplicaId>) -> Result<Membership, MembershipError> {
+        Membership::new(
+            ids.into_iter()
+                .map(|id| Member {
+                    id,
+                    log_only: false,
+                })
+                .collect(),
+        )
+    }
+
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = ReplicaId> + '_ {
+        self.members.iter().map(|m| m.id)
+    }
+
+    pub fn contains(&self, id: ReplicaId) -> bool {
+        self.members.iter().any(|m| m.id == id)
+    }
+
+    /// Whether `id` may lead: a member that holds a state machine.
+    pub fn is_full_member(&self, id: ReplicaId) -> bool {
+        self.members.iter().any(|m| m.id == id && !m.log_only)
+    }
+
+    /// Whether `voters` include a majority of the members. Voters that
+    /// are not members do not count. (Counted without trusting the order
+    /// of `members`: a membership may come off the network.)
+    pub fn is_quorum<'a>(&self, voters: impl IntoIterator<Item = &'a ReplicaId>) -> bool {
+        let counted = voters.into_iter().filter(|v| self.contains(**v)).count();
+        counted > self.members.len() / 2
+    }
+
+    fn majority(&self) -> usize {
+        self.members.len() / 2 + 1
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -171,7 +261,6 @@ impl DurableState {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub id: ReplicaId,
-    pub replicas: usize,
     pub heartbeat_interval: Duration,
     /// How long an acknowledged heartbeat lets the leader serve reads
     /// alone; a follower refuses other candidates for as long. Must be
@@ -193,6 +282,19 @@ pub struct NotLeader {
     pub hint: Option<ReplicaId>,
 }
 
+/// Why a membership change was not proposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ReconfigureError {
+    #[error(transparent)]
+    NotLeader(#[from] NotLeader),
+    /// One change at a time: the last one is not chosen yet (retry).
+    #[error("a membership change is already in progress")]
+    InProgress,
+    /// The leader would remove or demote itself; move leadership first.
+    #[error("the leader must stay a full member")]
+    RemovesLeader,
+}
+
 #[derive(Debug)]
 enum Role {
     Follower,
@@ -205,11 +307,17 @@ enum Role {
         ballot: Ballot,
         from_slot: Slot,
         promises: BTreeMap<ReplicaId, Vec<(Slot, Ballot, Value)>>,
+        /// Replicas sent a Prepare: the members of the membership at
+        /// `from_slot`, then those of every membership the promises name.
+        asked: BTreeSet<ReplicaId>,
     },
     Leader {
         ballot: Ballot,
         next_slot: Slot,
         votes: BTreeMap<Slot, BTreeSet<ReplicaId>>,
+        /// Memberships this leader proposed (or took over) at slots not
+        /// yet chosen, keyed by the first slot they govern.
+        planned: BTreeMap<Slot, Membership>,
     },
 }
 
@@ -227,6 +335,10 @@ pub struct Replica {
     log_start: Slot,
     /// Slots below were reported in `Ready::committed`.
     reported_through: Slot,
+    /// Memberships by the first slot they govern, as chosen values (or
+    /// the one this replica started from) decide them. Empty for a
+    /// replica that joined a group and has not learned its membership.
+    configs: BTreeMap<Slot, Membership>,
     /// The leader's ballot and commit point, as last heard.
     leader: Option<(Ballot, Slot)>,
     election_deadline: Option<Instant>,
@@ -252,11 +364,15 @@ impl Replica {
     /// A replica starting at `now` from `state` (empty for a new one, or
     /// what a crashed one had made durable), whose state machine has
     /// applied every slot below `applied_through` (those slots are chosen,
-    /// and are not reported again). It may have granted a lease before it
-    /// crashed and forgotten it, so for one lease period it promises no
-    /// candidate.
+    /// and are not reported again) and holds `membership`, the group's
+    /// membership at that slot. A replica joining an existing group does
+    /// not know it yet (`None`): it accepts values, but stands for leader
+    /// only once a snapshot or the chosen values tell it its membership.
+    /// It may have granted a lease before it crashed and forgotten it, so
+    /// for one lease period it promises no candidate.
     pub fn new(
         config: Config,
+        membership: Option<Membership>,
         state: DurableState,
         applied_through: Slot,
         now: Instant,
@@ -277,6 +393,9 @@ impl Replica {
             commit_through: applied_through,
             log_start,
             reported_through: applied_through,
+            configs: membership
+                .map(|m| BTreeMap::from([(applied_through, m)]))
+                .unwrap_or_default(),
             leader: None,
             election_deadline: None,
             last_heartbeat: None,
@@ -339,30 +458,71 @@ impl Replica {
         }
         self.state.accepted = self.state.accepted.split_off(&below);
         self.log_start = below;
+        // Keep the membership in force at the log's start and later ones.
+        if let Some((&first, _)) = self.configs.range(..=below).next_back() {
+            self.configs = self.configs.split_off(&first);
+        }
     }
 
     /// Tells a follower that its state machine now holds a snapshot of
     /// every slot below `through` (a leader's applied state, so a prefix of
-    /// chosen values): those slots count as chosen and reported, and their
+    /// chosen values), with `membership` the group's membership at
+    /// `through`: those slots count as chosen and reported, and their
     /// values here are dropped as by [`Replica::compact`]. A snapshot that
     /// adds nothing changes nothing, nor does one offered to a leader or a
     /// candidate (it will take its slots over from promises instead).
-    pub fn installed(&mut self, through: Slot) {
+    pub fn installed(&mut self, through: Slot, membership: Membership) {
         if !self.is_follower() || through <= self.reported_through {
             return;
         }
         self.commit_through = self.commit_through.max(through);
         self.reported_through = through;
+        self.configs.split_off(&through);
+        self.configs.insert(through, membership);
         self.compact(through);
         self.learn_commits();
     }
 
-    fn majority(&self) -> usize {
-        self.config.replicas / 2 + 1
+    /// The membership of `slot`, as far as this replica knows it: from
+    /// chosen values, and for a leader also from the values it proposed
+    /// (which, if `slot` is ever chosen in its ballot, are chosen too).
+    pub fn membership_at(&self, slot: Slot) -> Option<&Membership> {
+        let chosen = self.configs.range(..=slot).next_back();
+        let planned = match &self.role {
+            Role::Leader { planned, .. } => planned.range(..=slot).next_back(),
+            _ => None,
+        };
+        match (chosen, planned) {
+            (Some(c), Some(p)) => Some(if p.0 > c.0 { p.1 } else { c.1 }),
+            (c, p) => c.or(p).map(|(_, m)| m),
+        }
     }
 
-    fn peers(&self) -> impl Iterator<Item = ReplicaId> + '_ {
-        (0..self.config.replicas).filter(move |r| *r != self.config.id)
+    /// The membership of the next slot to commit.
+    pub fn membership(&self) -> Option<&Membership> {
+        self.membership_at(self.commit_through)
+    }
+
+    /// Whether this replica may stand for leader: it knows its group's
+    /// membership at its commit point and is a full member of it.
+    fn may_lead(&self) -> bool {
+        self.membership()
+            .is_some_and(|m| m.is_full_member(self.config.id))
+    }
+
+    /// Everyone a leader talks to: the members of the membership at its
+    /// commit point and of every one it plans after it, but itself.
+    fn peers(&self) -> Vec<ReplicaId> {
+        let mut peers: BTreeSet<ReplicaId> = self
+            .membership()
+            .into_iter()
+            .flat_map(Membership::ids)
+            .collect();
+        if let Role::Leader { planned, .. } = &self.role {
+            peers.extend(planned.values().flat_map(Membership::ids));
+        }
+        peers.remove(&self.config.id);
+        peers.into_iter().collect()
     }
 
     fn jitter(&mut self) -> Duration {
@@ -375,15 +535,27 @@ impl Replica {
 
     /// The leader's lease runs out at this time (its own clock): a lease
     /// period, shrunk by twice the clock drift, after the send time of the
-    /// newest heartbeat a majority (itself included) has acknowledged.
+    /// newest heartbeat a majority (itself included) of the membership at
+    /// its commit point has acknowledged. Every candidate needs promises
+    /// from a majority of that membership (its election walks the
+    /// memberships from its own commit point, which is no later, through
+    /// every chosen one), and members holding a lease refuse them.
     pub fn lease_expiry(&self) -> Option<Instant> {
         if !self.is_leader() {
             return None;
         }
-        let mut times: Vec<Instant> = self.lease_acks.values().copied().collect();
-        times.extend(self.heartbeats_sent.back().map(|(_, at)| *at));
+        let membership = self.membership()?;
+        let mut times: Vec<Instant> = self
+            .lease_acks
+            .iter()
+            .filter(|(peer, _)| membership.contains(**peer))
+            .map(|(_, at)| *at)
+            .collect();
+        if membership.contains(self.config.id) {
+            times.extend(self.heartbeats_sent.back().map(|(_, at)| *at));
+        }
         times.sort_unstable_by(|a, b| b.cmp(a));
-        let start = *times.get(self.majority() - 1)?;
+        let start = *times.get(membership.majority() - 1)?;
         let shrink = 1.0 - 2.0 * self.config.clock_drift_max;
         Some(start + self.config.lease_duration.mul_f64(shrink))
     }
@@ -423,13 +595,51 @@ impl Replica {
         Ok(slot)
     }
 
+    /// Proposes that `membership` govern the group from the slot after
+    /// the one this takes: that is when it is in force if it is chosen.
+    /// One change at a time, and the leader stays a full member (to hand
+    /// a group to others, change its leader first).
+    pub fn propose_membership(&mut self, membership: Membership) -> Result<Slot, ReconfigureError> {
+        let me = self.config.id;
+        let Role::Leader {
+            ballot,
+            next_slot,
+            planned,
+            ..
+        } = &mut self.role
+        else {
+            return Err(NotLeader {
+                hint: self.leader_hint(),
+            }
+            .into());
+        };
+        if !planned.is_empty() {
+            return Err(ReconfigureError::InProgress);
+        }
+        if !membership.is_full_member(me) {
+            return Err(ReconfigureError::RemovesLeader);
+        }
+        let (ballot, slot) = (*ballot, *next_slot);
+        *next_slot += 1;
+        planned.insert(slot + 1, membership.clone());
+        self.accept_as_leader(ballot, slot, Value::Reconfigure(membership));
+        Ok(slot)
+    }
+
+    /// Sends `value` for `slot` to the members of that slot's membership.
     fn accept_as_leader(&mut self, ballot: Ballot, slot: Slot, value: Value) {
         self.persist(Persist::Accept {
             slot,
             ballot,
             value: value.clone(),
         });
-        let peers: Vec<ReplicaId> = self.peers().collect();
+        let me = self.config.id;
+        let peers: Vec<ReplicaId> = self
+            .membership_at(slot)
+            .into_iter()
+            .flat_map(Membership::ids)
+            .filter(|id| *id != me)
+            .collect();
         for peer in peers {
             self.ready.send.push((
                 peer,
@@ -463,6 +673,7 @@ impl Replica {
                         ballot: current,
                         promises,
                         from_slot,
+                        ..
                     },
                 ) if ballot == current => {
                     let accepted = self
@@ -494,7 +705,7 @@ impl Replica {
                     self.heartbeats_sent.pop_front();
                 }
                 let commit_through = self.commit_through;
-                let peers: Vec<ReplicaId> = self.peers().collect();
+                let peers = self.peers();
                 for peer in &peers {
                     self.ready.send.push((
                         *peer,
@@ -505,13 +716,16 @@ impl Replica {
                         },
                     ));
                 }
-                self.resend_unchosen(&peers);
+                self.resend_unchosen();
             }
             return;
         }
         match self.election_deadline {
             None => self.election_deadline = Some(now + self.jitter()),
-            Some(deadline) if now >= deadline => self.start_pre_vote(now),
+            Some(deadline) if now >= deadline && self.may_lead() => self.start_pre_vote(now),
+            // A log replica, a removed replica or one that joined and
+            // knows no membership yet waits; it still votes.
+            Some(deadline) if now >= deadline => self.election_deadline = Some(now + self.jitter()),
             Some(_) => {}
         }
     }
@@ -556,8 +770,7 @@ impl Replica {
         };
         self.election_deadline = Some(now + self.jitter());
         let from_slot = self.commit_through;
-        let peers: Vec<ReplicaId> = self.peers().collect();
-        for peer in peers {
+        for peer in self.peers() {
             self.ready
                 .send
                 .push((peer, Message::PreVote { ballot, from_slot }));
@@ -565,10 +778,11 @@ impl Replica {
         self.advance_pre_vote(now);
     }
 
+    /// Pre-votes only guard liveness: a majority of the membership at the
+    /// commit point is enough to go on to a real election.
     fn advance_pre_vote(&mut self, now: Instant) {
-        let majority = self.majority();
         if let Role::PreCandidate { grants, .. } = &self.role
-            && grants.len() >= majority
+            && self.membership().is_some_and(|m| m.is_quorum(grants))
         {
             self.start_election(now);
         }
@@ -577,14 +791,15 @@ impl Replica {
     fn start_election(&mut self, now: Instant) {
         let ballot = self.next_ballot();
         let from_slot = self.commit_through;
+        let peers = self.peers();
         self.role = Role::Candidate {
             ballot,
             from_slot,
             promises: BTreeMap::new(),
+            asked: peers.iter().copied().collect(),
         };
         self.election_deadline = Some(now + self.jitter());
         self.persist(Persist::Promise(ballot));
-        let peers: Vec<ReplicaId> = self.peers().collect();
         for peer in peers {
             self.ready
                 .send
@@ -797,14 +1012,16 @@ impl Replica {
     }
 
     /// Leader: resends Accepts that may have been lost — slots not yet
-    /// chosen, to the peers that have not voted for them, a bounded window
-    /// at a time. Without this a lost Accept would stall every later slot.
-    fn resend_unchosen(&mut self, peers: &[ReplicaId]) {
+    /// chosen, to the members of their membership that have not voted for
+    /// them, a bounded window at a time. Without this a lost Accept would
+    /// stall every later slot.
+    fn resend_unchosen(&mut self) {
         const WINDOW: u64 = 64;
         let Role::Leader {
             ballot,
             next_slot,
             votes,
+            ..
         } = &self.role
         else {
             return;
@@ -818,10 +1035,14 @@ impl Replica {
             if accepted_ballot != ballot {
                 continue;
             }
-            for peer in peers {
-                if !votes.get(&slot).is_some_and(|v| v.contains(peer)) {
+            let members = self
+                .membership_at(slot)
+                .into_iter()
+                .flat_map(Membership::ids);
+            for peer in members.filter(|id| *id != self.config.id) {
+                if !votes.get(&slot).is_some_and(|v| v.contains(&peer)) {
                     resend.push((
-                        *peer,
+                        peer,
                         Message::Accept {
                             ballot: *ballot,
                             slot,
@@ -883,58 +1104,113 @@ impl Replica {
         self.report_commits();
     }
 
-    /// Candidate: becomes leader on a majority of promises. Leader: advances
-    /// the commit point over slots a majority accepted.
+    /// Candidate: becomes leader once its promises hold a majority of
+    /// every membership that may govern a slot from its commit point on.
+    /// Leader: advances the commit point over slots a majority of their
+    /// membership accepted.
     fn advance(&mut self) {
-        let majority = self.majority();
-        match &mut self.role {
-            Role::Candidate {
-                ballot,
-                from_slot,
-                promises,
-            } if promises.len() >= majority => {
-                let (ballot, from_slot) = (*ballot, *from_slot);
-                // The highest-ballot value for each slot, no-ops for holes.
-                let mut chosen: BTreeMap<Slot, (Ballot, Value)> = BTreeMap::new();
-                for (slot, b, value) in promises.values().flatten() {
-                    if chosen.get(slot).is_none_or(|(best, _)| b > best) {
-                        chosen.insert(*slot, (*b, value.clone()));
-                    }
-                }
-                let next_slot = chosen
-                    .keys()
-                    .next_back()
-                    .map_or(from_slot, |s| s + 1)
-                    .max(from_slot);
-                self.role = Role::Leader {
-                    ballot,
-                    next_slot,
-                    votes: BTreeMap::new(),
-                };
-                self.leader = Some((ballot, self.commit_through));
-                self.last_heartbeat = None;
-                self.term_start_slot = next_slot;
-                self.lease_acks.clear();
-                self.heartbeats_sent.clear();
-                for slot in from_slot..next_slot {
-                    let value = chosen.remove(&slot).map_or(Value::Noop, |(_, v)| v);
-                    self.accept_as_leader(ballot, slot, value);
-                }
-            }
-            Role::Leader { votes, .. } => {
-                while votes
-                    .get(&self.commit_through)
-                    .is_some_and(|v| v.len() >= majority)
-                {
-                    votes.remove(&self.commit_through);
-                    self.commit_through += 1;
-                }
-                self.report_commits();
-            }
-            _ => {}
+        match self.role {
+            Role::Candidate { .. } => self.advance_candidate(),
+            Role::Leader { .. } => self.advance_leader(),
+            Role::Follower | Role::PreCandidate { .. } => {}
         }
     }
 
+    /// The memberships a candidate must hear a majority of: the one at
+    /// its commit point, then the one each `Reconfigure` among the values
+    /// it takes over names, from the slot after it. (Those values are the
+    /// chosen ones wherever a value was chosen, by induction over the
+    /// slots: each slot's membership was heard from by a majority.)
+    fn advance_candidate(&mut self) {
+        let me = self.config.id;
+        let Role::Candidate {
+            ballot,
+            from_slot,
+            promises,
+            asked,
+        } = &self.role
+        else {
+            return;
+        };
+        let (ballot, from_slot) = (*ballot, *from_slot);
+        let Some(first) = self.membership_at(from_slot).cloned() else {
+            return; // cannot be: a replica that knows none does not stand
+        };
+        // The highest-ballot value for each slot, no-ops for holes.
+        let mut chosen: BTreeMap<Slot, (Ballot, Value)> = BTreeMap::new();
+        for (slot, b, value) in promises.values().flatten() {
+            if *slot >= from_slot && chosen.get(slot).is_none_or(|(best, _)| b > best) {
+                chosen.insert(*slot, (*b, value.clone()));
+            }
+        }
+        let mut needed = vec![(from_slot, first)];
+        for (slot, (_, value)) in &chosen {
+            if let Value::Reconfigure(membership) = value {
+                needed.push((slot + 1, membership.clone()));
+            }
+        }
+        let unasked: BTreeSet<ReplicaId> = needed
+            .iter()
+            .flat_map(|(_, m)| m.ids())
+            .filter(|id| *id != me && !asked.contains(id))
+            .collect();
+        let won = needed.iter().all(|(_, m)| m.is_quorum(promises.keys()));
+        if let Role::Candidate { asked, .. } = &mut self.role {
+            asked.extend(&unasked);
+        }
+        for peer in unasked {
+            self.ready
+                .send
+                .push((peer, Message::Prepare { ballot, from_slot }));
+        }
+        if !won {
+            return;
+        }
+        let next_slot = chosen
+            .keys()
+            .next_back()
+            .map_or(from_slot, |s| s + 1)
+            .max(from_slot);
+        self.role = Role::Leader {
+            ballot,
+            next_slot,
+            votes: BTreeMap::new(),
+            planned: needed.into_iter().skip(1).collect(),
+        };
+        self.leader = Some((ballot, self.commit_through));
+        self.last_heartbeat = None;
+        self.term_start_slot = next_slot;
+        self.lease_acks.clear();
+        self.heartbeats_sent.clear();
+        for slot in from_slot..next_slot {
+            let value = chosen.remove(&slot).map_or(Value::Noop, |(_, v)| v);
+            self.accept_as_leader(ballot, slot, value);
+        }
+    }
+
+    fn advance_leader(&mut self) {
+        loop {
+            let slot = self.commit_through;
+            let Role::Leader { votes, .. } = &self.role else {
+                return;
+            };
+            let chosen = votes.get(&slot).is_some_and(|voters| {
+                self.membership_at(slot)
+                    .is_some_and(|m| m.is_quorum(voters))
+            });
+            if !chosen {
+                break;
+            }
+            if let Role::Leader { votes, .. } = &mut self.role {
+                votes.remove(&slot);
+            }
+            self.commit_through += 1;
+        }
+        self.report_commits();
+    }
+
+    /// Reports newly chosen values; a chosen `Reconfigure` becomes the
+    /// membership of the slots after it.
     fn report_commits(&mut self) {
         while self.reported_through < self.commit_through {
             let slot = self.reported_through;
@@ -943,8 +1219,48 @@ impl Replica {
                 .accepted
                 .get(&slot)
                 .expect("a committed slot has a value");
+            if let Value::Reconfigure(membership) = value {
+                self.configs.insert(slot + 1, membership.clone());
+                if let Role::Leader { planned, .. } = &mut self.role {
+                    planned.remove(&(slot + 1));
+                }
+            }
             self.ready.committed.push((slot, value.clone()));
             self.reported_through += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: ReplicaId, log_only: bool) -> Member {
+        Member { id, log_only }
+    }
+
+    #[test]
+    fn memberships_are_checked_and_count_only_their_members() {
+        assert_eq!(
+            Membership::new(vec![member(1, false), member(1, true), member(2, false)]),
+            Err(MembershipError::Duplicate(1))
+        );
+        // Log replicas stand in for a minority only.
+        assert_eq!(
+            Membership::new(vec![member(0, false), member(1, true)]),
+            Err(MembershipError::TooFewFullMembers)
+        );
+        assert_eq!(
+            Membership::new(vec![member(0, false), member(1, true), member(2, true)]),
+            Err(MembershipError::TooFewFullMembers)
+        );
+        let group = Membership::new(vec![member(5, false), member(0, true), member(3, false)])
+            .expect("two full members and a log replica");
+        assert_eq!(group.ids().collect::<Vec<_>>(), vec![0, 3, 5]);
+        assert!(group.is_full_member(3) && !group.is_full_member(0) && group.contains(0));
+        assert!(group.is_quorum(&[0, 5]));
+        assert!(!group.is_quorum(&[5]));
+        // Votes from outside the group do not make a majority of it.
+        assert!(!group.is_quorum(&[5, 1, 2, 4]));
     }
 }

@@ -33,7 +33,7 @@ use rkyv::rancor;
 use crate::admission::PeerSpare;
 use crate::device::DmaFs;
 use crate::engine::{Engine, EngineError, HashRange, PartitionId};
-use crate::paxos::{self, Message, Replica, ReplicaId, Slot, Value};
+use crate::paxos::{self, Membership, Message, Replica, ReplicaId, Slot, Value};
 use crate::server::Admitter;
 use crate::shard::{Op, shard_addr};
 
@@ -356,16 +356,29 @@ impl Replication {
         let seed = partition.wrapping_mul(0x9E37_79B9_7F4A_7C15)
             ^ u64::from(log.spec.replica) << 56
             ^ u64::from(std::process::id()) << 24;
+        // Every group keeps the members it was created with: this build
+        // proposes no membership change and refuses peers' (`receive`).
+        let membership = Membership::full(0..log.spec.members.len()).map_err(|e| {
+            EngineError::CorruptRecord {
+                lsn: 0,
+                reason: format!("partition {partition}: {e}"),
+            }
+        })?;
         let config = paxos::Config {
             id: log.spec.replica as ReplicaId,
-            replicas: log.spec.members.len(),
             heartbeat_interval: self.config.heartbeat_interval,
             lease_duration: self.config.lease_duration,
             clock_drift_max: self.config.clock_drift_max,
             election_timeout: self.config.election_timeout,
             seed,
         };
-        let replica = Replica::new(config, log.durable, log.applied_through, Instant::now());
+        let replica = Replica::new(
+            config,
+            Some(membership),
+            log.durable,
+            log.applied_through,
+            Instant::now(),
+        );
         tracing::info!(
             shard = self.shard,
             partition,
@@ -509,6 +522,15 @@ impl Replication {
             {
                 // A group this shard does not (yet) host: drop; Paxos
                 // retransmits what matters.
+                if carries_membership(&message) {
+                    tracing::warn!(
+                        shard = self.shard,
+                        partition,
+                        from,
+                        "dropped a membership change: this build does not take them"
+                    );
+                    continue;
+                }
                 if let Some(group) = groups.get_mut(&partition)
                     && (from as usize) < group.members.len()
                 {
@@ -648,7 +670,7 @@ impl Replication {
             };
             let mine = match &value {
                 Value::Command(command) => command_id(command),
-                Value::Noop => None,
+                Value::Noop | Value::Reconfigure(_) => None,
             };
             {
                 let mut groups = self.groups.borrow_mut();
@@ -709,7 +731,11 @@ impl Replication {
             (false, self.engine.stage_discard(partition))
         };
         if installed && let Some(group) = self.groups.borrow_mut().get_mut(&partition) {
-            group.replica.installed(through);
+            // No group changes its members yet (see `add_group`).
+            match Membership::full(0..group.members.len()) {
+                Ok(membership) => group.replica.installed(through, membership),
+                Err(error) => tracing::error!(shard = self.shard, partition, %error, "bad group"),
+            }
             tracing::info!(shard = self.shard, partition, through, "snapshot installed");
         }
         self.installs.borrow_mut().remove(&partition);
@@ -987,6 +1013,14 @@ impl Replication {
                     }
                 }
             }
+            // Refused at the peer boundary and never proposed here: only
+            // a log written by another build can hold one. Stop, as for
+            // any chosen value this build cannot apply.
+            Value::Reconfigure(_) => {
+                return Err(self.engine.stop(format!(
+                    "partition {partition} slot {slot}: a membership change, which this build cannot apply"
+                )));
+            }
         };
         if let Some(Op::Split { at, child }) = command {
             return self.apply_split(partition, slot, at, child).await;
@@ -1162,5 +1196,17 @@ impl Replication {
             .request(&wire::encode_node_request(&request), PEER_TIMEOUT)
             .await?;
         Ok(())
+    }
+}
+
+/// Whether a peer's message carries a membership change (which this
+/// build does not take yet: see `add_group`).
+fn carries_membership(message: &Message) -> bool {
+    match message {
+        Message::Accept { value, .. } => matches!(value, Value::Reconfigure(_)),
+        Message::Promise { accepted, .. } => accepted
+            .iter()
+            .any(|(_, _, value)| matches!(value, Value::Reconfigure(_))),
+        _ => false,
     }
 }

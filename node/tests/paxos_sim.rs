@@ -1,7 +1,10 @@
 //! Deterministic simulation of a three-replica Multi-Paxos group on one
 //! thread: seeded message loss, duplication and reordering, partitions and
 //! cut links,
-//! crashes that lose whatever was not yet durable, and clock skew. After
+//! crashes that lose whatever was not yet durable, and clock skew. While
+//! faults run, leaders replace members now and then — a full member by a
+//! new log replica or full member, a log replica by a new full member — as
+//! the group heals; replaced replicas keep running on stale state. After
 //! every step the checker asserts that no slot is reported chosen with two
 //! values; after a liveness phase (faults healed) every acknowledged command
 //! must be chosen on every replica. Lease reads, served by whichever
@@ -18,10 +21,15 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 
-use cairn_node::paxos::{Config, DurableState, Message, Persist, Replica, ReplicaId, Slot, Value};
+use cairn_node::paxos::{
+    Config, DurableState, Member, Membership, Message, Persist, Replica, ReplicaId, Slot, Value,
+};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
+/// The group's first members.
 const REPLICAS: usize = 3;
+/// Replicas ever created: the first three and their replacements.
+const REPLICAS_MAX: usize = 7;
 const SAFETY_PHASE: Duration = Duration::from_secs(3);
 const LIVENESS_PHASE: Duration = Duration::from_secs(10);
 
@@ -45,6 +53,8 @@ enum Event {
     Propose,
     /// A client asks a random replica for a lease read.
     Read,
+    /// A leader replaces one member of its group.
+    Reconfigure,
     /// Replicas checkpoint and drop values every replica has checkpointed.
     Compact,
     /// A leader's state machine through `through` (the values of every
@@ -53,6 +63,7 @@ enum Event {
         to: ReplicaId,
         through: Slot,
         values: Vec<Value>,
+        membership: Membership,
     },
 }
 
@@ -65,6 +76,10 @@ struct Sim {
     queue: BinaryHeap<Reverse<(Duration, u64)>>,
     events: HashMap<u64, Event>,
     replicas: Vec<Option<Replica>>,
+    /// Replicas created so far (ids below).
+    created: usize,
+    /// Memberships proposed, and how many were chosen (seen at the end).
+    reconfigurations_proposed: u64,
     disks: Vec<DurableState>,
     /// Per replica, slots below are in its checkpointed state machine:
     /// where a restart resumes (the node's `applied_through`).
@@ -97,10 +112,13 @@ struct Sim {
     command_limit: u64,
 }
 
+fn initial_membership() -> Membership {
+    Membership::full(0..REPLICAS).unwrap()
+}
+
 fn config(id: ReplicaId, seed: u64) -> Config {
     Config {
         id,
-        replicas: REPLICAS,
         heartbeat_interval: Duration::from_millis(20),
         election_timeout: Duration::from_millis(100),
         lease_duration: Duration::from_millis(60),
@@ -112,7 +130,7 @@ fn config(id: ReplicaId, seed: u64) -> Config {
 impl Sim {
     fn new(seed: u64) -> Sim {
         let mut rng = StdRng::seed_from_u64(seed);
-        let skew = (0..REPLICAS)
+        let skew = (0..REPLICAS_MAX)
             .map(|_| rng.random_range(0.97..1.03))
             .collect();
         let mut sim = Sim {
@@ -124,19 +142,21 @@ impl Sim {
             queue: BinaryHeap::new(),
             events: HashMap::new(),
             replicas: Vec::new(),
-            disks: vec![DurableState::default(); REPLICAS],
-            applied_durable: vec![0; REPLICAS],
-            applied_floor: vec![0; REPLICAS],
-            applied: vec![0; REPLICAS],
-            installed: vec![None; REPLICAS],
+            created: REPLICAS,
+            reconfigurations_proposed: 0,
+            disks: vec![DurableState::default(); REPLICAS_MAX],
+            applied_durable: vec![0; REPLICAS_MAX],
+            applied_floor: vec![0; REPLICAS_MAX],
+            applied: vec![0; REPLICAS_MAX],
+            installed: vec![None; REPLICAS_MAX],
             snapshots_installed: 0,
-            epochs: vec![0; REPLICAS],
+            epochs: vec![0; REPLICAS_MAX],
             skew,
             isolated: None,
             cut: None,
             faults: true,
             chosen: BTreeMap::new(),
-            reported: vec![BTreeMap::new(); REPLICAS],
+            reported: vec![BTreeMap::new(); REPLICAS_MAX],
             proposer: HashMap::new(),
             acknowledged: Vec::new(),
             acknowledged_slot: None,
@@ -144,15 +164,112 @@ impl Sim {
             next_command: 0,
             command_limit: 400,
         };
+        for id in 0..REPLICAS_MAX {
+            let replica = (id < REPLICAS).then(|| {
+                let membership = Some(initial_membership());
+                Replica::new(
+                    config(id, seed),
+                    membership,
+                    DurableState::default(),
+                    0,
+                    sim.clock(id),
+                )
+            });
+            sim.replicas.push(replica);
+        }
         for id in 0..REPLICAS {
-            let replica = Replica::new(config(id, seed), DurableState::default(), 0, sim.clock(id));
-            sim.replicas.push(Some(replica));
             sim.schedule(Duration::from_millis(1), Event::Tick(id));
         }
         sim.schedule(Duration::from_millis(5), Event::Propose);
         sim.schedule(Duration::from_millis(7), Event::Read);
         sim.schedule(Duration::from_millis(25), Event::Compact);
+        let first_change = Duration::from_millis(sim.rng.random_range(100..600));
+        sim.schedule(first_change, Event::Reconfigure);
         sim
+    }
+
+    /// The group's membership at `slot`, from the values chosen below it
+    /// (every slot below a reported one has been reported by someone).
+    fn membership_at(&self, slot: Slot) -> Membership {
+        self.chosen
+            .range(..slot)
+            .filter_map(|(_, value)| match value {
+                Value::Reconfigure(m) => Some(m.clone()),
+                _ => None,
+            })
+            .next_back()
+            .unwrap_or_else(initial_membership)
+    }
+
+    /// The membership after every value chosen so far.
+    fn latest_membership(&self) -> Membership {
+        self.membership_at(self.chosen.keys().next_back().map_or(0, |s| s + 1))
+    }
+
+    /// A leader replaces one member: a log replica by a new full member,
+    /// or a follower by a new log replica or full member. The new replica
+    /// starts empty, knowing no membership, and is caught up by the leader.
+    fn reconfigure(&mut self) {
+        let leaders: Vec<ReplicaId> = (0..self.created)
+            .filter(|r| self.replicas[*r].as_ref().is_some_and(Replica::is_leader))
+            .collect();
+        if leaders.is_empty() || self.created == REPLICAS_MAX {
+            return;
+        }
+        let leader = leaders[self.rng.random_range(0..leaders.len())];
+        let Some(current) = self.replicas[leader]
+            .as_ref()
+            .unwrap()
+            .membership()
+            .cloned()
+        else {
+            return;
+        };
+        let log_replica = current.members().iter().find(|m| m.log_only).copied();
+        let others: Vec<Member> = current
+            .members()
+            .iter()
+            .filter(|m| m.id != leader)
+            .copied()
+            .collect();
+        let (replaced, log_only) = match log_replica {
+            Some(log) if self.rng.random_bool(0.7) => (log.id, false),
+            _ => {
+                let victim = others[self.rng.random_range(0..others.len())].id;
+                (victim, self.rng.random_bool(0.4))
+            }
+        };
+        let id = self.created;
+        let mut members: Vec<Member> = current
+            .members()
+            .iter()
+            .filter(|m| m.id != replaced)
+            .copied()
+            .collect();
+        members.push(Member { id, log_only });
+        // A second log replica would leave too few full members.
+        let Ok(membership) = Membership::new(members) else {
+            return;
+        };
+        if self.replicas[leader]
+            .as_mut()
+            .unwrap()
+            .propose_membership(membership)
+            .is_ok()
+        {
+            self.reconfigurations_proposed += 1;
+            self.created += 1;
+            let replica = Replica::new(
+                config(id, self.seed),
+                None,
+                DurableState::default(),
+                0,
+                self.clock(id),
+            );
+            self.replicas[id] = Some(replica);
+            self.schedule(Duration::from_millis(1), Event::Tick(id));
+            self.drain(leader);
+        }
     }
 
     fn schedule(&mut self, after: Duration, event: Event) {
@@ -241,6 +358,7 @@ impl Sim {
         let values: Vec<Value> = (0..through)
             .map(|slot| self.reported[from][&slot].clone())
             .collect();
+        let membership = self.membership_at(through);
         let lost = self.faults && self.rng.random_bool(0.05);
         if lost || !self.linked(from, to) {
             return;
@@ -252,6 +370,7 @@ impl Sim {
                 to,
                 through,
                 values,
+                membership,
             },
         );
     }
@@ -331,8 +450,14 @@ impl Sim {
             }
             Event::Restart(id) => {
                 let config = config(id, self.seed ^ self.now.as_nanos() as u64);
+                // What its state machine holds: the membership at its
+                // checkpoint, unless it joined and has none yet.
+                let durable = self.applied_durable[id];
+                let membership =
+                    (id < REPLICAS || durable > 0).then(|| self.membership_at(durable));
                 self.replicas[id] = Some(Replica::new(
                     config,
+                    membership,
                     self.disks[id].clone(),
                     self.applied_durable[id],
                     self.clock(id),
@@ -344,7 +469,7 @@ impl Sim {
                 // A checkpoint: each live replica's state machine becomes
                 // durable through the slots whose chosen values its log
                 // holds durably (the node's checkpoint waits for the log).
-                for r in 0..REPLICAS {
+                for r in 0..self.created {
                     let Some(replica) = &self.replicas[r] else {
                         continue;
                     };
@@ -372,13 +497,40 @@ impl Sim {
                 // is caught up by log shipping; but keep no more than a
                 // window below a replica's own checkpoint, as the node
                 // does, so a peer that lags far needs a snapshot.
-                let floor = self.applied_durable.iter().copied().min().unwrap_or(0);
-                for r in 0..REPLICAS {
+                // (What the current members have checkpointed: replaced
+                // replicas are left behind.)
+                let floor = self
+                    .latest_membership()
+                    .ids()
+                    .map(|r| self.applied_durable[r])
+                    .min()
+                    .unwrap_or(0);
+                // A log replica holds the only copy of what a full member
+                // has not checkpointed yet: it drops nothing below
+                // what every full member has checkpointed.
+                let latest = self.latest_membership();
+                let full_floor = latest
+                    .members()
+                    .iter()
+                    .filter(|m| !m.log_only)
+                    .map(|m| self.applied_durable[m.id])
+                    .min()
+                    .unwrap_or(0);
+                for r in 0..self.created {
                     let window =
                         self.applied_durable[r].saturating_sub(self.rng.random_range(16..96));
+                    // Never past its own checkpoint: a replica outside
+                    // the membership (replaced, or joining) may lag it.
                     let below = floor
                         .saturating_sub(self.rng.random_range(0..16))
-                        .max(window);
+                        .max(window)
+                        .min(self.applied_durable[r]);
+                    let log_only = latest.members().iter().any(|m| m.id == r && m.log_only);
+                    let below = if log_only {
+                        below.min(full_floor)
+                    } else {
+                        below
+                    };
                     if below <= self.applied_floor[r] {
                         continue;
                     }
@@ -394,6 +546,7 @@ impl Sim {
                 to,
                 through,
                 values,
+                membership,
             } => {
                 let takes = self.replicas[to]
                     .as_ref()
@@ -403,7 +556,10 @@ impl Sim {
                     for slot in self.applied[to]..through {
                         self.check_chosen(to, slot, values[slot as usize].clone(), false);
                     }
-                    self.replicas[to].as_mut().unwrap().installed(through);
+                    self.replicas[to]
+                        .as_mut()
+                        .unwrap()
+                        .installed(through, membership);
                     self.applied[to] = through;
                     self.installed[to] = Some(through);
                     self.snapshots_installed += 1;
@@ -411,7 +567,7 @@ impl Sim {
                 }
             }
             Event::Read => {
-                let id = self.rng.random_range(0..REPLICAS);
+                let id = self.rng.random_range(0..self.created);
                 let now = self.clock(id);
                 if let Some(slot) = self.replicas[id].as_ref().and_then(|r| r.lease_read(now)) {
                     // Linearizable: the read sees every command acknowledged
@@ -428,7 +584,7 @@ impl Sim {
                 self.schedule(next, Event::Read);
             }
             Event::Propose => {
-                let leaders: Vec<ReplicaId> = (0..REPLICAS)
+                let leaders: Vec<ReplicaId> = (0..self.created)
                     .filter(|r| self.replicas[*r].as_ref().is_some_and(Replica::is_leader))
                     .collect();
                 if !leaders.is_empty() && self.next_command < self.command_limit {
@@ -449,6 +605,13 @@ impl Sim {
                 let next = Duration::from_millis(self.rng.random_range(1..6));
                 self.schedule(next, Event::Propose);
             }
+            Event::Reconfigure => {
+                if self.faults {
+                    self.reconfigure();
+                    let next = Duration::from_millis(self.rng.random_range(200..900));
+                    self.schedule(next, Event::Reconfigure);
+                }
+            }
         }
         if self.faults {
             self.inject_faults();
@@ -459,7 +622,7 @@ impl Sim {
     fn inject_faults(&mut self) {
         // Crash a replica now and then (it restarts later from its disk).
         if self.rng.random_bool(0.002) {
-            let victim = self.rng.random_range(0..REPLICAS);
+            let victim = self.rng.random_range(0..self.created);
             if self.replicas[victim].is_some() {
                 self.replicas[victim] = None;
                 self.epochs[victim] += 1;
@@ -472,8 +635,9 @@ impl Sim {
             self.cut = match self.cut {
                 Some(_) => None,
                 None => {
-                    let a = self.rng.random_range(0..REPLICAS);
-                    Some((a, (a + self.rng.random_range(1..REPLICAS)) % REPLICAS))
+                    let n = self.created;
+                    let a = self.rng.random_range(0..n);
+                    Some((a, (a + self.rng.random_range(1..n)) % n))
                 }
             };
         }
@@ -482,7 +646,7 @@ impl Sim {
             self.isolated = if self.isolated.is_some() {
                 None
             } else {
-                Some(self.rng.random_range(0..REPLICAS))
+                Some(self.rng.random_range(0..self.created))
             };
         }
     }
@@ -499,6 +663,8 @@ struct Outcome {
     /// Slots the least compacted replica dropped.
     compacted: u64,
     snapshots: u64,
+    /// Membership changes chosen.
+    reconfigurations: u64,
 }
 
 fn run_seed(seed: u64) -> Outcome {
@@ -508,7 +674,7 @@ fn run_seed(seed: u64) -> Outcome {
     sim.faults = false;
     sim.isolated = None;
     sim.cut = None;
-    for id in 0..REPLICAS {
+    for id in 0..sim.created {
         if sim.replicas[id].is_none() {
             sim.schedule(Duration::from_millis(1), Event::Restart(id));
         }
@@ -517,20 +683,35 @@ fn run_seed(seed: u64) -> Outcome {
     let deadline = SAFETY_PHASE + LIVENESS_PHASE;
     while sim.now < deadline {
         sim.run_until(sim.now + Duration::from_millis(100));
-        let done = sim
-            .acknowledged
-            .iter()
-            .all(|value| (0..REPLICAS).all(|r| sim.reported[r].values().any(|v| v == value)));
+        // Every member of the group as it now is holds every
+        // acknowledged command (replaced replicas need not).
+        let members: Vec<ReplicaId> = sim.latest_membership().ids().collect();
+        let done = sim.acknowledged.iter().all(|value| {
+            members
+                .iter()
+                .all(|r| sim.reported[*r].values().any(|v| v == value))
+        });
         if done {
             return Outcome {
                 acknowledged: sim.acknowledged.len(),
                 lease_reads: sim.lease_reads,
-                compacted: sim.applied_floor.iter().min().copied().unwrap_or(0),
+                compacted: members
+                    .iter()
+                    .map(|r| sim.applied_floor[*r])
+                    .min()
+                    .unwrap_or(0),
                 snapshots: sim.snapshots_installed,
+                reconfigurations: sim
+                    .chosen
+                    .values()
+                    .filter(|v| matches!(v, Value::Reconfigure(_)))
+                    .count() as u64,
             };
         }
     }
-    let missing: Vec<_> = (0..REPLICAS)
+    let members = sim.latest_membership();
+    let missing: Vec<_> = members
+        .ids()
         .map(|r| {
             sim.acknowledged
                 .iter()
@@ -538,10 +719,11 @@ fn run_seed(seed: u64) -> Outcome {
                 .count()
         })
         .collect();
-    let states: Vec<String> = (0..REPLICAS)
+    let states: Vec<String> = (0..sim.created)
         .map(|r| match &sim.replicas[r] {
             Some(replica) => format!(
-                "replica {r}: leader={} commit_through={} log_start={} applied_durable={} hint={:?} promised={:?}",
+                "replica {r}: member={:?} leader={} commit_through={} log_start={} applied_durable={} hint={:?} promised={:?}",
+                members.members().iter().find(|m| m.id == r),
                 replica.is_leader(),
                 replica.commit_through(),
                 replica.log_start(),
@@ -553,7 +735,7 @@ fn run_seed(seed: u64) -> Outcome {
         })
         .collect();
     panic!(
-        "seed {seed}: acknowledged commands missing after healing, per replica: {missing:?}\n{}",
+        "seed {seed}: acknowledged commands missing after healing, per member of {members:?}: {missing:?}\n{}",
         states.join("\n")
     );
 }
@@ -563,8 +745,8 @@ fn multi_paxos_is_safe_and_live_under_faults() {
     if let Ok(seed) = std::env::var("CAIRN_SIM_SEED") {
         let o = run_seed(seed.parse().unwrap());
         println!(
-            "seed {seed}: {} commands acknowledged, {} lease reads, {} slots compacted, {} snapshots installed",
-            o.acknowledged, o.lease_reads, o.compacted, o.snapshots
+            "seed {seed}: {} commands acknowledged, {} lease reads, {} slots compacted, {} snapshots installed, {} membership changes",
+            o.acknowledged, o.lease_reads, o.compacted, o.snapshots, o.reconfigurations
         );
         return;
     }
@@ -572,13 +754,15 @@ fn multi_paxos_is_safe_and_live_under_faults() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
-    let (mut total, mut reads, mut compacted, mut snapshots) = (0, 0, 0, 0);
+    let (mut total, mut reads, mut compacted, mut snapshots, mut reconfigurations) =
+        (0, 0, 0, 0, 0);
     for seed in 0..seeds {
         let o = run_seed(seed);
         total += o.acknowledged as u64;
         reads += o.lease_reads;
         compacted += o.compacted;
         snapshots += o.snapshots;
+        reconfigurations += o.reconfigurations;
     }
     // The simulation must make progress, not just stay safe by doing nothing.
     assert!(
@@ -598,13 +782,18 @@ fn multi_paxos_is_safe_and_live_under_faults() {
         snapshots > seeds / 4,
         "only {snapshots} snapshots installed over {seeds} seeds"
     );
+    // Groups changed their members under faults.
+    assert!(
+        reconfigurations > seeds,
+        "only {reconfigurations} membership changes chosen over {seeds} seeds"
+    );
     println!(
-        "{seeds} seeds, {total} commands acknowledged, {reads} lease reads checked, {compacted} slots compacted, {snapshots} snapshots installed"
+        "{seeds} seeds, {total} commands acknowledged, {reads} lease reads checked, {compacted} slots compacted, {snapshots} snapshots installed, {reconfigurations} membership changes chosen"
     );
 }
 
 fn leader(sim: &Sim) -> Option<(ReplicaId, cairn_node::paxos::Ballot)> {
-    (0..REPLICAS).find_map(|r| {
+    (0..sim.created).find_map(|r| {
         sim.replicas[r]
             .as_ref()
             .and_then(Replica::leader_ballot)
