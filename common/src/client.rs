@@ -260,6 +260,31 @@ impl Client {
         }
     }
 
+    /// Replaces the replica of `table`'s partition `partition` on node
+    /// `from` by a new one on node `to`.
+    pub async fn move_replica(
+        &self,
+        table: &str,
+        partition: u64,
+        from: u16,
+        to: u16,
+    ) -> Result<(), ClientError> {
+        match self
+            .call(&ClientRequest::MoveReplica {
+                table: table.into(),
+                partition,
+                from,
+                to,
+            })
+            .await?
+        {
+            Response::Done => Ok(()),
+            _ => Err(ClientError::UnexpectedResponse {
+                request: "MoveReplica",
+            }),
+        }
+    }
+
     pub async fn put_item(
         &self,
         table: &str,

@@ -14,7 +14,7 @@ use crate::path::Path;
 use crate::update::UpdateAction;
 
 /// Wire format version, checked in every request.
-pub const WIRE_VERSION: u16 = 7;
+pub const WIRE_VERSION: u16 = 8;
 
 /// A bound of a range: on attribute values (Query) or encoded keys (node scans).
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -178,6 +178,16 @@ pub enum ClientRequest {
         table: String,
         partition: Option<u64>,
     },
+    /// Replaces the replica of partition `partition` on node `from` by a
+    /// new one on node `to` (node ids as `cairn status` lists them): the
+    /// group changes its members through its log and the new replica is
+    /// caught up by a snapshot; `Done` once MemDS serves the new map.
+    MoveReplica {
+        table: String,
+        partition: u64,
+        from: u16,
+        to: u16,
+    },
     PutItem {
         table: String,
         item: Vec<u8>,
@@ -225,15 +235,51 @@ pub struct GroupMember {
     pub addr: String,
     pub cores: u32,
     pub zone: String,
+    pub role: MemberRole,
+}
+
+/// What a member is to its group.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub enum MemberRole {
+    /// Holds the partition's items, votes, may lead.
+    Full,
+    /// A log replica: keeps the recent log and votes, holds no items.
+    Log,
+    /// Replaced: no longer in the group (its id is not reused).
+    Removed,
 }
 
 /// A partition's replication group, as its creator hands it to each
-/// replica: every member, and which of them the receiver is.
+/// replica: every member it ever had (a member's replica id is its index
+/// here), which of them the receiver is, and the slot from which this
+/// membership holds (0 for the group's first; a membership change at
+/// slot `s` makes one from `s + 1`).
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct GroupSpec {
     pub replica: u32,
     pub members: Vec<GroupMember>,
+    pub since: u64,
 }
+
+/// The first stored form of a group, before membership changes: every
+/// member full, from slot 0.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+struct GroupSpecV1 {
+    replica: u32,
+    members: Vec<GroupMemberV1>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+struct GroupMemberV1 {
+    addr: String,
+    cores: u32,
+    zone: String,
+}
+
+/// Starts the stored form of a [`GroupSpec`] since membership changes.
+/// A first-form archive starts with an address string (a digit or `[`).
+const GROUP_SPEC_V2_MAGIC: [u8; 2] = [0xFF, 2];
 
 /// What a router (or a tool) asks a node, for one partition.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -288,6 +334,14 @@ pub enum NodeOp {
     /// parent's `PartitionStats` — also when `child` was split off before,
     /// whatever its point: the range says where.
     Split { at: u64, child: u64 },
+    /// Replaces the member of a replicated partition's group whose node
+    /// listens on `old` (its shard-0 address) by a new member `new`,
+    /// through the group's log. Sent to the leader, which creates the new
+    /// replica on `new`'s node (caught up by a snapshot), proposes the
+    /// change, and answers `Done` once it is applied there; also when
+    /// `new` already replaced `old`. One change at a time: `Throttling`
+    /// while another is in flight. The leader cannot replace itself.
+    ReplaceMember { old: String, new: GroupMember },
     /// What the partition's leader holds and serves: `PartitionStats`
     /// (others answer `NotLeader`; the control plane's split checks).
     Stats,
@@ -563,27 +617,68 @@ message_codec!(encode_node_request, decode_node_request, NodeRequest);
 message_codec!(encode_response, decode_response, Response);
 
 impl GroupSpec {
-    /// The stored form (in a node's WAL and catalog): a bare rkyv archive,
-    /// not tied to the wire version.
+    /// The stored form (in a node's WAL, catalog and log): two magic bytes
+    /// and an rkyv archive, not tied to the wire version.
     pub fn to_bytes(&self) -> Vec<u8> {
-        rkyv::to_bytes::<rancor::Error>(self)
-            .expect("serializing to memory cannot fail")
-            .to_vec()
+        let archive =
+            rkyv::to_bytes::<rancor::Error>(self).expect("serializing to memory cannot fail");
+        let mut bytes = Vec::with_capacity(2 + archive.len());
+        bytes.extend_from_slice(&GROUP_SPEC_V2_MAGIC);
+        bytes.extend_from_slice(&archive);
+        bytes
     }
 
+    /// Reads either stored form.
     pub fn from_bytes(bytes: &[u8]) -> Result<GroupSpec, DecodeError> {
+        let malformed = |e: rancor::Error| DecodeError::Malformed(e.to_string());
         let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
-        aligned.extend_from_slice(bytes);
-        let spec = rkyv::from_bytes::<GroupSpec, rancor::Error>(&aligned)
-            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        let spec = match bytes.strip_prefix(&GROUP_SPEC_V2_MAGIC) {
+            Some(archive) => {
+                aligned.extend_from_slice(archive);
+                rkyv::from_bytes::<GroupSpec, rancor::Error>(&aligned).map_err(malformed)?
+            }
+            None => {
+                aligned.extend_from_slice(bytes);
+                let v1 =
+                    rkyv::from_bytes::<GroupSpecV1, rancor::Error>(&aligned).map_err(malformed)?;
+                GroupSpec {
+                    replica: v1.replica,
+                    members: v1
+                        .members
+                        .into_iter()
+                        .map(|m| GroupMember {
+                            addr: m.addr,
+                            cores: m.cores,
+                            zone: m.zone,
+                            role: MemberRole::Full,
+                        })
+                        .collect(),
+                    since: 0,
+                }
+            }
+        };
         spec.validate()?;
         Ok(spec)
     }
 
-    /// `replica` indexes `members`, and every member has cores and an
-    /// address that parses.
+    /// The members still in the group, with their replica ids.
+    pub fn current(&self) -> impl Iterator<Item = (u32, &GroupMember)> {
+        (0..)
+            .zip(&self.members)
+            .filter(|(_, m)| m.role != MemberRole::Removed)
+    }
+
+    /// `replica` indexes `members`, every member has cores and an
+    /// address that parses, and full members are a majority of those
+    /// still in the group.
     pub fn validate(&self) -> Result<(), DecodeError> {
+        let (mut full, mut current) = (0, 0);
+        for (_, member) in self.current() {
+            current += 1;
+            full += usize::from(member.role == MemberRole::Full);
+        }
         let valid = (self.replica as usize) < self.members.len()
+            && full * 2 > current
             && self
                 .members
                 .iter()

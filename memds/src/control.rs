@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use cairn_common::group::{NODE_TIMEOUT, NodeLinks, SendError};
 use cairn_common::wire::{
-    self, Capacity, ErrorCode, GroupMember, GroupSpec, NodeOp, NodeRequest, Response, ReturnValues,
-    WireBound, WireChange, WireCondition,
+    self, Capacity, ErrorCode, GroupMember, GroupSpec, MemberRole, NodeOp, NodeRequest, Response,
+    ReturnValues, WireBound, WireChange, WireCondition,
 };
 use cairn_common::{Item, KeySchema};
 
@@ -457,6 +457,120 @@ impl MetaClient {
         ))
     }
 
+    /// Replaces the replica of `table`'s partition `partition` on node
+    /// `from` by a new one on node `to`: the group changes its members
+    /// through its log (the new replica is caught up by a snapshot), then
+    /// the table record follows, at a new map version (returned).
+    /// Asking again after a crash half-way finishes the move: the group
+    /// answers that it is done, and the record is written.
+    pub async fn move_replica(
+        &self,
+        name: &str,
+        partition: u64,
+        from: u16,
+        to: u16,
+    ) -> Result<u64, Response> {
+        self.bootstrap().await?;
+        for _ in 0..CAS_ATTEMPTS {
+            let snapshot = self.load().await?;
+            let table = snapshot.tables.get(name).ok_or_else(|| {
+                Response::error(
+                    ErrorCode::ResourceNotFound,
+                    format!("table {name:?} does not exist"),
+                )
+            })?;
+            if table.status != TableStatus::Active {
+                return Err(validation(format!(
+                    "table {name:?} is {}",
+                    table.status.as_str()
+                )));
+            }
+            let index = table
+                .partitions
+                .iter()
+                .position(|p| p.id == partition)
+                .ok_or_else(|| {
+                    validation(format!("table {name:?} has no partition {partition}"))
+                })?;
+            let nodes = table.partitions[index].replicas.as_slice();
+            let node = |id: u16| {
+                snapshot
+                    .nodes
+                    .get(&id)
+                    .ok_or_else(|| validation(format!("no node {id} is registered")))
+            };
+            let (old, new) = (node(from)?, node(to)?);
+            if nodes.len() < 2 {
+                return Err(validation(format!(
+                    "partition {partition} has a single copy: there is no group to change"
+                )));
+            }
+            if !nodes.contains(&from) {
+                return Err(validation(format!(
+                    "node {from} holds no replica of partition {partition}"
+                )));
+            }
+            if nodes.contains(&to) {
+                return Err(validation(format!(
+                    "node {to} holds a replica of partition {partition} already"
+                )));
+            }
+            let replicas: Option<Vec<SocketAddr>> = nodes
+                .iter()
+                .map(|id| snapshot.nodes.get(id).map(|n| n.shard_of(partition)))
+                .collect();
+            let replicas =
+                replicas.ok_or_else(|| internal("a replica's node is not registered"))?;
+            let request = wire::encode_node_request(&NodeRequest {
+                partition,
+                op: NodeOp::ReplaceMember {
+                    old: old.addr.to_string(),
+                    new: GroupMember {
+                        addr: new.addr.to_string(),
+                        cores: new.cores,
+                        zone: new.zone.clone(),
+                        role: MemberRole::Full,
+                    },
+                },
+                limit: None,
+            });
+            match self
+                .links
+                .forward(partition, &replicas, &request, true, false)
+                .await
+            {
+                Response::Done => {}
+                other => return Err(unexpected(other)),
+            }
+            let version = self.increment("version").await?;
+            let record = meta::move_record(table, index, from, to, version).map_err(internal)?;
+            let update = NodeOp::Put {
+                item: record.to_item().to_bytes(),
+                condition: Some(WireCondition::Compare {
+                    attribute: "version".into(),
+                    op: 0,
+                    value: meta::number(table.version).to_bytes(),
+                }),
+                returns: ReturnValues::None,
+            };
+            match self.call(update).await {
+                Response::Done => {
+                    self.increment("version").await?;
+                    return Ok(version);
+                }
+                Response::Error {
+                    code: ErrorCode::ConditionalCheckFailed,
+                    ..
+                } => continue, // the record changed: look again
+                other => return Err(unexpected(other)),
+            }
+        }
+        Err(Response::error(
+            ErrorCode::Throttling,
+            format!("table {name:?} is changing concurrently; retry"),
+        ))
+    }
+
     /// One round of the split checks: asks the leader of every partition
     /// of every active replicated table for its size and load, and splits
     /// the first partition of each table that needs it (one per table and
@@ -621,12 +735,14 @@ async fn create_group(
             addr: n.addr.to_string(),
             cores: n.cores,
             zone: n.zone.clone(),
+            role: MemberRole::Full,
         })
         .collect();
     for (replica, node) in members.iter().enumerate() {
         let group = (members.len() > 1).then(|| GroupSpec {
             replica: replica as u32,
             members: group_members.clone(),
+            since: 0,
         });
         create_replica(links, node.shard_of(partition), partition, schema, group).await?;
     }

@@ -469,6 +469,34 @@ pub fn split_record(table: &TableRecord, plan: &SplitPlan, version: u64) -> Tabl
     record
 }
 
+/// The table record after partition `index`'s replica on node `from`
+/// was replaced by one on node `to`, at map version `version`: `from`'s
+/// entry goes and `to` is appended, so the list keeps the order of the
+/// group's current members by replica id, which leader hints index.
+pub fn move_record(
+    table: &TableRecord,
+    index: usize,
+    from: u16,
+    to: u16,
+    version: u64,
+) -> Result<TableRecord, String> {
+    let mut record = table.clone();
+    let partition = &mut record.partitions[index];
+    let mut nodes: Vec<u16> = partition
+        .replicas
+        .as_slice()
+        .iter()
+        .copied()
+        .filter(|n| *n != from)
+        .collect();
+    nodes.push(to);
+    partition.replicas = Replicas::new(&nodes).map_err(|e| e.to_string())?;
+    partition.version = version;
+    partition.leader = None;
+    record.version = version;
+    Ok(record)
+}
+
 fn lcm(a: u64, b: u64) -> u64 {
     let gcd = |mut a: u64, mut b: u64| {
         while b != 0 {

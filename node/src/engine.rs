@@ -27,7 +27,7 @@ use cairn_common::update::UpdateAction;
 use cairn_common::{CodecError, Item, ItemError, KeySchema};
 use futures_util::StreamExt;
 
-use cairn_common::wire::{GroupSpec, ReturnValues};
+use cairn_common::wire::{GroupSpec, MemberRole, ReturnValues};
 
 use crate::btree::{PageSource, ScanRange, Tree, TreeError};
 use crate::device::FileSystem;
@@ -36,7 +36,9 @@ use crate::page::{
     CatalogAccepted, CatalogEntry, CatalogGroup, CatalogPage, PageAddr, PageBytes, PageKind,
     archive_catalog, archive_node, frame, units_for,
 };
-use crate::paxos::{Ballot, DurableState, Persist, Slot, Value};
+use crate::paxos::{
+    Ballot, DurableState, Member, Membership, MembershipError, Persist, Slot, Value,
+};
 use crate::store::{PageStore, StoreError, Superblock};
 use crate::wal::{Lsn, Record, RecoveryReport, Wal, WalConfig, WalError};
 
@@ -234,17 +236,54 @@ mod record {
     pub const CREATE_REPLICATED: u8 = 4;
     /// `round u64 ‖ leader u64`.
     pub const PROMISE: u8 = 5;
-    /// `slot u64 ‖ round u64 ‖ leader u64 ‖ tag u8 (0 no-op, 1 command) ‖ command`.
+    /// `slot u64 ‖ round u64 ‖ leader u64 ‖ tag u8 (0 no-op, 1 command,
+    /// 2 membership) ‖ command, or the group's encoded spec`.
     pub const ACCEPT: u8 = 6;
     /// `through u64`: every slot below is chosen.
     pub const COMMIT: u8 = 7;
 }
 
-/// Membership changes have no record or catalog form yet; the driver
-/// proposes none and refuses peers' messages that carry one, so none
-/// reaches the engine.
-const NO_MEMBERSHIP_CHANGES: &str =
-    "a membership change reached the engine: the replication driver refuses them";
+/// A value's stored form (in ACCEPT records and the catalog): a tag (0
+/// no-op, 1 command, 2 membership change) and a body (the command, the
+/// group's encoded spec, or nothing).
+fn value_parts(value: &Value) -> (u8, &[u8]) {
+    match value {
+        Value::Noop => (0, &[]),
+        Value::Command(command) => (1, command),
+        Value::Reconfigure(membership) => (2, &membership.context),
+    }
+}
+
+/// The value a stored tag and body make; `None` if they make none.
+fn value_from_parts(tag: u8, body: Vec<u8>) -> Option<Value> {
+    match tag {
+        0 => Some(Value::Noop),
+        1 => Some(Value::Command(body)),
+        2 => membership_value(&body),
+        _ => None,
+    }
+}
+
+/// The members a group's spec names: those not removed, log replicas
+/// as such.
+pub fn membership_of(spec: &GroupSpec) -> Result<Membership, MembershipError> {
+    Membership::new(
+        spec.current()
+            .map(|(id, member)| Member {
+                id: id as usize,
+                log_only: member.role == MemberRole::Log,
+            })
+            .collect(),
+    )
+}
+
+/// A membership change as the node logs it: the group's encoded spec,
+/// from which the members follow (`None` if it does not decode).
+pub fn membership_value(spec: &[u8]) -> Option<Value> {
+    let decoded = GroupSpec::from_bytes(spec).ok()?;
+    let membership = membership_of(&decoded).ok()?;
+    Some(Value::Reconfigure(membership.with_context(spec.to_vec())))
+}
 
 /// The body of a PROMISE or ACCEPT record.
 fn encode_persist(persist: &Persist) -> Vec<u8> {
@@ -261,18 +300,14 @@ fn encode_persist(persist: &Persist) -> Vec<u8> {
             ballot,
             value,
         } => {
-            let command: &[u8] = match value {
-                Value::Noop => &[],
-                Value::Command(command) => command,
-                Value::Reconfigure(_) => unreachable!("{NO_MEMBERSHIP_CHANGES}"),
-            };
-            let mut out = Vec::with_capacity(26 + command.len());
+            let (tag, body) = value_parts(value);
+            let mut out = Vec::with_capacity(26 + body.len());
             out.push(record::ACCEPT);
             out.extend_from_slice(&slot.to_le_bytes());
             out.extend_from_slice(&ballot.round.to_le_bytes());
             out.extend_from_slice(&(ballot.leader as u64).to_le_bytes());
-            out.push(u8::from(matches!(value, Value::Command(_))));
-            out.extend_from_slice(command);
+            out.push(tag);
+            out.extend_from_slice(body);
             out
         }
     }
@@ -296,11 +331,7 @@ fn decode_persist(kind: u8, body: &[u8]) -> Option<Persist> {
         record::ACCEPT => {
             let slot = decode_u64(body, 0)?;
             let ballot = decode_ballot(body, 8)?;
-            let value = match body.get(24)? {
-                0 => Value::Noop,
-                1 => Value::Command(body[25..].to_vec()),
-                _ => return None,
-            };
+            let value = value_from_parts(*body.get(24)?, body[25..].to_vec())?;
             Some(Persist::Accept {
                 slot,
                 ballot,
@@ -402,6 +433,8 @@ pub struct SnapshotView {
     pub through: Slot,
     /// The hashes the partition served at `through`.
     pub range: HashRange,
+    /// The group's members at `through`.
+    pub spec: GroupSpec,
     tree: Tree,
     _pin: SnapshotPin,
 }
@@ -720,6 +753,32 @@ impl<Fs: FileSystem> Engine<Fs> {
     }
 
     /// Applies chosen slot `slot` of replicated `partition` when it holds
+    /// a membership change: the group becomes `spec` (this replica keeps
+    /// its id), in force from `slot + 1`. No await: a checkpoint sees the
+    /// new members together with the applied point past `slot`, or
+    /// neither, and recovery applies the slot again.
+    pub fn apply_membership(
+        &self,
+        partition: PartitionId,
+        slot: Slot,
+        spec: GroupSpec,
+    ) -> Result<(), EngineError> {
+        self.check_running()?;
+        self.with_group(partition, |group| {
+            assert_eq!(
+                slot, group.applied_through,
+                "chosen slots are applied in order, once"
+            );
+            group.spec = GroupSpec {
+                replica: group.spec.replica,
+                since: slot + 1,
+                ..spec
+            };
+            group.mark_applied(slot);
+        })
+    }
+
+    /// Applies chosen slot `slot` of replicated `partition` when it holds
     /// a split at hash `at`: the items hashing from `at` to the end of the
     /// partition's range are copied into a new replicated partition
     /// `child` (same schema, same members, this replica's index), which
@@ -842,6 +901,8 @@ impl<Fs: FileSystem> Engine<Fs> {
         if let Some(group) = p.group.as_mut() {
             group.mark_applied(slot);
         }
+        // The child's log starts at slot 0, under the parent's members.
+        let spec = GroupSpec { since: 0, ..spec };
         let mut born = Partition::new(schema, tree, Some(GroupLog::new(spec)));
         born.range = (at, last);
         partitions.insert(child, born);
@@ -929,6 +990,7 @@ impl<Fs: FileSystem> Engine<Fs> {
             partition,
             through: group.applied_through,
             range: p.range,
+            spec: group.spec.clone(),
             tree: p.tree.clone(),
             _pin: SnapshotPin(self.snapshot_pins.clone()),
         })
@@ -1032,6 +1094,7 @@ impl<Fs: FileSystem> Engine<Fs> {
         partition: PartitionId,
         through: Slot,
         range: HashRange,
+        spec: GroupSpec,
     ) -> Result<(bool, Retired), EngineError> {
         self.check_running()?;
         let Some(staged) = self.staging.borrow_mut().remove(&partition) else {
@@ -1046,6 +1109,10 @@ impl<Fs: FileSystem> Engine<Fs> {
                 group.applied_through = through;
                 group.committed_through = group.committed_through.max(through);
                 group.durable.accepted = group.durable.accepted.split_off(&through);
+                group.spec = GroupSpec {
+                    replica: group.spec.replica,
+                    ..spec
+                };
                 p.range = range;
                 (true, Retired(Some(std::mem::replace(&mut p.tree, staged))))
             }
@@ -1770,15 +1837,15 @@ impl GroupLog {
                 .durable
                 .accepted
                 .iter()
-                .map(|(slot, (ballot, value))| CatalogAccepted {
-                    slot: *slot,
-                    round: ballot.round,
-                    leader: ballot.leader as u64,
-                    command: match value {
-                        Value::Noop => None,
-                        Value::Command(command) => Some(command.clone()),
-                        Value::Reconfigure(_) => unreachable!("{NO_MEMBERSHIP_CHANGES}"),
-                    },
+                .map(|(slot, (ballot, value))| {
+                    let (tag, body) = value_parts(value);
+                    CatalogAccepted {
+                        slot: *slot,
+                        round: ballot.round,
+                        leader: ballot.leader as u64,
+                        tag,
+                        body: body.to_vec(),
+                    }
                 })
                 .collect(),
         }
@@ -1796,7 +1863,8 @@ fn group_from_catalog(group: CatalogGroup) -> Result<GroupLog, String> {
         accepted: BTreeMap::new(),
     };
     for entry in group.accepted {
-        let value = entry.command.map_or(Value::Noop, Value::Command);
+        let value = value_from_parts(entry.tag, entry.body)
+            .ok_or_else(|| format!("slot {}: an accepted value of unknown form", entry.slot))?;
         durable
             .accepted
             .insert(entry.slot, (ballot(entry.round, entry.leader)?, value));

@@ -54,7 +54,10 @@ pub enum PageKind {
     /// The second ([`CatalogPageV2`], before hash ranges): read, never
     /// written.
     CatalogV2 = 3,
-    Catalog = 4,
+    /// The third ([`CatalogPageV4`], before membership changes): read,
+    /// never written.
+    CatalogV4 = 4,
+    Catalog = 5,
 }
 
 /// A B-tree node as stored. A branch with `n` keys has `n + 1` children;
@@ -112,8 +115,10 @@ pub struct CatalogAccepted {
     pub slot: u64,
     pub round: u64,
     pub leader: u64,
-    /// `None` for a no-op.
-    pub command: Option<Vec<u8>>,
+    /// As in an ACCEPT record: 0 no-op, 1 command, 2 membership change.
+    pub tag: u8,
+    /// The command, or the group's encoded spec; empty for a no-op.
+    pub body: Vec<u8>,
 }
 
 /// The list of a core's partitions and their roots, written at checkpoint.
@@ -122,6 +127,86 @@ pub struct CatalogAccepted {
 )]
 pub struct CatalogPage {
     pub entries: Vec<CatalogEntry>,
+}
+
+/// The catalog layout of page kind 4, before membership changes gave
+/// accepted values a third kind.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CatalogPageV4 {
+    pub entries: Vec<CatalogEntryV4>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CatalogEntryV4 {
+    pub partition: u64,
+    pub schema: Vec<u8>,
+    pub root: u64,
+    pub group: Option<CatalogGroupV4>,
+    pub range_first: u64,
+    pub range_last: u64,
+    pub bytes: u64,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CatalogGroupV4 {
+    pub spec: Vec<u8>,
+    pub promised_round: u64,
+    pub promised_leader: u64,
+    pub committed_through: u64,
+    pub applied_through: u64,
+    pub accepted: Vec<CatalogAcceptedV4>,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CatalogAcceptedV4 {
+    pub slot: u64,
+    pub round: u64,
+    pub leader: u64,
+    /// `None` for a no-op.
+    pub command: Option<Vec<u8>>,
+}
+
+impl From<CatalogGroupV4> for CatalogGroup {
+    fn from(v4: CatalogGroupV4) -> Self {
+        CatalogGroup {
+            spec: v4.spec,
+            promised_round: v4.promised_round,
+            promised_leader: v4.promised_leader,
+            committed_through: v4.committed_through,
+            applied_through: v4.applied_through,
+            accepted: v4
+                .accepted
+                .into_iter()
+                .map(|a| CatalogAccepted {
+                    slot: a.slot,
+                    round: a.round,
+                    leader: a.leader,
+                    tag: u8::from(a.command.is_some()),
+                    body: a.command.unwrap_or_default(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<CatalogPageV4> for CatalogPage {
+    fn from(v4: CatalogPageV4) -> Self {
+        CatalogPage {
+            entries: v4
+                .entries
+                .into_iter()
+                .map(|e| CatalogEntry {
+                    partition: e.partition,
+                    schema: e.schema,
+                    root: e.root,
+                    group: e.group.map(CatalogGroup::from),
+                    range_first: e.range_first,
+                    range_last: e.range_last,
+                    bytes: e.bytes,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// The second catalog layout (page kind 3), before splits gave
@@ -136,16 +221,16 @@ pub struct CatalogEntryV2 {
     pub partition: u64,
     pub schema: Vec<u8>,
     pub root: u64,
-    pub group: Option<CatalogGroup>,
+    pub group: Option<CatalogGroupV4>,
 }
 
 impl From<CatalogPageV2> for CatalogPage {
     fn from(v2: CatalogPageV2) -> Self {
-        CatalogPage {
+        CatalogPageV4 {
             entries: v2
                 .entries
                 .into_iter()
-                .map(|e| CatalogEntry {
+                .map(|e| CatalogEntryV4 {
                     partition: e.partition,
                     schema: e.schema,
                     root: e.root,
@@ -156,6 +241,7 @@ impl From<CatalogPageV2> for CatalogPage {
                 })
                 .collect(),
         }
+        .into()
     }
 }
 

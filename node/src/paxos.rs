@@ -76,6 +76,9 @@ pub struct Member {
 pub struct Membership {
     /// By id, each once.
     members: Vec<Member>,
+    /// Opaque to the core: what the driver needs to reach the members
+    /// (the node puts its encoded `GroupSpec` here), chosen with them.
+    pub context: Vec<u8>,
 }
 
 /// Why a membership cannot be used.
@@ -101,7 +104,16 @@ impl Membership {
         if full * 2 <= members.len() {
             return Err(MembershipError::TooFewFullMembers);
         }
-        Ok(Membership { members })
+        Ok(Membership {
+            members,
+            context: Vec::new(),
+        })
+    }
+
+    /// The same members, with `context` for the driver.
+    pub fn with_context(mut self, context: Vec<u8>) -> Membership {
+        self.context = context;
+        self
     }
 
     /// Full members with these ids (at least one).

@@ -26,14 +26,18 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use cairn_common::quic::{Connection, Endpoint, TransportError};
-use cairn_common::wire::{self, ErrorCode, GroupSpec, NodeOp, NodeRequest, Response, ReturnValues};
+use cairn_common::wire::{
+    self, ErrorCode, GroupMember, GroupSpec, MemberRole, NodeOp, NodeRequest, Response,
+    ReturnValues,
+};
 use event_listener::Event;
 use rkyv::rancor;
 
 use crate::admission::PeerSpare;
 use crate::device::DmaFs;
+use crate::engine::membership_of;
 use crate::engine::{Engine, EngineError, HashRange, PartitionId};
-use crate::paxos::{self, Membership, Message, Replica, ReplicaId, Slot, Value};
+use crate::paxos::{self, Message, Replica, ReplicaId, Slot, Value};
 use crate::server::Admitter;
 use crate::shard::{Op, shard_addr};
 
@@ -103,12 +107,20 @@ pub struct SnapshotChunk {
     /// The hashes the partition served at `through` (a split may have
     /// narrowed it).
     pub range: (u64, u64),
+    /// The group's members at `through` (`GroupSpec::to_bytes`).
+    pub spec: Vec<u8>,
     /// `None` in the first chunk, else the previous chunk's last key.
     pub after: Option<Vec<u8>>,
     /// Encoded key and item bytes, in key order.
     pub entries: Vec<(Vec<u8>, Vec<u8>)>,
     pub last: bool,
 }
+
+/// A joining replica's `GroupSpec::since` until it learns the slot: it
+/// holds no membership before that (`add_group`).
+const SINCE_UNKNOWN: Slot = Slot::MAX;
+/// How long a peer node may take to answer a control request.
+const NODE_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// About this many bytes of entries go in one snapshot chunk.
 const SNAPSHOT_CHUNK_BYTES: usize = 256 << 10;
@@ -125,6 +137,7 @@ struct Install {
     stream: u64,
     through: Slot,
     range: HashRange,
+    spec: GroupSpec,
     /// The last key stored; the next chunk must start after it.
     after: Option<Vec<u8>>,
     /// A chunk is being stored (no other may interleave with it), or the
@@ -140,8 +153,27 @@ const PEER_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 struct Pending {
-    id: u64,
+    /// The command's id; for a membership change, the context proposed.
+    proposed: Proposed,
     reply: async_channel::Sender<Response>,
+}
+
+/// What a leader proposed in a slot, to tell it from another leader's
+/// value chosen there.
+#[derive(Debug, PartialEq, Eq)]
+enum Proposed {
+    Command(u64),
+    Membership(Vec<u8>),
+}
+
+impl Proposed {
+    fn is(&self, value: &Value) -> bool {
+        match (self, value) {
+            (Proposed::Command(id), Value::Command(command)) => command_id(command) == Some(*id),
+            (Proposed::Membership(spec), Value::Reconfigure(m)) => m.context == *spec,
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -192,7 +224,7 @@ pub struct Replication {
     /// Snapshots this shard is receiving, by partition.
     installs: RefCell<HashMap<PartitionId, Install>>,
     /// Complete snapshots for the apply task to swap in, between slots.
-    installs_ready: RefCell<VecDeque<(PartitionId, Slot, HashRange)>>,
+    installs_ready: RefCell<VecDeque<(PartitionId, Slot, HashRange, GroupSpec)>>,
     epoch: Instant,
 }
 
@@ -356,14 +388,15 @@ impl Replication {
         let seed = partition.wrapping_mul(0x9E37_79B9_7F4A_7C15)
             ^ u64::from(log.spec.replica) << 56
             ^ u64::from(std::process::id()) << 24;
-        // Every group keeps the members it was created with: this build
-        // proposes no membership change and refuses peers' (`receive`).
-        let membership = Membership::full(0..log.spec.members.len()).map_err(|e| {
-            EngineError::CorruptRecord {
+        // The members at the applied point; a replica that joined the
+        // group learns them from a snapshot or the log.
+        let membership = (log.applied_through >= log.spec.since)
+            .then(|| membership_of(&log.spec))
+            .transpose()
+            .map_err(|e| EngineError::CorruptRecord {
                 lsn: 0,
                 reason: format!("partition {partition}: {e}"),
-            }
-        })?;
+            })?;
         let config = paxos::Config {
             id: log.spec.replica as ReplicaId,
             heartbeat_interval: self.config.heartbeat_interval,
@@ -374,7 +407,7 @@ impl Replication {
         };
         let replica = Replica::new(
             config,
-            Some(membership),
+            membership,
             log.durable,
             log.applied_through,
             Instant::now(),
@@ -416,16 +449,23 @@ impl Replication {
             }
             match group.replica.propose(encode_command(id, request)) {
                 Ok(slot) => {
-                    group.pending.insert(slot, Pending { id, reply });
+                    let proposed = Proposed::Command(id);
+                    group.pending.insert(slot, Pending { proposed, reply });
                 }
-                Err(not_leader) => {
+                Err(paxos::NotLeader { .. }) => {
                     return Response::NotLeader {
-                        leader: not_leader.hint.map(|h| h as u32),
+                        leader: router_hint(&group.replica),
                     };
                 }
             }
         }
         self.drive(partition);
+        self.await_applied(answer).await
+    }
+
+    /// The answer to a proposal, once applied here, or `Unavailable` after
+    /// the proposal timeout.
+    async fn await_applied(&self, answer: async_channel::Receiver<Response>) -> Response {
         let timeout = self.config.proposal_timeout;
         let timer = async {
             glommio::timer::sleep(timeout).await;
@@ -439,12 +479,145 @@ impl Replication {
         }
     }
 
+    /// Replaces `partition`'s member on node `old` by `new` (see
+    /// `NodeOp::ReplaceMember`): creates the new replica, proposes the
+    /// change, and answers once it is applied here. The leader starts
+    /// sending to the new member at once.
+    pub async fn replace_member(
+        self: &Rc<Self>,
+        partition: PartitionId,
+        old: &str,
+        new: &GroupMember,
+    ) -> Response {
+        let invalid = |message: String| Response::error(ErrorCode::Validation, message);
+        if let Err(not_leader) = self.check_leads(partition) {
+            return not_leader;
+        }
+        let Some(current) = self.engine.group(partition).map(|log| log.spec) else {
+            return self.missing_group(partition);
+        };
+        let spec = match successor(&current, old, new) {
+            Ok(Some(spec)) => spec,
+            Ok(None) => return Response::Done, // replaced before
+            Err(reason) => return invalid(format!("partition {partition}: {reason}")),
+        };
+        if let Err(reason) = check_successor(&current, &spec) {
+            return invalid(format!("partition {partition}: {reason}"));
+        }
+        if let Err(response) = self.create_member(partition, &spec).await {
+            return response;
+        }
+        let spec = &spec;
+        let membership = match membership_of(spec) {
+            Ok(membership) => membership,
+            Err(error) => return invalid(format!("partition {partition}: {error}")),
+        };
+        let addrs = match member_addrs(spec, partition) {
+            Ok(addrs) => addrs,
+            Err(error) => return invalid(format!("partition {partition}: {error}")),
+        };
+        // Each replica keeps its own id and sets `since` when it applies.
+        let context = GroupSpec {
+            replica: 0,
+            since: 0,
+            ..spec.clone()
+        }
+        .to_bytes();
+        let (reply, answer) = async_channel::bounded(1);
+        {
+            let mut groups = self.groups.borrow_mut();
+            let Some(group) = groups.get_mut(&partition) else {
+                return self.missing_group(partition);
+            };
+            match group
+                .replica
+                .propose_membership(membership.with_context(context.clone()))
+            {
+                Ok(slot) => {
+                    let proposed = Proposed::Membership(context);
+                    group.pending.insert(slot, Pending { proposed, reply });
+                    // A superset of the old addresses, each id in its place.
+                    group.members = addrs;
+                }
+                Err(paxos::ReconfigureError::NotLeader(_)) => {
+                    return Response::NotLeader {
+                        leader: router_hint(&group.replica),
+                    };
+                }
+                Err(paxos::ReconfigureError::InProgress) => {
+                    return Response::error(
+                        ErrorCode::Throttling,
+                        "another membership change is in progress; retry",
+                    );
+                }
+                Err(error @ paxos::ReconfigureError::RemovesLeader) => {
+                    return invalid(format!("partition {partition}: {error}"));
+                }
+            }
+        }
+        tracing::info!(
+            shard = self.shard,
+            partition,
+            old,
+            new = new.addr,
+            "member replacement proposed"
+        );
+        self.drive(partition);
+        self.await_applied(answer).await
+    }
+
+    /// Creates the replica of `partition` that `spec`'s last member names
+    /// on its node, knowing no membership yet (`since` unknown); one that
+    /// exists already is fine (an earlier attempt made it).
+    async fn create_member(
+        &self,
+        partition: PartitionId,
+        spec: &GroupSpec,
+    ) -> Result<(), Response> {
+        let unavailable_now = |why: String| unavailable(format!("creating the new replica: {why}"));
+        let id = spec.members.len() - 1;
+        let schema = self
+            .engine
+            .schema(partition)
+            .map_err(|e| engine_error(&e))?;
+        let addr = member_addrs(spec, partition)
+            .map_err(|e| Response::error(ErrorCode::Validation, e))?[id];
+        let request = wire::encode_node_request(&NodeRequest {
+            limit: None,
+            partition,
+            op: NodeOp::CreatePartition {
+                schema: schema.encode(),
+                group: Some(GroupSpec {
+                    replica: id as u32,
+                    since: SINCE_UNKNOWN,
+                    ..spec.clone()
+                }),
+            },
+        });
+        let connection = self
+            .connection(addr)
+            .await
+            .map_err(|e| unavailable_now(e.to_string()))?;
+        let answer = connection
+            .request(&request, NODE_REQUEST_TIMEOUT)
+            .await
+            .map_err(|e| unavailable_now(e.to_string()))?;
+        match wire::decode_response(&answer).map_err(|e| unavailable_now(e.to_string()))? {
+            Response::Done
+            | Response::Error {
+                code: ErrorCode::ResourceInUse,
+                ..
+            } => Ok(()),
+            other => Err(other),
+        }
+    }
+
     /// `Ok` if this replica leads `partition` (or runs no group of it),
     /// else the `NotLeader` answer with its guess.
     pub fn check_leads(&self, partition: PartitionId) -> Result<(), Response> {
         match self.groups.borrow().get(&partition) {
             Some(group) if !group.replica.is_leader() => Err(Response::NotLeader {
-                leader: group.replica.leader_hint().map(|h| h as u32),
+                leader: router_hint(&group.replica),
             }),
             _ => Ok(()),
         }
@@ -458,7 +631,23 @@ impl Replication {
         consistent: bool,
     ) -> Result<(), Response> {
         if !consistent {
-            return Ok(());
+            // A replica out of its group (replaced) learns no more writes,
+            // and one that joined serves nothing until it has caught up
+            // with its group: the router should ask another.
+            let groups = self.groups.borrow();
+            return match groups.get(&partition) {
+                Some(group)
+                    if group
+                        .replica
+                        .membership()
+                        .is_none_or(|m| !m.contains(group.replica.id())) =>
+                {
+                    Err(Response::NotLeader {
+                        leader: router_hint(&group.replica),
+                    })
+                }
+                _ => Ok(()),
+            };
         }
         let slot = {
             let groups = self.groups.borrow();
@@ -472,7 +661,7 @@ impl Replication {
                 }
                 None => {
                     return Err(Response::NotLeader {
-                        leader: group.replica.leader_hint().map(|h| h as u32),
+                        leader: router_hint(&group.replica),
                     });
                 }
             }
@@ -522,15 +711,6 @@ impl Replication {
             {
                 // A group this shard does not (yet) host: drop; Paxos
                 // retransmits what matters.
-                if carries_membership(&message) {
-                    tracing::warn!(
-                        shard = self.shard,
-                        partition,
-                        from,
-                        "dropped a membership change: this build does not take them"
-                    );
-                    continue;
-                }
                 if let Some(group) = groups.get_mut(&partition)
                     && (from as usize) < group.members.len()
                 {
@@ -644,8 +824,8 @@ impl Replication {
         loop {
             let listener = self.apply_ready.listen();
             let install = self.installs_ready.borrow_mut().pop_front();
-            if let Some((partition, through, range)) = install {
-                if let Err(error) = self.install(partition, through, range).await {
+            if let Some((partition, through, range, spec)) = install {
+                if let Err(error) = self.install(partition, through, range, spec).await {
                     tracing::error!(shard = self.shard, partition, %error, "snapshot not installed");
                     return; // the engine stopped
                 }
@@ -668,10 +848,6 @@ impl Replication {
                     engine_error(error)
                 }
             };
-            let mine = match &value {
-                Value::Command(command) => command_id(command),
-                Value::Noop | Value::Reconfigure(_) => None,
-            };
             {
                 let mut groups = self.groups.borrow_mut();
                 if let Some(group) = groups.get_mut(&partition) {
@@ -682,7 +858,7 @@ impl Replication {
                         self.admitter.charge_follower_write(command.len());
                     }
                     if let Some(pending) = group.pending.remove(&slot) {
-                        let answer = if Some(pending.id) == mine {
+                        let answer = if pending.proposed.is(&value) {
                             response
                         } else {
                             unavailable("a new leader filled this write's slot; it was not applied")
@@ -719,6 +895,7 @@ impl Replication {
         partition: PartitionId,
         through: Slot,
         range: HashRange,
+        spec: GroupSpec,
     ) -> Result<(), EngineError> {
         let following = self
             .groups
@@ -726,15 +903,18 @@ impl Replication {
             .get(&partition)
             .is_some_and(|g| g.replica.is_follower());
         let (installed, retired) = if following {
-            self.engine.stage_install(partition, through, range)?
+            self.engine
+                .stage_install(partition, through, range, spec.clone())?
         } else {
             (false, self.engine.stage_discard(partition))
         };
         if installed && let Some(group) = self.groups.borrow_mut().get_mut(&partition) {
-            // No group changes its members yet (see `add_group`).
-            match Membership::full(0..group.members.len()) {
-                Ok(membership) => group.replica.installed(through, membership),
-                Err(error) => tracing::error!(shard = self.shard, partition, %error, "bad group"),
+            // The members at `through` (checked when the chunk came).
+            if let (Ok(membership), Ok(addrs)) =
+                (membership_of(&spec), member_addrs(&spec, partition))
+            {
+                group.replica.installed(through, membership);
+                group.members = addrs;
             }
             tracing::info!(shard = self.shard, partition, through, "snapshot installed");
         }
@@ -824,6 +1004,7 @@ impl Replication {
                 stream,
                 through: view.through,
                 range: view.range,
+                spec: view.spec.to_bytes(),
                 after: after.take(),
                 entries,
                 last: !more,
@@ -930,6 +1111,19 @@ impl Replication {
                     install.busy = true;
                 }
                 _ if first => {
+                    let spec = match GroupSpec::from_bytes(&chunk.spec) {
+                        Ok(spec)
+                            if membership_of(&spec).is_ok()
+                                && member_addrs(&spec, partition).is_ok() =>
+                        {
+                            spec
+                        }
+                        _ => {
+                            return refuse(format!(
+                                "partition {partition}: a snapshot with a malformed group"
+                            ));
+                        }
+                    };
                     installs.insert(
                         partition,
                         Install {
@@ -937,6 +1131,7 @@ impl Replication {
                             stream: chunk.stream,
                             through: chunk.through,
                             range: chunk.range,
+                            spec,
                             after: None,
                             busy: true,
                         },
@@ -974,9 +1169,12 @@ impl Replication {
         if chunk.last {
             // Busy until the apply task has swapped it in.
             install.busy = true;
-            self.installs_ready
-                .borrow_mut()
-                .push_back((partition, install.through, install.range));
+            self.installs_ready.borrow_mut().push_back((
+                partition,
+                install.through,
+                install.range,
+                install.spec.clone(),
+            ));
             self.apply_ready.notify(1);
         } else {
             install.after = next_after;
@@ -1013,13 +1211,8 @@ impl Replication {
                     }
                 }
             }
-            // Refused at the peer boundary and never proposed here: only
-            // a log written by another build can hold one. Stop, as for
-            // any chosen value this build cannot apply.
-            Value::Reconfigure(_) => {
-                return Err(self.engine.stop(format!(
-                    "partition {partition} slot {slot}: a membership change, which this build cannot apply"
-                )));
+            Value::Reconfigure(membership) => {
+                return self.apply_membership(partition, slot, &membership.context);
             }
         };
         if let Some(Op::Split { at, child }) = command {
@@ -1080,6 +1273,38 @@ impl Replication {
                 }
             }
         }
+    }
+
+    /// Applies a chosen membership change: the group's spec (`spec`, its
+    /// stored form) becomes the engine's, and messages go to its members.
+    /// Bytes that do not decode stop the engine, as a command this build
+    /// cannot decode does: the core chose the value by the membership
+    /// they name.
+    fn apply_membership(
+        self: &Rc<Self>,
+        partition: PartitionId,
+        slot: Slot,
+        spec: &[u8],
+    ) -> Result<Response, EngineError> {
+        let decoded = GroupSpec::from_bytes(spec).map_err(|e| e.to_string());
+        let addrs = decoded
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|spec| member_addrs(spec, partition));
+        let (spec, addrs) = match (decoded, addrs) {
+            (Ok(spec), Ok(addrs)) => (spec, addrs),
+            (Err(error), _) | (_, Err(error)) => {
+                return Err(self.engine.stop(format!(
+                    "partition {partition} slot {slot}: a membership change this build cannot apply: {error}"
+                )));
+            }
+        };
+        self.engine.apply_membership(partition, slot, spec)?;
+        if let Some(group) = self.groups.borrow_mut().get_mut(&partition) {
+            group.members = addrs;
+        }
+        tracing::info!(shard = self.shard, partition, slot, "membership changed");
+        Ok(Response::Done)
     }
 
     async fn bring_up_child(self: &Rc<Self>, child: PartitionId) -> Result<(), EngineError> {
@@ -1199,14 +1424,73 @@ impl Replication {
     }
 }
 
-/// Whether a peer's message carries a membership change (which this
-/// build does not take yet: see `add_group`).
-fn carries_membership(message: &Message) -> bool {
-    match message {
-        Message::Accept { value, .. } => matches!(value, Value::Reconfigure(_)),
-        Message::Promise { accepted, .. } => accepted
-            .iter()
-            .any(|(_, _, value)| matches!(value, Value::Reconfigure(_))),
-        _ => false,
+/// The leader hint a router understands: the leader's place among the
+/// group's current members in id order, which is the order the partition
+/// map lists their nodes in (a replaced node's entry goes, the new one is
+/// appended: docs/metadata.md). The same as the replica id until a
+/// member is replaced.
+fn router_hint(replica: &Replica) -> Option<u32> {
+    let leader = replica.leader_hint()?;
+    let position = replica.membership()?.ids().position(|id| id == leader)?;
+    u32::try_from(position).ok()
+}
+
+/// The group `current` becomes when the member on node `old` is replaced
+/// by `new`: `None` if that happened already.
+fn successor(
+    current: &GroupSpec,
+    old: &str,
+    new: &GroupMember,
+) -> Result<Option<GroupSpec>, String> {
+    let member_on = |addr: &str| {
+        current
+            .current()
+            .find(|(_, m)| m.addr == addr)
+            .map(|(id, _)| id as usize)
+    };
+    match (member_on(old), member_on(&new.addr)) {
+        (None, Some(_)) => Ok(None),
+        (Some(_), Some(_)) => Err(format!("{} is a member already", new.addr)),
+        (None, None) => Err(format!("no member of the group is on {old}")),
+        (Some(replaced), None) => {
+            let mut next = current.clone();
+            next.members[replaced].role = MemberRole::Removed;
+            next.members.push(new.clone());
+            Ok(Some(next))
+        }
     }
+}
+
+/// Whether `next` may follow `current` as a group's membership: every
+/// member keeps its id, address, cores and zone, a removed one stays
+/// removed, and the members added are new. (Log replicas are not built
+/// in the node yet: a change may not make one.)
+fn check_successor(current: &GroupSpec, next: &GroupSpec) -> Result<(), String> {
+    next.validate().map_err(|e| e.to_string())?;
+    if next.members.len() < current.members.len() {
+        return Err("a membership change may not drop members (mark them Removed)".into());
+    }
+    for (id, (old, new)) in current.members.iter().zip(&next.members).enumerate() {
+        let same = (&old.addr, old.cores, &old.zone) == (&new.addr, new.cores, &new.zone);
+        if !same {
+            return Err(format!(
+                "replica {id} may not change its address, cores or zone"
+            ));
+        }
+        if old.role == MemberRole::Removed && new.role != MemberRole::Removed {
+            return Err(format!(
+                "replica {id} was removed; a new member takes a new id"
+            ));
+        }
+    }
+    if next.members[current.members.len()..]
+        .iter()
+        .any(|m| m.role == MemberRole::Removed)
+    {
+        return Err("a member added as removed".into());
+    }
+    if next.members.iter().any(|m| m.role == MemberRole::Log) {
+        return Err("log replicas are not supported by the node yet".into());
+    }
+    Ok(())
 }

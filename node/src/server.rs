@@ -249,6 +249,12 @@ async fn answer(
             }
             return stats(engine, partition);
         }
+        NodeOp::ReplaceMember { old, new } => {
+            let Some(replication) = replication else {
+                return no_replication();
+            };
+            return replication.replace_member(partition, old, new).await;
+        }
         NodeOp::CreatePartition {
             schema,
             group: Some(spec),
@@ -482,9 +488,12 @@ pub(crate) fn to_op(request: NodeRequest) -> Result<Op, DecodeError> {
             resume_after,
         }),
         NodeOp::Split { at, child } => Op::Split { at, child },
-        NodeOp::Replication { .. } | NodeOp::Snapshot { .. } | NodeOp::Stats => {
+        NodeOp::Replication { .. }
+        | NodeOp::Snapshot { .. }
+        | NodeOp::Stats
+        | NodeOp::ReplaceMember { .. } => {
             return Err(DecodeError::Malformed(
-                "a replication or stats message is not an operation".into(),
+                "a replication, membership or stats message is not an operation".into(),
             ));
         }
     })

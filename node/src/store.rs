@@ -23,8 +23,8 @@ use rkyv::rancor;
 
 use crate::device::{BLOCK_SIZE, BlockFile, FileSystem, OpenMode};
 use crate::page::{
-    ArchivedNodePage, CatalogPage, CatalogPageV1, CatalogPageV2, PageAddr, PageBytes, PageCache,
-    PageError, PageKind, unframe, unframe_any,
+    ArchivedNodePage, CatalogPage, CatalogPageV1, CatalogPageV2, CatalogPageV4, PageAddr,
+    PageBytes, PageCache, PageError, PageKind, unframe, unframe_any,
 };
 use crate::wal::Lsn;
 
@@ -258,7 +258,12 @@ impl<Fs: FileSystem> PageStore<Fs> {
         let (kind, archived) = unframe_any(
             &bytes,
             addr,
-            &[PageKind::Catalog, PageKind::CatalogV2, PageKind::CatalogV1],
+            &[
+                PageKind::Catalog,
+                PageKind::CatalogV4,
+                PageKind::CatalogV2,
+                PageKind::CatalogV1,
+            ],
         )?;
         let corrupt = |e: rancor::Error| PageError::Corrupt {
             addr: addr.0,
@@ -269,6 +274,9 @@ impl<Fs: FileSystem> PageStore<Fs> {
                 .map_err(corrupt)?
                 .into(),
             PageKind::CatalogV2 => rkyv::from_bytes::<CatalogPageV2, rancor::Error>(&archived)
+                .map_err(corrupt)?
+                .into(),
+            PageKind::CatalogV4 => rkyv::from_bytes::<CatalogPageV4, rancor::Error>(&archived)
                 .map_err(corrupt)?
                 .into(),
             _ => rkyv::from_bytes::<CatalogPage, rancor::Error>(&archived).map_err(corrupt)?,

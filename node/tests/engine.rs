@@ -552,7 +552,7 @@ fn power_loss_before_the_first_superblock_recovers_from_the_log() {
 /// and the commit marker — and a restart applies nothing twice.
 /// Replica `replica` of a three-member group whose nodes run `cores` shards.
 fn group_spec(replica: u32, cores: u32) -> cairn_common::wire::GroupSpec {
-    use cairn_common::wire::{GroupMember, GroupSpec};
+    use cairn_common::wire::{GroupMember, GroupSpec, MemberRole};
     GroupSpec {
         replica,
         members: (0..3)
@@ -560,8 +560,10 @@ fn group_spec(replica: u32, cores: u32) -> cairn_common::wire::GroupSpec {
                 addr: format!("127.0.0.1:{}", 7100 + n),
                 cores,
                 zone: format!("zone-{n}"),
+                role: MemberRole::Full,
             })
             .collect(),
+        since: 0,
     }
 }
 
@@ -629,6 +631,124 @@ fn a_replicated_partition_recovers_its_paxos_state_across_checkpoints() {
         let got = block_on(engine.get_item(PARTITION, &key(slot as u32, 0))).unwrap();
         assert_eq!(got, Some(item(slot as u32, 0, slot, 10)), "slot {slot}");
     }
+}
+
+/// A membership change in a replica's log: the accepted value (a group
+/// spec) comes back the same from the catalog and from the WAL, and the
+/// applied change — the group's new spec, this replica's id kept, in
+/// force from the slot after it — is durable with the applied point that
+/// passed it, and with nothing less: a power cut before the checkpoint
+/// leaves the old members and the change still to apply.
+#[test]
+fn membership_changes_are_logged_applied_and_recovered() {
+    use cairn_common::wire::{GroupMember, MemberRole};
+    use cairn_node::engine::{Write, membership_value};
+    use cairn_node::paxos::{Ballot, Persist, Value};
+
+    let fs = MemFs::new();
+    let old = group_spec(1, 2);
+    let mut new = old.clone();
+    new.members[2].role = MemberRole::Removed;
+    new.members.push(GroupMember {
+        addr: "127.0.0.1:7103".into(),
+        cores: 2,
+        zone: "zone-3".into(),
+        role: MemberRole::Full,
+    });
+    let change = |spec: &cairn_common::wire::GroupSpec| {
+        let stored = cairn_common::wire::GroupSpec {
+            replica: 0,
+            since: 0,
+            ..spec.clone()
+        };
+        membership_value(&stored.to_bytes()).expect("a valid group")
+    };
+    let ballot = Ballot {
+        round: 2,
+        leader: 0,
+    };
+    let value = |slot: u64| match slot {
+        5 | 11 => change(&new),
+        _ => Value::Command(vec![slot as u8; 8]),
+    };
+    let accept = |slot: u64| Persist::Accept {
+        slot,
+        ballot,
+        value: value(slot),
+    };
+    let apply = |engine: &Engine<MemFs>, slot: u64| {
+        if slot == 5 {
+            engine
+                .apply_membership(PARTITION, slot, new.clone())
+                .unwrap();
+            return;
+        }
+        let item = item(slot as u32, 0, slot, 10);
+        let write = Write::Put {
+            item: &item,
+            condition: None,
+        };
+        block_on(engine.apply_committed(PARTITION, slot, Some((write, ReturnValues::None))))
+            .unwrap();
+    };
+    {
+        let engine = open(&fs);
+        block_on(engine.create_replicated(PARTITION, schema(), old.clone())).unwrap();
+        let lsn = engine
+            .log_paxos(PARTITION, &(0..10).map(accept).collect::<Vec<_>>())
+            .unwrap();
+        block_on(engine.wal().wait_durable(lsn)).unwrap();
+        for slot in 0..8 {
+            apply(&engine, slot);
+        }
+        block_on(engine.checkpoint()).unwrap();
+        // Slot 11's change is in the WAL only; slots 8, 9 applied after
+        // the checkpoint are lost with the power cut.
+        let lsn = engine.log_paxos(PARTITION, &[accept(11)]).unwrap();
+        block_on(engine.wal().wait_durable(lsn)).unwrap();
+        for slot in 8..10 {
+            apply(&engine, slot);
+        }
+    }
+    fs.crash(|| false);
+    let engine = open(&fs);
+    let group = engine.group(PARTITION).expect("still a replica");
+    assert_eq!(group.applied_through, 8);
+    let expected = cairn_common::wire::GroupSpec {
+        replica: 1,
+        since: 6,
+        ..new.clone()
+    };
+    assert_eq!(group.spec, expected);
+    for slot in [4, 5, 9, 11] {
+        assert_eq!(
+            group.durable.accepted[&slot],
+            (ballot, value(slot)),
+            "slot {slot}"
+        );
+    }
+    let Value::Reconfigure(membership) = value(5) else {
+        unreachable!()
+    };
+    assert_eq!(membership.ids().collect::<Vec<_>>(), vec![0, 1, 3]);
+
+    // Before a checkpoint holds it, a change applied is undone by a cut.
+    drop(engine);
+    let fs = MemFs::new();
+    {
+        let engine = open(&fs);
+        block_on(engine.create_replicated(PARTITION, schema(), old.clone())).unwrap();
+        for slot in 0..5 {
+            apply(&engine, slot);
+        }
+        block_on(engine.checkpoint()).unwrap();
+        apply(&engine, 5);
+        assert_eq!(engine.group(PARTITION).unwrap().spec, expected);
+    }
+    fs.crash(|| false);
+    let engine = open(&fs);
+    let group = engine.group(PARTITION).unwrap();
+    assert_eq!((group.applied_through, &group.spec), (5, &old));
 }
 
 /// A leader's frozen snapshot, streamed in chunks into a follower's
@@ -709,7 +829,7 @@ fn a_snapshot_replaces_a_replicas_state_and_is_durable_once_checkpointed() {
         // Staged, not yet installed: the replica still serves its old state.
         assert_eq!(follower.applied_through(PARTITION), Some(30));
         let (installed, retired) = follower
-            .stage_install(PARTITION, view.through, view.range)
+            .stage_install(PARTITION, view.through, view.range, view.spec.clone())
             .unwrap();
         assert!(installed);
         block_on(follower.retire(retired)).unwrap();
@@ -720,7 +840,7 @@ fn a_snapshot_replaces_a_replicas_state_and_is_durable_once_checkpointed() {
     // A snapshot that is not ahead is refused and changes nothing.
     block_on(follower.stage_begin(PARTITION)).unwrap();
     let (installed, retired) = follower
-        .stage_install(PARTITION, 1400, WHOLE_RANGE)
+        .stage_install(PARTITION, 1400, WHOLE_RANGE, group_spec(1, 2))
         .unwrap();
     assert!(!installed);
     block_on(follower.retire(retired)).unwrap();

@@ -565,6 +565,12 @@ impl State {
             ClientRequest::SplitPartition { table, partition } => {
                 self.split_partition(&table, partition).await
             }
+            ClientRequest::MoveReplica {
+                table,
+                partition,
+                from,
+                to,
+            } => self.move_replica(&table, partition, from, to).await,
             ClientRequest::PutItem {
                 table,
                 item,
@@ -996,6 +1002,26 @@ impl State {
             .await
         {
             tracing::warn!(table = %name, "a MemDS did not serve the split in time");
+        }
+        Response::Done
+    }
+
+    async fn move_replica(&self, name: &str, partition: u64, from: u16, to: u16) -> Response {
+        let version = match self.meta.move_replica(name, partition, from, to).await {
+            Ok(version) => version,
+            Err(response) => return response,
+        };
+        tracing::info!(table = %name, partition, from, to, "replica moved");
+        // Answer once every MemDS serves the new map.
+        if !self
+            .await_catalog(|tables| {
+                tables
+                    .iter()
+                    .any(|t| t.name == name && t.version >= version)
+            })
+            .await
+        {
+            tracing::warn!(table = %name, "a MemDS did not serve the move in time");
         }
         Response::Done
     }

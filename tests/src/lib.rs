@@ -141,10 +141,16 @@ pub const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60
 /// certificate and the config files of a cluster with `replication` copies
 /// whose router listens on `port`, then stops it.
 pub fn write_cluster_files(cairn: &str, dir: &Path, port: u16, replication: u32) {
-    let (dir, port, replication) = (
+    write_cluster_files_with(cairn, dir, port, replication, replication as u16);
+}
+
+/// As [`write_cluster_files`], with `nodes` storage nodes (one zone each).
+pub fn write_cluster_files_with(cairn: &str, dir: &Path, port: u16, replication: u32, nodes: u16) {
+    let (dir, port, replication, nodes) = (
         dir.to_str().expect("a UTF-8 path"),
         port.to_string(),
         replication.to_string(),
+        nodes.to_string(),
     );
     let args = [
         "up",
@@ -156,6 +162,8 @@ pub fn write_cluster_files(cairn: &str, dir: &Path, port: u16, replication: u32)
         "2",
         "--replication",
         &replication,
+        "--nodes",
+        &nodes,
     ];
     Process::start(cairn, &args, "Cairn is up.").kill();
     await_ports_released(port.parse().expect("a port"), 200);

@@ -172,13 +172,29 @@ pub struct LocalCluster {
     pub metrics: Option<SocketAddr>,
     /// Each node's metrics endpoint.
     pub node_metrics: Vec<SocketAddr>,
+    /// Copies of each partition.
+    pub replication: u32,
 }
 
+/// Most nodes `cairn up` runs (a zone, and a metrics port from the
+/// router's + 80, each).
+pub const NODES_MAX: u16 = 10;
+
 /// Creates (or reuses) a local cluster directory with a self-signed
-/// certificate and config files, and starts its nodes (three in three
-/// zones for replication 3, else one), two MemDS processes, two GAC
-/// processes and a router here.
-pub fn up(dir: &Path, cores: usize, port: u16, replication: u32) -> anyhow::Result<LocalCluster> {
+/// certificate and config files, and starts its nodes (`nodes`, at least
+/// `replication`, each in a zone of its own), two MemDS processes, two
+/// GAC processes and a router here.
+pub fn up(
+    dir: &Path,
+    cores: usize,
+    port: u16,
+    replication: u32,
+    nodes: u16,
+) -> anyhow::Result<LocalCluster> {
+    anyhow::ensure!(
+        (1..=NODES_MAX).contains(&nodes),
+        "--nodes must be from 1 to {NODES_MAX}"
+    );
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     let (certificate, private_key) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -188,7 +204,7 @@ pub fn up(dir: &Path, cores: usize, port: u16, replication: u32) -> anyhow::Resu
         std::fs::write(&certificate, cert_pem)?;
         std::fs::write(&private_key, key_pem)?;
     }
-    let node_count = replication.max(1) as u16;
+    let node_count = (replication.max(1) as u16).max(nodes);
     let mut node_files = Vec::new();
     let mut entries = Vec::new();
     for n in 0..node_count {
@@ -308,6 +324,7 @@ pub fn up(dir: &Path, cores: usize, port: u16, replication: u32) -> anyhow::Resu
         router: router_process,
         dir,
         dynamodb,
+        replication,
     })
 }
 
@@ -323,15 +340,14 @@ impl LocalCluster {
             let cores = node.cores();
             let last = shard_addr(SocketAddr::new(self.router_addr.ip(), first), cores - 1);
             out += &format!(
-                "  node {}: 127.0.0.1:{first}..{} ({cores} shards, zone-{})\n",
-                n + 1,
+                "  node {n}: 127.0.0.1:{first}..{} ({cores} shards, zone-{})\n",
                 last.port(),
                 (b'a' + n as u8) as char
             );
             first += cores as u16;
         }
-        let replicas = if self.nodes.len() > 1 {
-            format!("{} (Multi-Paxos across zones)", self.nodes.len())
+        let replicas = if self.replication > 1 {
+            format!("{} (Multi-Paxos across zones)", self.replication)
         } else {
             "1".to_owned()
         };

@@ -49,6 +49,11 @@ enum Command {
         /// Multi-Paxos group per partition) or 1 (one node).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=3))]
         replication: u32,
+        /// Storage nodes, each in a zone of its own (at least the
+        /// replication): the ones a partition does not use can take its
+        /// replicas over (`cairn table move-replica`).
+        #[arg(long, default_value_t = 0)]
+        nodes: u16,
     },
     /// Run a storage node from a config file (docs/configuration.md).
     Node {
@@ -110,8 +115,9 @@ fn main() -> anyhow::Result<()> {
             cores,
             port,
             replication,
+            nodes,
         } => {
-            let cluster = cluster::up(&dir, cores, port, replication)?;
+            let cluster = cluster::up(&dir, cores, port, replication, nodes)?;
             print!("{}", cluster.describe());
             println!(
                 "Stop it with Ctrl-C; data stays in {}.",

@@ -66,6 +66,23 @@ pub enum TableCommand {
         #[command(flatten)]
         router: RouterArgs,
     },
+    /// Replace a partition's replica on one node by a new one on another
+    /// (node and partition ids as `cairn status` lists them), as after a
+    /// node was lost: the group changes its members through its log and
+    /// the new replica is caught up by a snapshot.
+    MoveReplica {
+        name: String,
+        #[arg(long)]
+        partition: u64,
+        /// The node whose replica goes.
+        #[arg(long)]
+        from: u16,
+        /// The node that takes a new replica.
+        #[arg(long)]
+        to: u16,
+        #[command(flatten)]
+        router: RouterArgs,
+    },
 }
 
 /// A table's capacity, for people.
@@ -187,6 +204,19 @@ pub fn run(command: TableCommand) -> anyhow::Result<()> {
             println!(
                 "split a partition of {name}: it has {} partitions",
                 table.partitions
+            );
+            Ok(())
+        }),
+        TableCommand::MoveReplica {
+            name,
+            partition,
+            from,
+            to,
+            router,
+        } => with_client(&router, async move |client| {
+            client.move_replica(&name, partition, from, to).await?;
+            println!(
+                "partition {partition} of {name}: its replica on node {from} now lives on node {to}"
             );
             Ok(())
         }),

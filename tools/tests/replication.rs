@@ -96,17 +96,14 @@ impl Node {
     }
 }
 
-/// The three nodes (zones a, b, c) of the cluster `cairn up` wrote in
-/// `dir` with its router on `base`; not started.
-fn group_nodes(dir: &Path, base: u16) -> Vec<Node> {
-    ["a", "b", "c"]
-        .iter()
-        .enumerate()
+/// The `count` nodes (zones a, b, c, …) of the cluster `cairn up` wrote
+/// in `dir` with its router on `base`; not started.
+fn group_nodes(dir: &Path, base: u16, count: u16) -> Vec<Node> {
+    (0..count)
+        .map(|n| (n, (b'a' + n as u8) as char))
         .map(|(n, zone)| Node {
             config: dir.join(format!("node-zone-{zone}.toml")),
-            shard0: format!("127.0.0.1:{}", base + 100 + 2 * n as u16)
-                .parse()
-                .unwrap(),
+            shard0: format!("127.0.0.1:{}", base + 100 + 2 * n).parse().unwrap(),
             process: None,
         })
         .collect()
@@ -135,11 +132,23 @@ impl GroupCluster {
     /// As [`GroupCluster::start`]; `memds_extra` (top-level `key = value`
     /// lines) replaces those keys in each MemDS config.
     fn start_with(node_extra: &str, memds_extra: &str) -> GroupCluster {
+        Self::start_nodes(3, node_extra, memds_extra)
+    }
+
+    /// As [`GroupCluster::start_with`], with `count` nodes in as many
+    /// zones (partitions use three of them).
+    fn start_nodes(count: u16, node_extra: &str, memds_extra: &str) -> GroupCluster {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let base = cairn_tests::free_udp_ports(200);
         let cluster_dir = dir.path().join("cluster");
-        cairn_tests::write_cluster_files(env!("CARGO_BIN_EXE_cairn"), &cluster_dir, base, 3);
-        let mut nodes = group_nodes(&cluster_dir, base);
+        cairn_tests::write_cluster_files_with(
+            env!("CARGO_BIN_EXE_cairn"),
+            &cluster_dir,
+            base,
+            3,
+            count,
+        );
+        let mut nodes = group_nodes(&cluster_dir, base, count);
         for node in &mut nodes {
             let mut config = std::fs::read_to_string(&node.config).unwrap();
             config.push_str(node_extra);
@@ -553,6 +562,158 @@ fn a_replica_behind_every_log_is_caught_up_by_a_snapshot() {
             .put_item("kv-table", &versioned(7, 3), None)
             .await
             .unwrap();
+    });
+}
+
+/// Which of `nodes` hold a replica of `partition`: each is asked for an
+/// eventually consistent read, and those that do not know the partition
+/// say so.
+fn holders(nodes: &[Node], partition: u64, cert: &Path) -> Vec<usize> {
+    let identity = Identity::trusting_pem_file(cert).unwrap();
+    let client = identity.client_config().unwrap();
+    let shards: Vec<SocketAddr> = nodes.iter().map(|n| n.shard0).collect();
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(move || async move {
+            let endpoint =
+                Endpoint::bind("127.0.0.1:0".parse().unwrap(), None, Some(client)).unwrap();
+            let probe = wire::encode_node_request(&NodeRequest {
+                limit: None,
+                partition,
+                op: NodeOp::Get {
+                    key: key(0).to_bytes(),
+                    consistent: false,
+                },
+            });
+            let mut held = Vec::new();
+            for (index, shard) in shards.iter().enumerate() {
+                let connection = endpoint.connect(*shard, "localhost").await.unwrap();
+                let answer = connection.request(&probe, Duration::from_secs(5)).await;
+                connection.close();
+                let unknown = matches!(
+                    answer.map(|bytes| wire::decode_response(&bytes)),
+                    Ok(Ok(Response::Error {
+                        code: wire::ErrorCode::ResourceNotFound,
+                        ..
+                    }))
+                );
+                if !unknown {
+                    held.push(index);
+                }
+            }
+            held
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+/// Puts `versioned(k, 1)` for every `k` in `keys` through the router,
+/// retrying what is retryable (bounded).
+fn put_all(
+    router: SocketAddr,
+    identity: &Identity,
+    table: &'static str,
+    keys: std::ops::Range<u64>,
+) {
+    cairn_tests::with_client(router, identity, async move |client| {
+        let deadline = Instant::now() + PROGRESS_TIMEOUT;
+        for k in keys {
+            loop {
+                match client.put_item(table, &versioned(k, 1), None).await {
+                    Err(e) if e.is_retryable() && Instant::now() < deadline => continue,
+                    done => break done.unwrap(),
+                }
+            }
+        }
+    });
+}
+
+/// A follower's node is lost for good (SIGKILL, never restarted). The
+/// operator moves its replica to the cluster's fourth node with `cairn
+/// table move-replica`: the group replaces the member through its own log,
+/// the new replica is caught up by a snapshot and the log, and the map
+/// lists the new node. Then a second original replica's node is killed:
+/// the leader and the new replica are a majority of the new group, so
+/// writes go on, and every acknowledged write — before the loss, between,
+/// and after — reads back.
+#[test]
+fn a_lost_replica_is_replaced_on_another_node() {
+    let mut cluster = GroupCluster::start_nodes(4, "", "");
+    let (cert, router) = (cluster.cert.clone(), cluster.router);
+    let identity = Identity::trusting_pem_file(&cert).unwrap();
+    let partition = 1 << 20; // the first table's one partition, on shard 0
+    cairn_tests::with_client(router, &identity, async |client| {
+        let schema = KeySchema::new(KeyAttribute::new("id", KeyType::S), None);
+        client.create_table("moved", &schema, 1).await.unwrap();
+    });
+    put_all(router, &identity, "moved", 0..300);
+    let held = holders(&cluster.nodes, partition, &cert);
+    assert_eq!(
+        held.len(),
+        3,
+        "three of four nodes hold the partition: {held:?}"
+    );
+    let spare = (0..4).find(|n| !held.contains(n)).unwrap();
+    let leader = leader_of(&cluster.nodes, partition, &cert);
+    let lost = *held.iter().find(|n| **n != leader).unwrap();
+    let third = *held.iter().find(|n| **n != leader && **n != lost).unwrap();
+    cluster.nodes[lost].kill();
+    let killed_at = Instant::now();
+    put_all(router, &identity, "moved", 300..600);
+
+    let moved_at = Instant::now();
+    let output = cairn_tests::stdout_of_success(
+        std::process::Command::new(env!("CARGO_BIN_EXE_cairn")).args([
+            "table",
+            "move-replica",
+            "moved",
+            "--partition",
+            &partition.to_string(),
+            "--from",
+            &lost.to_string(),
+            "--to",
+            &spare.to_string(),
+            "--router",
+            &router.to_string(),
+            "--certificate",
+            cert.to_str().unwrap(),
+        ]),
+    );
+    assert!(output.contains("now lives on node"), "{output}");
+    let all: Vec<(u64, Option<Item>)> = (0..600).map(|k| (k, Some(versioned(k, 1)))).collect();
+    wait_for_replica_state(cluster.nodes[spare].shard0, partition, &cert, all);
+    println!(
+        "three copies again {:?} after the move began, {:?} after the node was killed",
+        moved_at.elapsed(),
+        killed_at.elapsed()
+    );
+    let memds = format!("127.0.0.1:{}", cluster.base + 90);
+    let status = cairn_tests::stdout_of_success(
+        std::process::Command::new(env!("CARGO_BIN_EXE_cairn")).args([
+            "status",
+            "--memds",
+            &memds,
+            "--certificate",
+            cert.to_str().unwrap(),
+        ]),
+    );
+    assert!(
+        status.contains(&format!("node {spare} (")) && !status.contains(&format!("node {lost} (")),
+        "the map does not show the move:\n{status}"
+    );
+
+    // The leader and the new replica are a majority of the new group.
+    cluster.nodes[third].kill();
+    put_all(router, &identity, "moved", 600..700);
+    cairn_tests::with_client(router, &identity, async move |client| {
+        let deadline = Instant::now() + PROGRESS_TIMEOUT;
+        for k in 0..700 {
+            let mut got = client.get_item("moved", &key(k)).await;
+            while matches!(&got, Err(e) if e.is_retryable()) && Instant::now() < deadline {
+                got = client.get_item("moved", &key(k)).await;
+            }
+            assert_eq!(got.unwrap(), Some(versioned(k, 1)), "key {k}");
+        }
     });
 }
 
