@@ -571,6 +571,56 @@ impl MetaClient {
         ))
     }
 
+    /// One round of healing: probes every configured node (a node answers
+    /// anything, even "no such partition", while it runs), and moves the
+    /// replicas of nodes silent for the liveness bound to live nodes
+    /// (`heal::plan_moves`). Returns the moves made. Two MemDS processes
+    /// may run it at once: a move made by one is refused to the other.
+    pub async fn heal(
+        &self,
+        liveness: &mut crate::heal::Liveness,
+        probe_timeout: Duration,
+    ) -> Result<usize, Response> {
+        let probe = wire::encode_node_request(&NodeRequest {
+            partition: u64::MAX,
+            op: NodeOp::Stats,
+            limit: None,
+        });
+        for node in &self.nodes {
+            let alive = self
+                .links
+                .send(node.addr, &probe, probe_timeout, probe_timeout)
+                .await
+                .is_ok();
+            liveness.record(node.id, alive, std::time::Instant::now());
+        }
+        let down = liveness.down(std::time::Instant::now());
+        if down.is_empty() {
+            return Ok(0);
+        }
+        self.bootstrap().await?;
+        let snapshot = self.load().await?;
+        let mut moved = 0;
+        for planned in crate::heal::plan_moves(&snapshot, &down) {
+            let crate::heal::Move {
+                table,
+                partition,
+                from,
+                to,
+            } = &planned;
+            match self.move_replica(table, *partition, *from, *to).await {
+                Ok(version) => {
+                    tracing::info!(%table, partition, from, to, version, "healed: a replica on a silent node moved");
+                    moved += 1;
+                }
+                Err(error) => {
+                    tracing::warn!(%table, partition, from, to, ?error, "healing: move not made this round");
+                }
+            }
+        }
+        Ok(moved)
+    }
+
     /// One round of the split checks: asks the leader of every partition
     /// of every active replicated table for its size and load, and splits
     /// the first partition of each table that needs it (one per table and

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod control;
 mod executor;
 pub mod gac;
+pub mod heal;
 pub mod map;
 pub mod meta;
 pub mod server;

@@ -47,7 +47,17 @@ pub struct MemdsConfig {
     pub split: SplitBounds,
     /// How often partition sizes and loads are checked.
     pub split_check: Duration,
+    /// How often every node is probed, for healing.
+    pub heal_check: Duration,
+    /// A node silent this long is down: its replicas move to live nodes
+    /// (docs/metadata.md, "Healing"). `None`: never.
+    pub heal_after: Option<Duration>,
 }
+
+/// How long a node may stay silent before its replicas move.
+pub const HEAL_AFTER_DEFAULT: Duration = Duration::from_millis(1500);
+/// How often nodes are probed.
+pub const HEAL_CHECK_DEFAULT: Duration = Duration::from_millis(250);
 
 /// DynamoDB's partition size bound.
 pub const SPLIT_BYTES_DEFAULT: u64 = 10 << 30;
@@ -75,6 +85,8 @@ impl MemdsConfig {
                 ops_per_s: Some(SPLIT_OPS_DEFAULT),
             },
             split_check: Duration::from_secs(10),
+            heal_check: HEAL_CHECK_DEFAULT,
+            heal_after: Some(HEAL_AFTER_DEFAULT),
         }
     }
 }
@@ -186,6 +198,9 @@ async fn run(config: MemdsConfig, ready: Ready, stopped: Stopped) {
         ))
         .detach();
     }
+    if let Some(after) = config.heal_after {
+        glommio::spawn_local(heal_when_needed(meta.clone(), config.heal_check, after)).detach();
+    }
     glommio::spawn_local(follow(
         meta,
         served.clone(),
@@ -252,6 +267,21 @@ async fn split_when_needed(meta: Rc<MetaClient>, bounds: SplitBounds, every: Dur
         glommio::timer::sleep(every).await;
         if let Err(error) = meta.check_splits(bounds, &mut hot).await {
             tracing::debug!(?error, "MemDS: split check not done this round");
+        }
+    }
+}
+
+/// Probes the nodes every `every`, and moves the replicas of those
+/// silent for `after` (one round at a time).
+async fn heal_when_needed(meta: Rc<MetaClient>, every: Duration, after: Duration) {
+    let mut liveness = crate::heal::Liveness::new(after);
+    // A probe waits at most this long: a silent node costs each round no
+    // more than that.
+    let probe_timeout = every.min(Duration::from_millis(300));
+    loop {
+        glommio::timer::sleep(every).await;
+        if let Err(error) = meta.heal(&mut liveness, probe_timeout).await {
+            tracing::debug!(?error, "MemDS: healing not done this round");
         }
     }
 }

@@ -50,6 +50,9 @@ pub fn start_memds(path: &Path) -> anyhow::Result<Memds> {
         ops_per_s: (file.split_ops_per_s > 0).then_some(file.split_ops_per_s),
     };
     memds_config.split_check = std::time::Duration::from_millis(file.split_check_ms.max(1));
+    memds_config.heal_check = std::time::Duration::from_millis(file.heal_check_ms.max(1));
+    memds_config.heal_after =
+        (file.heal_after_ms > 0).then(|| std::time::Duration::from_millis(file.heal_after_ms));
     Memds::start(memds_config)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("starting the MemDS of {}", path.display()))
@@ -181,8 +184,8 @@ pub struct LocalCluster {
 pub const NODES_MAX: u16 = 10;
 
 /// Creates (or reuses) a local cluster directory with a self-signed
-/// certificate and config files, and starts its nodes (`nodes`, at least
-/// `replication`, each in a zone of its own), two MemDS processes, two
+/// certificate and config files, and starts its nodes (`nodes`, but at
+/// least `replication`, each in a zone of its own), two MemDS processes, two
 /// GAC processes and a router here.
 pub fn up(
     dir: &Path,
@@ -191,10 +194,7 @@ pub fn up(
     replication: u32,
     nodes: u16,
 ) -> anyhow::Result<LocalCluster> {
-    anyhow::ensure!(
-        (1..=NODES_MAX).contains(&nodes),
-        "--nodes must be from 1 to {NODES_MAX}"
-    );
+    anyhow::ensure!(nodes <= NODES_MAX, "--nodes must be at most {NODES_MAX}");
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     let (certificate, private_key) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -250,6 +250,8 @@ pub fn up(
                     split_bytes: cairn_memds::server::SPLIT_BYTES_DEFAULT,
                     split_ops_per_s: cairn_memds::server::SPLIT_OPS_DEFAULT,
                     split_check_ms: 10_000,
+                    heal_after_ms: cairn_memds::server::HEAL_AFTER_DEFAULT.as_millis() as u64,
+                    heal_check_ms: cairn_memds::server::HEAL_CHECK_DEFAULT.as_millis() as u64,
                     nodes: entries.clone(),
                 },
             ))

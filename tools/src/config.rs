@@ -124,7 +124,22 @@ pub struct MemdsFile {
     /// How often partition sizes and loads are checked, in milliseconds.
     #[serde(default = "ten_thousand")]
     pub split_check_ms: u64,
+    /// A node silent this many milliseconds is down, and its replicas
+    /// move to live nodes (default 1500; 0: never).
+    #[serde(default = "heal_after_ms")]
+    pub heal_after_ms: u64,
+    /// How often every node is probed, in milliseconds (default 250).
+    #[serde(default = "heal_check_ms")]
+    pub heal_check_ms: u64,
     pub nodes: Vec<NodeEntry>,
+}
+
+fn heal_after_ms() -> u64 {
+    cairn_memds::server::HEAL_AFTER_DEFAULT.as_millis() as u64
+}
+
+fn heal_check_ms() -> u64 {
+    cairn_memds::server::HEAL_CHECK_DEFAULT.as_millis() as u64
 }
 
 fn split_bytes() -> u64 {

@@ -49,9 +49,9 @@ enum Command {
         /// Multi-Paxos group per partition) or 1 (one node).
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=3))]
         replication: u32,
-        /// Storage nodes, each in a zone of its own (at least the
-        /// replication): the ones a partition does not use can take its
-        /// replicas over (`cairn table move-replica`).
+        /// Storage nodes, each in a zone of its own (0: as many as the
+        /// replication, the least there may be): the ones a partition does
+        /// not use can take its replicas over (`cairn table move-replica`).
         #[arg(long, default_value_t = 0)]
         nodes: u16,
     },

@@ -61,7 +61,7 @@ pub enum TableCommand {
     Split {
         name: String,
         /// The partition's id; without it, the table's widest partition.
-        #[arg(long)]
+        #[arg(long, value_parser = partition_id)]
         partition: Option<u64>,
         #[command(flatten)]
         router: RouterArgs,
@@ -72,7 +72,7 @@ pub enum TableCommand {
     /// the new replica is caught up by a snapshot.
     MoveReplica {
         name: String,
-        #[arg(long)]
+        #[arg(long, value_parser = partition_id)]
         partition: u64,
         /// The node whose replica goes.
         #[arg(long)]
@@ -83,6 +83,15 @@ pub enum TableCommand {
         #[command(flatten)]
         router: RouterArgs,
     },
+}
+
+/// A partition id, in decimal or as `cairn status` prints it (`0x…`).
+fn partition_id(text: &str) -> Result<u64, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|e| format!("{text:?} is not a partition id: {e}"))
 }
 
 /// A table's capacity, for people.

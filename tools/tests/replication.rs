@@ -630,15 +630,36 @@ fn put_all(
 
 /// A follower's node is lost for good (SIGKILL, never restarted). The
 /// operator moves its replica to the cluster's fourth node with `cairn
-/// table move-replica`: the group replaces the member through its own log,
-/// the new replica is caught up by a snapshot and the log, and the map
-/// lists the new node. Then a second original replica's node is killed:
-/// the leader and the new replica are a majority of the new group, so
-/// writes go on, and every acknowledged write — before the loss, between,
-/// and after — reads back.
+/// table move-replica` (MemDS's healing off): the group replaces the
+/// member through its own log, the new replica is caught up by a snapshot
+/// and the log, and the map lists the new node. Then a second original
+/// replica's node is killed: the leader and the new replica are a majority
+/// of the new group, so writes go on, and every acknowledged write —
+/// before the loss, between, and after — reads back.
 #[test]
 fn a_lost_replica_is_replaced_on_another_node() {
-    let mut cluster = GroupCluster::start_nodes(4, "", "");
+    replace_a_lost_replica(Healing::ByHand);
+}
+
+/// As above, but nobody acts: MemDS notices the silent node (default
+/// bound, 1.5 s) and moves its replica to the fourth node itself.
+#[test]
+fn memds_moves_the_replicas_of_a_silent_node() {
+    replace_a_lost_replica(Healing::ByMemds);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Healing {
+    ByHand,
+    ByMemds,
+}
+
+fn replace_a_lost_replica(healing: Healing) {
+    let memds_extra = match healing {
+        Healing::ByHand => "heal_after_ms = 0\n",
+        Healing::ByMemds => "",
+    };
+    let mut cluster = GroupCluster::start_nodes(4, "", memds_extra);
     let (cert, router) = (cluster.cert.clone(), cluster.router);
     let identity = Identity::trusting_pem_file(&cert).unwrap();
     let partition = 1 << 20; // the first table's one partition, on shard 0
@@ -661,46 +682,54 @@ fn a_lost_replica_is_replaced_on_another_node() {
     let killed_at = Instant::now();
     put_all(router, &identity, "moved", 300..600);
 
-    let moved_at = Instant::now();
-    let output = cairn_tests::stdout_of_success(
-        std::process::Command::new(env!("CARGO_BIN_EXE_cairn")).args([
-            "table",
-            "move-replica",
-            "moved",
-            "--partition",
-            &partition.to_string(),
-            "--from",
-            &lost.to_string(),
-            "--to",
-            &spare.to_string(),
-            "--router",
-            &router.to_string(),
-            "--certificate",
-            cert.to_str().unwrap(),
-        ]),
-    );
-    assert!(output.contains("now lives on node"), "{output}");
+    if healing == Healing::ByHand {
+        let output = cairn_tests::stdout_of_success(
+            std::process::Command::new(env!("CARGO_BIN_EXE_cairn")).args([
+                "table",
+                "move-replica",
+                "moved",
+                "--partition",
+                &format!("{partition:#x}"),
+                "--from",
+                &lost.to_string(),
+                "--to",
+                &spare.to_string(),
+                "--router",
+                &router.to_string(),
+                "--certificate",
+                cert.to_str().unwrap(),
+            ]),
+        );
+        assert!(output.contains("now lives on node"), "{output}");
+    }
     let all: Vec<(u64, Option<Item>)> = (0..600).map(|k| (k, Some(versioned(k, 1)))).collect();
     wait_for_replica_state(cluster.nodes[spare].shard0, partition, &cert, all);
     println!(
-        "three copies again {:?} after the move began, {:?} after the node was killed",
-        moved_at.elapsed(),
+        "{healing:?}: three copies again {:?} after the node was killed",
         killed_at.elapsed()
     );
     let memds = format!("127.0.0.1:{}", cluster.base + 90);
-    let status = cairn_tests::stdout_of_success(
-        std::process::Command::new(env!("CARGO_BIN_EXE_cairn")).args([
-            "status",
-            "--memds",
-            &memds,
-            "--certificate",
-            cert.to_str().unwrap(),
-        ]),
-    );
-    assert!(
-        status.contains(&format!("node {spare} (")) && !status.contains(&format!("node {lost} (")),
-        "the map does not show the move:\n{status}"
-    );
+    let moved = || {
+        let status = cairn_tests::stdout_of_success(
+            std::process::Command::new(env!("CARGO_BIN_EXE_cairn")).args([
+                "status",
+                "--memds",
+                &memds,
+                "--certificate",
+                cert.to_str().unwrap(),
+            ]),
+        );
+        let moved = status.contains(&format!("node {spare} ("))
+            && !status.contains(&format!("node {lost} ("));
+        (moved, status)
+    };
+    // The map follows the group's change (MemDS writes it right after).
+    let deadline = Instant::now() + PROGRESS_TIMEOUT;
+    let mut shown = moved();
+    while !shown.0 && Instant::now() < deadline {
+        shown = moved();
+    }
+    assert!(shown.0, "the map does not show the move:\n{}", shown.1);
 
     // The leader and the new replica are a majority of the new group.
     cluster.nodes[third].kill();

@@ -1,0 +1,227 @@
+//! Healing: which nodes are down, and where their replicas go (sans-IO).
+//!
+//! MemDS probes every registered node now and then and feeds the answers
+//! to [`Liveness`]; a node that has not answered for `heal_after` is down.
+//! [`plan_moves`] then picks, for every partition of a replicated table
+//! with a replica on a down node, a live node to take that replica over —
+//! one the partition does not use, in a zone its live replicas do not use
+//! if there is one, holding the fewest replicas, lowest id first — so two
+//! MemDS processes that agree on who is down plan the same moves. The
+//! moves themselves go through `MetaClient::move_replica`
+//! (docs/metadata.md, "Healing").
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use crate::meta::{Snapshot, TableStatus};
+
+/// When each node last answered.
+#[derive(Debug)]
+pub struct Liveness {
+    heal_after: Duration,
+    /// The last answer of each node probed; a node never heard from
+    /// counts from when it was first probed.
+    heard: BTreeMap<u16, Instant>,
+}
+
+impl Liveness {
+    pub fn new(heal_after: Duration) -> Liveness {
+        Liveness {
+            heal_after,
+            heard: BTreeMap::new(),
+        }
+    }
+
+    /// A probe of `node` at `now` was answered (`alive`) or not.
+    pub fn record(&mut self, node: u16, alive: bool, now: Instant) {
+        let heard = self.heard.entry(node).or_insert(now);
+        if alive {
+            *heard = now;
+        }
+    }
+
+    /// The nodes silent for at least `heal_after` at `now`.
+    pub fn down(&self, now: Instant) -> BTreeSet<u16> {
+        self.heard
+            .iter()
+            .filter(|(_, heard)| now.saturating_duration_since(**heard) >= self.heal_after)
+            .map(|(node, _)| *node)
+            .collect()
+    }
+}
+
+/// One replica to move: partition `partition` of `table`, from node
+/// `from` (down) to node `to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Move {
+    pub table: String,
+    pub partition: u64,
+    pub from: u16,
+    pub to: u16,
+}
+
+/// The moves that give every replicated partition with a replica on a
+/// `down` node a live replacement, at most one per partition (a group
+/// changes one member at a time). A partition with no live node to take
+/// its replica, or with a majority of its replicas down (its group cannot
+/// choose the change), gets none.
+pub fn plan_moves(snapshot: &Snapshot, down: &BTreeSet<u16>) -> Vec<Move> {
+    // Replicas per node, kept up to date as moves are planned.
+    let mut load: BTreeMap<u16, usize> = snapshot.nodes.keys().map(|id| (*id, 0)).collect();
+    for table in snapshot.tables.values() {
+        for partition in &table.partitions {
+            for node in partition.replicas.as_slice() {
+                *load.entry(*node).or_default() += 1;
+            }
+        }
+    }
+    let mut moves = Vec::new();
+    for table in snapshot.tables.values() {
+        if table.status != TableStatus::Active || table.replicas < 2 {
+            continue;
+        }
+        for partition in &table.partitions {
+            let replicas = partition.replicas.as_slice();
+            let lost: Vec<u16> = replicas
+                .iter()
+                .copied()
+                .filter(|n| down.contains(n))
+                .collect();
+            let Some(&from) = lost.first() else {
+                continue;
+            };
+            if lost.len() * 2 >= replicas.len() {
+                continue; // no majority left to choose the change
+            }
+            let zones: BTreeSet<&str> = replicas
+                .iter()
+                .filter(|n| !down.contains(n))
+                .filter_map(|n| snapshot.nodes.get(n))
+                .map(|n| n.zone.as_str())
+                .collect();
+            let target = snapshot
+                .nodes
+                .values()
+                .filter(|n| !down.contains(&n.id) && !replicas.contains(&n.id))
+                .min_by_key(|n| (zones.contains(n.zone.as_str()), load[&n.id], n.id));
+            let Some(target) = target else {
+                continue;
+            };
+            *load.entry(target.id).or_default() += 1;
+            moves.push(Move {
+                table: table.name.clone(),
+                partition: partition.id,
+                from,
+                to: target.id,
+            });
+        }
+    }
+    moves
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::map::{Partition, Replicas};
+    use crate::meta::{NodeRecord, TableRecord};
+    use cairn_common::wire::Capacity;
+    use cairn_common::{KeyAttribute, KeySchema, KeyType};
+
+    fn node(id: u16, zone: &str) -> NodeRecord {
+        NodeRecord {
+            id,
+            addr: format!("127.0.0.1:{}", 7100 + id).parse().unwrap(),
+            cores: 2,
+            zone: zone.into(),
+        }
+    }
+
+    fn table(name: &str, replicas: &[&[u16]]) -> TableRecord {
+        TableRecord {
+            name: name.into(),
+            id: 1,
+            schema: KeySchema::new(KeyAttribute::new("id", KeyType::S), None),
+            replicas: replicas[0].len() as u32,
+            status: TableStatus::Active,
+            version: 1,
+            partitions: replicas
+                .iter()
+                .enumerate()
+                .map(|(i, nodes)| Partition {
+                    id: (1 << 20) | i as u64,
+                    start: (i as u64) << 40,
+                    version: 1,
+                    replicas: Replicas::new(nodes).unwrap(),
+                    leader: None,
+                })
+                .collect(),
+            capacity: Capacity::OnDemand,
+        }
+    }
+
+    fn snapshot(nodes: Vec<NodeRecord>, tables: Vec<TableRecord>) -> Snapshot {
+        Snapshot {
+            version: 1,
+            tables: tables.into_iter().map(|t| (t.name.clone(), t)).collect(),
+            nodes: nodes.into_iter().map(|n| (n.id, n)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_node_is_down_once_silent_for_the_bound() {
+        let start = Instant::now();
+        let mut liveness = Liveness::new(Duration::from_secs(1));
+        liveness.record(0, true, start);
+        liveness.record(1, false, start); // never heard: counts from now
+        let later = start + Duration::from_millis(900);
+        liveness.record(0, true, later);
+        assert!(liveness.down(later).is_empty());
+        let after = start + Duration::from_millis(1500);
+        liveness.record(1, false, after);
+        assert_eq!(liveness.down(after), BTreeSet::from([1]));
+        liveness.record(1, true, after);
+        assert!(liveness.down(after).is_empty());
+    }
+
+    #[test]
+    fn lost_replicas_go_to_unused_zones_then_to_the_least_loaded_nodes() {
+        let nodes = vec![
+            node(0, "a"),
+            node(1, "b"),
+            node(2, "c"), // lost
+            node(3, "a"), // idle, but in a zone the survivors use
+            node(4, "d"),
+            node(5, "e"),
+        ];
+        // Nodes 4 and 5 hold a replica of another table each.
+        let users = table("users", &[&[0, 1, 2], &[1, 2, 0]]);
+        let other = table("other", &[&[4, 5, 1]]);
+        let plan = plan_moves(
+            &snapshot(nodes.clone(), vec![users, other]),
+            &BTreeSet::from([2]),
+        );
+        // A zone the survivors do not use before an idle node in one they
+        // do; then the least loaded, counting the moves already planned.
+        assert_eq!(
+            plan.iter()
+                .map(|m| (m.partition, m.from, m.to))
+                .collect::<Vec<_>>(),
+            vec![((1 << 20), 2, 4), ((1 << 20) | 1, 2, 5)]
+        );
+        // Two of three replicas down: the group cannot choose a change.
+        let users = table("users", &[&[0, 1, 2]]);
+        assert!(
+            plan_moves(
+                &snapshot(nodes.clone(), vec![users]),
+                &BTreeSet::from([1, 2])
+            )
+            .is_empty()
+        );
+        // No node left to take it, or a single copy: nothing.
+        let tight = table("users", &[&[0, 1, 2]]);
+        let three = nodes[..3].to_vec();
+        assert!(plan_moves(&snapshot(three, vec![tight]), &BTreeSet::from([2])).is_empty());
+        let single = table("single", &[&[2]]);
+        assert!(plan_moves(&snapshot(nodes, vec![single]), &BTreeSet::from([2])).is_empty());
+    }
+}
