@@ -373,31 +373,13 @@ impl MetaClient {
         };
         for _ in 0..CAS_ATTEMPTS {
             let snapshot = self.load().await?;
-            let table = snapshot.tables.get(name).ok_or_else(|| {
-                Response::error(
-                    ErrorCode::ResourceNotFound,
-                    format!("table {name:?} does not exist"),
-                )
-            })?;
-            if table.status != TableStatus::Active {
-                return Err(validation(format!(
-                    "table {name:?} is {}",
-                    table.status.as_str()
-                )));
-            }
+            let table = active_table(&snapshot, name)?;
             if expected.is_some_and(|v| v != table.version) {
                 return Err(changed());
             }
             let mut plan =
                 meta::plan_split(table, partition, at, &snapshot.nodes).map_err(validation)?;
-            let replicas: Option<Vec<SocketAddr>> = table.partitions[plan.index]
-                .replicas
-                .as_slice()
-                .iter()
-                .map(|id| snapshot.nodes.get(id).map(|n| n.shard_of(plan.parent)))
-                .collect();
-            let replicas =
-                replicas.ok_or_else(|| internal("a replica's node is not registered"))?;
+            let replicas = replica_shards(&snapshot, &table.partitions[plan.index])?;
             let request = wire::encode_node_request(&NodeRequest {
                 partition: plan.parent,
                 op: NodeOp::Split {
@@ -426,35 +408,42 @@ impl MetaClient {
             }
             let version = self.increment("version").await?;
             let record = meta::split_record(table, &plan, version);
-            let update = NodeOp::Put {
-                item: record.to_item().to_bytes(),
-                condition: Some(WireCondition::Compare {
-                    attribute: "version".into(),
-                    op: 0,
-                    value: meta::number(table.version).to_bytes(),
-                }),
-                returns: ReturnValues::None,
-            };
-            match self.call(update).await {
-                Response::Done => {
-                    self.increment("version").await?;
-                    return Ok((plan, version));
-                }
-                Response::Error {
-                    code: ErrorCode::ConditionalCheckFailed,
-                    ..
-                } if expected.is_some() => return Err(changed()),
-                Response::Error {
-                    code: ErrorCode::ConditionalCheckFailed,
-                    ..
-                } => continue, // the record changed: plan again
-                other => return Err(unexpected(other)),
+            match self.replace_record(table.version, &record).await? {
+                true => return Ok((plan, version)),
+                false if expected.is_some() => return Err(changed()),
+                false => continue, // the record changed: plan again
             }
         }
         Err(Response::error(
             ErrorCode::Throttling,
             format!("table {name:?} is changing concurrently; retry"),
         ))
+    }
+
+    /// Writes `record` over the table's record if that is still at
+    /// version `version`, then bumps the map version so MemDS reloads.
+    /// `Ok(false)`: the record changed meanwhile, nothing was written.
+    async fn replace_record(&self, version: u64, record: &TableRecord) -> Result<bool, Response> {
+        let update = NodeOp::Put {
+            item: record.to_item().to_bytes(),
+            condition: Some(WireCondition::Compare {
+                attribute: "version".into(),
+                op: 0,
+                value: meta::number(version).to_bytes(),
+            }),
+            returns: ReturnValues::None,
+        };
+        match self.call(update).await {
+            Response::Done => {
+                self.increment("version").await?;
+                Ok(true)
+            }
+            Response::Error {
+                code: ErrorCode::ConditionalCheckFailed,
+                ..
+            } => Ok(false),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Replaces the replica of `table`'s partition `partition` on node
@@ -473,18 +462,7 @@ impl MetaClient {
         self.bootstrap().await?;
         for _ in 0..CAS_ATTEMPTS {
             let snapshot = self.load().await?;
-            let table = snapshot.tables.get(name).ok_or_else(|| {
-                Response::error(
-                    ErrorCode::ResourceNotFound,
-                    format!("table {name:?} does not exist"),
-                )
-            })?;
-            if table.status != TableStatus::Active {
-                return Err(validation(format!(
-                    "table {name:?} is {}",
-                    table.status.as_str()
-                )));
-            }
+            let table = active_table(&snapshot, name)?;
             let index = table
                 .partitions
                 .iter()
@@ -515,12 +493,7 @@ impl MetaClient {
                     "node {to} holds a replica of partition {partition} already"
                 )));
             }
-            let replicas: Option<Vec<SocketAddr>> = nodes
-                .iter()
-                .map(|id| snapshot.nodes.get(id).map(|n| n.shard_of(partition)))
-                .collect();
-            let replicas =
-                replicas.ok_or_else(|| internal("a replica's node is not registered"))?;
+            let replicas = replica_shards(&snapshot, &table.partitions[index])?;
             let request = wire::encode_node_request(&NodeRequest {
                 partition,
                 op: NodeOp::ReplaceMember {
@@ -544,26 +517,9 @@ impl MetaClient {
             }
             let version = self.increment("version").await?;
             let record = meta::move_record(table, index, from, to, version).map_err(internal)?;
-            let update = NodeOp::Put {
-                item: record.to_item().to_bytes(),
-                condition: Some(WireCondition::Compare {
-                    attribute: "version".into(),
-                    op: 0,
-                    value: meta::number(table.version).to_bytes(),
-                }),
-                returns: ReturnValues::None,
-            };
-            match self.call(update).await {
-                Response::Done => {
-                    self.increment("version").await?;
-                    return Ok(version);
-                }
-                Response::Error {
-                    code: ErrorCode::ConditionalCheckFailed,
-                    ..
-                } => continue, // the record changed: look again
-                other => return Err(unexpected(other)),
-            }
+            if self.replace_record(table.version, &record).await? {
+                return Ok(version);
+            } // else the record changed: look again
         }
         Err(Response::error(
             ErrorCode::Throttling,
@@ -647,13 +603,9 @@ impl MetaClient {
                 continue;
             }
             for (index, partition) in table.partitions.iter().enumerate() {
-                let replicas: Option<Vec<SocketAddr>> = partition
-                    .replicas
-                    .as_slice()
-                    .iter()
-                    .map(|id| snapshot.nodes.get(id).map(|n| n.shard_of(partition.id)))
-                    .collect();
-                let Some(replicas) = replicas else { continue };
+                let Ok(replicas) = replica_shards(&snapshot, partition) else {
+                    continue;
+                };
                 let request = wire::encode_node_request(&NodeRequest {
                     partition: partition.id,
                     op: NodeOp::Stats,
@@ -829,4 +781,35 @@ async fn create_replica(
             Err(Response::error(ErrorCode::Unavailable, message))
         }
     }
+}
+
+/// The table `name`, if it exists and is active.
+fn active_table<'a>(snapshot: &'a Snapshot, name: &str) -> Result<&'a TableRecord, Response> {
+    let table = snapshot.tables.get(name).ok_or_else(|| {
+        Response::error(
+            ErrorCode::ResourceNotFound,
+            format!("table {name:?} does not exist"),
+        )
+    })?;
+    if table.status != TableStatus::Active {
+        return Err(validation(format!(
+            "table {name:?} is {}",
+            table.status.as_str()
+        )));
+    }
+    Ok(table)
+}
+
+/// The shards holding `partition`'s replicas, in the record's order.
+fn replica_shards(
+    snapshot: &Snapshot,
+    partition: &crate::map::Partition,
+) -> Result<Vec<SocketAddr>, Response> {
+    partition
+        .replicas
+        .as_slice()
+        .iter()
+        .map(|id| snapshot.nodes.get(id).map(|n| n.shard_of(partition.id)))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| internal("a replica's node is not registered"))
 }

@@ -992,18 +992,7 @@ impl State {
             Err(response) => return response,
         };
         tracing::info!(table = %name, parent = plan.parent, child = plan.child, at = plan.at, "partition split");
-        // Answer once every MemDS serves the new map.
-        if !self
-            .await_catalog(|tables| {
-                tables
-                    .iter()
-                    .any(|t| t.name == name && t.version >= version)
-            })
-            .await
-        {
-            tracing::warn!(table = %name, "a MemDS did not serve the split in time");
-        }
-        Response::Done
+        self.await_table_version(name, version).await
     }
 
     async fn move_replica(&self, name: &str, partition: u64, from: u16, to: u16) -> Response {
@@ -1012,7 +1001,12 @@ impl State {
             Err(response) => return response,
         };
         tracing::info!(table = %name, partition, from, to, "replica moved");
-        // Answer once every MemDS serves the new map.
+        self.await_table_version(name, version).await
+    }
+
+    /// `Done` once every MemDS serves table `name` at `version` or later
+    /// (or, logged, once waiting for that timed out).
+    async fn await_table_version(&self, name: &str, version: u64) -> Response {
         if !self
             .await_catalog(|tables| {
                 tables
@@ -1021,7 +1015,7 @@ impl State {
             })
             .await
         {
-            tracing::warn!(table = %name, "a MemDS did not serve the move in time");
+            tracing::warn!(table = %name, version, "a MemDS did not serve the change in time");
         }
         Response::Done
     }

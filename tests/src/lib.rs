@@ -99,7 +99,7 @@ pub fn with_client<T: Send + 'static>(
 
 /// Runs `body` on a fresh glommio executor with a client QUIC endpoint
 /// on loopback that trusts `identity`'s certificate.
-fn with_endpoint<T: Send + 'static>(
+pub fn with_endpoint<T: Send + 'static>(
     identity: &cairn_common::quic::Identity,
     body: impl AsyncFnOnce(cairn_common::quic::Endpoint) -> T + Send + 'static,
 ) -> T {

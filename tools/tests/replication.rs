@@ -194,54 +194,52 @@ impl GroupCluster {
 /// consistent read only the leader answers), until one does.
 fn leader_of(nodes: &[Node], partition: u64, cert: &Path) -> usize {
     let identity = Identity::trusting_pem_file(cert).unwrap();
-    let client = identity.client_config().unwrap();
     let shards: Vec<Option<SocketAddr>> = nodes
         .iter()
         .map(|n| n.process.as_ref().map(|_| n.shard0))
         .collect();
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .spawn(move || async move {
-            let endpoint =
-                Endpoint::bind("127.0.0.1:0".parse().unwrap(), None, Some(client)).unwrap();
-            let probe = wire::encode_node_request(&NodeRequest {
-                limit: None,
-                partition,
-                op: NodeOp::Get {
-                    key: key(0).to_bytes(),
-                    consistent: true,
-                },
-            });
-            let deadline = Instant::now() + PROGRESS_TIMEOUT;
-            while Instant::now() < deadline {
-                for (index, shard) in shards.iter().enumerate() {
-                    let Some(shard) = shard else { continue };
-                    let Ok(connection) = endpoint.connect(*shard, "localhost").await else {
-                        continue;
-                    };
-                    let answer = connection.request(&probe, Duration::from_secs(1)).await;
-                    connection.close();
-                    // Only the leader reads consistently: the item, or
-                    // (after a split) word that the key moved.
-                    let led = answer.is_ok_and(|bytes| {
-                        matches!(
-                            wire::decode_response(&bytes),
-                            Ok(Response::Item(_)
-                                | Response::Error {
-                                    code: wire::ErrorCode::WrongPartition,
-                                    ..
-                                })
-                        )
-                    });
-                    if led {
-                        return index;
-                    }
+    cairn_tests::with_endpoint(&identity, async move |endpoint| {
+        let probe = get_key_0(partition, true);
+        let deadline = Instant::now() + PROGRESS_TIMEOUT;
+        while Instant::now() < deadline {
+            for (index, shard) in shards.iter().enumerate() {
+                let Some(shard) = shard else { continue };
+                let Ok(connection) = endpoint.connect(*shard, "localhost").await else {
+                    continue;
+                };
+                let answer = connection.request(&probe, Duration::from_secs(1)).await;
+                connection.close();
+                // Only the leader reads consistently: the item, or
+                // (after a split) word that the key moved.
+                let led = answer.is_ok_and(|bytes| {
+                    matches!(
+                        wire::decode_response(&bytes),
+                        Ok(Response::Item(_)
+                            | Response::Error {
+                                code: wire::ErrorCode::WrongPartition,
+                                ..
+                            })
+                    )
+                });
+                if led {
+                    return index;
                 }
             }
-            panic!("no leader within {PROGRESS_TIMEOUT:?}");
-        })
-        .unwrap()
-        .join()
-        .unwrap()
+        }
+        panic!("no leader within {PROGRESS_TIMEOUT:?}");
+    })
+}
+
+/// A node request for the item with key 0 of `partition`.
+fn get_key_0(partition: u64, consistent: bool) -> Vec<u8> {
+    wire::encode_node_request(&NodeRequest {
+        limit: None,
+        partition,
+        op: NodeOp::Get {
+            key: key(0).to_bytes(),
+            consistent,
+        },
+    })
 }
 
 /// Runs the clients until `stop`; returns every key's history.
@@ -570,41 +568,27 @@ fn a_replica_behind_every_log_is_caught_up_by_a_snapshot() {
 /// say so.
 fn holders(nodes: &[Node], partition: u64, cert: &Path) -> Vec<usize> {
     let identity = Identity::trusting_pem_file(cert).unwrap();
-    let client = identity.client_config().unwrap();
     let shards: Vec<SocketAddr> = nodes.iter().map(|n| n.shard0).collect();
-    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .spawn(move || async move {
-            let endpoint =
-                Endpoint::bind("127.0.0.1:0".parse().unwrap(), None, Some(client)).unwrap();
-            let probe = wire::encode_node_request(&NodeRequest {
-                limit: None,
-                partition,
-                op: NodeOp::Get {
-                    key: key(0).to_bytes(),
-                    consistent: false,
-                },
-            });
-            let mut held = Vec::new();
-            for (index, shard) in shards.iter().enumerate() {
-                let connection = endpoint.connect(*shard, "localhost").await.unwrap();
-                let answer = connection.request(&probe, Duration::from_secs(5)).await;
-                connection.close();
-                let unknown = matches!(
-                    answer.map(|bytes| wire::decode_response(&bytes)),
-                    Ok(Ok(Response::Error {
-                        code: wire::ErrorCode::ResourceNotFound,
-                        ..
-                    }))
-                );
-                if !unknown {
-                    held.push(index);
-                }
+    cairn_tests::with_endpoint(&identity, async move |endpoint| {
+        let probe = get_key_0(partition, false);
+        let mut held = Vec::new();
+        for (index, shard) in shards.iter().enumerate() {
+            let connection = endpoint.connect(*shard, "localhost").await.unwrap();
+            let answer = connection.request(&probe, Duration::from_secs(5)).await;
+            connection.close();
+            let unknown = matches!(
+                answer.map(|bytes| wire::decode_response(&bytes)),
+                Ok(Ok(Response::Error {
+                    code: wire::ErrorCode::ResourceNotFound,
+                    ..
+                }))
+            );
+            if !unknown {
+                held.push(index);
             }
-            held
-        })
-        .unwrap()
-        .join()
-        .unwrap()
+        }
+        held
+    })
 }
 
 /// Puts `versioned(k, 1)` for every `k` in `keys` through the router,
