@@ -276,6 +276,37 @@ impl From<CatalogPageV1> for CatalogPage {
     }
 }
 
+/// The catalog in a framed page read from `addr`, in any layout a
+/// checkpoint ever wrote, as the current one.
+pub fn read_catalog(page: &[u8], addr: PageAddr) -> Result<CatalogPage, PageError> {
+    let (kind, archived) = unframe_any(
+        page,
+        addr,
+        &[
+            PageKind::Catalog,
+            PageKind::CatalogV4,
+            PageKind::CatalogV2,
+            PageKind::CatalogV1,
+        ],
+    )?;
+    let corrupt = |e: rancor::Error| PageError::Corrupt {
+        addr: addr.0,
+        reason: format!("catalog: {e}"),
+    };
+    Ok(match kind {
+        PageKind::CatalogV1 => rkyv::from_bytes::<CatalogPageV1, rancor::Error>(&archived)
+            .map_err(corrupt)?
+            .into(),
+        PageKind::CatalogV2 => rkyv::from_bytes::<CatalogPageV2, rancor::Error>(&archived)
+            .map_err(corrupt)?
+            .into(),
+        PageKind::CatalogV4 => rkyv::from_bytes::<CatalogPageV4, rancor::Error>(&archived)
+            .map_err(corrupt)?
+            .into(),
+        _ => rkyv::from_bytes::<CatalogPage, rancor::Error>(&archived).map_err(corrupt)?,
+    })
+}
+
 /// Why a page could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PageError {
@@ -580,6 +611,72 @@ mod tests {
         }
         // Read from the wrong place: a misdirected write.
         assert!(unframe(&page, PageAddr::new(4, 1), PageKind::Node).is_err());
+    }
+
+    /// A catalog written before membership changes (page kind 4) reads as
+    /// the current layout: its no-ops and commands keep their slots,
+    /// ballots and bytes, as tags 0 and 1.
+    #[test]
+    fn a_catalog_before_membership_changes_reads_as_the_current_layout() {
+        let group = CatalogGroupV4 {
+            spec: vec![1, 2, 3],
+            promised_round: 4,
+            promised_leader: 1,
+            committed_through: 12,
+            applied_through: 11,
+            accepted: vec![
+                CatalogAcceptedV4 {
+                    slot: 10,
+                    round: 4,
+                    leader: 1,
+                    command: None,
+                },
+                CatalogAcceptedV4 {
+                    slot: 11,
+                    round: 4,
+                    leader: 1,
+                    command: Some(vec![9; 20]),
+                },
+            ],
+        };
+        let old = CatalogPageV4 {
+            entries: vec![CatalogEntryV4 {
+                partition: 7,
+                schema: vec![0, 1, 0, b'k', 0],
+                root: 99,
+                group: Some(group),
+                range_first: 5,
+                range_last: 50,
+                bytes: 1234,
+            }],
+        };
+        let archived = rkyv::to_bytes::<rancor::Error>(&old).unwrap();
+        let addr = PageAddr::new(6, 1);
+        let page = frame(&archived, PageKind::CatalogV4, addr, 3, 4096);
+        let catalog = read_catalog(&page, addr).unwrap();
+        let entry = &catalog.entries[0];
+        assert_eq!(
+            (
+                entry.partition,
+                entry.root,
+                entry.range_first,
+                entry.range_last,
+                entry.bytes
+            ),
+            (7, 99, 5, 50, 1234)
+        );
+        let group = entry.group.as_ref().unwrap();
+        assert_eq!((group.applied_through, group.committed_through), (11, 12));
+        let accepted: Vec<(u64, u8, Vec<u8>)> = group
+            .accepted
+            .iter()
+            .map(|a| (a.slot, a.tag, a.body.clone()))
+            .collect();
+        assert_eq!(accepted, vec![(10, 0, vec![]), (11, 1, vec![9; 20])]);
+        // The current layout reads back as written.
+        let archived = rkyv::to_bytes::<rancor::Error>(&catalog).unwrap();
+        let page = frame(&archived, PageKind::Catalog, addr, 4, 4096);
+        assert_eq!(read_catalog(&page, addr).unwrap(), catalog);
     }
 
     /// Regression: a checkpoint inserts its pages pinned, so the cache may

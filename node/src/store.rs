@@ -19,12 +19,9 @@ use std::collections::BTreeMap;
 use std::io;
 use std::rc::Rc;
 
-use rkyv::rancor;
-
 use crate::device::{BLOCK_SIZE, BlockFile, FileSystem, OpenMode};
 use crate::page::{
-    ArchivedNodePage, CatalogPage, CatalogPageV1, CatalogPageV2, CatalogPageV4, PageAddr,
-    PageBytes, PageCache, PageError, PageKind, unframe, unframe_any,
+    ArchivedNodePage, CatalogPage, PageAddr, PageBytes, PageCache, PageError, PageKind, unframe,
 };
 use crate::wal::Lsn;
 
@@ -255,33 +252,7 @@ impl<Fs: FileSystem> PageStore<Fs> {
 
     async fn read_catalog(&self, addr: PageAddr) -> Result<CatalogPage, StoreError> {
         let bytes = self.read_extent(addr).await?;
-        let (kind, archived) = unframe_any(
-            &bytes,
-            addr,
-            &[
-                PageKind::Catalog,
-                PageKind::CatalogV4,
-                PageKind::CatalogV2,
-                PageKind::CatalogV1,
-            ],
-        )?;
-        let corrupt = |e: rancor::Error| PageError::Corrupt {
-            addr: addr.0,
-            reason: format!("catalog: {e}"),
-        };
-        let catalog = match kind {
-            PageKind::CatalogV1 => rkyv::from_bytes::<CatalogPageV1, rancor::Error>(&archived)
-                .map_err(corrupt)?
-                .into(),
-            PageKind::CatalogV2 => rkyv::from_bytes::<CatalogPageV2, rancor::Error>(&archived)
-                .map_err(corrupt)?
-                .into(),
-            PageKind::CatalogV4 => rkyv::from_bytes::<CatalogPageV4, rancor::Error>(&archived)
-                .map_err(corrupt)?
-                .into(),
-            _ => rkyv::from_bytes::<CatalogPage, rancor::Error>(&archived).map_err(corrupt)?,
-        };
-        Ok(catalog)
+        Ok(crate::page::read_catalog(&bytes, addr)?)
     }
 
     async fn read_extent(&self, addr: PageAddr) -> Result<Vec<u8>, StoreError> {
