@@ -858,6 +858,48 @@ mod tests {
         );
     }
 
+    /// A group stored before membership changes reads as every member
+    /// full from slot 0; the current form round-trips; and a group whose
+    /// full members are not a majority is refused.
+    #[test]
+    fn both_stored_forms_of_a_group_read() {
+        let v1 = GroupSpecV1 {
+            replica: 2,
+            members: (0..3)
+                .map(|n| GroupMemberV1 {
+                    addr: format!("127.0.0.1:{}", 7100 + n),
+                    cores: 2,
+                    zone: format!("zone-{n}"),
+                })
+                .collect(),
+        };
+        let bytes = rkyv::to_bytes::<rancor::Error>(&v1).unwrap();
+        assert_ne!(bytes[0], GROUP_SPEC_V2_MAGIC[0]);
+        let spec = GroupSpec::from_bytes(&bytes).unwrap();
+        assert_eq!((spec.replica, spec.since), (2, 0));
+        assert!(spec.members.iter().all(|m| m.role == MemberRole::Full));
+        assert_eq!(spec.members[1].addr, "127.0.0.1:7101");
+
+        let mut next = spec.clone();
+        next.members[0].role = MemberRole::Removed;
+        next.members.push(GroupMember {
+            addr: "127.0.0.1:7103".into(),
+            cores: 4,
+            zone: "zone-3".into(),
+            role: MemberRole::Log,
+        });
+        next.since = 17;
+        assert_eq!(GroupSpec::from_bytes(&next.to_bytes()).unwrap(), next);
+        assert_eq!(
+            next.current().map(|(id, _)| id).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+
+        next.members[1].role = MemberRole::Log;
+        assert!(GroupSpec::from_bytes(&next.to_bytes()).is_err());
+        assert!(GroupSpec::from_bytes(&[0xFF, 2, 0, 0]).is_err());
+    }
+
     #[test]
     fn garbage_is_a_typed_error_never_a_crash() {
         let good = encode_node_request(&NodeRequest {
