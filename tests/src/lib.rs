@@ -68,12 +68,19 @@ pub fn item(round: u32, writer: u64, seq: u64) -> Item {
 /// in parallel threads, and glommio binds with port reuse, so a shared
 /// range would silently split one cluster's traffic with another's). The
 /// ports are released before returning; tests bind them at once.
+///
+/// The ranges lie below Linux's ephemeral ports (32768 and up by
+/// default): there, any client socket of any test (`127.0.0.1:0`) may take
+/// a port of a cluster's range, and a killed cluster's range would never
+/// be seen free again (a CI failure: "ports 32780..32980 still in use").
 pub fn free_udp_ports(count: u16) -> u16 {
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 32_768 - FIRST;
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let process_offset = (std::process::id() % 1000) * 20;
     loop {
         let slot = NEXT.fetch_add(u32::from(count), std::sync::atomic::Ordering::Relaxed);
-        let base = (20_000 + (process_offset + slot) % 40_000) as u16;
+        let base = (FIRST + (process_offset + slot) % (SPAN - u32::from(count))) as u16;
         let free = (0..count)
             .all(|offset| std::net::UdpSocket::bind(("127.0.0.1", base + offset)).is_ok());
         if free {
