@@ -510,6 +510,12 @@ impl Replica {
         }
     }
 
+    /// Whether this leader has proposed a membership change that is not
+    /// chosen yet.
+    pub fn is_reconfiguring(&self) -> bool {
+        matches!(&self.role, Role::Leader { planned, .. } if !planned.is_empty())
+    }
+
     /// The membership of the next slot to commit.
     pub fn membership(&self) -> Option<&Membership> {
         self.membership_at(self.commit_through)

@@ -37,7 +37,7 @@ use crate::admission::PeerSpare;
 use crate::device::DmaFs;
 use crate::engine::membership_of;
 use crate::engine::{Engine, EngineError, HashRange, PartitionId};
-use crate::paxos::{self, Message, Replica, ReplicaId, Slot, Value};
+use crate::paxos::{self, Membership, Message, Replica, ReplicaId, Slot, Value};
 use crate::server::Admitter;
 use crate::shard::{Op, shard_addr};
 
@@ -504,18 +504,28 @@ impl Replication {
         if let Err(reason) = check_successor(&current, &spec) {
             return invalid(format!("partition {partition}: {reason}"));
         }
+        let (membership, addrs) = match (membership_of(&spec), member_addrs(&spec, partition)) {
+            (Ok(membership), Ok(addrs)) => (membership, addrs),
+            (Err(error), _) => return invalid(format!("partition {partition}: {error}")),
+            (_, Err(error)) => return invalid(format!("partition {partition}: {error}")),
+        };
+        // The successor must follow the group as chosen: not while a change
+        // is in flight, or chosen but not yet applied here.
+        let applied = membership_of(&current).ok();
+        let settled = self.groups.borrow().get(&partition).is_some_and(|group| {
+            !group.replica.is_reconfiguring()
+                && group.replica.membership().map(Membership::members)
+                    == applied.as_ref().map(Membership::members)
+        });
+        if !settled {
+            return Response::error(
+                ErrorCode::Throttling,
+                "another membership change is in progress; retry",
+            );
+        }
         if let Err(response) = self.create_member(partition, &spec).await {
             return response;
         }
-        let spec = &spec;
-        let membership = match membership_of(spec) {
-            Ok(membership) => membership,
-            Err(error) => return invalid(format!("partition {partition}: {error}")),
-        };
-        let addrs = match member_addrs(spec, partition) {
-            Ok(addrs) => addrs,
-            Err(error) => return invalid(format!("partition {partition}: {error}")),
-        };
         // Each replica keeps its own id and sets `since` when it applies.
         let context = GroupSpec {
             replica: 0,

@@ -591,21 +591,25 @@ fn holders(nodes: &[Node], partition: u64, cert: &Path) -> Vec<usize> {
     })
 }
 
-/// A follower's node is lost for good (SIGKILL, never restarted). The
-/// operator moves its replica to the cluster's fourth node with `cairn
+/// A follower's node is lost for good (SIGKILL, never restarted) while
+/// writers run. The operator moves its replica to a spare node with `cairn
 /// table move-replica` (MemDS's healing off): the group replaces the
 /// member through its own log, the new replica is caught up by a snapshot
-/// and the log, and the map lists the new node. Then a second original
-/// replica's node is killed: the leader and the new replica are a majority
-/// of the new group, so writes go on, and every acknowledged write —
-/// before the loss, between, and after — reads back.
+/// and the log, and the map lists the new node. Right after, the live
+/// third replica moves to another spare. Then the leader is killed: the
+/// two new replicas are a majority of the group, and every acknowledged
+/// write reads back, each item once in a scan.
 #[test]
 fn a_lost_replica_is_replaced_on_another_node() {
     replace_a_lost_replica(Healing::ByHand);
 }
 
 /// As above, but nobody acts: MemDS notices the silent node (default
-/// bound, 1.5 s) and moves its replica to the fourth node itself.
+/// bound, 1.5 s) and moves its replica to the fourth node itself. Then a
+/// second original replica's node is killed: the leader and the new
+/// replica are a majority of the new group, so writes go on; finally the
+/// leader is killed, and the new replica with the restarted third serves
+/// every acknowledged write.
 #[test]
 fn memds_moves_the_replicas_of_a_silent_node() {
     replace_a_lost_replica(Healing::ByMemds);
@@ -622,7 +626,12 @@ fn replace_a_lost_replica(healing: Healing) {
         Healing::ByHand => "heal_after_ms = 0\n",
         Healing::ByMemds => "",
     };
-    let mut cluster = GroupCluster::start_nodes(4, "", memds_extra);
+    // By hand, a fifth node takes a second, live replica afterwards.
+    let count = match healing {
+        Healing::ByHand => 5,
+        Healing::ByMemds => 4,
+    };
+    let mut cluster = GroupCluster::start_nodes(count, "", memds_extra);
     let (cert, router) = (cluster.cert.clone(), cluster.router);
     let identity = Identity::trusting_pem_file(&cert).unwrap();
     let partition = 1 << 20; // the first table's one partition, on shard 0
@@ -633,12 +642,9 @@ fn replace_a_lost_replica(healing: Healing) {
     let writers = Writers::start(router, &cert, "moved", 4);
     writers.wait_for(200, "before the loss");
     let held = holders(&cluster.nodes, partition, &cert);
-    assert_eq!(
-        held.len(),
-        3,
-        "three of four nodes hold the partition: {held:?}"
-    );
-    let spare = (0..4).find(|n| !held.contains(n)).unwrap();
+    assert_eq!(held.len(), 3, "three nodes hold the partition: {held:?}");
+    let spares: Vec<usize> = (0..count as usize).filter(|n| !held.contains(n)).collect();
+    let spare = spares[0];
     let leader = leader_of(&cluster.nodes, partition, &cert);
     let lost = *held.iter().find(|n| **n != leader).unwrap();
     let third = *held.iter().find(|n| **n != leader && **n != lost).unwrap();
@@ -646,7 +652,7 @@ fn replace_a_lost_replica(healing: Healing) {
     let killed_at = Instant::now();
     writers.wait_for(200, "with a replica lost");
 
-    if healing == Healing::ByHand {
+    let move_replica = |from: usize, to: usize| {
         let output = cairn_tests::stdout_of_success(
             std::process::Command::new(env!("CARGO_BIN_EXE_cairn")).args([
                 "table",
@@ -655,9 +661,9 @@ fn replace_a_lost_replica(healing: Healing) {
                 "--partition",
                 &format!("{partition:#x}"),
                 "--from",
-                &lost.to_string(),
+                &from.to_string(),
                 "--to",
-                &spare.to_string(),
+                &to.to_string(),
                 "--router",
                 &router.to_string(),
                 "--certificate",
@@ -665,6 +671,9 @@ fn replace_a_lost_replica(healing: Healing) {
             ]),
         );
         assert!(output.contains("now lives on node"), "{output}");
+    };
+    if healing == Healing::ByHand {
+        move_replica(lost, spare);
     }
     wait_for_member(cluster.nodes[spare].shard0, partition, &cert);
     println!(
@@ -695,16 +704,33 @@ fn replace_a_lost_replica(healing: Healing) {
     assert!(shown.0, "the map does not show the move:\n{}", shown.1);
     writers.wait_for(200, "with the new replica");
 
-    // Only the new membership has a majority now: the leader and the new
-    // replica.
-    cluster.nodes[third].kill();
-    writers.wait_for(200, "with a second original replica lost");
-    let logs = writers.stop("a lost replica replaced under load");
-    // The new replica holds every acknowledged write: with the leader
-    // gone, it and `third` (which missed the last phase) serve them all.
-    cluster.nodes[third].start();
-    cluster.nodes[leader].kill();
-    check_writes(router, &identity, "moved", logs);
+    match healing {
+        Healing::ByHand => {
+            // A second change right after the first: the live replica on
+            // `third` moves to the fifth node. The group is then the
+            // leader and two new replicas, which alone must serve every
+            // acknowledged write once the leader is gone.
+            move_replica(third, spares[1]);
+            wait_for_member(cluster.nodes[spares[1]].shard0, partition, &cert);
+            writers.wait_for(200, "after the second move");
+            let logs = writers.stop("two replicas moved under load");
+            cluster.nodes[leader].kill();
+            check_writes(router, &identity, "moved", logs);
+        }
+        Healing::ByMemds => {
+            // Only the new membership has a majority now: the leader and
+            // the new replica.
+            cluster.nodes[third].kill();
+            writers.wait_for(200, "with a second original replica lost");
+            let logs = writers.stop("a lost replica replaced under load");
+            // The new replica holds every acknowledged write: with the
+            // leader gone, it and `third` (which missed the last phase)
+            // serve them all.
+            cluster.nodes[third].start();
+            cluster.nodes[leader].kill();
+            check_writes(router, &identity, "moved", logs);
+        }
+    }
 }
 
 /// Waits (bounded) until the replica of `partition` on `shard` serves
