@@ -1181,7 +1181,13 @@ impl Replica {
                 .send
                 .push((peer, Message::Prepare { ballot, from_slot }));
         }
-        if !won {
+        // A replica that would lead a group it is not a full member of (it
+        // was replaced, and learns so only now) does not take it over: its
+        // votes would not count and routers would not find it.
+        let member = needed
+            .last()
+            .is_some_and(|(_, m)| m.is_full_member(me));
+        if !won || !member {
             return;
         }
         let next_slot = chosen

@@ -63,30 +63,46 @@ pub fn item(round: u32, writer: u64, seq: u64) -> Item {
     key(round, seq).with("payload", AttributeValue::B(payload(round, writer, seq)))
 }
 
-/// A base port with `count` consecutive free UDP ports on loopback,
-/// distinct from every other range handed out in this process (tests run
-/// in parallel threads, and glommio binds with port reuse, so a shared
-/// range would silently split one cluster's traffic with another's). The
-/// ports are released before returning; tests bind them at once.
+/// A base port with `count` (at most 200) consecutive free UDP ports on
+/// loopback, reserved for this process: distinct from every other range
+/// handed out here and in any other process that uses this function
+/// (tests run in parallel threads and processes, and glommio binds with
+/// port reuse, so a shared range would silently split one cluster's
+/// traffic with another's). The ports are released before returning;
+/// tests bind them at once.
 ///
-/// The ranges lie below Linux's ephemeral ports (32768 and up by
-/// default): there, any client socket of any test (`127.0.0.1:0`) may take
-/// a port of a cluster's range, and a killed cluster's range would never
-/// be seen free again (a CI failure: "ports 32780..32980 still in use").
+/// A range is reserved by an exclusive lock on a file named after it in
+/// the temporary directory, held until the process exits. The ranges lie
+/// below Linux's ephemeral ports (32768 and up by default): there, any
+/// client socket could take a port of a cluster's range, and a killed
+/// cluster's range would not be seen free again ("ports … still in use").
 pub fn free_udp_ports(count: u16) -> u16 {
     const FIRST: u32 = 20_000;
-    const SPAN: u32 = 32_768 - FIRST;
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let process_offset = (std::process::id() % 1000) * 20;
-    loop {
-        let slot = NEXT.fetch_add(u32::from(count), std::sync::atomic::Ordering::Relaxed);
-        let base = (FIRST + (process_offset + slot) % (SPAN - u32::from(count))) as u16;
+    const SLOT: u32 = 200;
+    const SLOTS: u32 = (32_768 - FIRST) / SLOT;
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    assert!(u32::from(count) <= SLOT, "at most {SLOT} ports a range");
+    let start = std::process::id() % SLOTS;
+    for n in 0..SLOTS {
+        let base = (FIRST + (start + n) % SLOTS * SLOT) as u16;
+        let lock = std::env::temp_dir().join(format!("cairn-test-ports-{base}.lock"));
+        let Ok(file) = std::fs::File::create(&lock) else {
+            continue;
+        };
+        if file.try_lock().is_err() {
+            continue; // another process (or this one) holds it
+        }
         let free = (0..count)
             .all(|offset| std::net::UdpSocket::bind(("127.0.0.1", base + offset)).is_ok());
+        let mut held = HELD.lock().expect("the reservations");
+        held.push(file);
         if free {
             return base;
         }
+        // Busy with something else: keep it reserved, so no one tries it
+        // again, and look further.
     }
+    panic!("no free range of {count} test ports below 32768");
 }
 
 /// Runs `body` on a fresh glommio executor with a client connected to the
