@@ -1184,9 +1184,7 @@ impl Replica {
         // A replica that would lead a group it is not a full member of (it
         // was replaced, and learns so only now) does not take it over: its
         // votes would not count and routers would not find it.
-        let member = needed
-            .last()
-            .is_some_and(|(_, m)| m.is_full_member(me));
+        let member = needed.last().is_some_and(|(_, m)| m.is_full_member(me));
         if !won || !member {
             return;
         }
