@@ -452,12 +452,16 @@ impl MetaClient {
     /// the table record follows, at a new map version (returned).
     /// Asking again after a crash half-way finishes the move: the group
     /// answers that it is done, and the record is written.
+    ///
+    /// `to` may not share a zone with the other replicas while a node not
+    /// in `down` stands in a zone none of them uses.
     pub async fn move_replica(
         &self,
         name: &str,
         partition: u64,
         from: u16,
         to: u16,
+        down: &std::collections::BTreeSet<u16>,
     ) -> Result<u64, Response> {
         self.bootstrap().await?;
         for _ in 0..CAS_ATTEMPTS {
@@ -492,6 +496,9 @@ impl MetaClient {
                 return Err(validation(format!(
                     "node {to} holds a replica of partition {partition} already"
                 )));
+            }
+            if let Some(reason) = crate::heal::zone_clash(&snapshot, nodes, from, new, down) {
+                return Err(validation(format!("partition {partition}: {reason}")));
             }
             let replicas = replica_shards(&snapshot, &table.partitions[index])?;
             let request = wire::encode_node_request(&NodeRequest {
@@ -564,7 +571,10 @@ impl MetaClient {
                 from,
                 to,
             } = &planned;
-            match self.move_replica(table, *partition, *from, *to).await {
+            match self
+                .move_replica(table, *partition, *from, *to, &down)
+                .await
+            {
                 Ok(version) => {
                     tracing::info!(%table, partition, from, to, version, "healed: a replica on a silent node moved");
                     moved += 1;

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use crate::meta::{Snapshot, TableStatus};
+use crate::meta::{NodeRecord, Snapshot, TableStatus};
 
 /// When each node last answered.
 #[derive(Debug)]
@@ -119,11 +119,38 @@ pub fn plan_moves(snapshot: &Snapshot, down: &BTreeSet<u16>) -> Vec<Move> {
     moves
 }
 
+/// Why `to` may not take the replica of a partition on `nodes` that leaves
+/// `from`: its zone is one the other replicas use while a node that is not
+/// `down` stands in an unused zone (replicas never share a zone when they
+/// need not).
+pub fn zone_clash(
+    snapshot: &Snapshot,
+    nodes: &[u16],
+    from: u16,
+    to: &NodeRecord,
+    down: &BTreeSet<u16>,
+) -> Option<String> {
+    let staying = nodes.iter().filter(|n| **n != from);
+    let used: Vec<(u16, &str)> = staying
+        .filter_map(|n| snapshot.nodes.get(n).map(|r| (*n, r.zone.as_str())))
+        .collect();
+    let (sharer, zone) = used.iter().find(|(_, zone)| *zone == to.zone)?;
+    let unused = snapshot
+        .nodes
+        .values()
+        .filter(|n| n.id != from && n.zone != to.zone && !down.contains(&n.id))
+        .find(|n| used.iter().all(|(_, zone)| *zone != n.zone))?;
+    Some(format!(
+        "node {} is in {zone}, like the replica on node {sharer}; node {} is in {}, which no replica uses",
+        to.id, unused.id, unused.zone
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::map::{Partition, Replicas};
-    use crate::meta::{NodeRecord, TableRecord};
+    use crate::meta::TableRecord;
     use cairn_common::wire::Capacity;
     use cairn_common::{KeyAttribute, KeySchema, KeyType};
 
@@ -165,6 +192,37 @@ mod tests {
             tables: tables.into_iter().map(|t| (t.name.clone(), t)).collect(),
             nodes: nodes.into_iter().map(|n| (n.id, n)).collect(),
         }
+    }
+
+    #[test]
+    fn a_move_may_not_share_a_zone_while_an_unused_one_exists() {
+        let nodes = vec![
+            node(0, "a"),
+            node(1, "b"),
+            node(2, "c"),
+            node(3, "a"),
+            node(4, "d"),
+        ];
+        let cluster = snapshot(nodes.clone(), Vec::new());
+        // Replacing node 2: node 3 shares zone a with node 0, node 4 is in
+        // an unused zone.
+        let up = BTreeSet::new();
+        let clash = zone_clash(&cluster, &[0, 1, 2], 2, &nodes[3], &up).expect("a clash");
+        assert!(clash.contains("node 4 is in d"), "{clash}");
+        assert_eq!(zone_clash(&cluster, &[0, 1, 2], 2, &nodes[4], &up), None);
+        // Node 4 down: sharing zone a is the best left.
+        let down = BTreeSet::from([2, 4]);
+        assert_eq!(zone_clash(&cluster, &[0, 1, 2], 2, &nodes[3], &down), None);
+        // The replaced node's own zone is free again.
+        let same_zone = node(5, "c");
+        let with_c = snapshot(
+            vec![node(0, "a"), node(1, "b"), node(2, "c"), same_zone.clone()],
+            Vec::new(),
+        );
+        assert_eq!(zone_clash(&with_c, &[0, 1, 2], 2, &same_zone, &up), None);
+        // No unused zone anywhere: sharing is the only way.
+        let tight = snapshot(nodes[..4].to_vec(), Vec::new());
+        assert_eq!(zone_clash(&tight, &[0, 1, 2], 2, &nodes[3], &up), None);
     }
 
     #[test]

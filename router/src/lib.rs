@@ -996,7 +996,11 @@ impl State {
     }
 
     async fn move_replica(&self, name: &str, partition: u64, from: u16, to: u16) -> Response {
-        let version = match self.meta.move_replica(name, partition, from, to).await {
+        let version = match self
+            .meta
+            .move_replica(name, partition, from, to, &Default::default())
+            .await
+        {
             Ok(version) => version,
             Err(response) => return response,
         };
