@@ -864,6 +864,7 @@ impl Replica {
                         promised,
                     },
                 ));
+                self.tell_outsider(from);
             }
             Message::PreVoteReply {
                 ballot,
@@ -945,7 +946,10 @@ impl Replica {
                     Role::Candidate { ballot, .. } | Role::Leader { ballot, .. } => Some(*ballot),
                     Role::Follower | Role::PreCandidate { .. } => None,
                 };
-                if mine.is_some_and(|b| promised > b) {
+                // A replaced replica's promise binds no quorum of this
+                // group: a leader does not step down for it.
+                let outsider = self.is_leader() && !self.peers().contains(&from);
+                if mine.is_some_and(|b| promised > b) && !outsider {
                     self.role = Role::Follower;
                     self.election_deadline = Some(now + self.jitter());
                 }
@@ -1002,6 +1006,27 @@ impl Replica {
                 }
             }
         }
+    }
+
+    /// Leader: a replica outside the group asking for votes was replaced
+    /// and does not know it (no one sends it the log any more). A
+    /// heartbeat makes it follow; its reply gets it the chosen values, or
+    /// a snapshot, that say it is out, and it stops asking.
+    fn tell_outsider(&mut self, from: ReplicaId) {
+        let Role::Leader { ballot, .. } = self.role else {
+            return;
+        };
+        if from == self.config.id || self.peers().contains(&from) {
+            return;
+        }
+        self.ready.send.push((
+            from,
+            Message::Heartbeat {
+                ballot,
+                commit_through: self.commit_through,
+                seq: self.heartbeat_seq,
+            },
+        ));
     }
 
     /// A leader or candidate that sees a higher ballot becomes a follower;
