@@ -557,8 +557,9 @@ impl MetaClient {
                 .is_ok();
             liveness.record(node.id, alive, std::time::Instant::now());
         }
-        let down = liveness.down(std::time::Instant::now());
-        if down.is_empty() {
+        let now = std::time::Instant::now();
+        let down = liveness.down(now);
+        if !liveness.plan_due(&down, now) {
             return Ok(0);
         }
         self.bootstrap().await?;
@@ -581,6 +582,7 @@ impl MetaClient {
                 }
                 Err(error) => {
                     tracing::warn!(%table, partition, from, to, ?error, "healing: move not made this round");
+                    liveness.replan();
                 }
             }
         }

@@ -15,21 +15,48 @@ use std::time::{Duration, Instant};
 
 use crate::meta::{NodeRecord, Snapshot, TableStatus};
 
-/// When each node last answered.
+/// When each node last answered, and when moves were last planned.
 #[derive(Debug)]
 pub struct Liveness {
     heal_after: Duration,
     /// The last answer of each node probed; a node never heard from
     /// counts from when it was first probed.
     heard: BTreeMap<u16, Instant>,
+    /// The nodes down when moves were last planned, and when.
+    planned: Option<(BTreeSet<u16>, Instant)>,
 }
+
+/// While the same nodes stay down, moves are planned again only this
+/// often: a cluster with no node to move to (three nodes, one down) would
+/// otherwise read the whole metadata every round for as long as it lasts.
+pub const REPLAN_EVERY: Duration = Duration::from_secs(5);
 
 impl Liveness {
     pub fn new(heal_after: Duration) -> Liveness {
         Liveness {
             heal_after,
             heard: BTreeMap::new(),
+            planned: None,
         }
+    }
+
+    /// Plans again next round: a planned move was not made.
+    pub fn replan(&mut self) {
+        self.planned = None;
+    }
+
+    /// Whether to plan moves for `down` at `now`: when some node is down,
+    /// and the down set changed or the last plan is `REPLAN_EVERY` old.
+    /// Records the plan.
+    pub fn plan_due(&mut self, down: &BTreeSet<u16>, now: Instant) -> bool {
+        let due = !down.is_empty()
+            && self.planned.as_ref().is_none_or(|(last, at)| {
+                last != down || now.saturating_duration_since(*at) >= REPLAN_EVERY
+            });
+        if due {
+            self.planned = Some((down.clone(), now));
+        }
+        due
     }
 
     /// A probe of `node` at `now` was answered (`alive`) or not.
@@ -239,6 +266,19 @@ mod tests {
         assert_eq!(liveness.down(after), BTreeSet::from([1]));
         liveness.record(1, true, after);
         assert!(liveness.down(after).is_empty());
+    }
+
+    #[test]
+    fn moves_are_planned_again_when_the_down_nodes_change_or_after_a_while() {
+        let start = Instant::now();
+        let mut liveness = Liveness::new(Duration::from_secs(1));
+        let (one, two) = (BTreeSet::from([1]), BTreeSet::from([1, 2]));
+        assert!(!liveness.plan_due(&BTreeSet::new(), start));
+        assert!(liveness.plan_due(&one, start));
+        assert!(!liveness.plan_due(&one, start + Duration::from_secs(1)));
+        assert!(liveness.plan_due(&two, start + Duration::from_secs(2)));
+        assert!(!liveness.plan_due(&two, start + Duration::from_secs(3)));
+        assert!(liveness.plan_due(&two, start + Duration::from_secs(2) + REPLAN_EVERY));
     }
 
     #[test]
