@@ -281,6 +281,8 @@ async fn run_core(
         loaded_generation: Cell::new(generation.load(Ordering::Acquire)),
         generation,
         catalog_forced: Cell::new(None),
+        catalog_refreshing: Cell::new(false),
+        catalog_refreshed: event_listener::Event::new(),
         cache: RefCell::new(RouteCache::new(CACHE_RANGES, REFRESHES_MAX)),
         queued: event_listener::Event::new(),
         answered: event_listener::Event::new(),
@@ -377,6 +379,11 @@ struct State {
     loaded_generation: Cell<u64>,
     /// When an unknown table name last forced a catalog refresh.
     catalog_forced: Cell<Option<Instant>>,
+    /// A forced refresh is asking MemDS; requests for unknown tables wait
+    /// for its answer (`catalog_refreshed`) instead of answering "no such
+    /// table" from a catalog that may not be loaded yet.
+    catalog_refreshing: Cell<bool>,
+    catalog_refreshed: event_listener::Event,
     cache: RefCell<RouteCache>,
     /// A refresh was queued.
     queued: event_listener::Event,
@@ -743,8 +750,17 @@ impl State {
             .catalog_forced
             .get()
             .is_some_and(|at| at.elapsed() < CATALOG_FORCE_MIN);
-        if !recent {
+        if self.catalog_refreshing.get() {
+            // Regression: concurrent first requests to a cold router got
+            // "no such table" while the first of them was loading the
+            // catalog (a CI failure of the constant-work test).
+            let listener = self.catalog_refreshed.listen();
+            if self.catalog_refreshing.get() {
+                listener.await;
+            }
+        } else if !recent {
             self.catalog_forced.set(Some(Instant::now()));
+            let _refreshing = Refreshing::begin(self);
             let _ = self.refresh_catalog().await;
         }
         self.catalog
@@ -1208,5 +1224,23 @@ impl State {
                 };
             }
         }
+    }
+}
+
+/// Marks a forced catalog refresh in flight; when it ends, however it
+/// ends, the requests waiting for it go on.
+struct Refreshing<'a>(&'a State);
+
+impl<'a> Refreshing<'a> {
+    fn begin(state: &'a State) -> Refreshing<'a> {
+        state.catalog_refreshing.set(true);
+        Refreshing(state)
+    }
+}
+
+impl Drop for Refreshing<'_> {
+    fn drop(&mut self) {
+        self.0.catalog_refreshing.set(false);
+        self.0.catalog_refreshed.notify(usize::MAX);
     }
 }
