@@ -183,10 +183,13 @@ pub enum Message {
     },
     /// `seq` numbers the leader's heartbeats; the reply echoes it, so the
     /// leader knows from when an acknowledgement holds (leases).
+    /// `log_floor`: every full member has checkpointed every slot below
+    /// (what a log replica may drop, [`Replica::log_floor`]).
     Heartbeat {
         ballot: Ballot,
         commit_through: Slot,
         seq: u64,
+        log_floor: Slot,
     },
     /// Would you promise `ballot` to a candidate whose commit point is
     /// `from_slot`? Asked before an election; changes no state, so a
@@ -202,10 +205,13 @@ pub enum Message {
         granted: bool,
         promised: Ballot,
     },
+    /// `checkpointed_through`: the replier's state machine is durable
+    /// through that slot ([`Replica::checkpointed`]).
     HeartbeatReply {
         ballot: Ballot,
         applied_through: Slot,
         seq: u64,
+        checkpointed_through: Slot,
     },
 }
 
@@ -360,6 +366,12 @@ pub struct Replica {
     heartbeats_sent: std::collections::VecDeque<(u64, Instant)>,
     /// Leader: per peer, the send time of the newest heartbeat it answered.
     lease_acks: BTreeMap<ReplicaId, Instant>,
+    /// Slots below are in this replica's durable checkpoint.
+    checkpointed_through: Slot,
+    /// Leader: per peer, how far it reported having checkpointed.
+    peers_checkpointed: BTreeMap<ReplicaId, Slot>,
+    /// Follower: the leader's word on what every full member checkpointed.
+    log_floor: Slot,
     /// Leader: the first slot of its own term; reads wait until the slots
     /// it took over below it are committed.
     term_start_slot: Slot,
@@ -414,6 +426,9 @@ impl Replica {
             heartbeat_seq: 0,
             heartbeats_sent: std::collections::VecDeque::new(),
             lease_acks: BTreeMap::new(),
+            checkpointed_through: applied_through,
+            peers_checkpointed: BTreeMap::new(),
+            log_floor: 0,
             term_start_slot: 0,
             leader_contact: Some((ReplicaId::MAX, now)),
             seen: Ballot::default(),
@@ -514,6 +529,35 @@ impl Replica {
     /// chosen yet.
     pub fn is_reconfiguring(&self) -> bool {
         matches!(&self.role, Role::Leader { planned, .. } if !planned.is_empty())
+    }
+
+    /// Tells the replica its state machine is durable through `through`
+    /// (a checkpoint holds every slot below): reported to the leader, which
+    /// tells log replicas how far every full member has come.
+    pub fn checkpointed(&mut self, through: Slot) {
+        self.checkpointed_through = self.checkpointed_through.max(through);
+    }
+
+    /// Slots below which a log replica may drop its values: every full
+    /// member of the group has them in a durable checkpoint, so a log
+    /// replica never holds the only copy a lagging full member needs. A
+    /// leader computes it from its peers' reports (0 for a full member not
+    /// heard from); others take the leader's word from its heartbeats.
+    pub fn log_floor(&self) -> Slot {
+        if !self.is_leader() {
+            return self.log_floor;
+        }
+        let me = self.config.id;
+        self.membership()
+            .into_iter()
+            .flat_map(Membership::members)
+            .filter(|m| !m.log_only)
+            .map(|m| match m.id {
+                id if id == me => self.checkpointed_through,
+                id => self.peers_checkpointed.get(&id).copied().unwrap_or(0),
+            })
+            .min()
+            .unwrap_or(0)
     }
 
     /// The membership of the next slot to commit.
@@ -723,6 +767,7 @@ impl Replica {
                     self.heartbeats_sent.pop_front();
                 }
                 let commit_through = self.commit_through;
+                let log_floor = self.log_floor();
                 let peers = self.peers();
                 for peer in &peers {
                     self.ready.send.push((
@@ -731,6 +776,7 @@ impl Replica {
                             ballot,
                             commit_through,
                             seq,
+                            log_floor,
                         },
                     ));
                 }
@@ -958,11 +1004,15 @@ impl Replica {
                 ballot,
                 commit_through,
                 seq,
+                log_floor,
             } => {
                 if ballot >= self.state.promised {
                     self.step_down_if_outranked(ballot);
                     self.hear_leader(ballot, Some(commit_through), now);
                     self.learn_commits();
+                    // A new leader may know less than the last one: its
+                    // word stands (a lower floor only keeps more).
+                    self.log_floor = log_floor;
                     // Answering grants the lease: remember when.
                     self.leader_contact = Some((ballot.leader, now));
                     let applied_through = self.commit_through;
@@ -972,6 +1022,7 @@ impl Replica {
                             ballot,
                             applied_through,
                             seq,
+                            checkpointed_through: self.checkpointed_through,
                         },
                     ));
                 } else {
@@ -991,12 +1042,15 @@ impl Replica {
                 ballot,
                 applied_through,
                 seq,
+                checkpointed_through,
             } => {
                 if let Role::Leader {
                     ballot: current, ..
                 } = self.role
                     && ballot == current
                 {
+                    let reported = self.peers_checkpointed.entry(from).or_default();
+                    *reported = (*reported).max(checkpointed_through);
                     if let Some((_, sent)) = self.heartbeats_sent.iter().find(|(s, _)| *s == seq) {
                         let sent = *sent;
                         let ack = self.lease_acks.entry(from).or_insert(sent);
@@ -1019,12 +1073,14 @@ impl Replica {
         if from == self.config.id || self.peers().contains(&from) {
             return;
         }
+        let log_floor = self.log_floor();
         self.ready.send.push((
             from,
             Message::Heartbeat {
                 ballot,
                 commit_through: self.commit_through,
                 seq: self.heartbeat_seq,
+                log_floor,
             },
         ));
     }
@@ -1229,6 +1285,7 @@ impl Replica {
         self.term_start_slot = next_slot;
         self.lease_acks.clear();
         self.heartbeats_sent.clear();
+        self.peers_checkpointed.clear();
         for slot in from_slot..next_slot {
             let value = chosen.remove(&slot).map_or(Value::Noop, |(_, v)| v);
             self.accept_as_leader(ballot, slot, value);
