@@ -190,6 +190,17 @@ impl GroupCluster {
     }
 }
 
+impl GroupCluster {
+    /// Creates a table of one partition keyed by the string `id`.
+    fn create_table(&self, name: &'static str) {
+        let identity = Identity::trusting_pem_file(&self.cert).unwrap();
+        cairn_tests::with_client(self.router, &identity, async move |client| {
+            let schema = KeySchema::new(KeyAttribute::new("id", KeyType::S), None);
+            client.create_table(name, &schema, 1).await.unwrap();
+        });
+    }
+}
+
 /// Asks each node's shard directly which one leads `partition` (a
 /// consistent read only the leader answers), until one does.
 fn leader_of(nodes: &[Node], partition: u64, cert: &Path) -> usize {
@@ -316,11 +327,7 @@ async fn client_loop(
 fn killing_leaders_loses_no_acknowledged_write_and_reads_stay_linearizable() {
     let mut cluster = GroupCluster::start("");
     let (cert, router) = (cluster.cert.clone(), cluster.router);
-    let identity = Identity::trusting_pem_file(&cert).unwrap();
-    cairn_tests::with_client(router, &identity, async |client| {
-        let schema = KeySchema::new(KeyAttribute::new("id", KeyType::S), None);
-        client.create_table("kv-table", &schema, 1).await.unwrap();
-    });
+    cluster.create_table("kv-table");
     // The first table gets id 1: its one partition is 1 << 20, on shard 0.
     let partition = 1 << 20;
 
@@ -635,10 +642,7 @@ fn replace_a_lost_replica(healing: Healing) {
     let (cert, router) = (cluster.cert.clone(), cluster.router);
     let identity = Identity::trusting_pem_file(&cert).unwrap();
     let partition = 1 << 20; // the first table's one partition, on shard 0
-    cairn_tests::with_client(router, &identity, async |client| {
-        let schema = KeySchema::new(KeyAttribute::new("id", KeyType::S), None);
-        client.create_table("moved", &schema, 1).await.unwrap();
-    });
+    cluster.create_table("moved");
     let writers = Writers::start(router, &cert, "moved", 4);
     writers.wait_for(200, "before the loss");
     let held = holders(&cluster.nodes, partition, &cert);
@@ -928,13 +932,7 @@ fn splits_under_load_lose_and_duplicate_nothing() {
     let mut cluster = GroupCluster::start("");
     let (cert, router) = (cluster.cert.clone(), cluster.router);
     let identity = Identity::trusting_pem_file(&cert).unwrap();
-    cairn_tests::with_client(router, &identity, async |client| {
-        let schema = KeySchema::new(KeyAttribute::new("id", KeyType::S), None);
-        client
-            .create_table("split-table", &schema, 1)
-            .await
-            .unwrap();
-    });
+    cluster.create_table("split-table");
     let writers = Writers::start(router, &cert, "split-table", 6);
     writers.wait_for(300, "before the splits");
     for split in 0..2 {
