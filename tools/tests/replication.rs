@@ -191,6 +191,20 @@ impl GroupCluster {
 }
 
 impl GroupCluster {
+    /// What `cairn status` prints, read from the first MemDS.
+    fn status(&self) -> String {
+        let memds = format!("127.0.0.1:{}", self.base + 90);
+        cairn_tests::stdout_of_success(
+            std::process::Command::new(env!("CARGO_BIN_EXE_cairn")).args([
+                "status",
+                "--memds",
+                &memds,
+                "--certificate",
+                self.cert.to_str().unwrap(),
+            ]),
+        )
+    }
+
     /// Creates a table of one partition keyed by the string `id`.
     fn create_table(&self, name: &'static str) {
         let identity = Identity::trusting_pem_file(&self.cert).unwrap();
@@ -684,17 +698,8 @@ fn replace_a_lost_replica(healing: Healing) {
         "{healing:?}: three copies again {:?} after the node was killed",
         killed_at.elapsed()
     );
-    let memds = format!("127.0.0.1:{}", cluster.base + 90);
     let moved = || {
-        let status = cairn_tests::stdout_of_success(
-            std::process::Command::new(env!("CARGO_BIN_EXE_cairn")).args([
-                "status",
-                "--memds",
-                &memds,
-                "--certificate",
-                cert.to_str().unwrap(),
-            ]),
-        );
+        let status = cluster.status();
         let moved = status.contains(&format!("node {spare} ("))
             && !status.contains(&format!("node {lost} ("));
         (moved, status)
@@ -1050,16 +1055,7 @@ fn partition_starts(cluster: &GroupCluster, table: &str) -> Vec<u64> {
 /// The first hash and the size its leader reports (if one answered) of
 /// each partition of `table`, from `cairn status`.
 fn partition_status(cluster: &GroupCluster, table: &str) -> Vec<(u64, Option<u64>)> {
-    let memds = format!("127.0.0.1:{}", cluster.base + 90);
-    let status = cairn_tests::stdout_of_success(
-        std::process::Command::new(env!("CARGO_BIN_EXE_cairn")).args([
-            "status",
-            "--memds",
-            &memds,
-            "--certificate",
-            cluster.cert.to_str().unwrap(),
-        ]),
-    );
+    let status = cluster.status();
     let mut in_table = false;
     let mut starts = Vec::new();
     for line in status.lines() {
