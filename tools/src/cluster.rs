@@ -194,6 +194,60 @@ pub fn up(
     replication: u32,
     nodes: u16,
 ) -> anyhow::Result<LocalCluster> {
+    let files = write_files(dir, cores, port, replication, nodes)?;
+    let nodes = files
+        .nodes
+        .iter()
+        .map(|path| start_node(path))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let memds = files
+        .memds
+        .iter()
+        .map(|path| start_memds(path))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let gac = files
+        .gac
+        .iter()
+        .map(|path| start_gac(path))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let router_process = start_router(&files.router)?;
+    Ok(LocalCluster {
+        metrics: files.metrics,
+        node_metrics: files.node_metrics,
+        router_addr: router_process.addr(),
+        nodes,
+        memds,
+        gac,
+        router: router_process,
+        dir: files.dir,
+        dynamodb: files.dynamodb,
+        replication,
+    })
+}
+
+/// The config files [`write_files`] wrote, and what they say.
+#[derive(Debug)]
+pub struct ClusterFiles {
+    pub dir: PathBuf,
+    pub nodes: Vec<PathBuf>,
+    pub memds: Vec<PathBuf>,
+    pub gac: Vec<PathBuf>,
+    pub router: PathBuf,
+    pub metrics: Option<SocketAddr>,
+    pub node_metrics: Vec<SocketAddr>,
+    pub dynamodb: Option<(SocketAddr, AccessKey)>,
+}
+
+/// Creates (or reuses) a local cluster directory with a self-signed
+/// certificate, and writes the config files of its processes (what
+/// [`up`] then starts; `cairn up --write-only` stops here).
+pub fn write_files(
+    dir: &Path,
+    cores: usize,
+    port: u16,
+    replication: u32,
+    nodes: u16,
+) -> anyhow::Result<ClusterFiles> {
     anyhow::ensure!(nodes <= NODES_MAX, "--nodes must be at most {NODES_MAX}");
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
@@ -289,7 +343,6 @@ pub fn up(
         replication,
     };
     let router_path = dir.join("router.toml");
-    let mut nodes = Vec::new();
     for (path, file) in &node_files {
         std::fs::write(path, toml::to_string(file)?)?;
     }
@@ -300,33 +353,18 @@ pub fn up(
         std::fs::write(path, toml::to_string(file)?)?;
     }
     std::fs::write(&router_path, toml::to_string(&router)?)?;
-    for (path, _) in &node_files {
-        nodes.push(start_node(path)?);
-    }
-    let memds = memds_files
-        .iter()
-        .map(|(path, _)| start_memds(path))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let gac = gac_files
-        .iter()
-        .map(|(path, _)| start_gac(path))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let dynamodb = router
-        .dynamodb
-        .as_ref()
-        .and_then(|d| d.access_keys.first().map(|k| (d.listen, k.clone())));
-    let router_process = start_router(&router_path)?;
-    Ok(LocalCluster {
+    Ok(ClusterFiles {
+        nodes: node_files.iter().map(|(path, _)| path.clone()).collect(),
+        memds: memds_files.iter().map(|(path, _)| path.clone()).collect(),
+        gac: gac_files.iter().map(|(path, _)| path.clone()).collect(),
+        router: router_path,
         metrics: router.metrics,
         node_metrics: node_files.iter().filter_map(|(_, f)| f.metrics).collect(),
-        router_addr: router_process.addr(),
-        nodes,
-        memds,
-        gac,
-        router: router_process,
+        dynamodb: router
+            .dynamodb
+            .as_ref()
+            .and_then(|d| d.access_keys.first().map(|k| (d.listen, k.clone()))),
         dir,
-        dynamodb,
-        replication,
     })
 }
 

@@ -54,6 +54,10 @@ enum Command {
         /// not use can take its replicas over (`cairn table move-replica`).
         #[arg(long, default_value_t = 0)]
         nodes: u16,
+        /// Write the certificate and the config files, start nothing
+        /// (then run `cairn node/memds/gac/router --config` on them).
+        #[arg(long)]
+        write_only: bool,
     },
     /// Run a storage node from a config file (docs/configuration.md).
     Node {
@@ -116,6 +120,18 @@ fn main() -> anyhow::Result<()> {
             port,
             replication,
             nodes,
+            write_only: true,
+        } => {
+            let files = cluster::write_files(&dir, cores, port, replication, nodes)?;
+            println!("Cluster files written in {}", files.dir.display());
+        }
+        Command::Up {
+            dir,
+            cores,
+            port,
+            replication,
+            nodes,
+            write_only: false,
         } => {
             let cluster = cluster::up(&dir, cores, port, replication, nodes)?;
             print!("{}", cluster.describe());
