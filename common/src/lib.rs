@@ -13,6 +13,7 @@ pub mod number;
 pub mod path;
 pub mod quic;
 pub mod scrape;
+pub mod tcp;
 pub mod update;
 pub mod wire;
 

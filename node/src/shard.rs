@@ -579,7 +579,7 @@ async fn run_shard(
         ));
         // Shard 0 answers scrapes, for every shard.
         if let Some(addr) = config.metrics.filter(|_| index == 0) {
-            match glommio::net::TcpListener::bind(addr) {
+            match cairn_common::tcp::listen(addr) {
                 Ok(listener) => {
                     glommio::spawn_local(serve_metrics(listener, counters.clone())).detach();
                 }

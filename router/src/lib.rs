@@ -251,7 +251,7 @@ async fn run_core(
     };
     // Core 0 serves the scrapes, for every core.
     let scrapes = match config.metrics.filter(|_| core == 0) {
-        Some(addr) => match glommio::net::TcpListener::bind(addr) {
+        Some(addr) => match cairn_common::tcp::listen(addr) {
             Ok(listener) => Some(listener),
             Err(error) => {
                 let _ = ready
@@ -335,8 +335,7 @@ fn bind_http(
         std::net::TcpListener::bind(listen)
             .map_err(|e| format!("DynamoDB endpoint on {listen}: {e}"))?;
     }
-    glommio::net::TcpListener::bind(listen)
-        .map_err(|e| format!("DynamoDB endpoint on {listen}: {e}"))
+    cairn_common::tcp::listen(listen).map_err(|e| format!("DynamoDB endpoint on {listen}: {e}"))
 }
 
 /// Binds a core's two endpoints: the client-facing one on the router's
