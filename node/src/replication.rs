@@ -529,7 +529,8 @@ impl Replication {
                 "another membership change is in progress; retry",
             );
         }
-        if let Err(response) = self.create_member(partition, &spec).await {
+        let joiner = *addrs.last().expect("the successor appends a member");
+        if let Err(response) = self.create_member(partition, &spec, joiner).await {
             return response;
         }
         // Each replica keeps its own id and sets `since` when it applies.
@@ -583,12 +584,13 @@ impl Replication {
     }
 
     /// Creates the replica of `partition` that `spec`'s last member names
-    /// on its node, knowing no membership yet (`since` unknown); one that
-    /// exists already is fine (an earlier attempt made it).
+    /// on its shard `addr`, knowing no membership yet (`since` unknown);
+    /// one that exists already is fine (an earlier attempt made it).
     async fn create_member(
         &self,
         partition: PartitionId,
         spec: &GroupSpec,
+        addr: SocketAddr,
     ) -> Result<(), Response> {
         let unavailable_now = |why: String| unavailable(format!("creating the new replica: {why}"));
         let id = spec.members.len() - 1;
@@ -596,8 +598,6 @@ impl Replication {
             .engine
             .schema(partition)
             .map_err(|e| engine_error(&e))?;
-        let addr = member_addrs(spec, partition)
-            .map_err(|e| Response::error(ErrorCode::Validation, e))?[id];
         let request = wire::encode_node_request(&NodeRequest {
             limit: None,
             partition,

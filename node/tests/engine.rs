@@ -567,9 +567,21 @@ fn group_spec(replica: u32, cores: u32) -> cairn_common::wire::GroupSpec {
     }
 }
 
+/// Applies chosen slot `slot` of the replicated partition as a put of
+/// item `slot` (of 10 bytes).
+fn apply_slot_item(engine: &Engine<MemFs>, slot: u64) {
+    use cairn_node::engine::Write;
+    let item = item(slot as u32, 0, slot, 10);
+    let write = Write::Put {
+        item: &item,
+        condition: None,
+    };
+    block_on(engine.apply_committed(PARTITION, slot, Some((write, ReturnValues::None)))).unwrap();
+}
+
 #[test]
 fn a_replicated_partition_recovers_its_paxos_state_across_checkpoints() {
-    use cairn_node::engine::{RETAINED_APPLIED_SLOTS, Write};
+    use cairn_node::engine::RETAINED_APPLIED_SLOTS;
     use cairn_node::paxos::{Ballot, Persist, Value};
 
     let fs = MemFs::new();
@@ -592,13 +604,7 @@ fn a_replicated_partition_recovers_its_paxos_state_across_checkpoints() {
         let lsn = engine.log_paxos(PARTITION, &persist).unwrap();
         block_on(engine.wal().wait_durable(lsn)).unwrap();
         for slot in 0..slots {
-            let item = item(slot as u32, 0, slot, 10);
-            let write = Write::Put {
-                item: &item,
-                condition: None,
-            };
-            block_on(engine.apply_committed(PARTITION, slot, Some((write, ReturnValues::None))))
-                .unwrap();
+            apply_slot_item(&engine, slot);
         }
         block_on(engine.checkpoint()).unwrap();
         engine.log_commit(PARTITION, slots + 2).unwrap();
@@ -642,7 +648,7 @@ fn a_replicated_partition_recovers_its_paxos_state_across_checkpoints() {
 #[test]
 fn membership_changes_are_logged_applied_and_recovered() {
     use cairn_common::wire::{GroupMember, MemberRole};
-    use cairn_node::engine::{Write, membership_value};
+    use cairn_node::engine::membership_value;
     use cairn_node::paxos::{Ballot, Persist, Value};
 
     let fs = MemFs::new();
@@ -683,13 +689,7 @@ fn membership_changes_are_logged_applied_and_recovered() {
                 .unwrap();
             return;
         }
-        let item = item(slot as u32, 0, slot, 10);
-        let write = Write::Put {
-            item: &item,
-            condition: None,
-        };
-        block_on(engine.apply_committed(PARTITION, slot, Some((write, ReturnValues::None))))
-            .unwrap();
+        apply_slot_item(engine, slot);
     };
     {
         let engine = open(&fs);

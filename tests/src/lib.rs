@@ -73,9 +73,8 @@ pub fn item(round: u32, writer: u64, seq: u64) -> Item {
 ///
 /// A range is reserved by an exclusive lock on a file named after it in
 /// the temporary directory, held until the process exits. The ranges lie
-/// below Linux's ephemeral ports (32768 and up by default): there, any
-/// client socket could take a port of a cluster's range, and a killed
-/// cluster's range would not be seen free again ("ports … still in use").
+/// below Linux's ephemeral ports (32768 and up by default), which any
+/// client socket of any test may be given.
 pub fn free_udp_ports(count: u16) -> u16 {
     const FIRST: u32 = 20_000;
     const SLOT: u32 = 200;
@@ -189,9 +188,8 @@ pub fn write_cluster_files_with(cairn: &str, dir: &Path, port: u16, replication:
         &nodes,
         "--write-only",
     ];
-    // Writing the files binds nothing, so the cluster the test starts
-    // next finds every port free (a started-then-killed `cairn up` held
-    // them for a while: io_uring tears its sockets down after the reap).
+    // Writing the files binds nothing: the test's own cluster is the
+    // first process on its ports.
     let status = std::process::Command::new(cairn)
         .args(args)
         .status()

@@ -120,19 +120,13 @@ fn main() -> anyhow::Result<()> {
             port,
             replication,
             nodes,
-            write_only: true,
+            write_only,
         } => {
-            let files = cluster::write_files(&dir, cores, port, replication, nodes)?;
-            println!("Cluster files written in {}", files.dir.display());
-        }
-        Command::Up {
-            dir,
-            cores,
-            port,
-            replication,
-            nodes,
-            write_only: false,
-        } => {
+            if write_only {
+                let files = cluster::write_files(&dir, cores, port, replication, nodes)?;
+                println!("Cluster files written in {}", files.dir.display());
+                return Ok(());
+            }
             let cluster = cluster::up(&dir, cores, port, replication, nodes)?;
             print!("{}", cluster.describe());
             println!(

@@ -246,13 +246,18 @@ impl serde::Serialize for ValueJson<'_> {
 #[derive(Debug)]
 pub struct EncodedItemJson<'a>(pub &'a [u8]);
 
-struct AttributesJson<'a>(std::cell::Cell<Option<AttributesRef<'a>>>);
+/// A map's attributes, iterated from a copy of the view (a view is a
+/// slice and two counters), failing on the first that does not decode.
+struct AttributesJson<'a>(AttributesRef<'a>);
 
 struct ValueRefJson<'a>(ValueRef<'a>);
 
-/// The elements of an encoded list or set, failing on the first that
-/// does not decode.
-struct ValuesJson<'a>(std::cell::Cell<Option<ValuesRef<'a>>>);
+/// A list's elements (typed values) or a set's (bare strings: numbers as
+/// text, binaries in base64), failing on the first that does not decode.
+struct ValuesJson<'a> {
+    values: ValuesRef<'a>,
+    set: bool,
+}
 
 fn codec<E: serde::ser::Error>(error: CodecError) -> E {
     E::custom(format_args!("a stored item does not decode: {error}"))
@@ -261,16 +266,15 @@ fn codec<E: serde::ser::Error>(error: CodecError) -> E {
 impl serde::Serialize for EncodedItemJson<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let attributes = AttributesRef::new(self.0).map_err(codec)?;
-        AttributesJson(std::cell::Cell::new(Some(attributes))).serialize(serializer)
+        AttributesJson(attributes).serialize(serializer)
     }
 }
 
 impl serde::Serialize for AttributesJson<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let attributes = self.0.take().expect("attributes are written once");
-        let mut map = serializer.serialize_map(Some(attributes.len()))?;
-        for entry in attributes {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for entry in self.0.clone() {
             let (name, value) = entry.map_err(codec)?;
             map.serialize_entry(name, &ValueRefJson(value))?;
         }
@@ -281,10 +285,19 @@ impl serde::Serialize for AttributesJson<'_> {
 impl serde::Serialize for ValuesJson<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
-        let values = self.0.take().expect("elements are written once");
-        let mut seq = serializer.serialize_seq(Some(values.len()))?;
-        for value in values {
-            seq.serialize_element(&ValueRefJson(value.map_err(codec)?))?;
+        let mut seq = serializer.serialize_seq(Some(self.values.len()))?;
+        for value in self.values.clone() {
+            match (self.set, value.map_err(codec)?) {
+                (false, value) => seq.serialize_element(&ValueRefJson(value))?,
+                (true, ValueRef::S(s)) => seq.serialize_element(s)?,
+                (true, ValueRef::N(n)) => seq.serialize_element(&Text(&n))?,
+                (true, ValueRef::B(b)) => seq.serialize_element(&Base64(b))?,
+                (true, other) => {
+                    return Err(serde::ser::Error::custom(format_args!(
+                        "a set holds {other:?}"
+                    )));
+                }
+            }
         }
         seq.end()
     }
@@ -293,7 +306,10 @@ impl serde::Serialize for ValuesJson<'_> {
 impl<'a> serde::Serialize for ValueRefJson<'a> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let once = |v: &ValuesRef<'a>| std::cell::Cell::new(Some(v.clone()));
+        let list = |values: &ValuesRef<'a>, set| ValuesJson {
+            values: values.clone(),
+            set,
+        };
         let mut map = serializer.serialize_map(Some(1))?;
         match &self.0 {
             ValueRef::S(s) => map.serialize_entry("S", s)?,
@@ -301,40 +317,13 @@ impl<'a> serde::Serialize for ValueRefJson<'a> {
             ValueRef::B(b) => map.serialize_entry("B", &Base64(b))?,
             ValueRef::Bool(b) => map.serialize_entry("BOOL", b)?,
             ValueRef::Null => map.serialize_entry("NULL", &true)?,
-            ValueRef::L(list) => map.serialize_entry("L", &ValuesJson(once(list)))?,
-            ValueRef::M(m) => {
-                map.serialize_entry("M", &AttributesJson(std::cell::Cell::new(Some(m.clone()))))?;
-            }
-            // Set elements are bare JSON strings, not typed values.
-            ValueRef::Ss(s) => map.serialize_entry("SS", &SetJson(once(s)))?,
-            ValueRef::Ns(s) => map.serialize_entry("NS", &SetJson(once(s)))?,
-            ValueRef::Bs(s) => map.serialize_entry("BS", &SetJson(once(s)))?,
+            ValueRef::L(values) => map.serialize_entry("L", &list(values, false))?,
+            ValueRef::M(m) => map.serialize_entry("M", &AttributesJson(m.clone()))?,
+            ValueRef::Ss(values) => map.serialize_entry("SS", &list(values, true))?,
+            ValueRef::Ns(values) => map.serialize_entry("NS", &list(values, true))?,
+            ValueRef::Bs(values) => map.serialize_entry("BS", &list(values, true))?,
         }
         map.end()
-    }
-}
-
-/// A set's elements as bare strings (numbers as text, binaries base64).
-struct SetJson<'a>(std::cell::Cell<Option<ValuesRef<'a>>>);
-
-impl serde::Serialize for SetJson<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        let values = self.0.take().expect("elements are written once");
-        let mut seq = serializer.serialize_seq(Some(values.len()))?;
-        for value in values {
-            match value.map_err(codec)? {
-                ValueRef::S(s) => seq.serialize_element(s)?,
-                ValueRef::N(n) => seq.serialize_element(&Text(&n))?,
-                ValueRef::B(b) => seq.serialize_element(&Base64(b))?,
-                other => {
-                    return Err(serde::ser::Error::custom(format_args!(
-                        "a set holds {other:?}"
-                    )));
-                }
-            }
-        }
-        seq.end()
     }
 }
 
