@@ -304,6 +304,7 @@ impl MetaClient {
             partitions: meta::new_partitions(id, partitions, replicas, version, &nodes)
                 .map_err(|e| internal(e.to_string()))?,
             capacity,
+            splitting: None,
         };
         let claim = NodeOp::Put {
             item: record.to_item().to_bytes(),
@@ -342,17 +343,20 @@ impl MetaClient {
     }
 
     /// Splits a partition of table `name` (or its widest one) at the
-    /// middle of its range: first through the partition's own log (its
-    /// replicas copy the upper half into the new partition), then in the
-    /// table record, by compare-and-set on its version. Returns the plan
-    /// carried out.
+    /// middle of its range (or at `at`), in three steps, each safe to
+    /// repeat: the split is written into the table record as under way;
+    /// it is made through the partition's own log (its replicas copy the
+    /// upper half into the new partition); the record gets the narrowed
+    /// parent and the child. Returns the plan carried out and the record's
+    /// new version.
     ///
-    /// The plan depends only on the record, so a split cut short after the
-    /// nodes applied it and before the record changed is finished by
-    /// asking again: the nodes answer the same split as done. Until the
-    /// record changes, the parent answers `WrongPartition` for the moved
-    /// keys and routers retry. Returns the plan and the record's new
-    /// version.
+    /// A split under way is finished before any other is planned: by
+    /// whoever comes next, with the same child, and the nodes answer a
+    /// split they made as done, with the point they made it at. So a
+    /// split cut short after the nodes made it is never left out of the
+    /// record, and no two splits name one child. Until the record changes,
+    /// the parent answers `WrongPartition` for the moved keys and routers
+    /// retry.
     ///
     /// With `expected` (the table version a decision to split was made
     /// at), a record that changed since is not split again: the answer is
@@ -371,53 +375,126 @@ impl MetaClient {
                 format!("table {name:?} changed since the split was decided"),
             )
         };
+        // The split this call wrote down, once it has.
+        let mut ours: Option<meta::SplitPlan> = None;
         for _ in 0..CAS_ATTEMPTS {
             let snapshot = self.load().await?;
             let table = active_table(&snapshot, name)?;
-            if expected.is_some_and(|v| v != table.version) {
-                return Err(changed());
-            }
-            let mut plan =
-                meta::plan_split(table, partition, at, &snapshot.nodes).map_err(validation)?;
-            let replicas = replica_shards(&snapshot, &table.partitions[plan.index])?;
-            let request = wire::encode_node_request(&NodeRequest {
-                partition: plan.parent,
-                op: NodeOp::Split {
-                    at: plan.at,
-                    child: plan.child,
-                },
-                limit: None,
-            });
-            match self
-                .links
-                .forward(plan.parent, &replicas, &request, true, false)
-                .await
-            {
-                // The parent's range after the split: where it was made
-                // (another point, if an earlier attempt made it).
-                Response::PartitionStats { range, .. } if range.1 < plan.last => {
-                    plan.at = range.1 + 1;
-                }
-                Response::PartitionStats { .. } => {
-                    return Err(internal(format!(
-                        "partition {} answered a split without narrowing",
+            let pending = meta::pending_plan(table).map_err(internal)?;
+            if let Some(plan) = ours.filter(|p| pending.is_none_or(|q| q.child != p.child)) {
+                // Somebody else finished our split: recorded, or refused.
+                return match table.partitions.iter().any(|p| p.id == plan.child) {
+                    true => Ok((plan, table.version)),
+                    false => Err(validation(format!(
+                        "the split of partition {} was refused by its replicas",
                         plan.parent
-                    )));
-                }
-                other => return Err(unexpected(other)),
+                    ))),
+                };
             }
+            let (plan, marked) = match pending {
+                Some(plan) => {
+                    let asked = expected.is_none()
+                        && partition.is_none_or(|p| p == plan.parent)
+                        && at.is_none_or(|a| a == plan.at);
+                    if asked {
+                        ours = Some(plan);
+                    }
+                    (plan, table.clone())
+                }
+                None => {
+                    if expected.is_some_and(|v| v != table.version) {
+                        return Err(changed());
+                    }
+                    let plan = meta::plan_split(table, partition, at, &snapshot.nodes)
+                        .map_err(validation)?;
+                    let marked = TableRecord {
+                        version: self.increment("version").await?,
+                        splitting: Some(meta::PendingSplit {
+                            parent: plan.parent,
+                            child: plan.child,
+                            at: plan.at,
+                        }),
+                        ..table.clone()
+                    };
+                    match self.replace_record(table.version, &marked).await? {
+                        true => ours = Some(plan),
+                        false if expected.is_some() => return Err(changed()),
+                        false => continue, // the record changed: plan again
+                    }
+                    (plan, marked)
+                }
+            };
+            let made = self.make_split(&snapshot, &marked, plan).await?;
             let version = self.increment("version").await?;
-            let record = meta::split_record(table, &plan, version);
-            match self.replace_record(table.version, &record).await? {
-                true => return Ok((plan, version)),
-                false if expected.is_some() => return Err(changed()),
-                false => continue, // the record changed: plan again
+            let record = match made {
+                Ok(plan) => meta::split_record(&marked, &plan, version),
+                Err(_) => TableRecord {
+                    version,
+                    splitting: None,
+                    ..marked.clone()
+                },
+            };
+            let finished = self.replace_record(marked.version, &record).await?;
+            match (ours.is_some_and(|p| p.child == plan.child), made) {
+                // Somebody else may have finished it: the next round tells.
+                _ if !finished => continue,
+                (true, Ok(plan)) => return Ok((plan, version)),
+                (true, Err(refusal)) => return Err(refusal),
+                // We finished somebody else's split.
+                (false, _) if expected.is_some() => return Err(changed()),
+                (false, _) => continue,
             }
         }
         Err(Response::error(
             ErrorCode::Throttling,
             format!("table {name:?} is changing concurrently; retry"),
         ))
+    }
+
+    /// Asks the parent's replicas to make the split `plan`, which `table`
+    /// holds as under way. `Ok(Ok(plan))`: made, at the point in the
+    /// returned plan (another one, if an earlier attempt made it there);
+    /// `Ok(Err(answer))`: refused for good (the parent applied a refusal,
+    /// or never proposed it), so it may be dropped from the record; `Err`:
+    /// not known, the split stays under way.
+    async fn make_split(
+        &self,
+        snapshot: &Snapshot,
+        table: &TableRecord,
+        mut plan: meta::SplitPlan,
+    ) -> Result<Result<meta::SplitPlan, Response>, Response> {
+        let replicas = replica_shards(snapshot, &table.partitions[plan.index])?;
+        let request = wire::encode_node_request(&NodeRequest {
+            partition: plan.parent,
+            op: NodeOp::Split {
+                at: plan.at,
+                child: plan.child,
+            },
+            limit: None,
+        });
+        match self
+            .links
+            .forward(plan.parent, &replicas, &request, true, false)
+            .await
+        {
+            // The parent's range after the split: where it was made.
+            Response::PartitionStats { range, .. } if range.1 < plan.last => {
+                plan.at = range.1 + 1;
+                Ok(Ok(plan))
+            }
+            Response::PartitionStats { .. } => Err(internal(format!(
+                "partition {} answered a split without narrowing",
+                plan.parent
+            ))),
+            refusal @ Response::Error {
+                code: ErrorCode::Validation,
+                ..
+            } => {
+                tracing::warn!(table = %table.name, ?plan, ?refusal, "split refused by the replicas");
+                Ok(Err(refusal))
+            }
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Writes `record` over the table's record if that is still at
@@ -474,6 +551,14 @@ impl MetaClient {
                 .ok_or_else(|| {
                     validation(format!("table {name:?} has no partition {partition}"))
                 })?;
+            if table.splitting.is_some_and(|s| s.parent == partition) {
+                // The child is made on the members the parent's log has at
+                // the split: the record could not tell which.
+                return Err(Response::error(
+                    ErrorCode::Throttling,
+                    format!("partition {partition} is being split; retry when it is"),
+                ));
+            }
             let nodes = table.partitions[index].replicas.as_slice();
             let node = |id: u16| {
                 snapshot
@@ -612,6 +697,20 @@ impl MetaClient {
         let mut still_hot = std::collections::HashSet::new();
         for table in snapshot.tables.values() {
             if table.status != TableStatus::Active || table.replicas < 2 {
+                continue;
+            }
+            if let Some(pending) = table.splitting {
+                // Cut short (a crash, a timeout): finished first, and the
+                // table is looked at afresh next round.
+                match self
+                    .split_partition(&table.name, Some(pending.parent), Some(pending.at), None)
+                    .await
+                {
+                    Ok(_) => splits += 1,
+                    Err(error) => {
+                        tracing::warn!(table = %table.name, ?pending, ?error, "split under way not finished");
+                    }
+                }
                 continue;
             }
             for (index, partition) in table.partitions.iter().enumerate() {

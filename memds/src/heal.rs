@@ -210,6 +210,7 @@ mod tests {
                 })
                 .collect(),
             capacity: Capacity::OnDemand,
+            splitting: None,
         }
     }
 

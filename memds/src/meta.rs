@@ -10,9 +10,10 @@
 //! | `counter` | `version` | `n`: the map version, bumped after every change |
 //! | `counter` | `table_id` | `n`: the last table id handed out |
 //! | `node` | node id, 5 digits | `addr`, `cores`, `zone` |
-//! | `table` | table name | `id`, `schema`, `replicas`, `status`, `version`, `parts`, and `rcu`, `wcu` for a provisioned table |
+//! | `table` | table name | `id`, `schema`, `replicas`, `status`, `version`, `parts`, and `rcu`, `wcu` for a provisioned table, `split` while a split is under way |
 //!
-//! `parts` is the table's partition list (layout in `docs/metadata.md`).
+//! `parts` is the table's partition list and `split` a split written down
+//! before the nodes make it (layouts in `docs/metadata.md`).
 //! The group lives on the first nodes of the configured list, one per zone
 //! ([`meta_placement`]), so every router and MemDS finds it from its config
 //! alone.
@@ -34,6 +35,7 @@ pub const PARTITIONS_MAX: u32 = 4096;
 /// A partition's id is `table << PARTITION_BITS | index`.
 pub const PARTITION_BITS: u32 = 20;
 const PARTS_VERSION: u8 = 1;
+const SPLIT_VERSION: u8 = 1;
 
 pub fn meta_schema() -> KeySchema {
     KeySchema::new(
@@ -137,6 +139,53 @@ pub struct TableRecord {
     /// Sorted by start; the first starts at 0.
     pub partitions: Vec<Partition>,
     pub capacity: Capacity,
+    /// A split written into the record before the nodes were asked to
+    /// make it: until it is finished (recorded) or refused, nobody plans
+    /// another split of the table.
+    pub splitting: Option<PendingSplit>,
+}
+
+/// A split under way: partition `parent` gives the hashes from `at` to
+/// partition `child`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingSplit {
+    pub parent: u64,
+    pub child: u64,
+    pub at: u64,
+}
+
+impl PendingSplit {
+    /// `split`: version u8 (1) ‖ parent u64 ‖ child u64 ‖ at u64 ‖ crc32c
+    /// u32 of all before it; little endian.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![SPLIT_VERSION];
+        for field in [self.parent, self.child, self.at] {
+            out.extend_from_slice(&field.to_le_bytes());
+        }
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<PendingSplit, String> {
+        if bytes.len() != 29 {
+            return Err(format!("pending split of {} bytes, not 29", bytes.len()));
+        }
+        let (body, crc) = bytes.split_at(25);
+        if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+            return Err("pending split checksum mismatch".into());
+        }
+        if body[0] != SPLIT_VERSION {
+            return Err(format!("pending split version {}", body[0]));
+        }
+        let field =
+            |i: usize| u64::from_le_bytes(body[1 + 8 * i..9 + 8 * i].try_into().expect("8"));
+        Ok(PendingSplit {
+            parent: field(0),
+            child: field(1),
+            at: field(2),
+        })
+    }
 }
 
 impl TableRecord {
@@ -150,12 +199,17 @@ impl TableRecord {
                 .with("rcu", number(u64::from(read_units)))
                 .with("wcu", number(u64::from(write_units))),
         };
-        item.with("id", number(u64::from(self.id)))
+        let item = item
+            .with("id", number(u64::from(self.id)))
             .with("schema", AttributeValue::B(self.schema.encode()))
             .with("replicas", number(u64::from(self.replicas)))
             .with("status", AttributeValue::S(self.status.as_str().into()))
             .with("version", number(self.version))
-            .with("parts", AttributeValue::B(encode_parts(&self.partitions)))
+            .with("parts", AttributeValue::B(encode_parts(&self.partitions)));
+        match self.splitting {
+            Some(split) => item.with("split", AttributeValue::B(split.encode())),
+            None => item,
+        }
     }
 
     pub fn from_item(item: &Item) -> Result<TableRecord, MetaError> {
@@ -172,6 +226,13 @@ impl TableRecord {
                 decode_parts(bytes).map_err(|e| malformed(&name, e))?
             }
             _ => return Err(malformed(&name, "no partitions")),
+        };
+        let splitting = match item.get("split") {
+            None => None,
+            Some(AttributeValue::B(bytes)) => {
+                Some(PendingSplit::decode(bytes).map_err(|e| malformed(&name, e))?)
+            }
+            Some(_) => return Err(malformed(&name, "split is not binary")),
         };
         let capacity = match (item.get("rcu"), item.get("wcu")) {
             (None, None) => Capacity::OnDemand,
@@ -191,6 +252,7 @@ impl TableRecord {
                 .ok_or_else(|| malformed(&name, format!("status {status:?}")))?,
             version: unsigned(item, &name, "version")?,
             partitions: parts,
+            splitting,
             name,
         })
     }
@@ -439,7 +501,9 @@ pub fn plan_split(
         .map(|k| (parent.id & mask) + k * step)
         .take_while(|&index| index <= mask)
         .map(|index| base | index)
-        .find(|id| parts.iter().all(|p| p.id != *id))
+        .find(|id| {
+            parts.iter().all(|p| p.id != *id) && table.splitting.is_none_or(|s| s.child != *id)
+        })
         .ok_or_else(|| format!("no partition id is left for a split of {}", parent.id))?;
     Ok(SplitPlan {
         index,
@@ -450,11 +514,37 @@ pub fn plan_split(
     })
 }
 
+/// The plan of the split `table`'s record holds as under way, if any.
+pub fn pending_plan(table: &TableRecord) -> Result<Option<SplitPlan>, String> {
+    let Some(pending) = table.splitting else {
+        return Ok(None);
+    };
+    let parts = &table.partitions;
+    let index = parts
+        .iter()
+        .position(|p| p.id == pending.parent)
+        .ok_or_else(|| {
+            format!(
+                "table {:?}: the split under way names partition {}, which it does not have",
+                table.name, pending.parent
+            )
+        })?;
+    Ok(Some(SplitPlan {
+        index,
+        parent: pending.parent,
+        at: pending.at,
+        last: parts.get(index + 1).map_or(u64::MAX, |next| next.start - 1),
+        child: pending.child,
+    }))
+}
+
 /// The table record after `plan`, at map version `version`: the parent's
 /// entry and the child's both carry it, so a router's cache tells them
-/// from the parent's older, wider entry.
+/// from the parent's older, wider entry. The split is no longer under
+/// way.
 pub fn split_record(table: &TableRecord, plan: &SplitPlan, version: u64) -> TableRecord {
     let mut record = table.clone();
+    record.splitting = None;
     let parent = &mut record.partitions[plan.index];
     parent.version = version;
     let child = Partition {
@@ -576,6 +666,7 @@ mod tests {
                 read_units: 300,
                 write_units: 100,
             },
+            splitting: None,
         };
         let on_demand = TableRecord {
             capacity: Capacity::OnDemand,
@@ -584,6 +675,29 @@ mod tests {
         assert_eq!(
             TableRecord::from_item(&on_demand.to_item()).unwrap(),
             on_demand
+        );
+        let splitting = TableRecord {
+            splitting: Some(PendingSplit {
+                parent: table.partitions[1].id,
+                child: table.partitions[1].id + 5,
+                at: table.partitions[1].start + 77,
+            }),
+            ..table.clone()
+        };
+        assert_eq!(
+            TableRecord::from_item(&splitting.to_item()).unwrap(),
+            splitting
+        );
+        let mut torn = splitting.to_item();
+        let Some(AttributeValue::B(bytes)) = torn.get("split") else {
+            panic!("the split is written")
+        };
+        let mut bytes = bytes.clone();
+        bytes[9] ^= 1;
+        torn = torn.with("split", AttributeValue::B(bytes));
+        assert!(
+            TableRecord::from_item(&torn).is_err(),
+            "a corrupt split is refused"
         );
         let mut snapshot = Snapshot::default();
         for n in &nodes {
@@ -629,6 +743,7 @@ mod tests {
             version: 1,
             partitions: new_partitions(7, 1, 3, 1, &all).unwrap(),
             capacity: Capacity::OnDemand,
+            splitting: None,
         };
         let mut version = 1;
         for _ in 0..20 {
@@ -683,6 +798,38 @@ mod tests {
         let at = first.start + 12345;
         let plan = plan_split(&table, Some(first.id), Some(at), &nodes).unwrap();
         assert_eq!(plan.at, at);
+        // A split under way is the record's: its plan comes back whole,
+        // no other plan names its child (two parents on one shard would
+        // otherwise both pick it), and recording it ends it.
+        assert_eq!(pending_plan(&table), Ok(None));
+        let under_way = TableRecord {
+            splitting: Some(PendingSplit {
+                parent: plan.parent,
+                child: plan.child,
+                at: plan.at,
+            }),
+            ..table.clone()
+        };
+        assert_eq!(pending_plan(&under_way), Ok(Some(plan)));
+        let same_shard = table
+            .partitions
+            .iter()
+            .find(|p| {
+                p.id != plan.parent
+                    && plan_split(&table, Some(p.id), None, &nodes).unwrap().child == plan.child
+            })
+            .expect("another partition whose first choice is the same child");
+        let other = plan_split(&under_way, Some(same_shard.id), None, &nodes).unwrap();
+        assert_ne!(other.child, plan.child);
+        assert_eq!(split_record(&under_way, &plan, 99).splitting, None);
+        let lost = TableRecord {
+            splitting: Some(PendingSplit {
+                parent: 12345,
+                ..under_way.splitting.unwrap()
+            }),
+            ..table.clone()
+        };
+        assert!(pending_plan(&lost).is_err());
     }
 
     #[test]
