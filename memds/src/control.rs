@@ -28,6 +28,9 @@ use crate::meta::{
 
 /// Attempts at a compare-and-set before giving up with a throttle.
 const CAS_ATTEMPTS: usize = 16;
+/// How long a move asks the group again while its new replica catches up
+/// (within a client's request timeout).
+const MOVE_CATCH_UP: Duration = Duration::from_millis(1500);
 /// How long bootstrap keeps trying while the metadata group elects.
 const BOOTSTRAP_ATTEMPTS: usize = 30;
 const BOOTSTRAP_BACKOFF: Duration = Duration::from_millis(200);
@@ -599,13 +602,26 @@ impl MetaClient {
                 },
                 limit: None,
             });
-            match self
-                .links
-                .forward(partition, &replicas, &request, true, false)
-                .await
-            {
-                Response::Done => {}
-                other => return Err(unexpected(other)),
+            // The new replica catches up before it joins: the leader
+            // answers `Throttling` while it is far behind (for up to its
+            // proposal timeout each time). Asked again for a while, then
+            // the caller retries.
+            let catching_up = std::time::Instant::now() + MOVE_CATCH_UP;
+            loop {
+                match self
+                    .links
+                    .forward(partition, &replicas, &request, true, false)
+                    .await
+                {
+                    Response::Done => break,
+                    Response::Error {
+                        code: ErrorCode::Throttling,
+                        ..
+                    } if std::time::Instant::now() < catching_up => {
+                        glommio::timer::sleep(Duration::from_millis(50)).await;
+                    }
+                    other => return Err(unexpected(other)),
+                }
             }
             let version = self.increment("version").await?;
             let record = meta::move_record(table, index, from, to, version).map_err(internal)?;

@@ -311,7 +311,16 @@ pub enum ReconfigureError {
     /// The leader would remove or demote itself; move leadership first.
     #[error("the leader must stay a full member")]
     RemovesLeader,
+    /// A new member has not caught up as a learner yet ([`Replica::add_learner`]);
+    /// retry once it has.
+    #[error("new member {0} has not caught up with the group yet")]
+    NotCaughtUp(ReplicaId),
 }
+
+/// How far below the leader's commit point a learner may be and still
+/// join: the values it lacks then are few, and it gets them as a member
+/// right after.
+pub const JOIN_LAG_MAX: u64 = 64;
 
 #[derive(Debug)]
 enum Role {
@@ -336,6 +345,9 @@ enum Role {
         /// Memberships this leader proposed (or took over) at slots not
         /// yet chosen, keyed by the first slot they govern.
         planned: BTreeMap<Slot, Membership>,
+        /// Replicas about to join, caught up before they do: each with
+        /// the point it last reported having applied through.
+        learners: BTreeMap<ReplicaId, Option<Slot>>,
     },
 }
 
@@ -657,16 +669,62 @@ impl Replica {
         Ok(slot)
     }
 
+    /// Leader: starts catching replica `id` up before it joins the group.
+    /// Heartbeats go to it and its replies get it the log, or a snapshot
+    /// ([`Ready::snapshots`]), like a lagging member; its votes count for
+    /// nothing. A member, or this replica, needs nothing.
+    pub fn add_learner(&mut self, id: ReplicaId) -> Result<(), NotLeader> {
+        let peers = self.peers();
+        let hint = self.leader_hint();
+        let Role::Leader { learners, .. } = &mut self.role else {
+            return Err(NotLeader { hint });
+        };
+        if id != self.config.id && !peers.contains(&id) {
+            learners.entry(id).or_insert(None);
+        }
+        Ok(())
+    }
+
+    /// Leader: how many slots learner `id` lacks below the commit point,
+    /// as it last reported (`None`: not a learner, or not heard from).
+    pub fn learner_lag(&self, id: ReplicaId) -> Option<u64> {
+        match &self.role {
+            Role::Leader { learners, .. } => learners
+                .get(&id)
+                .copied()
+                .flatten()
+                .map(|applied| self.commit_through.saturating_sub(applied)),
+            _ => None,
+        }
+    }
+
     /// Proposes that `membership` govern the group from the slot after
     /// the one this takes: that is when it is in force if it is chosen.
     /// One change at a time, and the leader stays a full member (to hand
     /// a group to others, change its leader first).
+    ///
+    /// Every new member must have caught up as a learner to within
+    /// [`JOIN_LAG_MAX`] slots of the commit point: an acceptor accepts a
+    /// slot without holding those below it, so without this a value
+    /// chosen just before the change could be held by a single member of
+    /// the new group (the leader) when a member that held it leaves.
     pub fn propose_membership(&mut self, membership: Membership) -> Result<Slot, ReconfigureError> {
         let me = self.config.id;
+        let current: BTreeSet<ReplicaId> = self
+            .membership()
+            .into_iter()
+            .flat_map(Membership::ids)
+            .collect();
+        let lags: Vec<(ReplicaId, Option<u64>)> = membership
+            .ids()
+            .filter(|id| !current.contains(id))
+            .map(|id| (id, self.learner_lag(id)))
+            .collect();
         let Role::Leader {
             ballot,
             next_slot,
             planned,
+            learners,
             ..
         } = &mut self.role
         else {
@@ -681,6 +739,15 @@ impl Replica {
         if !membership.is_full_member(me) {
             return Err(ReconfigureError::RemovesLeader);
         }
+        if let Some((id, _)) = lags
+            .iter()
+            .find(|(_, lag)| lag.is_none_or(|lag| lag > JOIN_LAG_MAX))
+        {
+            return Err(ReconfigureError::NotCaughtUp(*id));
+        }
+        for (id, _) in &lags {
+            learners.remove(id);
+        }
         let (ballot, slot) = (*ballot, *next_slot);
         *next_slot += 1;
         planned.insert(slot + 1, membership.clone());
@@ -688,7 +755,8 @@ impl Replica {
         Ok(slot)
     }
 
-    /// Sends `value` for `slot` to the members of that slot's membership.
+    /// Sends `value` for `slot` to the members of that slot's membership,
+    /// and to learners (their votes do not count; they keep up).
     fn accept_as_leader(&mut self, ballot: Ballot, slot: Slot, value: Value) {
         self.persist(Persist::Accept {
             slot,
@@ -696,12 +764,15 @@ impl Replica {
             value: value.clone(),
         });
         let me = self.config.id;
-        let peers: Vec<ReplicaId> = self
+        let mut peers: BTreeSet<ReplicaId> = self
             .membership_at(slot)
             .into_iter()
             .flat_map(Membership::ids)
             .filter(|id| *id != me)
             .collect();
+        if let Role::Leader { learners, .. } = &self.role {
+            peers.extend(learners.keys());
+        }
         for peer in peers {
             self.ready.send.push((
                 peer,
@@ -768,7 +839,10 @@ impl Replica {
                 }
                 let commit_through = self.commit_through;
                 let log_floor = self.log_floor();
-                let peers = self.peers();
+                let mut peers = self.peers();
+                if let Role::Leader { learners, .. } = &self.role {
+                    peers.extend(learners.keys());
+                }
                 for peer in &peers {
                     self.ready.send.push((
                         *peer,
@@ -1051,6 +1125,12 @@ impl Replica {
                 {
                     let reported = self.peers_checkpointed.entry(from).or_default();
                     *reported = (*reported).max(checkpointed_through);
+                    if let Role::Leader { learners, .. } = &mut self.role
+                        && let Some(progress) = learners.get_mut(&from)
+                    {
+                        *progress =
+                            Some(progress.map_or(applied_through, |p| p.max(applied_through)));
+                    }
                     if let Some((_, sent)) = self.heartbeats_sent.iter().find(|(s, _)| *s == seq) {
                         let sent = *sent;
                         let ack = self.lease_acks.entry(from).or_insert(sent);
@@ -1155,10 +1235,16 @@ impl Replica {
     }
 
     /// Resends what a lagging follower lacks, a bounded window at a time,
-    /// or asks for a snapshot when this leader no longer holds it.
+    /// or asks for a snapshot when this leader no longer holds it — or,
+    /// for a learner, when it lacks more than a few windows (it holds no
+    /// state worth keeping, and new values reach it as they are proposed:
+    /// a snapshot and those make it whole).
     fn catch_up(&mut self, peer: ReplicaId, ballot: Ballot, applied_through: Slot) {
-        const WINDOW: u64 = 64;
-        if applied_through < self.log_start {
+        const WINDOW: u64 = 256;
+        let learner =
+            matches!(&self.role, Role::Leader { learners, .. } if learners.contains_key(&peer));
+        let far = self.commit_through.saturating_sub(applied_through) > 4 * WINDOW;
+        if applied_through < self.log_start || (learner && far) {
             self.ready.snapshots.push(peer);
             return;
         }
@@ -1279,6 +1365,7 @@ impl Replica {
             next_slot,
             votes: BTreeMap::new(),
             planned: needed.into_iter().skip(1).collect(),
+            learners: BTreeMap::new(),
         };
         self.leader = Some((ballot, self.commit_through));
         self.last_heartbeat = None;
@@ -1338,6 +1425,97 @@ impl Replica {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(id: ReplicaId) -> Config {
+        Config {
+            id,
+            heartbeat_interval: Duration::from_millis(20),
+            lease_duration: Duration::from_millis(60),
+            clock_drift_max: 0.05,
+            election_timeout: Duration::from_millis(100),
+            seed: 7 + id as u64,
+        }
+    }
+
+    /// Delivers every output of `replicas` (flushes complete at once)
+    /// until none is left.
+    fn settle(replicas: &mut [Replica], now: Instant) {
+        loop {
+            let mut sent = Vec::new();
+            for (from, replica) in replicas.iter_mut().enumerate() {
+                let ready = replica.poll_ready();
+                replica.persisted(&ready.persist);
+                let messages = ready.send.into_iter().chain(ready.send_after_persist);
+                sent.extend(messages.map(|(to, m)| (from, to, m)));
+            }
+            if sent.is_empty() {
+                return;
+            }
+            for (from, to, message) in sent {
+                if let Some(replica) = replicas.get_mut(to) {
+                    replica.handle(from, message, now);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_member_joins_only_once_it_has_caught_up_as_a_learner() {
+        let mut now = Instant::now();
+        let alone = Membership::full([0]).unwrap();
+        let mut replicas = vec![
+            Replica::new(config(0), Some(alone), DurableState::default(), 0, now),
+            Replica::new(config(1), None, DurableState::default(), 0, now),
+        ];
+        while !replicas[0].is_leader() {
+            now += Duration::from_millis(50);
+            replicas[0].tick(now);
+            settle(&mut replicas, now);
+        }
+        for n in 0..10u8 {
+            replicas[0].propose(vec![n]).unwrap();
+        }
+        settle(&mut replicas, now);
+        assert_eq!(replicas[0].commit_through(), 10);
+        let pair = Membership::full([0, 1]).unwrap();
+        // Not a learner yet, then a learner not heard from: refused.
+        assert_eq!(
+            replicas[0].propose_membership(pair.clone()),
+            Err(ReconfigureError::NotCaughtUp(1))
+        );
+        replicas[0].add_learner(1).unwrap();
+        assert_eq!(replicas[0].learner_lag(1), None);
+        assert_eq!(
+            replicas[0].propose_membership(pair.clone()),
+            Err(ReconfigureError::NotCaughtUp(1))
+        );
+        // Heartbeats reach it; its replies get it the log.
+        for _ in 0..3 {
+            now += Duration::from_millis(25);
+            replicas[0].tick(now);
+            settle(&mut replicas, now);
+        }
+        assert_eq!(replicas[0].learner_lag(1), Some(0));
+        assert_eq!(replicas[1].commit_through(), 10);
+        // A learner's votes count for nothing: the leader's lease and its
+        // commits are its own, and the learner does not stand.
+        assert!(replicas[1].membership().is_none());
+        let slot = replicas[0].propose_membership(pair.clone()).unwrap();
+        assert_eq!(slot, 10);
+        assert_eq!(
+            replicas[0].learner_lag(1),
+            None,
+            "a member now, no longer a learner"
+        );
+        settle(&mut replicas, now);
+        assert_eq!(replicas[0].membership_at(11), Some(&pair));
+        // From here the new member's vote is needed: alone, the leader
+        // chooses nothing.
+        replicas[0].propose(vec![99]).unwrap();
+        let mut alone = vec![replicas.remove(0)];
+        settle(&mut alone, now);
+        assert_eq!(alone[0].commit_through(), 11);
+    }
 
     fn member(id: ReplicaId, log_only: bool) -> Member {
         Member { id, log_only }

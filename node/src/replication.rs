@@ -118,6 +118,12 @@ pub struct SnapshotChunk {
 
 /// A joining replica's `GroupSpec::since` until it learns the slot: it
 /// holds no membership before that (`add_group`).
+/// How often a leader looks again whether a learner has caught up.
+const LEARNER_POLL: Duration = Duration::from_millis(10);
+/// How long a `ReplaceMember` waits for its learner before it answers
+/// `Throttling` (well within the control plane's wait for one replica).
+const LEARNER_WAIT: Duration = Duration::from_millis(300);
+
 const SINCE_UNKNOWN: Slot = Slot::MAX;
 /// How long a peer node may take to answer a control request.
 const NODE_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -480,9 +486,11 @@ impl Replication {
     }
 
     /// Replaces `partition`'s member on node `old` by `new` (see
-    /// `NodeOp::ReplaceMember`): creates the new replica, proposes the
-    /// change, and answers once it is applied here. The leader starts
-    /// sending to the new member at once.
+    /// `NodeOp::ReplaceMember`): creates the new replica, catches it up as
+    /// a learner, proposes the change once it is close to the commit
+    /// point, and answers once the change is applied here. A learner
+    /// still far behind after [`LEARNER_WAIT`] gets `Throttling`: the
+    /// caller asks again, and the catching up goes on meanwhile.
     pub async fn replace_member(
         self: &Rc<Self>,
         partition: PartitionId,
@@ -533,6 +541,23 @@ impl Replication {
         if let Err(response) = self.create_member(partition, &spec, joiner).await {
             return response;
         }
+        // The new replica catches up as a learner first (a snapshot, then
+        // the log), and joins once it is close to the commit point.
+        let learner = (spec.members.len() - 1) as ReplicaId;
+        {
+            let mut groups = self.groups.borrow_mut();
+            let Some(group) = groups.get_mut(&partition) else {
+                return self.missing_group(partition);
+            };
+            if group.replica.add_learner(learner).is_err() {
+                return Response::NotLeader {
+                    leader: router_hint(&group.replica),
+                };
+            }
+            // A superset of the old addresses, each id in its place.
+            group.members = addrs;
+        }
+        self.drive(partition);
         // Each replica keeps its own id and sets `since` when it applies.
         let context = GroupSpec {
             replica: 0,
@@ -541,36 +566,50 @@ impl Replication {
         }
         .to_bytes();
         let (reply, answer) = async_channel::bounded(1);
-        {
-            let mut groups = self.groups.borrow_mut();
-            let Some(group) = groups.get_mut(&partition) else {
-                return self.missing_group(partition);
-            };
-            match group
-                .replica
-                .propose_membership(membership.with_context(context.clone()))
+        let deadline = Instant::now() + LEARNER_WAIT;
+        loop {
             {
-                Ok(slot) => {
-                    let proposed = Proposed::Membership(context);
-                    group.pending.insert(slot, Pending { proposed, reply });
-                    // A superset of the old addresses, each id in its place.
-                    group.members = addrs;
-                }
-                Err(paxos::ReconfigureError::NotLeader(_)) => {
-                    return Response::NotLeader {
-                        leader: router_hint(&group.replica),
-                    };
-                }
-                Err(paxos::ReconfigureError::InProgress) => {
-                    return Response::error(
-                        ErrorCode::Throttling,
-                        "another membership change is in progress; retry",
-                    );
-                }
-                Err(error @ paxos::ReconfigureError::RemovesLeader) => {
-                    return invalid(format!("partition {partition}: {error}"));
+                let mut groups = self.groups.borrow_mut();
+                let Some(group) = groups.get_mut(&partition) else {
+                    return self.missing_group(partition);
+                };
+                match group
+                    .replica
+                    .propose_membership(membership.clone().with_context(context.clone()))
+                {
+                    Ok(slot) => {
+                        let proposed = Proposed::Membership(context);
+                        group.pending.insert(slot, Pending { proposed, reply });
+                        break;
+                    }
+                    Err(paxos::ReconfigureError::NotLeader(_)) => {
+                        return Response::NotLeader {
+                            leader: router_hint(&group.replica),
+                        };
+                    }
+                    Err(paxos::ReconfigureError::InProgress) => {
+                        return Response::error(
+                            ErrorCode::Throttling,
+                            "another membership change is in progress; retry",
+                        );
+                    }
+                    Err(error @ paxos::ReconfigureError::RemovesLeader) => {
+                        return invalid(format!("partition {partition}: {error}"));
+                    }
+                    Err(paxos::ReconfigureError::NotCaughtUp(_)) if Instant::now() >= deadline => {
+                        return Response::error(
+                            ErrorCode::Throttling,
+                            format!(
+                                "partition {partition}: the new replica on {} is still catching up; retry",
+                                new.addr
+                            ),
+                        );
+                    }
+                    Err(paxos::ReconfigureError::NotCaughtUp(_)) => {}
                 }
             }
+            // Its heartbeat replies say how far it has come.
+            glommio::timer::sleep(LEARNER_POLL).await;
         }
         tracing::info!(
             shard = self.shard,
@@ -684,7 +723,7 @@ impl Replication {
         };
         // Wait (bounded) until the state machine has caught up with the
         // commit point the lease vouches for.
-        let deadline = Instant::now() + self.config.proposal_timeout;
+        let deadline = Instant::now() + LEARNER_WAIT;
         loop {
             let listener = self.applied.listen();
             if self.engine.applied_through(partition).unwrap_or(0) >= slot {

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use cairn_common::client::Client;
+use cairn_common::client::{Client, RetryPolicy};
 use cairn_common::quic::{Endpoint, Identity};
 use cairn_common::wire::Capacity;
 use cairn_common::{KeyAttribute, KeySchema, KeyType};
@@ -223,7 +223,15 @@ pub fn run(command: TableCommand) -> anyhow::Result<()> {
             to,
             router,
         } => with_client(&router, async move |client| {
-            client.move_replica(&name, partition, from, to).await?;
+            // Throttled while the new replica catches up: asked again.
+            let patient = RetryPolicy {
+                attempts: 60,
+                ..RetryPolicy::default()
+            };
+            client
+                .with_retries(patient)
+                .move_replica(&name, partition, from, to)
+                .await?;
             println!(
                 "partition {partition} of {name}: its replica on node {from} now lives on node {to}"
             );
