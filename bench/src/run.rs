@@ -26,7 +26,7 @@ use anyhow::{Context, bail};
 use cairn_common::client::{Client, ClientError, RetryPolicy};
 use cairn_common::quic::{Endpoint, Identity};
 use cairn_common::update::UpdateAction;
-use cairn_common::wire::{ErrorCode, ReturnValues};
+use cairn_common::wire::{ErrorCode, ReturnValues, ScanToken};
 use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType};
 use glommio::{LocalExecutorBuilder, Placement};
 use rand::rngs::StdRng;
@@ -563,7 +563,7 @@ impl Conn {
                 let prefix = 2 + u16::from_be_bytes([stored[0], stored[1]]) as usize;
                 let hash = cairn_router::catalog::partition_hash(&stored[..prefix]);
                 client
-                    .scan(table, length, Some((hash, stored)))
+                    .scan(table, length, Some(ScanToken::after_key(hash, stored)))
                     .await
                     .map(|_| ())
                     .map_err(Into::into)

@@ -15,7 +15,7 @@ use crate::quic::{Connection, Endpoint, TransportError};
 use crate::update::UpdateAction;
 use crate::wire::{
     self, Capacity, ClientRequest, DecodeError, ErrorCode, QueryRequest, Response, ReturnValues,
-    TableDescription, WireBound, WireChange, WireCondition,
+    ScanToken, TableDescription, WireBound, WireChange, WireCondition,
 };
 
 /// How long a call may take before it fails with a retryable timeout.
@@ -64,7 +64,7 @@ pub struct QueryPage {
 pub struct ScanPage {
     pub items: Vec<Item>,
     /// Pass back as `exclusive_start` for the next page.
-    pub last: Option<(u64, Vec<u8>)>,
+    pub last: Option<ScanToken>,
 }
 
 /// How a client retries a throttled call: up to `attempts` in all, the
@@ -434,7 +434,7 @@ impl Client {
         &self,
         table: &str,
         limit: u32,
-        exclusive_start: Option<(u64, Vec<u8>)>,
+        exclusive_start: Option<ScanToken>,
     ) -> Result<ScanPage, ClientError> {
         let request = ClientRequest::Scan {
             table: table.into(),

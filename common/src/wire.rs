@@ -14,7 +14,7 @@ use crate::path::Path;
 use crate::update::UpdateAction;
 
 /// Wire format version, checked in every request.
-pub const WIRE_VERSION: u16 = 8;
+pub const WIRE_VERSION: u16 = 9;
 
 /// A bound of a range: on attribute values (Query) or encoded keys (node scans).
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -213,19 +213,50 @@ pub enum ClientRequest {
         returns: ReturnValues,
     },
     Query(QueryRequest),
-    /// A page of the whole table; resume with the previous page's
-    /// (hash, stored key): the scan goes on in the partition holding the
-    /// hash, after the key (from the partition's start if it is empty).
+    /// A page of the whole table; resume with the previous page's token.
     Scan {
         table: String,
         limit: u32,
-        exclusive_start: Option<(u64, Vec<u8>)>,
+        exclusive_start: Option<ScanToken>,
         /// A parallel scan's (segment, total segments): segment `s` of `n`
         /// holds the items whose partition-key hash is in the `s`-th of
         /// `n` equal slices of the hash space.
         segment: Option<(u32, u32)>,
         consistent: bool,
     },
+}
+
+/// Where a table Scan goes on: after stored key `key` in every partition
+/// that overlaps the hashes `first..=last`, then from `last + 1`. The
+/// range is that of the partition the previous page ended in: if it has
+/// split since, its halves are read together in key order, as the one
+/// partition was. An empty key: from `first`, afresh.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ScanToken {
+    pub first: u64,
+    pub last: u64,
+    pub key: Vec<u8>,
+}
+
+impl ScanToken {
+    /// From the partition holding hash `hash`, afresh.
+    pub fn from_hash(hash: u64) -> ScanToken {
+        ScanToken {
+            first: hash,
+            last: hash,
+            key: Vec::new(),
+        }
+    }
+
+    /// After stored key `key`, in the partition that now holds hash `hash`
+    /// (then on in hash order): where a scan that starts at a key goes on.
+    pub fn after_key(hash: u64, key: Vec<u8>) -> ScanToken {
+        ScanToken {
+            first: hash,
+            last: hash,
+            key,
+        }
+    }
 }
 
 /// One replica of a replication group: the node's shard-0 address and
@@ -404,7 +435,7 @@ pub enum Response {
     },
     TablePage {
         items: Vec<Vec<u8>>,
-        last: Option<(u64, Vec<u8>)>,
+        last: Option<ScanToken>,
     },
     Table(TableDescription),
     Tables(Vec<String>),

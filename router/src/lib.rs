@@ -33,7 +33,7 @@ use cairn_common::group::NodeLinks;
 use cairn_common::quic::{Connection, Endpoint, Identity};
 use cairn_common::wire::{
     self, Capacity, ClientRequest, ErrorCode, MemdsRequest, MemdsResponse, NodeOp, NodeRequest,
-    PartitionLimit, QueryRequest, Response, TableDescription, WireBound, WireTable,
+    PartitionLimit, QueryRequest, Response, ScanToken, TableDescription, WireBound, WireTable,
 };
 use cairn_common::{AttributeValue, Item, ItemError, KeySchema};
 use cairn_memds::control::MetaClient;
@@ -1128,12 +1128,16 @@ impl State {
     }
 
     /// A page of the whole table (or of one segment of it), partition by
-    /// partition in hash order.
+    /// partition in hash order, each in key order. A page that ends inside
+    /// a partition gives that partition's hash range and the last key; if
+    /// the partition splits before the next page, its halves are read on
+    /// together (`resume_range`), so no item is returned twice
+    /// or skipped.
     async fn scan(
         &self,
         table: &str,
         limit: u32,
-        exclusive_start: Option<(u64, Vec<u8>)>,
+        exclusive_start: Option<ScanToken>,
         segment: Option<(u32, u32)>,
         consistent: bool,
     ) -> Response {
@@ -1168,14 +1172,44 @@ impl State {
                     })
         };
         let limit = limit.clamp(1, PAGE_LIMIT_MAX);
-        let (mut hash, mut resume) = match exclusive_start {
-            Some((hash, key)) => (hash.max(low), (!key.is_empty()).then_some(key)),
-            None => (low, None),
-        };
         let mut items = Vec::new();
         // What the pages read so far hold; a page of the table stops at
         // PAGE_BYTES_MAX, as one of a partition does.
         let mut bytes = 0usize;
+        let mut hash = low;
+        if let Some(token) = exclusive_start {
+            hash = token.first.max(low);
+            if !token.key.is_empty() {
+                if token.last < hash {
+                    return validation("the scan's start token ends before it begins");
+                }
+                let (page, next) = match self
+                    .resume_range(&table, &token, hash, limit, consistent)
+                    .await
+                {
+                    Ok(resumed) => resumed,
+                    Err(response) => return response,
+                };
+                bytes = page.iter().map(Vec::len).sum();
+                items.extend(page.into_iter().filter(in_segment));
+                if let Some(key) = next {
+                    return Response::TablePage {
+                        items,
+                        last: Some(ScanToken { key, ..token }),
+                    };
+                }
+                if token.last >= high {
+                    return Response::TablePage { items, last: None };
+                }
+                hash = token.last + 1;
+                if items.len() as u32 >= limit || bytes >= PAGE_BYTES_MAX {
+                    return Response::TablePage {
+                        items,
+                        last: Some(ScanToken::from_hash(hash)),
+                    };
+                }
+            }
+        }
         loop {
             let scanned = Cell::new(None);
             let op = |located: &Located| {
@@ -1186,13 +1220,12 @@ impl State {
                     reverse: false,
                     limit: limit - items.len() as u32,
                     bytes_max: (PAGE_BYTES_MAX - bytes) as u32,
-                    resume_after: resume.clone(),
+                    resume_after: None,
                     consistent,
                     hash_range: Some((located.partition.start, located.last)),
                 }
             };
             let response = self.forward_located(&table, hash, op).await;
-            resume = None;
             let Some(located) = scanned.get() else {
                 return response;
             };
@@ -1203,10 +1236,14 @@ impl State {
                 } => {
                     bytes += page.iter().map(Vec::len).sum::<usize>();
                     items.extend(page.into_iter().filter(in_segment));
-                    if let Some(last_key) = last_key {
+                    if let Some(key) = last_key {
                         return Response::TablePage {
                             items,
-                            last: Some((hash, last_key)),
+                            last: Some(ScanToken {
+                                first: located.partition.start,
+                                last: located.last,
+                                key,
+                            }),
                         };
                     }
                 }
@@ -1219,10 +1256,102 @@ impl State {
             if items.len() as u32 >= limit || bytes >= PAGE_BYTES_MAX {
                 return Response::TablePage {
                     items,
-                    last: Some((hash, Vec::new())),
+                    last: Some(ScanToken::from_hash(hash)),
                 };
             }
         }
+    }
+
+    /// Reads on after `token.key` in the hashes from `from` to
+    /// `token.last`: the partition a page ended in, which may have split
+    /// since. The partitions now there are read together, in key order,
+    /// as the one partition was: each is asked for a page after the key,
+    /// and only items no partition cut short could precede are kept.
+    /// Returns up to `limit` items (at least one, if any is left) within
+    /// the page bytes, and the key to go on after if any are left.
+    async fn resume_range(
+        &self,
+        table: &Table,
+        token: &ScanToken,
+        from: u64,
+        limit: u32,
+        consistent: bool,
+    ) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>), Response> {
+        let mut candidates: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        // The least last key of a partition that has more after it: a key
+        // above it may have one of its items before it.
+        let mut complete_through: Option<Vec<u8>> = None;
+        let mut hash = from;
+        loop {
+            let scanned = Cell::new(None);
+            let op = |located: &Located| {
+                scanned.set(Some(*located));
+                NodeOp::Scan {
+                    start: WireBound::Unbounded,
+                    end: WireBound::Unbounded,
+                    reverse: false,
+                    limit,
+                    bytes_max: PAGE_BYTES_MAX as u32,
+                    resume_after: Some(token.key.clone()),
+                    consistent,
+                    hash_range: Some((located.partition.start, located.last)),
+                }
+            };
+            let response = self.forward_located(table, hash, op).await;
+            let Some(located) = scanned.get() else {
+                return Err(response);
+            };
+            let Response::Page { items, last_key } = response else {
+                return Err(response);
+            };
+            for item in items {
+                let key = Item::decode(&item)
+                    .ok()
+                    .and_then(|decoded| table.schema.key_of_item(&decoded).ok())
+                    .ok_or_else(|| {
+                        Response::error(
+                            ErrorCode::Internal,
+                            format!(
+                                "partition {} returned an item without a valid key",
+                                located.partition.id
+                            ),
+                        )
+                    })?;
+                candidates.push((key, item));
+            }
+            if let Some(last) = last_key {
+                complete_through = Some(complete_through.map_or(last.clone(), |c| c.min(last)));
+            }
+            if located.last >= token.last {
+                break;
+            }
+            hash = located.last + 1;
+        }
+        candidates.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        if let Some(bound) = &complete_through {
+            candidates.retain(|(key, _)| key <= bound);
+        }
+        let mut bytes = 0usize;
+        let mut taken = 0;
+        for (_, item) in &candidates {
+            let full = taken as u32 >= limit || (taken > 0 && bytes + item.len() > PAGE_BYTES_MAX);
+            if full {
+                break;
+            }
+            bytes += item.len();
+            taken += 1;
+        }
+        // On after the last item taken; if every item up to the bound was
+        // taken, after the bound (a parent's page may hold only the items
+        // it moved to its child, which it keeps but does not show, so the
+        // bound can lie beyond every item).
+        let next = if taken < candidates.len() {
+            Some(candidates[taken - 1].0.clone())
+        } else {
+            complete_through
+        };
+        candidates.truncate(taken);
+        Ok((candidates.into_iter().map(|(_, item)| item).collect(), next))
     }
 }
 

@@ -28,8 +28,21 @@ fn boto3_drives_the_dynamodb_endpoint() {
     };
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/dynamodb/smoke.py");
     let endpoint = format!("http://127.0.0.1:{}", base + 1);
+    // smoke.py splits a table through the native door as an operator would.
+    let router = format!("127.0.0.1:{base}");
+    let cert = cluster_dir.join("cert.pem");
+    let split = [
+        env!("CARGO_BIN_EXE_cairn"),
+        "table",
+        "split",
+        "--router",
+        &router,
+        "--certificate",
+        cert.to_str().unwrap(),
+    ];
     let output = Command::new("python3")
         .args([script, &endpoint, &value("id"), &value("secret")])
+        .args(split)
         .output()
         .expect("python3 runs (boto3 is installed by .ci/run)");
     assert!(

@@ -3,8 +3,8 @@
 
 use cairn_common::update::UpdateAction;
 use cairn_common::wire::{
-    Capacity, ClientRequest, ErrorCode, QueryRequest, Response, ReturnValues, TableDescription,
-    WireBound, WireChange, WireCondition,
+    Capacity, ClientRequest, ErrorCode, QueryRequest, Response, ReturnValues, ScanToken,
+    TableDescription, WireBound, WireChange, WireCondition,
 };
 use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType, Path};
 use serde_json::{Value as Json, json};
@@ -369,14 +369,14 @@ fn limit(body: &Json) -> Result<u32, ApiError> {
 }
 
 /// The key attributes of `item` under `schema`: a LastEvaluatedKey.
-fn key_of(item: &Item, schema: &KeySchema) -> Json {
+fn key_attributes(item: &Item, schema: &KeySchema) -> Item {
     let mut key = Item::new();
     for attribute in std::iter::once(&schema.partition).chain(schema.sort.as_ref()) {
         if let Some(value) = item.get(&attribute.name) {
             key.insert(attribute.name.clone(), value.clone());
         }
     }
-    item_to_json(&key)
+    key
 }
 
 /// What a read returns of each item: a FilterExpression (applied after
@@ -443,9 +443,14 @@ impl Shaping {
     }
 }
 
+/// A page as DynamoDB shapes it. `more`: the read goes on; then
+/// `LastEvaluatedKey` is the key of the last item read and, for a Scan,
+/// Cairn's resume point (`scan`, in [`SCAN_TOKEN`]), without which a
+/// scan across a split could skip items.
 fn page_json(
     items: &[Vec<u8>],
     more: bool,
+    scan: Option<&ScanToken>,
     schema: &KeySchema,
     shaping: &Shaping,
 ) -> Result<Reply, ApiError> {
@@ -473,12 +478,57 @@ fn page_json(
         count: matching.len(),
         scanned_count: decoded.len(),
         items: (!shaping.count_only).then(|| matching.iter().map(|i| ItemJson(i)).collect()),
-        last_evaluated_key: decoded
-            .last()
-            .filter(|_| more)
-            .map(|last| key_of(last, schema)),
+        last_evaluated_key: match scan {
+            Some(token) if more => {
+                let key = decoded
+                    .last()
+                    .map_or_else(Item::new, |last| key_attributes(last, schema));
+                Some(item_to_json(&key.with(
+                    SCAN_TOKEN,
+                    AttributeValue::B(encode_scan_token(token)),
+                )))
+            }
+            _ => decoded
+                .last()
+                .filter(|_| more)
+                .map(|last| item_to_json(&key_attributes(last, schema))),
+        },
     };
     Ok(serialized(&page))
+}
+
+/// The attribute of a Scan's `LastEvaluatedKey` that carries where the
+/// scan goes on (docs/dynamodb-api.md): version u8 (1) ‖ first hash u64 ‖
+/// last hash u64 ‖ stored key ‖ crc32c u32 of everything before it;
+/// little endian.
+const SCAN_TOKEN: &str = "cairn:scan";
+const SCAN_TOKEN_VERSION: u8 = 1;
+
+fn encode_scan_token(token: &ScanToken) -> Vec<u8> {
+    let mut out = vec![SCAN_TOKEN_VERSION];
+    out.extend_from_slice(&token.first.to_le_bytes());
+    out.extend_from_slice(&token.last.to_le_bytes());
+    out.extend_from_slice(&token.key);
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn decode_scan_token(bytes: &[u8]) -> Result<ScanToken, ApiError> {
+    let invalid = || ApiError::validation("The provided starting key is invalid");
+    let body = bytes
+        .get(..bytes.len().checked_sub(4).ok_or_else(invalid)?)
+        .ok_or_else(invalid)?;
+    let crc = u32::from_le_bytes(bytes[body.len()..].try_into().map_err(|_| invalid())?);
+    if body.len() < 17 || body[0] != SCAN_TOKEN_VERSION || crc32c::crc32c(body) != crc {
+        return Err(invalid());
+    }
+    let word = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().expect("8 bytes"));
+    Ok(ScanToken {
+        first: word(1),
+        last: word(9),
+        key: body[17..].to_vec(),
+    })
 }
 
 async fn table_of(
@@ -780,6 +830,7 @@ pub(crate) async fn dispatch(
             page_json(
                 &items,
                 last_key.is_some(),
+                None,
                 &table.schema,
                 &Shaping::from_request(body, &placeholders)?,
             )
@@ -790,17 +841,27 @@ pub(crate) async fn dispatch(
             let table = table_of(state, &name).await?;
             let exclusive_start = match body.get("ExclusiveStartKey") {
                 Some(json) => {
-                    let item = item_from_json(json)
+                    let mut item = item_from_json(json)
                         .map_err(|e| ApiError::validation(format!("ExclusiveStartKey: {e}")))?;
-                    let stored = table
-                        .schema
-                        .key_of_key(&item)
-                        .map_err(|e| ApiError::validation(format!("ExclusiveStartKey: {e}")))?;
-                    let prefix_len = 2 + u16::from_be_bytes([stored[0], stored[1]]) as usize;
-                    Some((
-                        crate::catalog::partition_hash(&stored[..prefix_len]),
-                        stored,
-                    ))
+                    match item.remove(SCAN_TOKEN) {
+                        Some(AttributeValue::B(token)) => Some(decode_scan_token(&token)?),
+                        Some(_) => {
+                            return Err(ApiError::validation(format!(
+                                "ExclusiveStartKey: {SCAN_TOKEN} must be binary, as Scan returned it"
+                            )));
+                        }
+                        // A key alone (not as Scan returned it): on after it
+                        // in the partition that now holds it.
+                        None => {
+                            let stored = table.schema.key_of_key(&item).map_err(|e| {
+                                ApiError::validation(format!("ExclusiveStartKey: {e}"))
+                            })?;
+                            let prefix_len =
+                                2 + u16::from_be_bytes([stored[0], stored[1]]) as usize;
+                            let hash = crate::catalog::partition_hash(&stored[..prefix_len]);
+                            Some(ScanToken::after_key(hash, stored))
+                        }
+                    }
                 }
                 None => None,
             };
@@ -816,7 +877,13 @@ pub(crate) async fn dispatch(
             let Response::TablePage { items, last } = call(state, request).await? else {
                 return Err(unexpected());
             };
-            page_json(&items, last.is_some(), &table.schema, &shaping)
+            page_json(
+                &items,
+                last.is_some(),
+                last.as_ref(),
+                &table.schema,
+                &shaping,
+            )
         }
         "BatchWriteItem" => batch_write(state, body).await.map(Reply::from),
         "BatchGetItem" => batch_get(state, body).await.map(Reply::from),
