@@ -16,6 +16,10 @@ use crate::update::UpdateAction;
 /// Wire format version, checked in every request.
 pub const WIRE_VERSION: u16 = 9;
 
+/// A partition's id is `table << PARTITION_INDEX_BITS | index`: the
+/// partitions of one table share the bits above (docs/metadata.md).
+pub const PARTITION_INDEX_BITS: u32 = 20;
+
 /// A bound of a range: on attribute values (Query) or encoded keys (node scans).
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum WireBound {

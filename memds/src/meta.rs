@@ -33,7 +33,7 @@ pub const META_PARTITION: u64 = 0;
 /// Most partitions a table may have.
 pub const PARTITIONS_MAX: u32 = 4096;
 /// A partition's id is `table << PARTITION_BITS | index`.
-pub const PARTITION_BITS: u32 = 20;
+pub const PARTITION_BITS: u32 = cairn_common::wire::PARTITION_INDEX_BITS;
 const PARTS_VERSION: u8 = 1;
 const SPLIT_VERSION: u8 = 1;
 

@@ -685,6 +685,28 @@ impl<Fs: FileSystem> Engine<Fs> {
         self.partitions.borrow().get(&partition)?.group.clone()
     }
 
+    /// The replicated partitions of `partition`'s table on this shard
+    /// whose ranges do not overlap `range`, with their ranges and groups:
+    /// what splits of `partition` may have made, when `range` is its
+    /// current one.
+    pub fn split_off(
+        &self,
+        partition: PartitionId,
+        range: HashRange,
+    ) -> Vec<(PartitionId, HashRange, GroupSpec)> {
+        let table = partition >> cairn_common::wire::PARTITION_INDEX_BITS;
+        self.partitions
+            .borrow()
+            .iter()
+            .filter(|(id, p)| {
+                **id != partition
+                    && **id >> cairn_common::wire::PARTITION_INDEX_BITS == table
+                    && (p.range.1 < range.0 || range.1 < p.range.0)
+            })
+            .filter_map(|(id, p)| Some((*id, p.range, p.group.as_ref()?.spec.clone())))
+            .collect()
+    }
+
     /// Whether `partition` is a replica of a replication group.
     pub fn is_replicated(&self, partition: PartitionId) -> bool {
         self.partitions
@@ -921,9 +943,14 @@ impl<Fs: FileSystem> Engine<Fs> {
         if let Some(group) = p.group.as_mut() {
             group.mark_applied(slot);
         }
-        // The child's log starts at slot 0, under the parent's members.
+        // The child's log starts at slot 1, under the parent's members:
+        // slot 0 stands for the copy, which no log holds, so a replica
+        // that joins the child later (a move, or a member that skipped
+        // the split) gets a snapshot, never the log from an empty start.
         let spec = GroupSpec { since: 0, ..spec };
-        let mut born = Partition::new(schema, tree, Some(GroupLog::new(spec)));
+        let mut log = GroupLog::new(spec);
+        (log.committed_through, log.applied_through) = (1, 1);
+        let mut born = Partition::new(schema, tree, Some(log));
         born.range = (at, last);
         partitions.insert(child, born);
         Ok(true)

@@ -114,16 +114,21 @@ pub struct SnapshotChunk {
     /// Encoded key and item bytes, in key order.
     pub entries: Vec<(Vec<u8>, Vec<u8>)>,
     pub last: bool,
+    /// First chunk only: the sender's partitions of the same table outside
+    /// `range`, each with its range and group (`GroupSpec::to_bytes`).
+    /// A receiver that skips a split by taking the snapshot creates the
+    /// children it is a member of, which the split would have made.
+    pub children: Vec<(u64, (u64, u64), Vec<u8>)>,
 }
 
-/// A joining replica's `GroupSpec::since` until it learns the slot: it
-/// holds no membership before that (`add_group`).
 /// How often a leader looks again whether a learner has caught up.
 const LEARNER_POLL: Duration = Duration::from_millis(10);
 /// How long a `ReplaceMember` waits for its learner before it answers
 /// `Throttling` (well within the control plane's wait for one replica).
 const LEARNER_WAIT: Duration = Duration::from_millis(300);
 
+/// A joining replica's `GroupSpec::since` until it learns the slot: it
+/// holds no membership before that (`add_group`).
 const SINCE_UNKNOWN: Slot = Slot::MAX;
 /// How long a peer node may take to answer a control request.
 const NODE_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -146,6 +151,8 @@ struct Install {
     spec: GroupSpec,
     /// The last key stored; the next chunk must start after it.
     after: Option<Vec<u8>>,
+    /// From the first chunk ([`SnapshotChunk::children`]).
+    children: Vec<(PartitionId, HashRange, GroupSpec)>,
     /// A chunk is being stored (no other may interleave with it), or the
     /// last one was and the swap is queued: a new transfer must not
     /// replace the complete staging tree before it is swapped in.
@@ -957,12 +964,23 @@ impl Replication {
             .borrow()
             .get(&partition)
             .is_some_and(|g| g.replica.is_follower());
+        let before = self.engine.range(partition);
+        let me = self.groups.borrow().get(&partition).map(|g| g.replica.id());
         let (installed, retired) = if following {
             self.engine
                 .stage_install(partition, through, range, spec.clone())?
         } else {
             (false, self.engine.stage_discard(partition))
         };
+        if installed && let (Some(before), Some(me)) = (before, me) {
+            let children = self
+                .installs
+                .borrow_mut()
+                .get_mut(&partition)
+                .map(|i| std::mem::take(&mut i.children))
+                .unwrap_or_default();
+            self.adopt_children(partition, me, before, range, &spec, children);
+        }
         if installed && let Some(group) = self.groups.borrow_mut().get_mut(&partition) {
             // The members at `through` (checked when the chunk came).
             if let (Ok(membership), Ok(addrs)) =
@@ -985,6 +1003,77 @@ impl Replication {
         })
         .detach();
         Ok(())
+    }
+
+    /// After a snapshot narrowed `partition` (whose replica `me` is here,
+    /// and whose group is `spec`, the sender's) from `before` to `after`: the
+    /// splits in the slots it skipped were never applied here, so the
+    /// children they made (those of the sender's, in `children`, inside
+    /// the hashes given up) are created now, for each group that lists
+    /// this node as a member, knowing no membership yet: their leaders
+    /// catch them up as any new member (a snapshot). Slots below the
+    /// snapshot are never applied here, so a split cannot create them
+    /// again.
+    fn adopt_children(
+        self: &Rc<Self>,
+        partition: PartitionId,
+        me: ReplicaId,
+        before: HashRange,
+        after: HashRange,
+        spec: &GroupSpec,
+        children: Vec<(PartitionId, HashRange, GroupSpec)>,
+    ) {
+        let Some(me) = spec.members.get(me).map(|m| m.addr.clone()) else {
+            return;
+        };
+        let Ok(schema) = self.engine.schema(partition) else {
+            return;
+        };
+        for (child, range, child_spec) in children {
+            let given_up = before.0 <= range.0
+                && range.1 <= before.1
+                && (range.1 < after.0 || after.1 < range.0);
+            let member = child_spec
+                .members
+                .iter()
+                .position(|m| m.addr == me && m.role != MemberRole::Removed);
+            let (true, Some(id)) = (given_up, member) else {
+                continue;
+            };
+            if self.engine.range(child).is_some() || !self.begin_creating(child) {
+                continue;
+            }
+            let spec = GroupSpec {
+                replica: id as u32,
+                since: SINCE_UNKNOWN,
+                ..child_spec
+            };
+            let this = self.clone();
+            let schema = schema.clone();
+            glommio::spawn_local(async move {
+                let created = match this.engine.create_replicated(child, schema, spec).await {
+                    Ok(()) => this.add_group(child).await,
+                    Err(error) => Err(error),
+                };
+                this.end_creating(child);
+                match created {
+                    Ok(()) => tracing::info!(
+                        shard = this.shard,
+                        partition,
+                        child,
+                        "a split the snapshot skipped: its child created here"
+                    ),
+                    Err(error) => tracing::warn!(
+                        shard = this.shard,
+                        partition,
+                        child,
+                        %error,
+                        "a split the snapshot skipped: its child not created"
+                    ),
+                }
+            })
+            .detach();
+        }
     }
 
     /// Starts sending `peer` a snapshot of `partition`, unless one is on
@@ -1053,7 +1142,17 @@ impl Replication {
                 .map_err(|e| e.to_string())?;
             let next = entries.last().map(|(key, _)| key.clone());
             sent += entries.len();
+            let children = match after {
+                None => self
+                    .engine
+                    .split_off(partition, view.range)
+                    .into_iter()
+                    .map(|(id, range, spec)| (id, range, spec.to_bytes()))
+                    .collect(),
+                Some(_) => Vec::new(),
+            };
             let chunk = SnapshotChunk {
+                children,
                 partition,
                 from: me as u32,
                 stream,
@@ -1179,6 +1278,19 @@ impl Replication {
                             ));
                         }
                     };
+                    let mut children = Vec::with_capacity(chunk.children.len());
+                    for (child, range, spec) in &chunk.children {
+                        match GroupSpec::from_bytes(spec) {
+                            Ok(spec) if spec.validate().is_ok() => {
+                                children.push((*child, *range, spec));
+                            }
+                            _ => {
+                                return refuse(format!(
+                                    "partition {partition}: a snapshot naming child {child} with a malformed group"
+                                ));
+                            }
+                        }
+                    }
                     installs.insert(
                         partition,
                         Install {
@@ -1188,6 +1300,7 @@ impl Replication {
                             range: chunk.range,
                             spec,
                             after: None,
+                            children,
                             busy: true,
                         },
                     );

@@ -584,6 +584,73 @@ fn a_replica_behind_every_log_is_caught_up_by_a_snapshot() {
     });
 }
 
+/// A follower is down while its partition splits and then writes more
+/// slots than the leader keeps (`retained_slots = 300`). Restarted, it
+/// catches up by a snapshot of the parent, so it never applies the split
+/// that made the child: the snapshot names the child, and the follower
+/// creates its replica of it, which the child's leader then catches up.
+/// Afterwards it holds each half's items in the right partition.
+#[test]
+fn a_split_skipped_by_a_snapshot_still_gets_its_child_replica() {
+    let mut cluster = GroupCluster::start("retained_slots = 300\n");
+    let (cert, router) = (cluster.cert.clone(), cluster.router);
+    let identity = Identity::trusting_pem_file(&cert).unwrap();
+    // The first table's one partition; its split's child is the next id
+    // on the same shard (nodes have two cores) and takes the upper half
+    // of the hashes.
+    let (parent, child) = (1u64 << 20, (1u64 << 20) + 2);
+    fn upper(k: u64) -> bool {
+        let schema = KeySchema::new(KeyAttribute::new("id", KeyType::S), None);
+        let stored = schema.key_of_key(&key(k)).unwrap();
+        let prefix = 2 + usize::from(u16::from_be_bytes([stored[0], stored[1]]));
+        cairn_common::key::partition_hash(&stored[..prefix]) >= 1 << 63
+    }
+    cairn_tests::with_client(router, &identity, async |client| {
+        let schema = KeySchema::new(KeyAttribute::new("id", KeyType::S), None);
+        client.create_table("kv-table", &schema, 1).await.unwrap();
+        for k in 0..100 {
+            client
+                .put_item("kv-table", &versioned(k, 1), None)
+                .await
+                .unwrap();
+        }
+    });
+    let leader = leader_of(&cluster.nodes, parent, &cert);
+    let lagging = (leader + 1) % 3;
+    cluster.nodes[lagging].kill();
+    // Over 1024 slots in the parent after the split (its leader drops
+    // values every 1024 slots), to the lower half only: the child's items
+    // are those the split copied, which its log does not hold.
+    const ROUNDS: u64 = 24;
+    cairn_tests::with_client(router, &identity, async |client| {
+        client.split_partition("kv-table", None).await.unwrap();
+        let deadline = Instant::now() + PROGRESS_TIMEOUT;
+        for v in 2..2 + ROUNDS {
+            for k in (0..100).filter(|k| !upper(*k)) {
+                loop {
+                    match client.put_item("kv-table", &versioned(k, v), None).await {
+                        Err(e) if e.is_retryable() && Instant::now() < deadline => continue,
+                        done => break done.unwrap(),
+                    }
+                }
+            }
+        }
+    });
+    cluster.nodes[lagging].start();
+    let half = |in_upper: bool| -> Vec<(u64, Option<Item>)> {
+        let last = if in_upper { 1 } else { 1 + ROUNDS };
+        (0..100)
+            .filter(|k| upper(*k) == in_upper)
+            .map(|k| (k, Some(versioned(k, last))))
+            .collect()
+    };
+    let (lower_half, upper_half) = (half(false), half(true));
+    assert!(!lower_half.is_empty() && !upper_half.is_empty());
+    let shard = cluster.nodes[lagging].shard0;
+    wait_for_replica_state(shard, parent, &cert, lower_half);
+    wait_for_replica_state(shard, child, &cert, upper_half);
+}
+
 /// Which of `nodes` hold a replica of `partition`: each is asked for an
 /// eventually consistent read, and those that do not know the partition
 /// say so.
