@@ -325,6 +325,9 @@ pub enum NodeOp {
         schema: Vec<u8>,
         group: Option<GroupSpec>,
     },
+    /// Deletes this node's replica of the partition and all it holds
+    /// (its table was deleted); `Done` also if there is none.
+    DropPartition,
     /// Writes answer `Item` with the image `returns` asks for (`Item(None)`
     /// when there was none), or `Done` for `ReturnValues::None`.
     Put {

@@ -28,6 +28,8 @@ use crate::meta::{
 
 /// Attempts at a compare-and-set before giving up with a throttle.
 const CAS_ATTEMPTS: usize = 16;
+/// Tries to drop one replica of a deleted table.
+const DROP_ATTEMPTS: usize = 3;
 /// How long a move asks the group again while its new replica catches up
 /// (within a client's request timeout).
 const MOVE_CATCH_UP: Duration = Duration::from_millis(1500);
@@ -802,6 +804,7 @@ impl MetaClient {
     /// Removes a table from the map. Its partitions stay on the nodes (no
     /// reclamation yet), and its id is never handed out again.
     pub async fn delete_table(&self, name: &str) -> Result<(), Response> {
+        let snapshot = self.load().await?;
         let op = NodeOp::Delete {
             key: meta::key_item("table", name).to_bytes(),
             condition: Some(WireCondition::Exists("k".into())),
@@ -820,7 +823,54 @@ impl MetaClient {
             }
             other => return Err(unexpected(other)),
         }
-        self.increment("version").await.map(|_| ())
+        self.increment("version").await?;
+        if let Some(table) = snapshot.tables.get(name) {
+            self.drop_partitions(&snapshot, table);
+        }
+        Ok(())
+    }
+
+    /// Deletes the replicas of a deleted table's partitions from the
+    /// nodes, in the background (the table is gone from the map already):
+    /// every registered node is asked to drop every partition of the
+    /// record, and the child of a split under way, so replicas left on
+    /// nodes a move took them from go too. A node that does not answer
+    /// keeps what it holds (logged): nothing retries yet.
+    fn drop_partitions(&self, snapshot: &Snapshot, table: &TableRecord) {
+        let mut ids: Vec<u64> = table.partitions.iter().map(|p| p.id).collect();
+        ids.extend(table.splitting.map(|s| s.child));
+        let nodes: Vec<NodeRecord> = snapshot.nodes.values().cloned().collect();
+        let links = self.links.clone();
+        let name = table.name.clone();
+        glommio::spawn_local(async move {
+            let mut failed = 0usize;
+            for id in &ids {
+                let request = wire::encode_node_request(&NodeRequest {
+                    partition: *id,
+                    op: NodeOp::DropPartition,
+                    limit: None,
+                });
+                for node in &nodes {
+                    // A link to a node that restarted since fails once
+                    // (the old connection is dead) and is made anew.
+                    let mut answer = Err(SendError::NotSent("not sent".into()));
+                    for _ in 0..DROP_ATTEMPTS {
+                        answer = links
+                            .send(node.shard_of(*id), &request, NODE_TIMEOUT, NODE_TIMEOUT)
+                            .await;
+                        if matches!(answer, Ok(Response::Done)) {
+                            break;
+                        }
+                    }
+                    if !matches!(answer, Ok(Response::Done)) {
+                        failed += 1;
+                        tracing::warn!(table = %name, partition = id, node = node.id, ?answer, "a deleted table's replica not dropped");
+                    }
+                }
+            }
+            tracing::info!(table = %name, partitions = ids.len(), failed, "a deleted table's replicas dropped");
+        })
+        .detach();
     }
 }
 

@@ -241,6 +241,8 @@ mod record {
     pub const ACCEPT: u8 = 6;
     /// `through u64`: every slot below is chosen.
     pub const COMMIT: u8 = 7;
+    /// No body: the partition is gone (its table was deleted).
+    pub const DROP_PARTITION: u8 = 8;
 }
 
 /// A value's stored form (in ACCEPT records and the catalog): a tag (0
@@ -585,6 +587,14 @@ impl<Fs: FileSystem> Engine<Fs> {
                 })
                 .map_err(|_| corrupt("commit marker for a partition with no group"))?;
             }
+            record::DROP_PARTITION => {
+                let dropped = self.partitions.borrow_mut().remove(&record.partition);
+                if let Some(dropped) = dropped {
+                    // Its pages in the checkpoint are given back by the
+                    // next one, which no longer lists the partition.
+                    self.release_tree(dropped.tree).await?;
+                }
+            }
             record::PUT => {
                 let (key, value) = split_put(body).ok_or_else(|| corrupt("malformed put"))?;
                 self.fault_in(record.partition, key).await?;
@@ -613,6 +623,25 @@ impl<Fs: FileSystem> Engine<Fs> {
             Some(reason) => Err(EngineError::Stopped(reason.clone())),
             None => Ok(()),
         }
+    }
+
+    /// Deletes `partition` and everything in it, durably (its table was
+    /// deleted); `false` if there was none. Its pages go back to the
+    /// allocator with the next checkpoint.
+    pub async fn drop_partition(&self, partition: PartitionId) -> Result<bool, EngineError> {
+        self.check_running()?;
+        if !self.partitions.borrow().contains_key(&partition) {
+            return Ok(false);
+        }
+        let lsn = self.wal.submit(partition, vec![record::DROP_PARTITION])?;
+        let dropped = self.partitions.borrow_mut().remove(&partition);
+        let staged = self.staging.borrow_mut().remove(&partition);
+        self.applied_lsn.set(lsn);
+        self.wal.wait_durable(lsn).await?;
+        for tree in dropped.map(|p| p.tree).into_iter().chain(staged) {
+            self.release_tree(tree).await?;
+        }
+        Ok(true)
     }
 
     /// Creates an empty partition with the given key schema, durably.

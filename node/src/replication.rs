@@ -340,6 +340,20 @@ impl Replication {
         engine_error(&EngineError::UnknownPartition(partition))
     }
 
+    /// Stops `partition`'s replica, for good (its table was deleted):
+    /// writes waiting on it are told the partition is gone, and messages
+    /// for it are dropped from now on.
+    pub fn drop_group(&self, partition: PartitionId) {
+        if let Some(group) = self.groups.borrow_mut().remove(&partition) {
+            for pending in group.pending.into_values() {
+                let _ = pending
+                    .reply
+                    .try_send(engine_error(&EngineError::UnknownPartition(partition)));
+            }
+        }
+        self.installs.borrow_mut().remove(&partition);
+    }
+
     /// Marks `partition` as being created; `false` if it already is.
     pub fn begin_creating(&self, partition: PartitionId) -> bool {
         self.creating.borrow_mut().insert(partition)
@@ -885,9 +899,14 @@ impl Replication {
     async fn apply_loop(self: Rc<Self>) {
         loop {
             let listener = self.apply_ready.listen();
+            // A partition dropped meanwhile (its table was deleted) has
+            // nothing left to install or apply to.
+            let dropped = |partition: PartitionId| !self.groups.borrow().contains_key(&partition);
             let install = self.installs_ready.borrow_mut().pop_front();
             if let Some((partition, through, range, spec)) = install {
-                if let Err(error) = self.install(partition, through, range, spec).await {
+                if let Err(error) = self.install(partition, through, range, spec).await
+                    && !dropped(partition)
+                {
                     tracing::error!(shard = self.shard, partition, %error, "snapshot not installed");
                     return; // the engine stopped
                 }
@@ -898,6 +917,9 @@ impl Replication {
                 listener.await;
                 continue;
             };
+            if dropped(partition) {
+                continue;
+            }
             let applied = self.engine.applied_through(partition).unwrap_or(0);
             if slot < applied {
                 continue; // recovery applied it already
@@ -943,7 +965,7 @@ impl Replication {
                 }
             }
             self.applied.notify(usize::MAX);
-            if outcome.is_err() {
+            if outcome.is_err() && !dropped(partition) {
                 return; // the engine stopped
             }
         }

@@ -264,6 +264,19 @@ async fn answer(
             };
             return create_replicated(engine, replication, partition, schema, spec).await;
         }
+        NodeOp::DropPartition => {
+            // Its group first: nothing is applied to it after this.
+            if let Some(replication) = replication {
+                replication.drop_group(partition);
+            }
+            return match engine.drop_partition(partition).await {
+                Ok(dropped) => {
+                    tracing::info!(partition, dropped, "partition dropped");
+                    Response::Done
+                }
+                Err(error) => Response::error(error.code(), error.to_string()),
+            };
+        }
         _ => {}
     }
     // Before anything else is spent on it. (A follower that will answer
@@ -491,6 +504,7 @@ pub(crate) fn to_op(request: NodeRequest) -> Result<Op, DecodeError> {
         NodeOp::Replication { .. }
         | NodeOp::Snapshot { .. }
         | NodeOp::Stats
+        | NodeOp::DropPartition
         | NodeOp::ReplaceMember { .. } => {
             return Err(DecodeError::Malformed(
                 "a replication, membership or stats message is not an operation".into(),

@@ -1028,3 +1028,54 @@ fn a_split_moves_the_upper_hashes_to_a_child_and_is_durable_with_it() {
     assert_eq!(engine.stored_bytes(CHILD), Some(size(&upper)));
     check(&engine);
 }
+
+/// A dropped partition is gone at once and after any restart: from the
+/// log alone (the drop after the last checkpoint) and from the checkpoint
+/// that follows, which gives its pages back; another partition is
+/// untouched.
+#[test]
+fn a_dropped_partition_stays_gone_and_gives_its_pages_back() {
+    const OTHER: u64 = PARTITION + 1;
+    let fs = MemFs::new();
+    let engine = open(&fs);
+    block_on(engine.create_partition(PARTITION, schema())).unwrap();
+    block_on(engine.create_partition(OTHER, schema())).unwrap();
+    for sk in 0..300 {
+        block_on(engine.put_item(PARTITION, &item(1, sk, 1, 200), None)).unwrap();
+    }
+    block_on(engine.put_item(OTHER, &item(2, 2, 1, 10), None)).unwrap();
+    block_on(engine.checkpoint()).unwrap();
+    assert!(block_on(engine.drop_partition(PARTITION)).unwrap());
+    assert!(
+        !block_on(engine.drop_partition(PARTITION)).unwrap(),
+        "dropped twice"
+    );
+    assert!(matches!(
+        block_on(engine.get_item(PARTITION, &key(1, 1))),
+        Err(EngineError::UnknownPartition(_))
+    ));
+    // A crash right after: the log replays the drop.
+    drop(engine);
+    let engine = open(&fs);
+    assert_eq!(engine.range(PARTITION), None);
+    assert!(
+        block_on(engine.get_item(OTHER, &key(2, 2)))
+            .unwrap()
+            .is_some()
+    );
+    let report = block_on(engine.checkpoint()).unwrap().unwrap();
+    assert!(
+        report.pages_freed > 5,
+        "the dropped partition's pages are given back: {report:?}"
+    );
+    drop(engine);
+    let engine = open(&fs);
+    assert_eq!(engine.range(PARTITION), None);
+    assert_eq!(engine.partition_ids(), vec![OTHER]);
+    // The id may be created again, empty.
+    block_on(engine.create_partition(PARTITION, schema())).unwrap();
+    assert_eq!(
+        block_on(engine.get_item(PARTITION, &key(1, 1))).unwrap(),
+        None
+    );
+}

@@ -589,7 +589,8 @@ fn a_replica_behind_every_log_is_caught_up_by_a_snapshot() {
 /// catches up by a snapshot of the parent, so it never applies the split
 /// that made the child: the snapshot names the child, and the follower
 /// creates its replica of it, which the child's leader then catches up.
-/// Afterwards it holds each half's items in the right partition.
+/// Afterwards it holds each half's items in the right partition. Then
+/// the table is deleted, and every replica of it goes from every node.
 #[test]
 fn a_split_skipped_by_a_snapshot_still_gets_its_child_replica() {
     let mut cluster = GroupCluster::start("retained_slots = 300\n");
@@ -649,6 +650,32 @@ fn a_split_skipped_by_a_snapshot_still_gets_its_child_replica() {
     let shard = cluster.nodes[lagging].shard0;
     wait_for_replica_state(shard, parent, &cert, lower_half);
     wait_for_replica_state(shard, child, &cert, upper_half);
+
+    // Deleting the table deletes its replicas from every node, for good:
+    // a restarted node does not bring them back from its log.
+    cairn_tests::with_client(router, &identity, async |client| {
+        client.delete_table("kv-table").await.unwrap();
+    });
+    let deadline = Instant::now() + PROGRESS_TIMEOUT;
+    let held = |nodes: &[Node]| {
+        let mut held = holders(nodes, parent, &cert);
+        held.extend(holders(nodes, child, &cert));
+        held
+    };
+    while !held(&cluster.nodes).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "replicas of a deleted table remain: {:?}",
+            held(&cluster.nodes)
+        );
+    }
+    cluster.nodes[leader].kill();
+    cluster.nodes[leader].start();
+    assert_eq!(
+        held(&cluster.nodes),
+        Vec::<usize>::new(),
+        "a restart brought a dropped replica back"
+    );
 }
 
 /// Which of `nodes` hold a replica of `partition`: each is asked for an
