@@ -212,6 +212,8 @@ pub enum Message {
         applied_through: Slot,
         seq: u64,
         checkpointed_through: Slot,
+        /// The first slot whose value the replier still holds.
+        log_start: Slot,
     },
 }
 
@@ -239,6 +241,11 @@ pub struct Ready {
     /// its state machine, which they install with [`Replica::installed`].
     /// A peer reappears here on each of its heartbeat replies until then.
     pub snapshots: Vec<ReplicaId>,
+    /// Leader: learners joining as log replicas, each with the slot to
+    /// start at: they hold no state machine, so the driver sends an empty
+    /// snapshot through that slot (which they install with
+    /// [`Replica::installed`]), and the log from there follows.
+    pub log_starts: Vec<(ReplicaId, Slot)>,
 }
 
 impl Ready {
@@ -248,6 +255,7 @@ impl Ready {
             && self.send_after_persist.is_empty()
             && self.committed.is_empty()
             && self.snapshots.is_empty()
+            && self.log_starts.is_empty()
     }
 }
 
@@ -345,10 +353,20 @@ enum Role {
         /// Memberships this leader proposed (or took over) at slots not
         /// yet chosen, keyed by the first slot they govern.
         planned: BTreeMap<Slot, Membership>,
-        /// Replicas about to join, caught up before they do: each with
-        /// the point it last reported having applied through.
-        learners: BTreeMap<ReplicaId, Option<Slot>>,
+        /// Replicas about to join, caught up before they do.
+        learners: BTreeMap<ReplicaId, Learner>,
     },
+}
+
+/// A replica a leader catches up before it joins.
+#[derive(Debug, Clone, Copy, Default)]
+struct Learner {
+    /// It joins as a log replica: it needs the log from the full
+    /// members' floor up, not a state machine.
+    log_only: bool,
+    /// What it last reported: applied through, its first slot held, and
+    /// checkpointed through.
+    reported: Option<(Slot, Slot, Slot)>,
 }
 
 #[derive(Debug)]
@@ -560,8 +578,15 @@ impl Replica {
             return self.log_floor;
         }
         let me = self.config.id;
+        // The members it plans count too: once a change is chosen, its
+        // new full members lean on what the log replicas kept.
+        let planned = match &self.role {
+            Role::Leader { planned, .. } => Some(planned.values()),
+            _ => None,
+        };
         self.membership()
             .into_iter()
+            .chain(planned.into_iter().flatten())
             .flat_map(Membership::members)
             .filter(|m| !m.log_only)
             .map(|m| match m.id {
@@ -669,18 +694,20 @@ impl Replica {
         Ok(slot)
     }
 
-    /// Leader: starts catching replica `id` up before it joins the group.
-    /// Heartbeats go to it and its replies get it the log, or a snapshot
-    /// ([`Ready::snapshots`]), like a lagging member; its votes count for
+    /// Leader: starts catching replica `id` up before it joins the group
+    /// (as a log replica if `log_only`). Heartbeats and new values go to
+    /// it, and its replies get it the log, or a snapshot
+    /// ([`Ready::snapshots`]; for a log replica an empty one,
+    /// [`Ready::log_starts`]), like a lagging member; its votes count for
     /// nothing. A member, or this replica, needs nothing.
-    pub fn add_learner(&mut self, id: ReplicaId) -> Result<(), NotLeader> {
+    pub fn add_learner(&mut self, id: ReplicaId, log_only: bool) -> Result<(), NotLeader> {
         let peers = self.peers();
         let hint = self.leader_hint();
         let Role::Leader { learners, .. } = &mut self.role else {
             return Err(NotLeader { hint });
         };
         if id != self.config.id && !peers.contains(&id) {
-            learners.entry(id).or_insert(None);
+            learners.entry(id).or_default().log_only = log_only;
         }
         Ok(())
     }
@@ -688,14 +715,41 @@ impl Replica {
     /// Leader: how many slots learner `id` lacks below the commit point,
     /// as it last reported (`None`: not a learner, or not heard from).
     pub fn learner_lag(&self, id: ReplicaId) -> Option<u64> {
+        self.learner(id)
+            .and_then(|l| l.reported)
+            .map(|(applied, _, _)| self.commit_through.saturating_sub(applied))
+    }
+
+    fn learner(&self, id: ReplicaId) -> Option<Learner> {
         match &self.role {
-            Role::Leader { learners, .. } => learners
-                .get(&id)
-                .copied()
-                .flatten()
-                .map(|applied| self.commit_through.saturating_sub(applied)),
+            Role::Leader { learners, .. } => learners.get(&id).copied(),
             _ => None,
         }
+    }
+
+    /// Whether learner `id` may join `membership` as `member` now: it is
+    /// within [`JOIN_LAG_MAX`] of the commit point; a log replica holds the
+    /// log from the floor the full members need up (else a lagging full
+    /// member could need a value only the log replica was to keep); and
+    /// in a group with log replicas, a full member has checkpointed up to
+    /// the floor (else, with the other full members lost, it could need a
+    /// value the log replicas have dropped).
+    fn may_join(&self, member: Member, membership: &Membership) -> bool {
+        let Some(Learner {
+            log_only,
+            reported: Some((applied, log_start, checkpointed)),
+        }) = self.learner(member.id)
+        else {
+            return false;
+        };
+        let near = self.commit_through.saturating_sub(applied) <= JOIN_LAG_MAX;
+        let floor = self.log_floor();
+        let logs = membership.members().iter().any(|m| m.log_only);
+        let holds = match member.log_only {
+            true => log_only && log_start <= floor,
+            false => !logs || checkpointed >= floor,
+        };
+        near && holds
     }
 
     /// Proposes that `membership` govern the group from the slot after
@@ -715,10 +769,11 @@ impl Replica {
             .into_iter()
             .flat_map(Membership::ids)
             .collect();
-        let lags: Vec<(ReplicaId, Option<u64>)> = membership
-            .ids()
-            .filter(|id| !current.contains(id))
-            .map(|id| (id, self.learner_lag(id)))
+        let joiners: Vec<(ReplicaId, bool)> = membership
+            .members()
+            .iter()
+            .filter(|m| !current.contains(&m.id))
+            .map(|m| (m.id, self.may_join(*m, &membership)))
             .collect();
         let Role::Leader {
             ballot,
@@ -739,13 +794,10 @@ impl Replica {
         if !membership.is_full_member(me) {
             return Err(ReconfigureError::RemovesLeader);
         }
-        if let Some((id, _)) = lags
-            .iter()
-            .find(|(_, lag)| lag.is_none_or(|lag| lag > JOIN_LAG_MAX))
-        {
+        if let Some((id, _)) = joiners.iter().find(|(_, ready)| !ready) {
             return Err(ReconfigureError::NotCaughtUp(*id));
         }
-        for (id, _) in &lags {
+        for (id, _) in &joiners {
             learners.remove(id);
         }
         let (ballot, slot) = (*ballot, *next_slot);
@@ -1097,6 +1149,7 @@ impl Replica {
                             applied_through,
                             seq,
                             checkpointed_through: self.checkpointed_through,
+                            log_start: self.log_start,
                         },
                     ));
                 } else {
@@ -1117,6 +1170,7 @@ impl Replica {
                 applied_through,
                 seq,
                 checkpointed_through,
+                log_start,
             } => {
                 if let Role::Leader {
                     ballot: current, ..
@@ -1126,10 +1180,9 @@ impl Replica {
                     let reported = self.peers_checkpointed.entry(from).or_default();
                     *reported = (*reported).max(checkpointed_through);
                     if let Role::Leader { learners, .. } = &mut self.role
-                        && let Some(progress) = learners.get_mut(&from)
+                        && let Some(learner) = learners.get_mut(&from)
                     {
-                        *progress =
-                            Some(progress.map_or(applied_through, |p| p.max(applied_through)));
+                        learner.reported = Some((applied_through, log_start, checkpointed_through));
                     }
                     if let Some((_, sent)) = self.heartbeats_sent.iter().find(|(s, _)| *s == seq) {
                         let sent = *sent;
@@ -1241,10 +1294,19 @@ impl Replica {
     /// a snapshot and those make it whole).
     fn catch_up(&mut self, peer: ReplicaId, ballot: Ballot, applied_through: Slot) {
         const WINDOW: u64 = 256;
-        let learner =
-            matches!(&self.role, Role::Leader { learners, .. } if learners.contains_key(&peer));
-        let far = self.commit_through.saturating_sub(applied_through) > 4 * WINDOW;
-        if applied_through < self.log_start || (learner && far) {
+        let learner = self.learner(peer);
+        if learner.is_some_and(|l| l.log_only) {
+            // A log replica joining starts from this leader's log, as far
+            // down as it goes, with an empty state through its first slot
+            // (it may join once that is at or below the floor).
+            if applied_through < self.log_start {
+                self.ready.log_starts.push((peer, self.log_start));
+                return;
+            }
+        } else if applied_through < self.log_start
+            || (learner.is_some()
+                && self.commit_through.saturating_sub(applied_through) > 4 * WINDOW)
+        {
             self.ready.snapshots.push(peer);
             return;
         }
@@ -1483,7 +1545,7 @@ mod tests {
             replicas[0].propose_membership(pair.clone()),
             Err(ReconfigureError::NotCaughtUp(1))
         );
-        replicas[0].add_learner(1).unwrap();
+        replicas[0].add_learner(1, false).unwrap();
         assert_eq!(replicas[0].learner_lag(1), None);
         assert_eq!(
             replicas[0].propose_membership(pair.clone()),

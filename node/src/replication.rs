@@ -570,7 +570,11 @@ impl Replication {
             let Some(group) = groups.get_mut(&partition) else {
                 return self.missing_group(partition);
             };
-            if group.replica.add_learner(learner).is_err() {
+            if group
+                .replica
+                .add_learner(learner, new.role == MemberRole::Log)
+                .is_err()
+            {
                 return Response::NotLeader {
                     leader: router_hint(&group.replica),
                 };
@@ -818,6 +822,8 @@ impl Replication {
         for peer in ready.snapshots {
             self.start_snapshot(partition, peer);
         }
+        // `ready.log_starts` name learners joining as log replicas, which
+        // this node does not make yet (`replace_member` refuses them).
         self.enqueue(partition, me, ready.send);
         if let Some((last, _)) = ready.committed.last() {
             let through = last + 1;

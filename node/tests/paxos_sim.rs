@@ -291,7 +291,11 @@ impl Sim {
             return;
         };
         // Again after a leader change (a new term forgets learners).
-        let _ = replica.add_learner(learner);
+        let log_only = membership
+            .members()
+            .iter()
+            .any(|m| m.id == learner && m.log_only);
+        let _ = replica.add_learner(learner, log_only);
         match replica.propose_membership(membership) {
             Ok(_) => {
                 self.joining = None;
@@ -365,7 +369,14 @@ impl Sim {
             self.check_chosen(id, slot, value, true);
         }
         for to in ready.snapshots {
-            self.send_snapshot(id, to);
+            let through = self.applied[id];
+            self.send_snapshot(id, to, through);
+        }
+        // A log replica's: the state through the slot is the empty one a
+        // node would send; the simulation carries the values for its
+        // checks.
+        for (to, through) in ready.log_starts {
+            self.send_snapshot(id, to, through);
         }
         for (to, message) in ready.send {
             self.send(id, to, message);
@@ -385,9 +396,10 @@ impl Sim {
         }
     }
 
-    /// Ships `from`'s state machine to `to`, over the same faulty network.
-    fn send_snapshot(&mut self, from: ReplicaId, to: ReplicaId) {
-        let through = self.applied[from];
+    /// Ships `from`'s state machine through `through` (at most its applied
+    /// point) to `to`, over the same faulty network.
+    fn send_snapshot(&mut self, from: ReplicaId, to: ReplicaId, through: Slot) {
+        let through = through.min(self.applied[from]);
         let values: Vec<Value> = (0..through)
             .map(|slot| self.reported[from][&slot].clone())
             .collect();
@@ -559,7 +571,12 @@ impl Sim {
                     // member has not checkpointed yet: it drops nothing
                     // below the floor its leader last told it (and nothing
                     // at all while it is down).
-                    let log_only = latest.members().iter().any(|m| m.id == r && m.log_only);
+                    // (A learner joining as one keeps its log as one.)
+                    let joining_log = self.joining.as_ref().is_some_and(|(_, m, learner, _)| {
+                        *learner == r && m.members().iter().any(|m| m.id == r && m.log_only)
+                    });
+                    let log_only =
+                        joining_log || latest.members().iter().any(|m| m.id == r && m.log_only);
                     let below = match &self.replicas[r] {
                         Some(replica) if log_only => below.min(replica.log_floor()),
                         None if log_only => continue,
@@ -734,10 +751,10 @@ fn run_seed(seed: u64) -> Outcome {
     // Liveness: heal everything, restart the crashed, stop injecting faults.
     // With CAIRN_SIM_LOSE=1, in some seeds one full member is lost for
     // good instead: the others must still hold every acknowledged command.
-    // They do not always, today: a log replica joins without the log the
-    // full members may need, and members lagging below a change may need
-    // a replaced replica that no longer helps (docs/replication.md,
-    // "Catching up before joining").
+    // They do not always, today: a log replica caught up by a snapshot
+    // as a member may no longer hold the log a full member needs, and
+    // members lagging below a change may need a replaced replica that no
+    // longer helps (docs/replication.md, "Catching up before joining").
     sim.faults = false;
     sim.isolated = None;
     sim.cut = None;
