@@ -328,6 +328,9 @@ pub enum NodeOp {
     /// Deletes this node's replica of the partition and all it holds
     /// (its table was deleted); `Done` also if there is none.
     DropPartition,
+    /// The partitions this shard holds (the request's partition is
+    /// ignored): `Partitions`.
+    ListPartitions,
     /// Writes answer `Item` with the image `returns` asks for (`Item(None)`
     /// when there was none), or `Done` for `ReturnValues::None`.
     Put {
@@ -446,6 +449,8 @@ pub enum Response {
     },
     Table(TableDescription),
     Tables(Vec<String>),
+    /// A shard's partitions (`ListPartitions`).
+    Partitions(Vec<u64>),
     /// A replica that is not its group's leader: `leader` is the member
     /// index it believes leads, if any. Routers follow it; clients never
     /// see it.

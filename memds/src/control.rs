@@ -830,12 +830,74 @@ impl MetaClient {
         Ok(())
     }
 
+    /// One round of reaping: asks every shard of every configured node
+    /// which partitions it holds, then (with the metadata read after, so
+    /// a table created meanwhile, whose record comes before its
+    /// partitions, is seen) drops those of tables that no longer exist —
+    /// what a `DeleteTable` could not drop while a node was down. Returns
+    /// the partitions dropped.
+    pub async fn reap(&self) -> Result<usize, Response> {
+        self.bootstrap().await?;
+        let list = wire::encode_node_request(&NodeRequest {
+            partition: META_PARTITION,
+            op: NodeOp::ListPartitions,
+            limit: None,
+        });
+        let mut held = Vec::new();
+        for node in &self.nodes {
+            for shard in 0..u64::from(node.cores.max(1)) {
+                let addr = node.shard_of(shard);
+                if let Ok(Response::Partitions(ids)) = self
+                    .links
+                    .send(addr, &list, NODE_TIMEOUT, NODE_TIMEOUT)
+                    .await
+                {
+                    held.extend(ids.into_iter().map(|id| (addr, id)));
+                }
+            }
+        }
+        let snapshot = self.load().await?;
+        let live: std::collections::BTreeSet<u32> = snapshot
+            .tables
+            .values()
+            .map(|t| t.id)
+            .chain([meta::META_TABLE])
+            .collect();
+        let mut dropped = 0;
+        for (addr, id) in held {
+            let table = u32::try_from(id >> meta::PARTITION_BITS).unwrap_or(u32::MAX);
+            if live.contains(&table) {
+                continue;
+            }
+            let drop = wire::encode_node_request(&NodeRequest {
+                partition: id,
+                op: NodeOp::DropPartition,
+                limit: None,
+            });
+            match self
+                .links
+                .send(addr, &drop, NODE_TIMEOUT, NODE_TIMEOUT)
+                .await
+            {
+                Ok(Response::Done) => {
+                    tracing::info!(partition = id, %addr, "reaped a deleted table's replica");
+                    dropped += 1;
+                }
+                answer => {
+                    tracing::warn!(partition = id, %addr, ?answer, "a deleted table's replica not reaped");
+                }
+            }
+        }
+        Ok(dropped)
+    }
+
     /// Deletes the replicas of a deleted table's partitions from the
     /// nodes, in the background (the table is gone from the map already):
     /// every registered node is asked to drop every partition of the
     /// record, and the child of a split under way, so replicas left on
     /// nodes a move took them from go too. A node that does not answer
-    /// keeps what it holds (logged): nothing retries yet.
+    /// keeps what it holds (logged) until MemDS reaps it
+    /// ([`MetaClient::reap`]).
     fn drop_partitions(&self, snapshot: &Snapshot, table: &TableRecord) {
         let mut ids: Vec<u64> = table.partitions.iter().map(|p| p.id).collect();
         ids.extend(table.splitting.map(|s| s.child));

@@ -52,7 +52,13 @@ pub struct MemdsConfig {
     /// A node silent this long is down: its replicas move to live nodes
     /// (docs/metadata.md, "Healing"). `None`: never.
     pub heal_after: Option<Duration>,
+    /// How often the nodes are searched for replicas of deleted tables
+    /// (docs/metadata.md, "Changes").
+    pub reap_every: Duration,
 }
+
+/// How often MemDS reaps replicas of deleted tables.
+pub const REAP_EVERY_DEFAULT: Duration = Duration::from_secs(30);
 
 /// How long a node may stay silent before its replicas move.
 pub const HEAL_AFTER_DEFAULT: Duration = Duration::from_millis(1500);
@@ -87,6 +93,7 @@ impl MemdsConfig {
             split_check: Duration::from_secs(10),
             heal_check: HEAL_CHECK_DEFAULT,
             heal_after: Some(HEAL_AFTER_DEFAULT),
+            reap_every: REAP_EVERY_DEFAULT,
         }
     }
 }
@@ -198,6 +205,7 @@ async fn run(config: MemdsConfig, ready: Ready, stopped: Stopped) {
         ))
         .detach();
     }
+    glommio::spawn_local(reap_now_and_then(meta.clone(), config.reap_every)).detach();
     if let Some(after) = config.heal_after {
         glommio::spawn_local(heal_when_needed(meta.clone(), config.heal_check, after)).detach();
     }
@@ -267,6 +275,17 @@ async fn split_when_needed(meta: Rc<MetaClient>, bounds: SplitBounds, every: Dur
         glommio::timer::sleep(every).await;
         if let Err(error) = meta.check_splits(bounds, &mut hot).await {
             tracing::debug!(?error, "MemDS: split check not done this round");
+        }
+    }
+}
+
+/// Drops replicas of deleted tables left on the nodes, one round every
+/// `every`.
+async fn reap_now_and_then(meta: Rc<MetaClient>, every: Duration) {
+    loop {
+        glommio::timer::sleep(every).await;
+        if let Err(error) = meta.reap().await {
+            tracing::debug!(?error, "MemDS: reaping not done this round");
         }
     }
 }

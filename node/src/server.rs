@@ -264,6 +264,7 @@ async fn answer(
             };
             return create_replicated(engine, replication, partition, schema, spec).await;
         }
+        NodeOp::ListPartitions => return Response::Partitions(engine.partition_ids()),
         NodeOp::DropPartition => {
             // Its group first: nothing is applied to it after this.
             if let Some(replication) = replication {
@@ -505,6 +506,7 @@ pub(crate) fn to_op(request: NodeRequest) -> Result<Op, DecodeError> {
         | NodeOp::Snapshot { .. }
         | NodeOp::Stats
         | NodeOp::DropPartition
+        | NodeOp::ListPartitions
         | NodeOp::ReplaceMember { .. } => {
             return Err(DecodeError::Malformed(
                 "a replication, membership or stats message is not an operation".into(),

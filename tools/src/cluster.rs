@@ -51,6 +51,7 @@ pub fn start_memds(path: &Path) -> anyhow::Result<Memds> {
     };
     memds_config.split_check = std::time::Duration::from_millis(file.split_check_ms.max(1));
     memds_config.heal_check = std::time::Duration::from_millis(file.heal_check_ms.max(1));
+    memds_config.reap_every = std::time::Duration::from_millis(file.reap_ms.max(1));
     memds_config.heal_after =
         (file.heal_after_ms > 0).then(|| std::time::Duration::from_millis(file.heal_after_ms));
     Memds::start(memds_config)
@@ -306,6 +307,7 @@ pub fn write_files(
                     split_check_ms: 10_000,
                     heal_after_ms: cairn_memds::server::HEAL_AFTER_DEFAULT.as_millis() as u64,
                     heal_check_ms: cairn_memds::server::HEAL_CHECK_DEFAULT.as_millis() as u64,
+                    reap_ms: cairn_memds::server::REAP_EVERY_DEFAULT.as_millis() as u64,
                     nodes: entries.clone(),
                 },
             ))

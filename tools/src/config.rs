@@ -131,11 +131,19 @@ pub struct MemdsFile {
     /// How often every node is probed, in milliseconds (default 250).
     #[serde(default = "heal_check_ms")]
     pub heal_check_ms: u64,
+    /// How often the nodes are searched for replicas of deleted tables,
+    /// in milliseconds (default 30 000).
+    #[serde(default = "reap_ms")]
+    pub reap_ms: u64,
     pub nodes: Vec<NodeEntry>,
 }
 
 fn heal_after_ms() -> u64 {
     cairn_memds::server::HEAL_AFTER_DEFAULT.as_millis() as u64
+}
+
+fn reap_ms() -> u64 {
+    cairn_memds::server::REAP_EVERY_DEFAULT.as_millis() as u64
 }
 
 fn heal_check_ms() -> u64 {
