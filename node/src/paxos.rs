@@ -1501,17 +1501,21 @@ mod tests {
 
     /// Delivers every output of `replicas` (flushes complete at once)
     /// until none is left.
-    fn settle(replicas: &mut [Replica], now: Instant) {
+    /// Returns the empty snapshots leaders asked for
+    /// ([`Ready::log_starts`]).
+    fn settle(replicas: &mut [Replica], now: Instant) -> Vec<(ReplicaId, Slot)> {
+        let mut log_starts = Vec::new();
         loop {
             let mut sent = Vec::new();
             for (from, replica) in replicas.iter_mut().enumerate() {
                 let ready = replica.poll_ready();
                 replica.persisted(&ready.persist);
+                log_starts.extend(ready.log_starts);
                 let messages = ready.send.into_iter().chain(ready.send_after_persist);
                 sent.extend(messages.map(|(to, m)| (from, to, m)));
             }
             if sent.is_empty() {
-                return;
+                return log_starts;
             }
             for (from, to, message) in sent {
                 if let Some(replica) = replicas.get_mut(to) {
@@ -1606,5 +1610,89 @@ mod tests {
         assert!(!group.is_quorum(&[5]));
         // Votes from outside the group do not make a majority of it.
         assert!(!group.is_quorum(&[5, 1, 2, 4]));
+    }
+
+    #[test]
+    fn a_log_replica_joins_only_holding_the_log_from_the_full_members_floor() {
+        let mut now = Instant::now();
+        let pair = Membership::full([0, 1]).unwrap();
+        // Replica 1 waits far longer before it stands: replica 0 leads.
+        let patient = Config {
+            election_timeout: Duration::from_secs(60),
+            ..config(1)
+        };
+        let mut replicas = vec![
+            Replica::new(
+                config(0),
+                Some(pair.clone()),
+                DurableState::default(),
+                0,
+                now,
+            ),
+            Replica::new(patient, Some(pair.clone()), DurableState::default(), 0, now),
+            Replica::new(config(2), None, DurableState::default(), 0, now),
+        ];
+        let tick = |replicas: &mut Vec<Replica>, now: &mut Instant| {
+            *now += Duration::from_millis(25);
+            for r in replicas.iter_mut() {
+                r.tick(*now);
+            }
+            settle(replicas, *now)
+        };
+        for _ in 0..100 {
+            if replicas[0].is_leader() {
+                break;
+            }
+            tick(&mut replicas, &mut now);
+        }
+        assert!(replicas[0].is_leader());
+        for n in 0..20u8 {
+            replicas[0].propose(vec![n]).unwrap();
+        }
+        settle(&mut replicas, now);
+        // The leader dropped its values below 12; the full members have
+        // checkpointed through 20 and 5: the floor is 5.
+        replicas[0].compact(12);
+        replicas[0].checkpointed(20);
+        replicas[1].checkpointed(5);
+        let with_log = Membership::new(vec![
+            Member {
+                id: 0,
+                log_only: false,
+            },
+            Member {
+                id: 1,
+                log_only: false,
+            },
+            Member {
+                id: 2,
+                log_only: true,
+            },
+        ])
+        .unwrap();
+        replicas[0].add_learner(2, true).unwrap();
+        let mut asked = Vec::new();
+        for _ in 0..3 {
+            asked.extend(tick(&mut replicas, &mut now));
+        }
+        // No state for a log replica: an empty one through the leader's
+        // first held slot, then the log.
+        assert!(asked.contains(&(2, 12)), "{asked:?}");
+        replicas[2].installed(12, pair.clone());
+        for _ in 0..3 {
+            tick(&mut replicas, &mut now);
+        }
+        assert_eq!(replicas[2].commit_through(), 20);
+        assert_eq!(replicas[0].log_floor(), 5);
+        // Its log starts at 12, above what member 1 may need: refused.
+        assert_eq!(
+            replicas[0].propose_membership(with_log.clone()),
+            Err(ReconfigureError::NotCaughtUp(2))
+        );
+        // Member 1 checkpoints past it: the log replica may join.
+        replicas[1].checkpointed(20);
+        tick(&mut replicas, &mut now);
+        assert_eq!(replicas[0].log_floor(), 20);
+        assert_eq!(replicas[0].propose_membership(with_log), Ok(20));
     }
 }
