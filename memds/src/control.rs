@@ -834,8 +834,9 @@ impl MetaClient {
     /// which partitions it holds, then (with the metadata read after, so
     /// a table created meanwhile, whose record comes before its
     /// partitions, is seen) drops those of tables that no longer exist —
-    /// what a `DeleteTable` could not drop while a node was down. Returns
-    /// the partitions dropped.
+    /// what a `DeleteTable` could not drop while a node was down. Only
+    /// tables whose ids this metadata handed out count. Returns the
+    /// partitions dropped.
     pub async fn reap(&self) -> Result<usize, Response> {
         self.bootstrap().await?;
         let list = wire::encode_node_request(&NodeRequest {
@@ -857,6 +858,10 @@ impl MetaClient {
             }
         }
         let snapshot = self.load().await?;
+        // Only ids handed out by this metadata: metadata that lost its
+        // records (restored from nothing) must not make every partition
+        // look deleted.
+        let issued = self.counter("table_id").await?.unwrap_or(0);
         let live: std::collections::BTreeSet<u32> = snapshot
             .tables
             .values()
@@ -866,7 +871,7 @@ impl MetaClient {
         let mut dropped = 0;
         for (addr, id) in held {
             let table = u32::try_from(id >> meta::PARTITION_BITS).unwrap_or(u32::MAX);
-            if live.contains(&table) {
+            if live.contains(&table) || u64::from(table) > issued {
                 continue;
             }
             let drop = wire::encode_node_request(&NodeRequest {
