@@ -560,8 +560,7 @@ impl Conn {
         match self {
             Conn::Native(client) => {
                 let stored = schema().key_of_key(key).expect("bench keys are valid");
-                let prefix = 2 + u16::from_be_bytes([stored[0], stored[1]]) as usize;
-                let hash = cairn_router::catalog::partition_hash(&stored[..prefix]);
+                let hash = cairn_common::key::key_hash(&stored).expect("an encoded key");
                 client
                     .scan(table, length, Some(ScanToken::after_key(hash, stored)))
                     .await

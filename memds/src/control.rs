@@ -874,21 +874,12 @@ impl MetaClient {
             if live.contains(&table) || u64::from(table) > issued {
                 continue;
             }
-            let drop = wire::encode_node_request(&NodeRequest {
-                partition: id,
-                op: NodeOp::DropPartition,
-                limit: None,
-            });
-            match self
-                .links
-                .send(addr, &drop, NODE_TIMEOUT, NODE_TIMEOUT)
-                .await
-            {
-                Ok(Response::Done) => {
+            match drop_replica(&self.links, addr, id, 1).await {
+                Ok(()) => {
                     tracing::info!(partition = id, %addr, "reaped a deleted table's replica");
                     dropped += 1;
                 }
-                answer => {
+                Err(answer) => {
                     tracing::warn!(partition = id, %addr, ?answer, "a deleted table's replica not reaped");
                 }
             }
@@ -912,24 +903,11 @@ impl MetaClient {
         glommio::spawn_local(async move {
             let mut failed = 0usize;
             for id in &ids {
-                let request = wire::encode_node_request(&NodeRequest {
-                    partition: *id,
-                    op: NodeOp::DropPartition,
-                    limit: None,
-                });
                 for node in &nodes {
                     // A link to a node that restarted since fails once
                     // (the old connection is dead) and is made anew.
-                    let mut answer = Err(SendError::NotSent("not sent".into()));
-                    for _ in 0..DROP_ATTEMPTS {
-                        answer = links
-                            .send(node.shard_of(*id), &request, NODE_TIMEOUT, NODE_TIMEOUT)
-                            .await;
-                        if matches!(answer, Ok(Response::Done)) {
-                            break;
-                        }
-                    }
-                    if !matches!(answer, Ok(Response::Done)) {
+                    let addr = node.shard_of(*id);
+                    if let Err(answer) = drop_replica(&links, addr, *id, DROP_ATTEMPTS).await {
                         failed += 1;
                         tracing::warn!(table = %name, partition = id, node = node.id, ?answer, "a deleted table's replica not dropped");
                     }
@@ -949,6 +927,29 @@ pub struct SplitBounds {
     pub bytes: Option<u64>,
     /// Operations per second, in two checks in a row.
     pub ops_per_s: Option<u64>,
+}
+
+/// Asks the shard at `addr` to drop its replica of `partition`, up to
+/// `attempts` times; the last answer if it never said `Done`.
+async fn drop_replica(
+    links: &NodeLinks,
+    addr: SocketAddr,
+    partition: u64,
+    attempts: usize,
+) -> Result<(), Result<Response, SendError>> {
+    let request = wire::encode_node_request(&NodeRequest {
+        partition,
+        op: NodeOp::DropPartition,
+        limit: None,
+    });
+    let mut answer = Err(SendError::NotSent("not sent".into()));
+    for _ in 0..attempts {
+        answer = links.send(addr, &request, NODE_TIMEOUT, NODE_TIMEOUT).await;
+        if matches!(answer, Ok(Response::Done)) {
+            return Ok(());
+        }
+    }
+    Err(answer)
 }
 
 /// An error passes through; any other answer is a protocol bug, reported.

@@ -1211,43 +1211,25 @@ impl State {
             }
         }
         loop {
-            let scanned = Cell::new(None);
-            let op = |located: &Located| {
-                scanned.set(Some(*located));
-                NodeOp::Scan {
-                    start: WireBound::Unbounded,
-                    end: WireBound::Unbounded,
-                    reverse: false,
-                    limit: limit - items.len() as u32,
-                    bytes_max: (PAGE_BYTES_MAX - bytes) as u32,
-                    resume_after: None,
-                    consistent,
-                    hash_range: Some((located.partition.start, located.last)),
-                }
+            let left = limit - items.len() as u32;
+            let (located, page, last_key) = match self
+                .scan_partition(&table, hash, left, PAGE_BYTES_MAX - bytes, None, consistent)
+                .await
+            {
+                Ok(scanned) => scanned,
+                Err(response) => return response,
             };
-            let response = self.forward_located(&table, hash, op).await;
-            let Some(located) = scanned.get() else {
-                return response;
-            };
-            match response {
-                Response::Page {
-                    items: page,
-                    last_key,
-                } => {
-                    bytes += page.iter().map(Vec::len).sum::<usize>();
-                    items.extend(page.into_iter().filter(in_segment));
-                    if let Some(key) = last_key {
-                        return Response::TablePage {
-                            items,
-                            last: Some(ScanToken {
-                                first: located.partition.start,
-                                last: located.last,
-                                key,
-                            }),
-                        };
-                    }
-                }
-                other => return other,
+            bytes += page.iter().map(Vec::len).sum::<usize>();
+            items.extend(page.into_iter().filter(in_segment));
+            if let Some(key) = last_key {
+                return Response::TablePage {
+                    items,
+                    last: Some(ScanToken {
+                        first: located.partition.start,
+                        last: located.last,
+                        key,
+                    }),
+                };
             }
             if located.last >= high {
                 return Response::TablePage { items, last: None };
@@ -1259,6 +1241,39 @@ impl State {
                     last: Some(ScanToken::from_hash(hash)),
                 };
             }
+        }
+    }
+
+    /// A page of the partition that holds `hash` (after `resume_after`,
+    /// within `limit` items and `bytes_max` bytes): the partition as it
+    /// was found, its items, and its last key if the page was cut short.
+    async fn scan_partition(
+        &self,
+        table: &Table,
+        hash: u64,
+        limit: u32,
+        bytes_max: usize,
+        resume_after: Option<&[u8]>,
+        consistent: bool,
+    ) -> Result<(Located, Vec<Vec<u8>>, Option<Vec<u8>>), Response> {
+        let scanned = Cell::new(None);
+        let op = |located: &Located| {
+            scanned.set(Some(*located));
+            NodeOp::Scan {
+                start: WireBound::Unbounded,
+                end: WireBound::Unbounded,
+                reverse: false,
+                limit,
+                bytes_max: bytes_max as u32,
+                resume_after: resume_after.map(<[u8]>::to_vec),
+                consistent,
+                hash_range: Some((located.partition.start, located.last)),
+            }
+        };
+        let response = self.forward_located(table, hash, op).await;
+        match (scanned.get(), response) {
+            (Some(located), Response::Page { items, last_key }) => Ok((located, items, last_key)),
+            (_, response) => Err(response),
         }
     }
 
@@ -1283,27 +1298,16 @@ impl State {
         let mut complete_through: Option<Vec<u8>> = None;
         let mut hash = from;
         loop {
-            let scanned = Cell::new(None);
-            let op = |located: &Located| {
-                scanned.set(Some(*located));
-                NodeOp::Scan {
-                    start: WireBound::Unbounded,
-                    end: WireBound::Unbounded,
-                    reverse: false,
+            let (located, items, last_key) = self
+                .scan_partition(
+                    table,
+                    hash,
                     limit,
-                    bytes_max: PAGE_BYTES_MAX as u32,
-                    resume_after: Some(token.key.clone()),
+                    PAGE_BYTES_MAX,
+                    Some(&token.key),
                     consistent,
-                    hash_range: Some((located.partition.start, located.last)),
-                }
-            };
-            let response = self.forward_located(table, hash, op).await;
-            let Some(located) = scanned.get() else {
-                return Err(response);
-            };
-            let Response::Page { items, last_key } = response else {
-                return Err(response);
-            };
+                )
+                .await?;
             for item in items {
                 let key = Item::decode(&item)
                     .ok()

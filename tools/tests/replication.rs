@@ -477,6 +477,26 @@ fn versioned(k: u64, v: u64) -> Item {
     key(k).with("v", AttributeValue::N(Number::from_i64(v as i64)))
 }
 
+/// Creates `kv-table` (one partition, `partition`) holding keys 0..100 at
+/// version 1, then SIGKILLs a follower of it; returns the leader and the
+/// killed follower.
+fn hundred_items_and_a_follower_down(cluster: &mut GroupCluster, partition: u64) -> (usize, usize) {
+    cluster.create_table("kv-table");
+    let identity = Identity::trusting_pem_file(&cluster.cert).unwrap();
+    cairn_tests::with_client(cluster.router, &identity, async |client| {
+        for k in 0..100 {
+            client
+                .put_item("kv-table", &versioned(k, 1), None)
+                .await
+                .unwrap();
+        }
+    });
+    let leader = leader_of(&cluster.nodes, partition, &cluster.cert);
+    let lagging = (leader + 1) % 3;
+    cluster.nodes[lagging].kill();
+    (leader, lagging)
+}
+
 /// A follower is killed, and while it is down its group writes more slots
 /// than the leader keeps (`retained_slots = 300`), deleting and
 /// overwriting items the follower holds. Restarted, it is behind every
@@ -490,19 +510,7 @@ fn a_replica_behind_every_log_is_caught_up_by_a_snapshot() {
     let (cert, router) = (cluster.cert.clone(), cluster.router);
     let identity = Identity::trusting_pem_file(&cert).unwrap();
     let partition = 1 << 20; // the first table's one partition, on shard 0
-    cairn_tests::with_client(router, &identity, async |client| {
-        let schema = KeySchema::new(KeyAttribute::new("id", KeyType::S), None);
-        client.create_table("kv-table", &schema, 1).await.unwrap();
-        for k in 0..100 {
-            client
-                .put_item("kv-table", &versioned(k, 1), None)
-                .await
-                .unwrap();
-        }
-    });
-    let leader = leader_of(&cluster.nodes, partition, &cert);
-    let lagging = (leader + 1) % 3;
-    cluster.nodes[lagging].kill();
+    let (leader, lagging) = hundred_items_and_a_follower_down(&mut cluster, partition);
     // Puts and deletes of whole items may be retried: a write whose answer
     // was lost with the killed node's connection is `Unavailable`.
     cairn_tests::with_client(router, &identity, async |client| {
@@ -603,22 +611,9 @@ fn a_split_skipped_by_a_snapshot_still_gets_its_child_replica() {
     fn upper(k: u64) -> bool {
         let schema = KeySchema::new(KeyAttribute::new("id", KeyType::S), None);
         let stored = schema.key_of_key(&key(k)).unwrap();
-        let prefix = 2 + usize::from(u16::from_be_bytes([stored[0], stored[1]]));
-        cairn_common::key::partition_hash(&stored[..prefix]) >= 1 << 63
+        cairn_common::key::key_hash(&stored).unwrap() >= 1 << 63
     }
-    cairn_tests::with_client(router, &identity, async |client| {
-        let schema = KeySchema::new(KeyAttribute::new("id", KeyType::S), None);
-        client.create_table("kv-table", &schema, 1).await.unwrap();
-        for k in 0..100 {
-            client
-                .put_item("kv-table", &versioned(k, 1), None)
-                .await
-                .unwrap();
-        }
-    });
-    let leader = leader_of(&cluster.nodes, parent, &cert);
-    let lagging = (leader + 1) % 3;
-    cluster.nodes[lagging].kill();
+    let (leader, lagging) = hundred_items_and_a_follower_down(&mut cluster, parent);
     // Over 1024 slots in the parent after the split (its leader drops
     // values every 1024 slots), to the lower half only: the child's items
     // are those the split copied, which its log does not hold.

@@ -443,14 +443,21 @@ impl Shaping {
     }
 }
 
-/// A page as DynamoDB shapes it. `more`: the read goes on; then
-/// `LastEvaluatedKey` is the key of the last item read and, for a Scan,
-/// Cairn's resume point (`scan`, in [`SCAN_TOKEN`]), without which a
-/// scan across a split could skip items.
+/// Whether a read goes on after a page, and from where.
+enum More<'a> {
+    No,
+    /// After the last item read (a Query).
+    AfterLast,
+    /// From a Scan's token, which `LastEvaluatedKey` carries in
+    /// [`SCAN_TOKEN`] beside the last item's key: without it, a scan
+    /// across a split could skip items.
+    Scan(&'a ScanToken),
+}
+
+/// A page as DynamoDB shapes it; `LastEvaluatedKey` if the read goes on.
 fn page_json(
     items: &[Vec<u8>],
-    more: bool,
-    scan: Option<&ScanToken>,
+    more: More<'_>,
     schema: &KeySchema,
     shaping: &Shaping,
 ) -> Result<Reply, ApiError> {
@@ -478,8 +485,12 @@ fn page_json(
         count: matching.len(),
         scanned_count: decoded.len(),
         items: (!shaping.count_only).then(|| matching.iter().map(|i| ItemJson(i)).collect()),
-        last_evaluated_key: match scan {
-            Some(token) if more => {
+        last_evaluated_key: match more {
+            More::No => None,
+            More::AfterLast => decoded
+                .last()
+                .map(|last| item_to_json(&key_attributes(last, schema))),
+            More::Scan(token) => {
                 let key = decoded
                     .last()
                     .map_or_else(Item::new, |last| key_attributes(last, schema));
@@ -488,10 +499,6 @@ fn page_json(
                     AttributeValue::B(encode_scan_token(token)),
                 )))
             }
-            _ => decoded
-                .last()
-                .filter(|_| more)
-                .map(|last| item_to_json(&key_attributes(last, schema))),
         },
     };
     Ok(serialized(&page))
@@ -827,10 +834,13 @@ pub(crate) async fn dispatch(
             let Response::Page { items, last_key } = call(state, request).await? else {
                 return Err(unexpected());
             };
+            let more = match last_key {
+                Some(_) => More::AfterLast,
+                None => More::No,
+            };
             page_json(
                 &items,
-                last_key.is_some(),
-                None,
+                more,
                 &table.schema,
                 &Shaping::from_request(body, &placeholders)?,
             )
@@ -856,9 +866,9 @@ pub(crate) async fn dispatch(
                             let stored = table.schema.key_of_key(&item).map_err(|e| {
                                 ApiError::validation(format!("ExclusiveStartKey: {e}"))
                             })?;
-                            let prefix_len =
-                                2 + u16::from_be_bytes([stored[0], stored[1]]) as usize;
-                            let hash = crate::catalog::partition_hash(&stored[..prefix_len]);
+                            let hash = cairn_common::key::key_hash(&stored).ok_or_else(|| {
+                                ApiError::internal("an encoded key without its prefix")
+                            })?;
                             Some(ScanToken::after_key(hash, stored))
                         }
                     }
@@ -877,13 +887,8 @@ pub(crate) async fn dispatch(
             let Response::TablePage { items, last } = call(state, request).await? else {
                 return Err(unexpected());
             };
-            page_json(
-                &items,
-                last.is_some(),
-                last.as_ref(),
-                &table.schema,
-                &shaping,
-            )
+            let more = last.as_ref().map_or(More::No, More::Scan);
+            page_json(&items, more, &table.schema, &shaping)
         }
         "BatchWriteItem" => batch_write(state, body).await.map(Reply::from),
         "BatchGetItem" => batch_get(state, body).await.map(Reply::from),
