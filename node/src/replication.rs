@@ -748,7 +748,7 @@ impl Replication {
         };
         // Wait (bounded) until the state machine has caught up with the
         // commit point the lease vouches for.
-        let deadline = Instant::now() + LEARNER_WAIT;
+        let deadline = Instant::now() + self.config.proposal_timeout;
         loop {
             let listener = self.applied.listen();
             if self.engine.applied_through(partition).unwrap_or(0) >= slot {
