@@ -1183,7 +1183,7 @@ impl State {
                 if token.last < hash {
                     return validation("the scan's start token ends before it begins");
                 }
-                let (page, next) = match self
+                let (page, next, covered) = match self
                     .resume_range(&table, &token, hash, limit, consistent)
                     .await
                 {
@@ -1198,10 +1198,13 @@ impl State {
                         last: Some(ScanToken { key, ..token }),
                     };
                 }
-                if token.last >= high {
+                // A token made from a bare key names one hash; the
+                // partition holding it reaches further.
+                let end = covered.max(token.last);
+                if end >= high {
                     return Response::TablePage { items, last: None };
                 }
-                hash = token.last + 1;
+                hash = end + 1;
                 if items.len() as u32 >= limit || bytes >= PAGE_BYTES_MAX {
                     return Response::TablePage {
                         items,
@@ -1283,7 +1286,8 @@ impl State {
     /// as the one partition was: each is asked for a page after the key,
     /// and only items no partition cut short could precede are kept.
     /// Returns up to `limit` items (at least one, if any is left) within
-    /// the page bytes, and the key to go on after if any are left.
+    /// the page bytes, the key to go on after if any are left, and the
+    /// last hash of the last partition read.
     async fn resume_range(
         &self,
         table: &Table,
@@ -1291,12 +1295,13 @@ impl State {
         from: u64,
         limit: u32,
         consistent: bool,
-    ) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>), Response> {
+    ) -> Result<(Vec<Vec<u8>>, Option<Vec<u8>>, u64), Response> {
         let mut candidates: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         // The least last key of a partition that has more after it: a key
         // above it may have one of its items before it.
         let mut complete_through: Option<Vec<u8>> = None;
         let mut hash = from;
+        let covered;
         loop {
             let (located, items, last_key) = self
                 .scan_partition(
@@ -1327,6 +1332,7 @@ impl State {
                 complete_through = Some(complete_through.map_or(last.clone(), |c| c.min(last)));
             }
             if located.last >= token.last {
+                covered = located.last;
                 break;
             }
             hash = located.last + 1;
@@ -1355,7 +1361,11 @@ impl State {
             complete_through
         };
         candidates.truncate(taken);
-        Ok((candidates.into_iter().map(|(_, item)| item).collect(), next))
+        Ok((
+            candidates.into_iter().map(|(_, item)| item).collect(),
+            next,
+            covered,
+        ))
     }
 }
 

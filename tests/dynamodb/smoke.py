@@ -439,6 +439,16 @@ if split_command:
     after = retried(lambda: ddb.scan(TableName="straddle", ConsistentRead=True, Limit=5,
                                      ExclusiveStartKey={"k": {"S": "item-7"}}))
     assert all(i["k"]["S"] != "item-7" for i in after["Items"]), after
+    # ... and read on to the end, it returns each item after it once (the
+    # partition holding the key is not read again from its start).
+    seen_after, start = [], {"k": {"S": "item-7"}}
+    while start:
+        page = retried(lambda: ddb.scan(TableName="straddle", ConsistentRead=True, Limit=1000,
+                                        ExclusiveStartKey=start))
+        seen_after += [i["k"]["S"] for i in page["Items"]]
+        start = page.get("LastEvaluatedKey")
+    assert len(seen_after) == len(set(seen_after)), "a scan from a key returned items twice"
+    assert "item-7" not in seen_after and 0 < len(seen_after) < len(written), len(seen_after)
     assert error_code(lambda: ddb.scan(TableName="straddle", ExclusiveStartKey={"cairn:scan": {"B": b"forged"}})) \
         == "ValidationException"
     ddb.delete_table(TableName="straddle")
