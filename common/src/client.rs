@@ -261,13 +261,14 @@ impl Client {
     }
 
     /// Replaces the replica of `table`'s partition `partition` on node
-    /// `from` by a new one on node `to`.
+    /// `from` by a new one on node `to` (a log replica if `log`).
     pub async fn move_replica(
         &self,
         table: &str,
         partition: u64,
         from: u16,
         to: u16,
+        log: bool,
     ) -> Result<(), ClientError> {
         match self
             .call(&ClientRequest::MoveReplica {
@@ -275,6 +276,7 @@ impl Client {
                 partition,
                 from,
                 to,
+                log,
             })
             .await?
         {

@@ -14,7 +14,7 @@ use crate::path::Path;
 use crate::update::UpdateAction;
 
 /// Wire format version, checked in every request.
-pub const WIRE_VERSION: u16 = 9;
+pub const WIRE_VERSION: u16 = 10;
 
 /// A partition's id is `table << PARTITION_INDEX_BITS | index`: the
 /// partitions of one table share the bits above (docs/metadata.md).
@@ -185,12 +185,15 @@ pub enum ClientRequest {
     /// Replaces the replica of partition `partition` on node `from` by a
     /// new one on node `to` (node ids as `cairn status` lists them): the
     /// group changes its members through its log and the new replica is
-    /// caught up by a snapshot; `Done` once MemDS serves the new map.
+    /// caught up by a snapshot; `Done` once MemDS serves the new map. With
+    /// `log`, the new replica is a log replica: it keeps the log and
+    /// votes, holds no items, and joins without a snapshot.
     MoveReplica {
         table: String,
         partition: u64,
         from: u16,
         to: u16,
+        log: bool,
     },
     PutItem {
         table: String,
@@ -392,6 +395,11 @@ pub enum NodeOp {
     /// One chunk of a leader's snapshot for a replica that lags below the
     /// leader's log (a node-internal format, docs/replication.md).
     Snapshot { chunk: Vec<u8> },
+    /// Where a log replica's log starts: for a log replica joining (or
+    /// lagging below the leader's log), an empty state through a slot,
+    /// from which the log follows (a node-internal format,
+    /// docs/replication.md).
+    LogStart { start: Vec<u8> },
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]

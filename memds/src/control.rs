@@ -529,8 +529,9 @@ impl MetaClient {
     }
 
     /// Replaces the replica of `table`'s partition `partition` on node
-    /// `from` by a new one on node `to`: the group changes its members
-    /// through its log (the new replica is caught up by a snapshot), then
+    /// `from` by a new one on node `to` (a full or a log replica, `role`):
+    /// the group changes its members through its log (a new full replica
+    /// is caught up by a snapshot, a log replica by the log), then
     /// the table record follows, at a new map version (returned).
     /// Asking again after a crash half-way finishes the move: the group
     /// answers that it is done, and the record is written.
@@ -543,6 +544,7 @@ impl MetaClient {
         partition: u64,
         from: u16,
         to: u16,
+        role: MemberRole,
         down: &std::collections::BTreeSet<u16>,
     ) -> Result<u64, Response> {
         self.bootstrap().await?;
@@ -599,7 +601,7 @@ impl MetaClient {
                         addr: new.addr.to_string(),
                         cores: new.cores,
                         zone: new.zone.clone(),
-                        role: MemberRole::Full,
+                        role,
                     },
                 },
                 limit: None,
@@ -676,7 +678,7 @@ impl MetaClient {
                 to,
             } = &planned;
             match self
-                .move_replica(table, *partition, *from, *to, &down)
+                .move_replica(table, *partition, *from, *to, MemberRole::Full, &down)
                 .await
             {
                 Ok(version) => {

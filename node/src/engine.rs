@@ -223,8 +223,13 @@ pub struct GroupLog {
     pub durable: DurableState,
     /// Slots below are known chosen (from commit markers).
     pub committed_through: Slot,
-    /// Slots below are reflected in the tree.
+    /// Slots below are reflected in the tree (for a log replica, which
+    /// has none: were passed over).
     pub applied_through: Slot,
+    /// While the group has log replicas, accepted values from this slot
+    /// on are kept whatever the retained window (not stored: the
+    /// replication layer sets it again after a restart).
+    pub log_floor: Slot,
 }
 
 /// Logical WAL records.
@@ -708,6 +713,47 @@ impl<Fs: FileSystem> Engine<Fs> {
         Ok(f(group))
     }
 
+    /// Whether this shard's replica of `partition` is a log replica (its
+    /// group's spec says so): it keeps the log and holds no items.
+    pub fn is_log_replica(&self, partition: PartitionId) -> bool {
+        self.partitions
+            .borrow()
+            .get(&partition)
+            .and_then(|p| p.group.as_ref())
+            .and_then(|g| g.spec.members.get(g.spec.replica as usize))
+            .is_some_and(|m| m.role == MemberRole::Log)
+    }
+
+    /// Keeps `partition`'s accepted values from `floor` on (`None`: only
+    /// the retained window), for the group's log replicas.
+    pub fn set_log_floor(&self, partition: PartitionId, floor: Option<Slot>) {
+        let _ = self.with_group(partition, |group| {
+            group.log_floor = floor.unwrap_or(Slot::MAX);
+        });
+    }
+
+    /// Starts a log replica's log at `through`: every slot below counts as
+    /// chosen and passed over, and values held below it and below the log
+    /// floor are dropped (as a snapshot install does, with no items).
+    /// Returns whether it moved
+    /// the replica forward. Not logged: a log replica that restarts before
+    /// a checkpoint holds this is started again by its leader.
+    pub fn start_log(&self, partition: PartitionId, through: Slot) -> Result<bool, EngineError> {
+        self.check_running()?;
+        self.with_group(partition, |group| {
+            if through <= group.applied_through {
+                return false;
+            }
+            group.applied_through = through;
+            group.committed_through = group.committed_through.max(through);
+            // What it holds from the floor up may be the only copy a
+            // lagging full member has left (the replica keeps it too).
+            let keep_from = through.min(group.log_floor);
+            group.durable.accepted = group.durable.accepted.split_off(&keep_from);
+            true
+        })
+    }
+
     /// The durable Paxos state of a replicated partition (`None` for a
     /// single-copy one).
     pub fn group(&self, partition: PartitionId) -> Option<GroupLog> {
@@ -764,18 +810,25 @@ impl<Fs: FileSystem> Engine<Fs> {
     }
 
     /// Records that every slot below `through` is chosen, so that recovery
-    /// can apply them without asking the leader. Nobody waits on it.
-    pub fn log_commit(&self, partition: PartitionId, through: Slot) -> Result<(), EngineError> {
+    /// can apply them without asking the leader. Returns the record's LSN
+    /// if one was logged (not for an older marker): once it is durable,
+    /// this replica restarts with every slot below `through`.
+    pub fn log_commit(
+        &self,
+        partition: PartitionId,
+        through: Slot,
+    ) -> Result<Option<Lsn>, EngineError> {
         self.check_running()?;
         let newer = self.with_group(partition, |g| through > g.committed_through)?;
-        if newer {
-            let mut payload = vec![record::COMMIT];
-            payload.extend_from_slice(&through.to_le_bytes());
-            let lsn = self.wal.submit(partition, payload)?;
-            self.with_group(partition, |g| g.committed_through = through)?;
-            self.applied_lsn.set(lsn);
+        if !newer {
+            return Ok(None);
         }
-        Ok(())
+        let mut payload = vec![record::COMMIT];
+        payload.extend_from_slice(&through.to_le_bytes());
+        let lsn = self.wal.submit(partition, payload)?;
+        self.with_group(partition, |g| g.committed_through = through)?;
+        self.applied_lsn.set(lsn);
+        Ok(Some(lsn))
     }
 
     /// Slots below are reflected in the partition's tree.
@@ -1866,6 +1919,7 @@ impl GroupLog {
             durable: DurableState::default(),
             committed_through: 0,
             applied_through: 0,
+            log_floor: Slot::MAX,
         }
     }
 
@@ -1889,7 +1943,9 @@ impl GroupLog {
     }
 
     fn keep_from(&self) -> Slot {
-        self.applied_through.saturating_sub(RETAINED_APPLIED_SLOTS)
+        self.applied_through
+            .saturating_sub(RETAINED_APPLIED_SLOTS)
+            .min(self.log_floor)
     }
 
     /// Mirrors a promise or accepted value.
@@ -1950,6 +2006,7 @@ fn group_from_catalog(group: CatalogGroup) -> Result<GroupLog, String> {
         durable,
         committed_through: group.committed_through,
         applied_through: group.applied_through,
+        log_floor: Slot::MAX,
     })
 }
 

@@ -164,8 +164,12 @@ pub enum Message {
         ballot: Ballot,
         from_slot: Slot,
     },
+    /// `log_start`: the promiser's first slot held; it reports values
+    /// from there (or from the candidate's `from_slot`) on, so its promise
+    /// counts only for memberships in force from that slot.
     Promise {
         ballot: Ballot,
+        log_start: Slot,
         accepted: Vec<(Slot, Ballot, Value)>,
     },
     Accept {
@@ -341,7 +345,7 @@ enum Role {
     Candidate {
         ballot: Ballot,
         from_slot: Slot,
-        promises: BTreeMap<ReplicaId, Vec<(Slot, Ballot, Value)>>,
+        promises: BTreeMap<ReplicaId, Promised>,
         /// Replicas sent a Prepare: the members of the membership at
         /// `from_slot`, then those of every membership the promises name.
         asked: BTreeSet<ReplicaId>,
@@ -357,6 +361,10 @@ enum Role {
         learners: BTreeMap<ReplicaId, Learner>,
     },
 }
+
+/// A promise a candidate holds: its sender's log's first slot, and the
+/// values the sender holds from there or the candidate's commit point on.
+type Promised = (Slot, Vec<(Slot, Ballot, Value)>);
 
 /// A replica a leader catches up before it joins.
 #[derive(Debug, Clone, Copy, Default)]
@@ -502,14 +510,48 @@ impl Replica {
     }
 
     /// Drops the values of chosen slots below `below` (at most the commit
-    /// point), bounding memory. A peer that needs them later must be
-    /// caught up some other way (a snapshot), and a candidate whose commit
-    /// point is below the compacted point gets no promise from here, so it
-    /// can never take those slots for holes.
-    pub fn compact(&mut self, below: Slot) {
+    /// point), bounding memory; returns the first slot still held. A peer
+    /// that needs them later must be caught up some other way (a
+    /// snapshot), and a candidate whose commit point is below the
+    /// compacted point gets no promise from here, so it can never take
+    /// those slots for holes.
+    ///
+    /// While the group has log replicas (or one is joining) nothing at or
+    /// above the log floor is dropped: a log replica that lags or joins
+    /// is given the log from the floor, not a state machine.
+    pub fn compact(&mut self, below: Slot) -> Slot {
         // Reported slots are chosen (reported_through <= commit_through)
         // and, once the driver applied them, needed by no one here.
-        let below = below.min(self.reported_through);
+        let mut below = below.min(self.reported_through);
+        if self.serves_log_replicas() {
+            below = below.min(self.log_floor());
+        }
+        self.drop_below(below);
+        self.log_start
+    }
+
+    /// Whether a membership this replica knows from its log's start on
+    /// (or, leading, plans) has a log replica, or a log replica is
+    /// learning to join.
+    pub fn serves_log_replicas(&self) -> bool {
+        let has_log = |m: &Membership| m.members().iter().any(|m| m.log_only);
+        let leading = match &self.role {
+            Role::Leader {
+                planned, learners, ..
+            } => planned.values().any(has_log) || learners.values().any(|l| l.log_only),
+            _ => false,
+        };
+        leading || self.configs.values().any(has_log)
+    }
+
+    /// Whether `peer` is a log replica in the latest membership this
+    /// replica knows (for a leader, the one it plans).
+    fn is_log_member(&self, peer: ReplicaId) -> bool {
+        self.membership_at(Slot::MAX)
+            .is_some_and(|m| m.members().iter().any(|m| m.id == peer && m.log_only))
+    }
+
+    fn drop_below(&mut self, below: Slot) {
         if below <= self.log_start {
             return;
         }
@@ -525,10 +567,28 @@ impl Replica {
     /// every slot below `through` (a leader's applied state, so a prefix of
     /// chosen values), with `membership` the group's membership at
     /// `through`: those slots count as chosen and reported, and their
-    /// values here are dropped as by [`Replica::compact`]. A snapshot that
-    /// adds nothing changes nothing, nor does one offered to a leader or a
-    /// candidate (it will take its slots over from promises instead).
+    /// values here are dropped: they may be stale (accepted in a ballot
+    /// that lost), and nothing could tell them from chosen ones were this
+    /// replica to lead and resend them. A snapshot that adds nothing
+    /// changes nothing, nor does one offered to a leader or a candidate
+    /// (it will take its slots over from promises instead).
     pub fn installed(&mut self, through: Slot, membership: Membership) {
+        self.skip_to(through, membership, through);
+    }
+
+    /// Tells a log replica (which holds no state machine) that every slot
+    /// below `through` is chosen and passed over, its leader's answer to
+    /// its lagging below the leader's log ([`Ready::log_starts`]); the
+    /// group's membership at `through` is `membership`. Unlike a snapshot
+    /// install, values held from the log floor up stay: they may be the
+    /// only copy a lagging full member has left, a log replica never
+    /// leads (so never resends one as chosen), and a promise reports each
+    /// with its ballot, which is always safe.
+    pub fn started_log(&mut self, through: Slot, membership: Membership) {
+        self.skip_to(through, membership, through.min(self.log_floor));
+    }
+
+    fn skip_to(&mut self, through: Slot, membership: Membership, keep_from: Slot) {
         if !self.is_follower() || through <= self.reported_through {
             return;
         }
@@ -536,7 +596,7 @@ impl Replica {
         self.reported_through = through;
         self.configs.split_off(&through);
         self.configs.insert(through, membership);
-        self.compact(through);
+        self.drop_below(keep_from);
         self.learn_commits();
     }
 
@@ -566,6 +626,8 @@ impl Replica {
     /// tells log replicas how far every full member has come.
     pub fn checkpointed(&mut self, through: Slot) {
         self.checkpointed_through = self.checkpointed_through.max(through);
+        // A membership change may be waiting for it.
+        self.advance();
     }
 
     /// Slots below which a log replica may drop its values: every full
@@ -577,18 +639,30 @@ impl Replica {
         if !self.is_leader() {
             return self.log_floor;
         }
-        let me = self.config.id;
         // The members it plans count too: once a change is chosen, its
         // new full members lean on what the log replicas kept.
         let planned = match &self.role {
             Role::Leader { planned, .. } => Some(planned.values()),
             _ => None,
         };
-        self.membership()
+        let memberships = self
+            .membership()
             .into_iter()
-            .chain(planned.into_iter().flatten())
+            .chain(planned.into_iter().flatten());
+        self.floor_of(memberships, None)
+    }
+
+    /// Leader: the least checkpoint its reports give for the full members
+    /// of `memberships`, but `except` (0 for one not heard from).
+    fn floor_of<'a>(
+        &self,
+        memberships: impl Iterator<Item = &'a Membership>,
+        except: Option<ReplicaId>,
+    ) -> Slot {
+        let me = self.config.id;
+        memberships
             .flat_map(Membership::members)
-            .filter(|m| !m.log_only)
+            .filter(|m| !m.log_only && Some(m.id) != except)
             .map(|m| match m.id {
                 id if id == me => self.checkpointed_through,
                 id => self.peers_checkpointed.get(&id).copied().unwrap_or(0),
@@ -743,7 +817,9 @@ impl Replica {
             return false;
         };
         let near = self.commit_through.saturating_sub(applied) <= JOIN_LAG_MAX;
-        let floor = self.log_floor();
+        // The floor of the group it joins (without it): what the log
+        // replicas there keep from, once the change is chosen.
+        let floor = self.floor_of(std::iter::once(membership), Some(member.id));
         let logs = membership.members().iter().any(|m| m.log_only);
         let holds = match member.log_only {
             true => log_only && log_start <= floor,
@@ -867,7 +943,7 @@ impl Replica {
                         .range(*from_slot..)
                         .map(|(s, (b, v))| (*s, *b, v.clone()))
                         .collect();
-                    promises.insert(me, accepted);
+                    promises.insert(me, (self.log_start, accepted));
                 }
                 _ => {}
             }
@@ -940,16 +1016,21 @@ impl Replica {
     /// any promise, no lease this replica granted another leader may still
     /// be in force, and it is not itself a leader holding a lease (refusing
     /// is always safe; a leader that lost its majority loses its lease).
-    ///
-    /// A candidate whose commit point lies below what this replica has
-    /// compacted would learn nothing of those slots from its promise and
-    /// fill them with no-ops, so it gets no promise either.
-    fn would_promise(&self, ballot: Ballot, from_slot: Slot, now: Instant) -> bool {
+    fn may_promise(&self, ballot: Ballot, now: Instant) -> bool {
         let leased = self.leader_contact.is_some_and(|(leader, at)| {
             leader != ballot.leader && now < at + self.config.lease_duration
         });
         let leading = self.lease_expiry().is_some_and(|expiry| now < expiry);
-        ballot > self.state.promised && !leased && !leading && from_slot >= self.log_start
+        ballot > self.state.promised && !leased && !leading
+    }
+
+    /// Whether this replica grants a pre-vote for `ballot` from a replica
+    /// whose commit point is `from_slot`: it would promise, and holds the
+    /// log from there. A candidate whose commit point lies below what this
+    /// replica has compacted could not count its promise for those slots
+    /// (it would learn nothing of them), so it is not encouraged to stand.
+    fn would_promise(&self, ballot: Ballot, from_slot: Slot, now: Instant) -> bool {
+        self.may_promise(ballot, now) && from_slot >= self.log_start
     }
 
     fn start_pre_vote(&mut self, now: Instant) {
@@ -1002,19 +1083,27 @@ impl Replica {
         match message {
             Message::Prepare { ballot, from_slot } => {
                 // While the lease this replica granted its leader may still
-                // be in force, no other candidate gets a promise.
-                if self.would_promise(ballot, from_slot, now) {
+                // be in force, no other candidate gets a promise. One that
+                // compacted past `from_slot` still promises, saying so: the
+                // candidate may need it only for a later membership.
+                if self.may_promise(ballot, now) {
                     self.step_down_if_outranked(ballot);
                     self.persist(Persist::Promise(ballot));
                     let accepted = self
                         .state
                         .accepted
-                        .range(from_slot..)
+                        .range(from_slot.max(self.log_start)..)
                         .map(|(s, (b, v))| (*s, *b, v.clone()))
                         .collect();
-                    self.ready
-                        .send_after_persist
-                        .push((from, Message::Promise { ballot, accepted }));
+                    let log_start = self.log_start;
+                    self.ready.send_after_persist.push((
+                        from,
+                        Message::Promise {
+                            ballot,
+                            log_start,
+                            accepted,
+                        },
+                    ));
                     self.election_deadline = Some(now + self.jitter());
                 } else {
                     self.ready.send.push((
@@ -1060,7 +1149,11 @@ impl Replica {
                     self.advance_pre_vote(now);
                 }
             }
-            Message::Promise { ballot, accepted } => {
+            Message::Promise {
+                ballot,
+                log_start,
+                accepted,
+            } => {
                 if let Role::Candidate {
                     ballot: current,
                     promises,
@@ -1068,7 +1161,7 @@ impl Replica {
                 } = &mut self.role
                     && ballot == *current
                 {
-                    promises.insert(from, accepted);
+                    promises.insert(from, (log_start, accepted));
                     self.advance();
                 }
             }
@@ -1184,6 +1277,8 @@ impl Replica {
                     {
                         learner.reported = Some((applied_through, log_start, checkpointed_through));
                     }
+                    // A membership change may be waiting for this report.
+                    self.advance();
                     if let Some((_, sent)) = self.heartbeats_sent.iter().find(|(s, _)| *s == seq) {
                         let sent = *sent;
                         let ack = self.lease_acks.entry(from).or_insert(sent);
@@ -1295,10 +1390,11 @@ impl Replica {
     fn catch_up(&mut self, peer: ReplicaId, ballot: Ballot, applied_through: Slot) {
         const WINDOW: u64 = 256;
         let learner = self.learner(peer);
-        if learner.is_some_and(|l| l.log_only) {
-            // A log replica joining starts from this leader's log, as far
-            // down as it goes, with an empty state through its first slot
-            // (it may join once that is at or below the floor).
+        if learner.map_or_else(|| self.is_log_member(peer), |l| l.log_only) {
+            // A log replica, joining or lagging, starts from this leader's
+            // log, as far down as it goes (the floor, while the group has
+            // log replicas), with an empty state through its first slot; a
+            // joining one may join once that is at or below the floor.
             if applied_through < self.log_start {
                 self.ready.log_starts.push((peer, self.log_start));
                 return;
@@ -1385,7 +1481,7 @@ impl Replica {
         };
         // The highest-ballot value for each slot, no-ops for holes.
         let mut chosen: BTreeMap<Slot, (Ballot, Value)> = BTreeMap::new();
-        for (slot, b, value) in promises.values().flatten() {
+        for (slot, b, value) in promises.values().flat_map(|(_, values)| values) {
             if *slot >= from_slot && chosen.get(slot).is_none_or(|(best, _)| b > best) {
                 chosen.insert(*slot, (*b, value.clone()));
             }
@@ -1401,7 +1497,17 @@ impl Replica {
             .flat_map(|(_, m)| m.ids())
             .filter(|id| *id != me && !asked.contains(id))
             .collect();
-        let won = needed.iter().all(|(_, m)| m.is_quorum(promises.keys()));
+        // A promise counts for a membership only if its sender holds the
+        // log from the slot that membership governs on: it knows nothing
+        // of the slots it compacted.
+        let won = needed.iter().all(|(first, m)| {
+            m.is_quorum(
+                promises
+                    .iter()
+                    .filter(|(_, (log_start, _))| log_start <= first)
+                    .map(|(id, _)| id),
+            )
+        });
         if let Role::Candidate { asked, .. } = &mut self.role {
             asked.extend(&unasked);
         }
@@ -1451,7 +1557,7 @@ impl Replica {
                 self.membership_at(slot)
                     .is_some_and(|m| m.is_quorum(voters))
             });
-            if !chosen {
+            if !chosen || !self.new_members_hold(slot) {
                 break;
             }
             if let Role::Leader { votes, .. } = &mut self.role {
@@ -1460,6 +1566,33 @@ impl Replica {
             self.commit_through += 1;
         }
         self.report_commits();
+    }
+
+    /// Whether the commit point may pass `slot`: unless it holds a
+    /// membership change, at once; if it does, once a majority of the new
+    /// membership has reported holding every slot below it durably (the
+    /// leader counting itself). An acceptor accepts a slot without those
+    /// below it, so without this the values chosen just before a change
+    /// could be held by a minority of the new group (the leader alone,
+    /// once the member that also held them leaves, and a new member and
+    /// a lagging one have not caught up): losing one replica would lose
+    /// them. Holding the commit point back is always safe.
+    fn new_members_hold(&self, slot: Slot) -> bool {
+        let Some((_, Value::Reconfigure(next))) = self.state.accepted.get(&slot) else {
+            return true;
+        };
+        let me = self.config.id;
+        let holders: Vec<ReplicaId> = next
+            .ids()
+            .filter(|&id| {
+                let durable = match id {
+                    id if id == me => self.checkpointed_through,
+                    id => self.peers_checkpointed.get(&id).copied().unwrap_or(0),
+                };
+                durable >= slot
+            })
+            .collect();
+        next.is_quorum(&holders)
     }
 
     /// Reports newly chosen values; a chosen `Reconfigure` becomes the
@@ -1574,6 +1707,21 @@ mod tests {
             "a member now, no longer a learner"
         );
         settle(&mut replicas, now);
+        // Chosen, but in force only once a majority of the new members
+        // (both) say they hold every slot below it durably.
+        assert_eq!(replicas[0].commit_through(), 10);
+        replicas[1].checkpointed(10);
+        now += Duration::from_millis(25);
+        replicas[0].tick(now);
+        settle(&mut replicas, now);
+        assert_eq!(
+            replicas[0].commit_through(),
+            10,
+            "the leader's own report missing"
+        );
+        replicas[0].checkpointed(10);
+        settle(&mut replicas, now);
+        assert_eq!(replicas[0].commit_through(), 11);
         assert_eq!(replicas[0].membership_at(11), Some(&pair));
         // From here the new member's vote is needed: alone, the leader
         // chooses nothing.

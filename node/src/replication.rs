@@ -37,7 +37,7 @@ use crate::admission::PeerSpare;
 use crate::device::DmaFs;
 use crate::engine::membership_of;
 use crate::engine::{Engine, EngineError, HashRange, PartitionId};
-use crate::paxos::{self, Membership, Message, Replica, ReplicaId, Slot, Value};
+use crate::paxos::{self, Member, Membership, Message, Replica, ReplicaId, Slot, Value};
 use crate::server::Admitter;
 use crate::shard::{Op, shard_addr};
 
@@ -121,6 +121,20 @@ pub struct SnapshotChunk {
     pub children: Vec<(u64, (u64, u64), Vec<u8>)>,
 }
 
+/// Where a log replica's log starts (`NodeOp::LogStart`): it holds no
+/// state machine, so instead of a snapshot its leader tells it that every
+/// slot below `through` is chosen and passed over; the log from there
+/// follows.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct LogStart {
+    pub partition: u64,
+    pub from: u32,
+    pub through: u64,
+    /// The group's members at `through`: replica id and whether each is
+    /// a log replica.
+    pub members: Vec<(u32, bool)>,
+}
+
 /// How often a leader looks again whether a learner has caught up.
 const LEARNER_POLL: Duration = Duration::from_millis(10);
 /// How long a `ReplaceMember` waits for its learner before it answers
@@ -196,6 +210,15 @@ struct Group {
     members: Vec<SocketAddr>,
     /// Proposals of this leader, by slot, waiting to be applied.
     pending: HashMap<Slot, Pending>,
+    /// The commit marker last logged: every slot below is chosen, and
+    /// once the WAL is durable past it, this replica restarts with its
+    /// state machine through there (from its checkpoint and its own log).
+    marker_logged: Slot,
+    /// After a snapshot install, what may be reported durable until a
+    /// checkpoint holds the installed tree (a crash before forgets it).
+    durable_cap: Option<Slot>,
+    /// Snapshots installed: a checkpoint lifts the cap of the last one.
+    installs: u64,
 }
 
 #[derive(Debug, Default)]
@@ -452,6 +475,9 @@ impl Replication {
                 replica,
                 members,
                 pending: HashMap::new(),
+                marker_logged: log.applied_through,
+                durable_cap: None,
+                installs: 0,
             },
         );
         Ok(())
@@ -530,10 +556,9 @@ impl Replication {
             Ok(None) => return Response::Done, // replaced before
             Err(reason) => return invalid(format!("partition {partition}: {reason}")),
         };
-        // Log replicas are in the core, not yet in the node.
-        if new.role != MemberRole::Full {
+        if new.role == MemberRole::Removed {
             return invalid(format!(
-                "partition {partition}: a new member must be a full replica (log replicas are not supported by the node yet)"
+                "partition {partition}: a new member must be a full or a log replica"
             ));
         }
         if let Err(error) = spec.validate() {
@@ -692,6 +717,14 @@ impl Replication {
         }
     }
 
+    /// Whether `partition`'s group has a log replica, or one is joining.
+    pub fn serves_log_replicas(&self, partition: PartitionId) -> bool {
+        self.groups
+            .borrow()
+            .get(&partition)
+            .is_some_and(|g| g.replica.serves_log_replicas())
+    }
+
     /// `Ok` if this replica leads `partition` (or runs no group of it),
     /// else the `NotLeader` answer with its guess.
     pub fn check_leads(&self, partition: PartitionId) -> Result<(), Response> {
@@ -712,15 +745,16 @@ impl Replication {
     ) -> Result<(), Response> {
         if !consistent {
             // A replica out of its group (replaced) learns no more writes,
-            // and one that joined serves nothing until it has caught up
-            // with its group: the router should ask another.
+            // one that joined serves nothing until it has caught up with
+            // its group, and a log replica holds no items: the router
+            // should ask another.
             let groups = self.groups.borrow();
             return match groups.get(&partition) {
                 Some(group)
                     if group
                         .replica
                         .membership()
-                        .is_none_or(|m| !m.contains(group.replica.id())) =>
+                        .is_none_or(|m| !m.is_full_member(group.replica.id())) =>
                 {
                     Err(Response::NotLeader {
                         leader: router_hint(&group.replica),
@@ -809,7 +843,7 @@ impl Replication {
 
     /// Drains one group's outputs: persists, sends, queues chosen values.
     fn drive(self: &Rc<Self>, partition: PartitionId) {
-        let (ready, me) = {
+        let (mut ready, me) = {
             let mut groups = self.groups.borrow_mut();
             let Some(group) = groups.get_mut(&partition) else {
                 return;
@@ -822,28 +856,49 @@ impl Replication {
         for peer in ready.snapshots {
             self.start_snapshot(partition, peer);
         }
-        // `ready.log_starts` name learners joining as log replicas, which
-        // this node does not make yet (`replace_member` refuses them).
+        for (peer, through) in ready.log_starts {
+            self.start_log(partition, peer, through);
+        }
         self.enqueue(partition, me, ready.send);
+        let mut marker_lsn = None;
         if let Some((last, _)) = ready.committed.last() {
             let through = last + 1;
-            if let Err(error) = self.engine.log_commit(partition, through) {
-                tracing::warn!(partition, %error, "commit marker not logged");
+            match self.engine.log_commit(partition, through) {
+                Ok(lsn) => {
+                    marker_lsn = lsn;
+                    if let Some(group) = self.groups.borrow_mut().get_mut(&partition) {
+                        group.marker_logged = group.marker_logged.max(through);
+                    }
+                }
+                Err(error) => tracing::warn!(partition, %error, "commit marker not logged"),
             }
             let mut to_apply = self.to_apply.borrow_mut();
             to_apply.extend(ready.committed.into_iter().map(|(s, v)| (partition, s, v)));
             self.apply_ready.notify(1);
         }
-        if ready.persist.is_empty() {
-            self.enqueue(partition, me, ready.send_after_persist);
-            return;
-        }
-        let lsn = match self.engine.log_paxos(partition, &ready.persist) {
-            Ok(lsn) => lsn,
-            Err(error) => {
-                // Nothing is acknowledged; the leader retransmits.
-                tracing::warn!(partition, %error, "Paxos state not logged; messages withheld");
-                return;
+        // The last marker logged is durable with whatever follows it.
+        let marker = self
+            .groups
+            .borrow()
+            .get(&partition)
+            .map_or(0, |g| g.marker_logged);
+        let lsn = if ready.persist.is_empty() {
+            self.enqueue(partition, me, std::mem::take(&mut ready.send_after_persist));
+            // Nothing to persist, but a new marker: once it is durable the
+            // leader hears how far this replica would restart with (a
+            // membership change waits for that).
+            match marker_lsn {
+                Some(lsn) => lsn,
+                None => return,
+            }
+        } else {
+            match self.engine.log_paxos(partition, &ready.persist) {
+                Ok(lsn) => lsn,
+                Err(error) => {
+                    // Nothing is acknowledged; the leader retransmits.
+                    tracing::warn!(partition, %error, "Paxos state not logged; messages withheld");
+                    return;
+                }
             }
         };
         let this = self.clone();
@@ -854,6 +909,12 @@ impl Replication {
             }
             if let Some(group) = this.groups.borrow_mut().get_mut(&partition) {
                 group.replica.persisted(&ready.persist);
+                // Told to the leader, which keeps the log (and has log
+                // replicas keep it) from the least of these, and lets a
+                // membership change take effect once enough new members
+                // are this far.
+                let durable = group.durable_cap.map_or(marker, |cap| cap.min(marker));
+                group.replica.checkpointed(durable);
             }
             this.enqueue(partition, me, ready.send_after_persist);
             this.drive(partition);
@@ -890,8 +951,11 @@ impl Replication {
             let now = Instant::now();
             let partitions: Vec<PartitionId> = {
                 let mut groups = self.groups.borrow_mut();
-                for group in groups.values_mut() {
+                for (partition, group) in groups.iter_mut() {
                     group.replica.tick(now);
+                    let floor = group.replica.serves_log_replicas();
+                    self.engine
+                        .set_log_floor(*partition, floor.then(|| group.replica.log_floor()));
                 }
                 groups.keys().copied().collect()
             };
@@ -993,6 +1057,7 @@ impl Replication {
             .get(&partition)
             .is_some_and(|g| g.replica.is_follower());
         let before = self.engine.range(partition);
+        let applied_before = self.engine.applied_through(partition).unwrap_or(0);
         let me = self.groups.borrow().get(&partition).map(|g| g.replica.id());
         let (installed, retired) = if following {
             self.engine
@@ -1017,6 +1082,31 @@ impl Replication {
                 group.replica.installed(through, membership);
                 group.members = addrs;
             }
+            // Its state is durable once a checkpoint holds the new tree:
+            // until then it tells its leader no more than it had.
+            group.durable_cap = Some(
+                group
+                    .durable_cap
+                    .map_or(applied_before, |cap| cap.min(applied_before)),
+            );
+            group.installs += 1;
+            let seq = group.installs;
+            let this = self.clone();
+            glommio::spawn_local(async move {
+                loop {
+                    match this.engine.checkpoint().await {
+                        Ok(Some(_)) => break,
+                        Ok(None) => glommio::timer::sleep(Duration::from_millis(2)).await,
+                        Err(_) => return,
+                    }
+                }
+                if let Some(group) = this.groups.borrow_mut().get_mut(&partition)
+                    && group.installs == seq
+                {
+                    group.durable_cap = None;
+                }
+            })
+            .detach();
             tracing::info!(shard = self.shard, partition, through, "snapshot installed");
         }
         self.installs.borrow_mut().remove(&partition);
@@ -1145,6 +1235,142 @@ impl Replication {
         .detach();
     }
 
+    /// Tells `peer`, a log replica of `partition` that lags below this
+    /// leader's log or is joining, to start its log at `through` (unless
+    /// a snapshot or a log start is on its way to it); the log from there
+    /// follows on its heartbeat replies.
+    fn start_log(self: &Rc<Self>, partition: PartitionId, peer: ReplicaId, through: Slot) {
+        let (addr, start) = {
+            let groups = self.groups.borrow();
+            let Some(group) = groups.get(&partition) else {
+                return;
+            };
+            let (Some(addr), Some(membership)) = (
+                group.members.get(peer).copied(),
+                group.replica.membership_at(through),
+            ) else {
+                return;
+            };
+            let members = membership
+                .members()
+                .iter()
+                .map(|m| (m.id as u32, m.log_only))
+                .collect();
+            let start = LogStart {
+                partition,
+                from: group.replica.id() as u32,
+                through,
+                members,
+            };
+            (addr, start)
+        };
+        {
+            let mut out = self.snapshots_out.borrow_mut();
+            if out.contains_key(&(partition, peer)) {
+                return;
+            }
+            out.insert((partition, peer), through);
+        }
+        let request = wire::encode_node_request(&NodeRequest {
+            limit: None,
+            partition,
+            op: NodeOp::LogStart {
+                start: rkyv::to_bytes::<rancor::Error>(&start)
+                    .expect("serializing to memory cannot fail")
+                    .to_vec(),
+            },
+        });
+        let this = self.clone();
+        glommio::spawn_local(async move {
+            let answer = async {
+                let connection = this.connection(addr).await.map_err(|e| e.to_string())?;
+                let answer = connection
+                    .request(&request, NODE_REQUEST_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                wire::decode_response(&answer).map_err(|e| e.to_string())
+            }
+            .await;
+            this.snapshots_out.borrow_mut().remove(&(partition, peer));
+            match answer {
+                Ok(Response::Done) => {
+                    tracing::info!(
+                        shard = this.shard,
+                        partition,
+                        peer,
+                        through,
+                        "log replica started"
+                    );
+                }
+                Ok(other) => tracing::warn!(partition, peer, ?other, "log start refused"),
+                Err(reason) => tracing::warn!(partition, peer, %reason, "log start not sent"),
+            }
+        })
+        .detach();
+    }
+
+    /// Starts this log replica's log where its leader says (`NodeOp::LogStart`).
+    pub fn receive_log_start(self: &Rc<Self>, start: &[u8]) -> Response {
+        let start = match decode_peer::<LogStart>(start, "log start") {
+            Ok(start) => start,
+            Err(message) => return Response::error(ErrorCode::Malformed, message),
+        };
+        let partition = start.partition;
+        let refuse = |message: String| Response::error(ErrorCode::Validation, message);
+        let members = start
+            .members
+            .iter()
+            .map(|&(id, log_only)| Member {
+                id: id as ReplicaId,
+                log_only,
+            })
+            .collect();
+        let Ok(membership) = Membership::new(members) else {
+            return refuse(format!(
+                "partition {partition}: a log start with a malformed group"
+            ));
+        };
+        match self.groups.borrow().get(&partition) {
+            None => return self.missing_group(partition),
+            Some(group) if !group.replica.is_follower() => {
+                return refuse(format!(
+                    "partition {partition}: this replica leads or stands for election"
+                ));
+            }
+            Some(_) => {}
+        }
+        if !self.engine.is_log_replica(partition) {
+            return refuse(format!(
+                "partition {partition}: the replica here is not a log replica; it needs a snapshot"
+            ));
+        }
+        // No await from here: the apply task applies a log replica's
+        // slots without one either, so none is half-applied meanwhile.
+        match self.engine.start_log(partition, start.through) {
+            Ok(true) => {}
+            Ok(false) => {
+                let applied = self.engine.applied_through(partition).unwrap_or(0);
+                return refuse(format!(
+                    "partition {partition}: log start {} not needed, passed through {applied}",
+                    start.through
+                ));
+            }
+            Err(error) => return engine_error(&error),
+        }
+        if let Some(group) = self.groups.borrow_mut().get_mut(&partition) {
+            group.replica.started_log(start.through, membership);
+        }
+        tracing::info!(
+            shard = self.shard,
+            partition,
+            through = start.through,
+            "log replica's log started"
+        );
+        self.applied.notify(usize::MAX);
+        self.drive(partition);
+        Response::Done
+    }
+
     /// Sends `view` to `peer` chunk by chunk; the number of entries sent.
     async fn stream_snapshot(
         &self,
@@ -1255,6 +1481,11 @@ impl Replication {
                     "partition {partition}: this replica leads or stands for election; it takes no snapshot"
                 ));
             }
+        }
+        if self.engine.is_log_replica(partition) {
+            return refuse(format!(
+                "partition {partition}: a log replica holds no items; it takes no snapshot"
+            ));
         }
         let applied = self.engine.applied_through(partition).unwrap_or(0);
         let installing = self
@@ -1411,6 +1642,13 @@ impl Replication {
                 return self.apply_membership(partition, slot, &membership.context);
             }
         };
+        if self.engine.is_log_replica(partition) {
+            // It holds no items: commands and splits are passed over (a
+            // split's child is made on the full members; the leader
+            // proposes none while the group has a log replica).
+            self.engine.apply_committed(partition, slot, None).await?;
+            return Ok(Response::Done);
+        }
         if let Some(Op::Split { at, child }) = command {
             return self.apply_split(partition, slot, at, child).await;
         }

@@ -240,6 +240,12 @@ async fn answer(
             };
             return replication.receive_snapshot(chunk).await;
         }
+        NodeOp::LogStart { start } => {
+            let Some(replication) = replication else {
+                return no_replication();
+            };
+            return replication.receive_log_start(start);
+        }
         NodeOp::Stats => {
             // The leader's: it alone sees the strongly consistent reads.
             if let Some(replication) = replication
@@ -319,6 +325,15 @@ async fn answer(
         if is_write {
             if let Err(error) = validate_write(engine, partition, &op) {
                 return Response::error(error.code(), error.to_string());
+            }
+            if matches!(op, Op::Split { .. }) && replication.serves_log_replicas(partition) {
+                // A log replica could not take the child's copy.
+                return Response::error(
+                    ErrorCode::Throttling,
+                    format!(
+                        "partition {partition} has a log replica; it splits once a full replica replaces it"
+                    ),
+                );
             }
             return replication.propose(partition, body).await;
         }
@@ -504,6 +519,7 @@ pub(crate) fn to_op(request: NodeRequest) -> Result<Op, DecodeError> {
         NodeOp::Split { at, child } => Op::Split { at, child },
         NodeOp::Replication { .. }
         | NodeOp::Snapshot { .. }
+        | NodeOp::LogStart { .. }
         | NodeOp::Stats
         | NodeOp::DropPartition
         | NodeOp::ListPartitions

@@ -32,8 +32,9 @@ use cairn_common::admission::{read_cost, write_cost};
 use cairn_common::group::NodeLinks;
 use cairn_common::quic::{Connection, Endpoint, Identity};
 use cairn_common::wire::{
-    self, Capacity, ClientRequest, ErrorCode, MemdsRequest, MemdsResponse, NodeOp, NodeRequest,
-    PartitionLimit, QueryRequest, Response, ScanToken, TableDescription, WireBound, WireTable,
+    self, Capacity, ClientRequest, ErrorCode, MemberRole, MemdsRequest, MemdsResponse, NodeOp,
+    NodeRequest, PartitionLimit, QueryRequest, Response, ScanToken, TableDescription, WireBound,
+    WireTable,
 };
 use cairn_common::{AttributeValue, Item, ItemError, KeySchema};
 use cairn_memds::control::MetaClient;
@@ -576,7 +577,15 @@ impl State {
                 partition,
                 from,
                 to,
-            } => self.move_replica(&table, partition, from, to).await,
+                log,
+            } => {
+                let role = if log {
+                    MemberRole::Log
+                } else {
+                    MemberRole::Full
+                };
+                self.move_replica(&table, partition, from, to, role).await
+            }
             ClientRequest::PutItem {
                 table,
                 item,
@@ -1010,10 +1019,17 @@ impl State {
         self.await_table_version(name, version).await
     }
 
-    async fn move_replica(&self, name: &str, partition: u64, from: u16, to: u16) -> Response {
+    async fn move_replica(
+        &self,
+        name: &str,
+        partition: u64,
+        from: u16,
+        to: u16,
+        role: MemberRole,
+    ) -> Response {
         let version = match self
             .meta
-            .move_replica(name, partition, from, to, &Default::default())
+            .move_replica(name, partition, from, to, role, &Default::default())
             .await
         {
             Ok(version) => version,

@@ -69,7 +69,9 @@ pub enum TableCommand {
     /// Replace a partition's replica on one node by a new one on another
     /// (node and partition ids as `cairn status` lists them), as after a
     /// node was lost: the group changes its members through its log and
-    /// the new replica is caught up by a snapshot.
+    /// the new replica is caught up by a snapshot (with --log, a log
+    /// replica: it votes and keeps the log, holds no items and joins at
+    /// once; move it again, without --log, to rebuild a full copy).
     MoveReplica {
         name: String,
         #[arg(long, value_parser = partition_id)]
@@ -80,6 +82,9 @@ pub enum TableCommand {
         /// The node that takes a new replica.
         #[arg(long)]
         to: u16,
+        /// Make the new replica a log replica.
+        #[arg(long)]
+        log: bool,
         #[command(flatten)]
         router: RouterArgs,
     },
@@ -221,6 +226,7 @@ pub fn run(command: TableCommand) -> anyhow::Result<()> {
             partition,
             from,
             to,
+            log,
             router,
         } => with_client(&router, async move |client| {
             // Throttled while the new replica catches up: asked again.
@@ -230,11 +236,17 @@ pub fn run(command: TableCommand) -> anyhow::Result<()> {
             };
             client
                 .with_retries(patient)
-                .move_replica(&name, partition, from, to)
+                .move_replica(&name, partition, from, to, log)
                 .await?;
-            println!(
-                "partition {partition} of {name}: its replica on node {from} now lives on node {to}"
-            );
+            if log {
+                println!(
+                    "partition {partition} of {name}: a log replica on node {to} now stands in for its replica on node {from}"
+                );
+            } else {
+                println!(
+                    "partition {partition} of {name}: its replica on node {from} now lives on node {to}"
+                );
+            }
             Ok(())
         }),
     }

@@ -775,24 +775,7 @@ fn replace_a_lost_replica(healing: Healing) {
     writers.wait_for(200, "with a replica lost");
 
     let move_replica = |from: usize, to: usize| {
-        let output = cairn_tests::stdout_of_success(
-            std::process::Command::new(env!("CARGO_BIN_EXE_cairn")).args([
-                "table",
-                "move-replica",
-                "moved",
-                "--partition",
-                &format!("{partition:#x}"),
-                "--from",
-                &from.to_string(),
-                "--to",
-                &to.to_string(),
-                "--router",
-                &router.to_string(),
-                "--certificate",
-                cert.to_str().unwrap(),
-            ]),
-        );
-        assert!(output.contains("now lives on node"), "{output}");
+        move_replica_by_hand(&cluster, "moved", partition, (from, to), false);
     };
     if healing == Healing::ByHand {
         move_replica(lost, spare);
@@ -844,6 +827,116 @@ fn replace_a_lost_replica(healing: Healing) {
             check_writes(router, &identity, "moved", logs);
         }
     }
+}
+
+/// Runs `cairn table move-replica` for `table`'s `partition`, from node
+/// `from` to node `to` (a log replica if `log`), and checks what it says.
+fn move_replica_by_hand(
+    cluster: &GroupCluster,
+    table: &str,
+    partition: u64,
+    (from, to): (usize, usize),
+    log: bool,
+) {
+    let (from, to) = (from.to_string(), to.to_string());
+    let mut args = vec![
+        "table".to_string(),
+        "move-replica".into(),
+        table.into(),
+        "--partition".into(),
+        format!("{partition:#x}"),
+        "--from".into(),
+        from,
+        "--to".into(),
+        to,
+        "--router".into(),
+        cluster.router.to_string(),
+        "--certificate".into(),
+        cluster.cert.to_str().unwrap().into(),
+    ];
+    if log {
+        args.push("--log".into());
+    }
+    let output = cairn_tests::stdout_of_success(
+        std::process::Command::new(env!("CARGO_BIN_EXE_cairn")).args(&args),
+    );
+    let said = if log {
+        "now stands in for"
+    } else {
+        "now lives on node"
+    };
+    assert!(output.contains(said), "{output}");
+}
+
+/// A follower's node is lost, and the operator replaces its replica by a
+/// log replica (`cairn table move-replica --log`): it joins without a
+/// snapshot, holds no items and serves no reads, but votes, so when the
+/// third replica goes down too the leader and it still acknowledge
+/// writes. Then the leader is killed and the third replica comes back
+/// without those writes: it learns them from the log replica's log as
+/// it takes over, and every acknowledged write reads back. Last, with
+/// the first leader back, a full replica replaces the log replica (a
+/// snapshot from the leader), and with the third replica killed again it
+/// and the first leader still serve every write.
+#[test]
+fn a_log_replica_keeps_acknowledged_writes_until_a_full_replica_replaces_it() {
+    let mut cluster = GroupCluster::start_nodes(5, "", "heal_after_ms = 0\n");
+    let (cert, router) = (cluster.cert.clone(), cluster.router);
+    let identity = Identity::trusting_pem_file(&cert).unwrap();
+    let partition = 1 << 20; // the first table's one partition, on shard 0
+    cluster.create_table("logged");
+    let writers = Writers::start(router, &cert, "logged", 4);
+    writers.wait_for(200, "before the loss");
+    let held = holders(&cluster.nodes, partition, &cert);
+    assert_eq!(held.len(), 3, "three nodes hold the partition: {held:?}");
+    let spares: Vec<usize> = (0..5).filter(|n| !held.contains(n)).collect();
+    let leader = leader_of(&cluster.nodes, partition, &cert);
+    let lost = *held.iter().find(|n| **n != leader).unwrap();
+    let third = *held.iter().find(|n| **n != leader && **n != lost).unwrap();
+    cluster.nodes[lost].kill();
+    let killed_at = Instant::now();
+    writers.wait_for(100, "with a replica lost");
+
+    move_replica_by_hand(&cluster, "logged", partition, (lost, spares[0]), true);
+    println!(
+        "a log replica in the group {:?} after the node was killed",
+        killed_at.elapsed()
+    );
+    // It has the partition, but no items to read.
+    assert!(holders(&cluster.nodes, partition, &cert).contains(&spares[0]));
+    let probe = get_key_0(partition, false);
+    let shard = cluster.nodes[spares[0]].shard0;
+    let answer = cairn_tests::with_endpoint(&identity, async move |endpoint| {
+        let connection = endpoint.connect(shard, "localhost").await.unwrap();
+        let answer = connection.request(&probe, Duration::from_secs(5)).await;
+        answer.map(|bytes| wire::decode_response(&bytes).unwrap())
+    });
+    assert!(
+        matches!(answer, Ok(Response::NotLeader { .. })),
+        "a log replica answered a read: {answer:?}"
+    );
+
+    // It counts in write quorums.
+    cluster.nodes[third].kill();
+    writers.wait_for(200, "with the leader and the log replica alone");
+    let logs = writers.stop("writes through a log replica");
+    // Only the log replica holds the last writes beside the leader.
+    cluster.nodes[leader].kill();
+    cluster.nodes[third].start();
+    check_writes(router, &identity, "logged", logs.clone());
+
+    // The first leader comes back (the metadata group, on the same three
+    // nodes, needs a majority too), and a full replica takes the log
+    // replica's place, from a snapshot.
+    cluster.nodes[leader].start();
+    move_replica_by_hand(&cluster, "logged", partition, (spares[0], spares[1]), false);
+    wait_for_member(cluster.nodes[spares[1]].shard0, partition, &cert);
+    // With the new leader gone, the first leader and the full replica
+    // are the group's majority (the lost node, back, keeps the metadata
+    // group's).
+    cluster.nodes[lost].start();
+    cluster.nodes[third].kill();
+    check_writes(router, &identity, "logged", logs);
 }
 
 /// Waits (bounded) until the replica of `partition` on `shard` serves
