@@ -569,6 +569,8 @@ pub struct WireTable {
     pub version: u64,
     pub partitions: u32,
     pub capacity: Capacity,
+    /// Its log replicas, as (partition id, node id).
+    pub log_replicas: Vec<(u64, u16)>,
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]

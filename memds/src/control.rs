@@ -310,6 +310,7 @@ impl MetaClient {
                 .map_err(|e| internal(e.to_string()))?,
             capacity,
             splitting: None,
+            log_replicas: Default::default(),
         };
         let claim = NodeOp::Put {
             item: record.to_item().to_bytes(),
@@ -412,6 +413,16 @@ impl MetaClient {
                     }
                     let plan = meta::plan_split(table, partition, at, &snapshot.nodes)
                         .map_err(validation)?;
+                    if table.log_replicas.iter().any(|(p, _)| *p == plan.parent) {
+                        // Its log replica could not take the child's copy.
+                        return Err(Response::error(
+                            ErrorCode::Throttling,
+                            format!(
+                                "partition {} has a log replica; it splits once a full replica has replaced it",
+                                plan.parent
+                            ),
+                        ));
+                    }
                     let marked = TableRecord {
                         version: self.increment("version").await?,
                         splitting: Some(meta::PendingSplit {
@@ -608,8 +619,12 @@ impl MetaClient {
             });
             // The new replica catches up before it joins: the leader
             // answers `Throttling` while it is far behind (for up to its
-            // proposal timeout each time). Asked again for a while, then
-            // the caller retries.
+            // proposal timeout each time), and the change takes effect
+            // once the new members hold the log below it, which may
+            // outlast one request (`Unavailable`: the answer was lost).
+            // Asking again is safe: the leader answers `Done` for a
+            // replacement made. Asked again for a while, then the caller
+            // is told to retry.
             let catching_up = std::time::Instant::now() + MOVE_CATCH_UP;
             loop {
                 match self
@@ -619,16 +634,28 @@ impl MetaClient {
                 {
                     Response::Done => break,
                     Response::Error {
-                        code: ErrorCode::Throttling,
+                        code: ErrorCode::Throttling | ErrorCode::Unavailable,
                         ..
                     } if std::time::Instant::now() < catching_up => {
                         glommio::timer::sleep(Duration::from_millis(50)).await;
+                    }
+                    Response::Error {
+                        code: ErrorCode::Unavailable,
+                        message,
+                    } => {
+                        return Err(Response::error(
+                            ErrorCode::Throttling,
+                            format!(
+                                "partition {partition}: the move is under way ({message}); retry"
+                            ),
+                        ));
                     }
                     other => return Err(unexpected(other)),
                 }
             }
             let version = self.increment("version").await?;
-            let record = meta::move_record(table, index, from, to, version).map_err(internal)?;
+            let record =
+                meta::move_record(table, index, (from, to), role, version).map_err(internal)?;
             if self.replace_record(table.version, &record).await? {
                 return Ok(version);
             } // else the record changed: look again
@@ -642,8 +669,11 @@ impl MetaClient {
     /// One round of healing: probes every configured node (a node answers
     /// anything, even "no such partition", while it runs), and moves the
     /// replicas of nodes silent for the liveness bound to live nodes
-    /// (`heal::plan_moves`). Returns the moves made. Two MemDS processes
-    /// may run it at once: a move made by one is refused to the other.
+    /// (`heal::plan_moves`: log replicas where a node is left to rebuild a
+    /// full one on), then replaces log replicas by full ones
+    /// (`heal::plan_rebuilds`). Returns the moves made. Two MemDS
+    /// processes may run it at once: a move made by one is refused to the
+    /// other.
     pub async fn heal(
         &self,
         liveness: &mut crate::heal::Liveness,
@@ -664,34 +694,66 @@ impl MetaClient {
         }
         let now = std::time::Instant::now();
         let down = liveness.down(now);
-        if !liveness.plan_due(&down, now) {
+        let moves_due = liveness.plan_due(&down, now);
+        if !moves_due && !liveness.rebuild_due(now) {
             return Ok(0);
         }
         self.bootstrap().await?;
         let snapshot = self.load().await?;
         let mut moved = 0;
-        for planned in crate::heal::plan_moves(&snapshot, &down) {
-            let crate::heal::Move {
-                table,
-                partition,
-                from,
-                to,
-            } = &planned;
-            match self
-                .move_replica(table, *partition, *from, *to, MemberRole::Full, &down)
-                .await
-            {
-                Ok(version) => {
-                    tracing::info!(%table, partition, from, to, version, "healed: a replica on a silent node moved");
-                    moved += 1;
-                }
-                Err(error) => {
-                    tracing::warn!(%table, partition, from, to, ?error, "healing: move not made this round");
-                    liveness.replan();
-                }
+        let mut made_log = false;
+        let planned = match moves_due {
+            true => crate::heal::plan_moves(&snapshot, &down),
+            false => Vec::new(),
+        };
+        for planned in planned {
+            if self.heal_move(&planned, &down).await {
+                tracing::info!(?planned, "healed: a replica on a silent node moved");
+                made_log |= planned.role == MemberRole::Log;
+                moved += 1;
+            } else {
+                liveness.replan();
             }
         }
+        // Log replicas (new ones from the next round's reading) are
+        // replaced by full ones in the background, one per partition.
+        let rebuilds = crate::heal::plan_rebuilds(&snapshot, &down);
+        let logs_left = made_log || snapshot.tables.values().any(|t| !t.log_replicas.is_empty());
+        let mut rebuilt = false;
+        for planned in rebuilds {
+            if self.heal_move(&planned, &down).await {
+                tracing::info!(?planned, "healed: a log replica rebuilt as a full replica");
+                rebuilt = true;
+                moved += 1;
+            }
+        }
+        liveness.rebuilds_left(logs_left, rebuilt || made_log, std::time::Instant::now());
         Ok(moved)
+    }
+
+    /// Makes one move healing planned; whether it was made.
+    async fn heal_move(
+        &self,
+        planned: &crate::heal::Move,
+        down: &std::collections::BTreeSet<u16>,
+    ) -> bool {
+        let crate::heal::Move {
+            table,
+            partition,
+            from,
+            to,
+            role,
+        } = planned;
+        match self
+            .move_replica(table, *partition, *from, *to, *role, down)
+            .await
+        {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::warn!(?planned, ?error, "healing: move not made this round");
+                false
+            }
+        }
     }
 
     /// One round of the split checks: asks the leader of every partition

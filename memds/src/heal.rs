@@ -6,14 +6,18 @@
 //! with a replica on a down node, a live node to take that replica over —
 //! one the partition does not use, in a zone its live replicas do not use
 //! if there is one, holding the fewest replicas, lowest id first — so two
-//! MemDS processes that agree on who is down plan the same moves. The
-//! moves themselves go through `MetaClient::move_replica`
-//! (docs/metadata.md, "Healing").
+//! MemDS processes that agree on who is down plan the same moves. Where a
+//! second such node is left for a full replica later, the replacement is
+//! a log replica, which joins at once; [`plan_rebuilds`] then replaces
+//! each log replica by a full one on another node. The moves themselves
+//! go through `MetaClient::move_replica` (docs/metadata.md, "Healing").
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use crate::meta::{NodeRecord, Snapshot, TableStatus};
+use cairn_common::wire::MemberRole;
+
+use crate::meta::{NodeRecord, Snapshot, TableRecord, TableStatus};
 
 /// When each node last answered, and when moves were last planned.
 #[derive(Debug)]
@@ -24,6 +28,9 @@ pub struct Liveness {
     heard: BTreeMap<u16, Instant>,
     /// The nodes down when moves were last planned, and when.
     planned: Option<(BTreeSet<u16>, Instant)>,
+    /// When to look for log replicas to rebuild as full ones next
+    /// (`None`: the metadata listed none when last read).
+    rebuild_at: Option<Instant>,
 }
 
 /// While the same nodes stay down, moves are planned again only this
@@ -37,7 +44,25 @@ impl Liveness {
             heal_after,
             heard: BTreeMap::new(),
             planned: None,
+            // Log replicas may be left from before this process started.
+            rebuild_at: Some(Instant::now()),
         }
+    }
+
+    /// Whether to look for log replicas to rebuild at `now`.
+    pub fn rebuild_due(&self, now: Instant) -> bool {
+        self.rebuild_at.is_some_and(|at| now >= at)
+    }
+
+    /// After a look at the metadata at `now`: `left` log replicas remain,
+    /// and a rebuild was `made` (look again next round) or not (after
+    /// [`REPLAN_EVERY`], as a plan of moves).
+    pub fn rebuilds_left(&mut self, left: bool, made: bool, now: Instant) {
+        self.rebuild_at = match (left, made) {
+            (false, _) => None,
+            (true, true) => Some(now),
+            (true, false) => Some(now + REPLAN_EVERY),
+        };
     }
 
     /// Plans again next round: a planned move was not made.
@@ -78,22 +103,44 @@ impl Liveness {
 }
 
 /// One replica to move: partition `partition` of `table`, from node
-/// `from` (down) to node `to`.
+/// `from` to node `to`, as a new replica of kind `role`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Move {
     pub table: String,
     pub partition: u64,
     pub from: u16,
     pub to: u16,
+    pub role: MemberRole,
 }
 
-/// The moves that give every replicated partition with a replica on a
-/// `down` node a live replacement, at most one per partition (a group
-/// changes one member at a time). A partition with no live node to take
-/// its replica, or with a majority of its replicas down (its group cannot
-/// choose the change), gets none.
-pub fn plan_moves(snapshot: &Snapshot, down: &BTreeSet<u16>) -> Vec<Move> {
-    // Replicas per node, kept up to date as moves are planned.
+/// The live nodes that may take a replica of a partition on `replicas`
+/// leaving `from`, best first: not holding it, in a zone the staying
+/// replicas do not use before one they do, then the least loaded, lowest
+/// id first.
+fn candidates<'a>(
+    snapshot: &'a Snapshot,
+    replicas: &[u16],
+    from: u16,
+    down: &BTreeSet<u16>,
+    load: &BTreeMap<u16, usize>,
+) -> Vec<&'a NodeRecord> {
+    let zones: BTreeSet<&str> = replicas
+        .iter()
+        .filter(|n| **n != from && !down.contains(n))
+        .filter_map(|n| snapshot.nodes.get(n))
+        .map(|n| n.zone.as_str())
+        .collect();
+    let mut nodes: Vec<&NodeRecord> = snapshot
+        .nodes
+        .values()
+        .filter(|n| !down.contains(&n.id) && !replicas.contains(&n.id))
+        .collect();
+    nodes.sort_by_key(|n| (zones.contains(n.zone.as_str()), load[&n.id], n.id));
+    nodes
+}
+
+/// Replicas per node.
+fn loads(snapshot: &Snapshot) -> BTreeMap<u16, usize> {
     let mut load: BTreeMap<u16, usize> = snapshot.nodes.keys().map(|id| (*id, 0)).collect();
     for table in snapshot.tables.values() {
         for partition in &table.partitions {
@@ -102,11 +149,26 @@ pub fn plan_moves(snapshot: &Snapshot, down: &BTreeSet<u16>) -> Vec<Move> {
             }
         }
     }
+    load
+}
+
+fn heals(table: &TableRecord) -> bool {
+    table.status == TableStatus::Active && table.replicas >= 2
+}
+
+/// The moves that give every replicated partition with a replica on a
+/// `down` node a live replacement, at most one per partition (a group
+/// changes one member at a time). A partition with no live node to take
+/// its replica, or with a majority of its replicas down (its group cannot
+/// choose the change), gets none. The replacement is a log replica when a
+/// second node is left to rebuild a full replica on later
+/// ([`plan_rebuilds`]) and the lost replica was not itself a log replica;
+/// else a full replica.
+pub fn plan_moves(snapshot: &Snapshot, down: &BTreeSet<u16>) -> Vec<Move> {
+    // Replicas per node, kept up to date as moves are planned.
+    let mut load = loads(snapshot);
     let mut moves = Vec::new();
-    for table in snapshot.tables.values() {
-        if table.status != TableStatus::Active || table.replicas < 2 {
-            continue;
-        }
+    for table in snapshot.tables.values().filter(|t| heals(t)) {
         for partition in &table.partitions {
             let replicas = partition.replicas.as_slice();
             let lost: Vec<u16> = replicas
@@ -120,18 +182,52 @@ pub fn plan_moves(snapshot: &Snapshot, down: &BTreeSet<u16>) -> Vec<Move> {
             if lost.len() * 2 >= replicas.len() {
                 continue; // no majority left to choose the change
             }
-            let zones: BTreeSet<&str> = replicas
+            let nodes = candidates(snapshot, replicas, from, down, &load);
+            let Some(target) = nodes.first() else {
+                continue;
+            };
+            let was_log = table.log_replicas.contains(&(partition.id, from));
+            let role = match nodes.len() >= 2 && !was_log {
+                true => MemberRole::Log,
+                false => MemberRole::Full,
+            };
+            *load.entry(target.id).or_default() += 1;
+            moves.push(Move {
+                table: table.name.clone(),
+                partition: partition.id,
+                from,
+                to: target.id,
+                role,
+            });
+        }
+    }
+    moves
+}
+
+/// The moves that replace each log replica on a live node by a full
+/// replica on another live node (chosen as [`plan_moves`] chooses), for
+/// partitions none of whose replicas is down (a lost one is replaced
+/// first).
+pub fn plan_rebuilds(snapshot: &Snapshot, down: &BTreeSet<u16>) -> Vec<Move> {
+    let mut load = loads(snapshot);
+    let mut moves = Vec::new();
+    for table in snapshot.tables.values().filter(|t| heals(t)) {
+        for partition in &table.partitions {
+            let replicas = partition.replicas.as_slice();
+            let log = replicas
                 .iter()
-                .filter(|n| !down.contains(n))
-                .filter_map(|n| snapshot.nodes.get(n))
-                .map(|n| n.zone.as_str())
-                .collect();
-            let target = snapshot
-                .nodes
-                .values()
-                .filter(|n| !down.contains(&n.id) && !replicas.contains(&n.id))
-                .min_by_key(|n| (zones.contains(n.zone.as_str()), load[&n.id], n.id));
-            let Some(target) = target else {
+                .copied()
+                .find(|n| table.log_replicas.contains(&(partition.id, *n)));
+            let Some(from) = log else {
+                continue;
+            };
+            if replicas.iter().any(|n| down.contains(n)) {
+                continue;
+            }
+            let Some(target) = candidates(snapshot, replicas, from, down, &load)
+                .first()
+                .copied()
+            else {
                 continue;
             };
             *load.entry(target.id).or_default() += 1;
@@ -140,6 +236,7 @@ pub fn plan_moves(snapshot: &Snapshot, down: &BTreeSet<u16>) -> Vec<Move> {
                 partition: partition.id,
                 from,
                 to: target.id,
+                role: MemberRole::Full,
             });
         }
     }
@@ -211,6 +308,7 @@ mod tests {
                 .collect(),
             capacity: Capacity::OnDemand,
             splitting: None,
+            log_replicas: Default::default(),
         }
     }
 
@@ -307,6 +405,8 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![((1 << 20), 2, 4), ((1 << 20) | 1, 2, 5)]
         );
+        // Other nodes are left for full replicas later: log replicas now.
+        assert!(plan.iter().all(|m| m.role == MemberRole::Log));
         // Two of three replicas down: the group cannot choose a change.
         let users = table("users", &[&[0, 1, 2]]);
         assert!(
@@ -322,5 +422,73 @@ mod tests {
         assert!(plan_moves(&snapshot(three, vec![tight]), &BTreeSet::from([2])).is_empty());
         let single = table("single", &[&[2]]);
         assert!(plan_moves(&snapshot(nodes, vec![single]), &BTreeSet::from([2])).is_empty());
+    }
+
+    #[test]
+    fn a_log_replica_stands_in_until_a_full_one_is_rebuilt_on_another_node() {
+        let nodes = vec![
+            node(0, "a"),
+            node(1, "b"),
+            node(2, "c"),
+            node(3, "d"),
+            node(4, "e"),
+        ];
+        let lost = BTreeSet::from([2]);
+        let plan = plan_moves(
+            &snapshot(nodes.clone(), vec![table("t", &[&[0, 1, 2]])]),
+            &lost,
+        );
+        let id = 1 << 20;
+        let first = Move {
+            table: "t".into(),
+            partition: id,
+            from: 2,
+            to: 3,
+            role: MemberRole::Log,
+        };
+        assert_eq!(plan, vec![first]);
+        // Made: node 3 holds a log replica, which goes to node 4 as a
+        // full one; nothing more to rebuild once it has.
+        let mut moved = table("t", &[&[0, 1, 3]]);
+        moved.log_replicas.insert((id, 3));
+        let cluster = snapshot(nodes.clone(), vec![moved.clone()]);
+        assert!(plan_moves(&cluster, &lost).is_empty());
+        let rebuild = Move {
+            from: 3,
+            to: 4,
+            role: MemberRole::Full,
+            ..plan[0].clone()
+        };
+        assert_eq!(plan_rebuilds(&cluster, &lost), vec![rebuild]);
+        let done = snapshot(nodes.clone(), vec![table("t", &[&[0, 1, 4]])]);
+        assert!(plan_rebuilds(&done, &lost).is_empty());
+        // Not while another replica of the partition is down: that one
+        // is replaced first.
+        let both = BTreeSet::from([2, 1]);
+        assert!(plan_rebuilds(&cluster, &both).is_empty());
+        // A lost log replica is replaced by a full one.
+        let log_lost = BTreeSet::from([3]);
+        let plan = plan_moves(&cluster, &log_lost);
+        assert_eq!(plan.len(), 1);
+        assert_eq!((plan[0].from, plan[0].role), (3, MemberRole::Full));
+        // One node to spare: a full replica at once.
+        let four = snapshot(nodes[..4].to_vec(), vec![table("t", &[&[0, 1, 2]])]);
+        let plan = plan_moves(&four, &lost);
+        assert_eq!(plan.len(), 1);
+        assert_eq!((plan[0].to, plan[0].role), (3, MemberRole::Full));
+    }
+
+    #[test]
+    fn log_replicas_are_looked_for_at_start_and_while_some_are_left() {
+        let start = Instant::now();
+        let mut liveness = Liveness::new(Duration::from_secs(1));
+        assert!(liveness.rebuild_due(start + Duration::from_millis(1)));
+        liveness.rebuilds_left(true, false, start);
+        assert!(!liveness.rebuild_due(start + Duration::from_secs(1)));
+        assert!(liveness.rebuild_due(start + REPLAN_EVERY));
+        liveness.rebuilds_left(true, true, start);
+        assert!(liveness.rebuild_due(start));
+        liveness.rebuilds_left(false, true, start);
+        assert!(!liveness.rebuild_due(start + REPLAN_EVERY * 10));
     }
 }

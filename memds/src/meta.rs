@@ -18,10 +18,10 @@
 //! ([`meta_placement`]), so every router and MemDS finds it from its config
 //! alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
-use cairn_common::wire::Capacity;
+use cairn_common::wire::{Capacity, MemberRole};
 use cairn_common::{AttributeValue, Item, KeyAttribute, KeySchema, KeyType, Number};
 
 use crate::map::{MapError, Partition, PartitionMap, REPLICAS_MAX, Replicas};
@@ -36,6 +36,7 @@ pub const PARTITIONS_MAX: u32 = 4096;
 pub const PARTITION_BITS: u32 = cairn_common::wire::PARTITION_INDEX_BITS;
 const PARTS_VERSION: u8 = 1;
 const SPLIT_VERSION: u8 = 1;
+const LOGS_VERSION: u8 = 1;
 
 pub fn meta_schema() -> KeySchema {
     KeySchema::new(
@@ -143,6 +144,52 @@ pub struct TableRecord {
     /// make it: until it is finished (recorded) or refused, nobody plans
     /// another split of the table.
     pub splitting: Option<PendingSplit>,
+    /// The log replicas among the partitions' replicas, as (partition
+    /// id, node id): they hold no items, and healing replaces each with a
+    /// full replica on another node.
+    pub log_replicas: BTreeSet<(u64, u16)>,
+}
+
+/// `logs`: version u8 (1) ‖ count u32 ‖ per log replica (partition u64 ‖
+/// node u16) ‖ crc32c u32 of all before it; little endian.
+pub fn encode_logs(logs: &BTreeSet<(u64, u16)>) -> Vec<u8> {
+    let mut out = vec![LOGS_VERSION];
+    out.extend_from_slice(&(logs.len() as u32).to_le_bytes());
+    for (partition, node) in logs {
+        out.extend_from_slice(&partition.to_le_bytes());
+        out.extend_from_slice(&node.to_le_bytes());
+    }
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+pub fn decode_logs(bytes: &[u8]) -> Result<BTreeSet<(u64, u16)>, String> {
+    if bytes.len() < 9 {
+        return Err("log replica list too short".into());
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+        return Err("log replica list checksum mismatch".into());
+    }
+    if body[0] != LOGS_VERSION {
+        return Err(format!("log replica list version {}", body[0]));
+    }
+    let count = u32::from_le_bytes(body[1..5].try_into().expect("4 bytes")) as usize;
+    let entries = &body[5..];
+    if entries.len() != count * 10 {
+        return Err(format!(
+            "log replica list of {count} entries in {} bytes",
+            entries.len()
+        ));
+    }
+    Ok(entries
+        .chunks_exact(10)
+        .map(|e| {
+            let partition = u64::from_le_bytes(e[..8].try_into().expect("8 bytes"));
+            (partition, u16::from_le_bytes([e[8], e[9]]))
+        })
+        .collect())
 }
 
 /// A split under way: partition `parent` gives the hashes from `at` to
@@ -206,9 +253,13 @@ impl TableRecord {
             .with("status", AttributeValue::S(self.status.as_str().into()))
             .with("version", number(self.version))
             .with("parts", AttributeValue::B(encode_parts(&self.partitions)));
-        match self.splitting {
+        let item = match self.splitting {
             Some(split) => item.with("split", AttributeValue::B(split.encode())),
             None => item,
+        };
+        match self.log_replicas.is_empty() {
+            true => item,
+            false => item.with("logs", AttributeValue::B(encode_logs(&self.log_replicas))),
         }
     }
 
@@ -234,6 +285,13 @@ impl TableRecord {
             }
             Some(_) => return Err(malformed(&name, "split is not binary")),
         };
+        let log_replicas = match item.get("logs") {
+            None => BTreeSet::new(),
+            Some(AttributeValue::B(bytes)) => {
+                decode_logs(bytes).map_err(|e| malformed(&name, e))?
+            }
+            Some(_) => return Err(malformed(&name, "logs is not binary")),
+        };
         let capacity = match (item.get("rcu"), item.get("wcu")) {
             (None, None) => Capacity::OnDemand,
             _ => Capacity::Provisioned {
@@ -253,6 +311,7 @@ impl TableRecord {
             version: unsigned(item, &name, "version")?,
             partitions: parts,
             splitting,
+            log_replicas,
             name,
         })
     }
@@ -566,11 +625,16 @@ pub fn split_record(table: &TableRecord, plan: &SplitPlan, version: u64) -> Tabl
 pub fn move_record(
     table: &TableRecord,
     index: usize,
-    from: u16,
-    to: u16,
+    (from, to): (u16, u16),
+    role: MemberRole,
     version: u64,
 ) -> Result<TableRecord, String> {
     let mut record = table.clone();
+    let id = record.partitions[index].id;
+    record.log_replicas.remove(&(id, from));
+    if role == MemberRole::Log {
+        record.log_replicas.insert((id, to));
+    }
     let partition = &mut record.partitions[index];
     let mut nodes: Vec<u16> = partition
         .replicas
@@ -667,6 +731,7 @@ mod tests {
                 write_units: 100,
             },
             splitting: None,
+            log_replicas: BTreeSet::new(),
         };
         let on_demand = TableRecord {
             capacity: Capacity::OnDemand,
@@ -676,6 +741,17 @@ mod tests {
             TableRecord::from_item(&on_demand.to_item()).unwrap(),
             on_demand
         );
+        let logs = TableRecord {
+            log_replicas: BTreeSet::from([
+                (table.partitions[0].id, 3),
+                (table.partitions[4].id, 7),
+            ]),
+            ..table.clone()
+        };
+        assert_eq!(TableRecord::from_item(&logs.to_item()).unwrap(), logs);
+        let mut bytes = encode_logs(&logs.log_replicas);
+        bytes[6] ^= 1;
+        assert!(decode_logs(&bytes).is_err(), "a flipped bit is caught");
         let splitting = TableRecord {
             splitting: Some(PendingSplit {
                 parent: table.partitions[1].id,
@@ -744,6 +820,7 @@ mod tests {
             partitions: new_partitions(7, 1, 3, 1, &all).unwrap(),
             capacity: Capacity::OnDemand,
             splitting: None,
+            log_replicas: BTreeSet::new(),
         };
         let mut version = 1;
         for _ in 0..20 {

@@ -149,6 +149,7 @@ impl Served {
                     version: t.version,
                     partitions: t.partitions.len() as u32,
                     capacity: t.capacity,
+                    log_replicas: t.log_replicas.iter().copied().collect(),
                 })
                 .collect(),
             nodes: snapshot

@@ -120,7 +120,11 @@ pub fn report(args: &StatusArgs) -> anyhow::Result<String> {
                             } else {
                                 ""
                             };
-                            format!("node {id} ({}{lead})", zone_of(*id))
+                            let log = match table.log_replicas.contains(&(p.id, *id)) {
+                                true => ", log replica",
+                                false => "",
+                            };
+                            format!("node {id} ({}{lead}{log})", zone_of(*id))
                         })
                         .collect();
                     writeln!(

@@ -939,6 +939,78 @@ fn a_log_replica_keeps_acknowledged_writes_until_a_full_replica_replaces_it() {
     check_writes(router, &identity, "logged", logs);
 }
 
+/// With a node to spare beyond the one it moves a replica to, MemDS heals
+/// in two steps: a follower's node is killed under four writers; MemDS
+/// puts a log replica in its place (three copies of every new write at
+/// once), then rebuilds a full replica on the fifth node from a snapshot
+/// and retires the log replica. With the leader killed after, the third
+/// replica and the rebuilt one serve every acknowledged write.
+#[test]
+fn memds_heals_through_a_log_replica_then_rebuilds_a_full_one() {
+    let mut cluster = GroupCluster::start_nodes(5, "", "");
+    let (cert, router) = (cluster.cert.clone(), cluster.router);
+    let identity = Identity::trusting_pem_file(&cert).unwrap();
+    let partition = 1 << 20; // the first table's one partition, on shard 0
+    cluster.create_table("healed");
+    let writers = Writers::start(router, &cert, "healed", 4);
+    writers.wait_for(200, "before the loss");
+    let held = holders(&cluster.nodes, partition, &cert);
+    assert_eq!(held.len(), 3, "three nodes hold the partition: {held:?}");
+    let leader = leader_of(&cluster.nodes, partition, &cert);
+    let lost = *held.iter().find(|n| **n != leader).unwrap();
+    cluster.nodes[lost].kill();
+    let killed_at = Instant::now();
+    // The partition's line in `cairn status`: (replaced, a log replica).
+    let line = || {
+        let status = cluster.status();
+        let line = status
+            .lines()
+            .find(|l| l.contains(&format!("partition {partition:#x}:")))
+            .map(str::to_owned)
+            .unwrap_or_default();
+        let replaced = !line.contains(&format!("node {lost} ("));
+        (replaced, line.contains("log replica"), line)
+    };
+    let deadline = Instant::now() + PROGRESS_TIMEOUT;
+    let mut seen = line();
+    while !(seen.0 && seen.1) && Instant::now() < deadline {
+        seen = line();
+    }
+    assert!(
+        seen.0 && seen.1,
+        "no log replica in the lost one's place: {}",
+        seen.2
+    );
+    println!(
+        "a log replica in the group {:?} after the node was killed",
+        killed_at.elapsed()
+    );
+    writers.wait_for(200, "with the log replica");
+    let deadline = Instant::now() + PROGRESS_TIMEOUT;
+    while (seen.1 || !seen.0) && Instant::now() < deadline {
+        seen = line();
+    }
+    assert!(
+        seen.0 && !seen.1,
+        "the log replica was not rebuilt: {}",
+        seen.2
+    );
+    println!(
+        "a full replica rebuilt {:?} after the node was killed",
+        killed_at.elapsed()
+    );
+    let now_held = holders(&cluster.nodes, partition, &cert);
+    let rebuilt = (0..5)
+        .find(|n| !held.contains(n) && seen.2.contains(&format!("node {n} (")))
+        .expect("a new node in the map");
+    assert!(now_held.contains(&rebuilt), "{now_held:?}");
+    wait_for_member(cluster.nodes[rebuilt].shard0, partition, &cert);
+    writers.wait_for(200, "with the rebuilt replica");
+    let logs = writers.stop("healed through a log replica under load");
+    cluster.nodes[leader].kill();
+    check_writes(router, &identity, "healed", logs);
+}
+
 /// Waits (bounded) until the replica of `partition` on `shard` serves
 /// eventually consistent reads: it knows its group, so it has caught up
 /// at least through the change that made it a member.
