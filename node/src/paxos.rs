@@ -641,15 +641,45 @@ impl Replica {
         }
         // The members it plans count too: once a change is chosen, its
         // new full members lean on what the log replicas kept.
+        self.floor_of(self.leader_memberships(), None)
+    }
+
+    /// Leader: the membership in force and those it plans.
+    fn leader_memberships(&self) -> impl Iterator<Item = &Membership> {
         let planned = match &self.role {
             Role::Leader { planned, .. } => Some(planned.values()),
             _ => None,
         };
-        let memberships = self
-            .membership()
+        self.membership()
             .into_iter()
-            .chain(planned.into_iter().flatten());
-        self.floor_of(memberships, None)
+            .chain(planned.into_iter().flatten())
+    }
+
+    /// Leader: what replica `id` last reported having checkpointed (for
+    /// itself, its own), if it has reported.
+    fn checkpoint_of(&self, id: ReplicaId) -> Option<Slot> {
+        match id {
+            id if id == self.config.id => Some(self.checkpointed_through),
+            id => self.peers_checkpointed.get(&id).copied(),
+        }
+    }
+
+    fn full_members<'a>(
+        memberships: impl Iterator<Item = &'a Membership>,
+    ) -> impl Iterator<Item = ReplicaId> {
+        memberships
+            .flat_map(Membership::members)
+            .filter(|m| !m.log_only)
+            .map(|m| m.id)
+    }
+
+    /// Leader: the least checkpoint reported by the full members of its
+    /// memberships that have reported one (itself included).
+    fn heard_floor(&self) -> Slot {
+        Self::full_members(self.leader_memberships())
+            .filter_map(|id| self.checkpoint_of(id))
+            .min()
+            .unwrap_or(self.checkpointed_through)
     }
 
     /// Leader: the least checkpoint its reports give for the full members
@@ -659,14 +689,9 @@ impl Replica {
         memberships: impl Iterator<Item = &'a Membership>,
         except: Option<ReplicaId>,
     ) -> Slot {
-        let me = self.config.id;
-        memberships
-            .flat_map(Membership::members)
-            .filter(|m| !m.log_only && Some(m.id) != except)
-            .map(|m| match m.id {
-                id if id == me => self.checkpointed_through,
-                id => self.peers_checkpointed.get(&id).copied().unwrap_or(0),
-            })
+        Self::full_members(memberships)
+            .filter(|id| Some(*id) != except)
+            .map(|id| self.checkpoint_of(id).unwrap_or(0))
             .min()
             .unwrap_or(0)
     }
@@ -1391,12 +1416,19 @@ impl Replica {
         const WINDOW: u64 = 256;
         let learner = self.learner(peer);
         if learner.map_or_else(|| self.is_log_member(peer), |l| l.log_only) {
-            // A log replica, joining or lagging, starts from this leader's
-            // log, as far down as it goes (the floor, while the group has
-            // log replicas), with an empty state through its first slot; a
-            // joining one may join once that is at or below the floor.
-            if applied_through < self.log_start {
-                self.ready.log_starts.push((peer, self.log_start));
+            // A log replica, joining or lagging, needs the log from the
+            // floor up (no further down: the log below may be long), with
+            // an empty state through its first slot; from this leader's
+            // first held slot if that is later. The floor here counts the
+            // full members heard from: one that is not (the lost member a
+            // log replica replaces, typically) would hold it at zero. A
+            // joining one may join once it holds the log from the floor
+            // of its new group.
+            let start = self
+                .heard_floor()
+                .clamp(self.log_start, self.commit_through.max(self.log_start));
+            if applied_through < start {
+                self.ready.log_starts.push((peer, start));
                 return;
             }
         } else if applied_through < self.log_start
@@ -1581,15 +1613,11 @@ impl Replica {
         let Some((_, Value::Reconfigure(next))) = self.state.accepted.get(&slot) else {
             return true;
         };
-        let me = self.config.id;
         let holders: Vec<ReplicaId> = next
             .ids()
             .filter(|&id| {
-                let durable = match id {
-                    id if id == me => self.checkpointed_through,
-                    id => self.peers_checkpointed.get(&id).copied().unwrap_or(0),
-                };
-                durable >= slot
+                self.checkpoint_of(id)
+                    .is_some_and(|durable| durable >= slot)
             })
             .collect();
         next.is_quorum(&holders)
