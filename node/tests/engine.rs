@@ -639,6 +639,69 @@ fn a_replicated_partition_recovers_its_paxos_state_across_checkpoints() {
     }
 }
 
+/// While a group has log replicas its replicas keep accepted values from
+/// the floor up, past the retained window and across a checkpoint and a
+/// crash; a log replica's log start passes slots over without dropping
+/// what it holds from the floor, and a start it has passed is refused.
+#[test]
+fn the_log_floor_keeps_accepted_values_and_a_log_start_keeps_them_too() {
+    use cairn_common::wire::MemberRole;
+    use cairn_node::engine::RETAINED_APPLIED_SLOTS;
+    use cairn_node::paxos::{Ballot, Persist, Value};
+
+    let fs = MemFs::new();
+    let mut spec = group_spec(1, 2);
+    spec.members[1].role = MemberRole::Log;
+    let ballot = Ballot {
+        round: 1,
+        leader: 0,
+    };
+    let slots = RETAINED_APPLIED_SLOTS + 200;
+    let floor = 50;
+    {
+        let engine = open(&fs);
+        block_on(engine.create_replicated(PARTITION, schema(), spec.clone())).unwrap();
+        assert!(engine.is_log_replica(PARTITION));
+        let persist: Vec<Persist> = (0..slots)
+            .map(|slot| Persist::Accept {
+                slot,
+                ballot,
+                value: Value::Command(vec![slot as u8; 8]),
+            })
+            .collect();
+        let lsn = engine.log_paxos(PARTITION, &persist).unwrap();
+        block_on(engine.wal().wait_durable(lsn)).unwrap();
+        engine.set_log_floor(PARTITION, Some(floor));
+        for slot in 0..slots {
+            block_on(engine.apply_committed(PARTITION, slot, None)).unwrap();
+        }
+        block_on(engine.checkpoint()).unwrap();
+    }
+    fs.crash(|| false);
+    let engine = open(&fs);
+    let group = engine.group(PARTITION).expect("still a replica");
+    assert_eq!(group.applied_through, slots);
+    let held: Vec<u64> = group.durable.accepted.keys().copied().collect();
+    assert_eq!(
+        held,
+        (floor..slots).collect::<Vec<_>>(),
+        "kept from the floor"
+    );
+
+    // A log start past everything keeps what is at or above the floor…
+    engine.set_log_floor(PARTITION, Some(floor + 10));
+    assert!(engine.start_log(PARTITION, slots + 100).unwrap());
+    let group = engine.group(PARTITION).unwrap();
+    assert_eq!(group.applied_through, slots + 100);
+    assert_eq!(group.committed_through, slots + 100);
+    assert_eq!(group.durable.accepted.keys().next(), Some(&(floor + 10)));
+    // …is refused once passed, and without log replicas drops all below.
+    assert!(!engine.start_log(PARTITION, slots).unwrap());
+    engine.set_log_floor(PARTITION, None);
+    assert!(engine.start_log(PARTITION, slots + 200).unwrap());
+    assert!(engine.group(PARTITION).unwrap().durable.accepted.is_empty());
+}
+
 /// A membership change in a replica's log: the accepted value (a group
 /// spec) comes back the same from the catalog and from the WAL, and the
 /// applied change — the group's new spec, this replica's id kept, in
