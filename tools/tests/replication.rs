@@ -746,6 +746,47 @@ enum Healing {
     ByMemds,
 }
 
+/// The first table's one partition, on shard 0.
+const FIRST_PARTITION: u64 = 1 << 20;
+
+/// A cluster of `count` nodes whose table `table` (one partition,
+/// [`FIRST_PARTITION`]) four writers have written 200 items to and go on
+/// writing, and the roles of the three nodes holding it.
+struct UnderLoad {
+    cluster: GroupCluster,
+    identity: Identity,
+    writers: Writers,
+    /// The nodes that do not hold the partition.
+    spares: Vec<usize>,
+    leader: usize,
+    /// A follower (the one the tests lose first), and the other one.
+    lost: usize,
+    third: usize,
+}
+
+fn under_load(count: u16, memds_extra: &str, table: &'static str) -> UnderLoad {
+    let cluster = GroupCluster::start_nodes(count, "", memds_extra);
+    let identity = Identity::trusting_pem_file(&cluster.cert).unwrap();
+    cluster.create_table(table);
+    let writers = Writers::start(cluster.router, &cluster.cert, table, 4);
+    writers.wait_for(200, "before the loss");
+    let held = holders(&cluster.nodes, FIRST_PARTITION, &cluster.cert);
+    assert_eq!(held.len(), 3, "three nodes hold the partition: {held:?}");
+    let spares = (0..count as usize).filter(|n| !held.contains(n)).collect();
+    let leader = leader_of(&cluster.nodes, FIRST_PARTITION, &cluster.cert);
+    let lost = *held.iter().find(|n| **n != leader).unwrap();
+    let third = *held.iter().find(|n| **n != leader && **n != lost).unwrap();
+    UnderLoad {
+        cluster,
+        identity,
+        writers,
+        spares,
+        leader,
+        lost,
+        third,
+    }
+}
+
 fn replace_a_lost_replica(healing: Healing) {
     let memds_extra = match healing {
         Healing::ByHand => "heal_after_ms = 0\n",
@@ -756,20 +797,17 @@ fn replace_a_lost_replica(healing: Healing) {
         Healing::ByHand => 5,
         Healing::ByMemds => 4,
     };
-    let mut cluster = GroupCluster::start_nodes(count, "", memds_extra);
-    let (cert, router) = (cluster.cert.clone(), cluster.router);
-    let identity = Identity::trusting_pem_file(&cert).unwrap();
-    let partition = 1 << 20; // the first table's one partition, on shard 0
-    cluster.create_table("moved");
-    let writers = Writers::start(router, &cert, "moved", 4);
-    writers.wait_for(200, "before the loss");
-    let held = holders(&cluster.nodes, partition, &cert);
-    assert_eq!(held.len(), 3, "three nodes hold the partition: {held:?}");
-    let spares: Vec<usize> = (0..count as usize).filter(|n| !held.contains(n)).collect();
+    let UnderLoad {
+        mut cluster,
+        identity,
+        writers,
+        spares,
+        leader,
+        lost,
+        third,
+    } = under_load(count, memds_extra, "moved");
+    let (cert, router, partition) = (cluster.cert.clone(), cluster.router, FIRST_PARTITION);
     let spare = spares[0];
-    let leader = leader_of(&cluster.nodes, partition, &cert);
-    let lost = *held.iter().find(|n| **n != leader).unwrap();
-    let third = *held.iter().find(|n| **n != leader && **n != lost).unwrap();
     cluster.nodes[lost].kill();
     let killed_at = Instant::now();
     writers.wait_for(200, "with a replica lost");
@@ -880,19 +918,16 @@ fn move_replica_by_hand(
 /// and the first leader still serve every write.
 #[test]
 fn a_log_replica_keeps_acknowledged_writes_until_a_full_replica_replaces_it() {
-    let mut cluster = GroupCluster::start_nodes(5, "", "heal_after_ms = 0\n");
-    let (cert, router) = (cluster.cert.clone(), cluster.router);
-    let identity = Identity::trusting_pem_file(&cert).unwrap();
-    let partition = 1 << 20; // the first table's one partition, on shard 0
-    cluster.create_table("logged");
-    let writers = Writers::start(router, &cert, "logged", 4);
-    writers.wait_for(200, "before the loss");
-    let held = holders(&cluster.nodes, partition, &cert);
-    assert_eq!(held.len(), 3, "three nodes hold the partition: {held:?}");
-    let spares: Vec<usize> = (0..5).filter(|n| !held.contains(n)).collect();
-    let leader = leader_of(&cluster.nodes, partition, &cert);
-    let lost = *held.iter().find(|n| **n != leader).unwrap();
-    let third = *held.iter().find(|n| **n != leader && **n != lost).unwrap();
+    let UnderLoad {
+        mut cluster,
+        identity,
+        writers,
+        spares,
+        leader,
+        lost,
+        third,
+    } = under_load(5, "heal_after_ms = 0\n", "logged");
+    let (cert, router, partition) = (cluster.cert.clone(), cluster.router, FIRST_PARTITION);
     cluster.nodes[lost].kill();
     let killed_at = Instant::now();
     writers.wait_for(100, "with a replica lost");
@@ -947,17 +982,16 @@ fn a_log_replica_keeps_acknowledged_writes_until_a_full_replica_replaces_it() {
 /// replica and the rebuilt one serve every acknowledged write.
 #[test]
 fn memds_heals_through_a_log_replica_then_rebuilds_a_full_one() {
-    let mut cluster = GroupCluster::start_nodes(5, "", "");
-    let (cert, router) = (cluster.cert.clone(), cluster.router);
-    let identity = Identity::trusting_pem_file(&cert).unwrap();
-    let partition = 1 << 20; // the first table's one partition, on shard 0
-    cluster.create_table("healed");
-    let writers = Writers::start(router, &cert, "healed", 4);
-    writers.wait_for(200, "before the loss");
-    let held = holders(&cluster.nodes, partition, &cert);
-    assert_eq!(held.len(), 3, "three nodes hold the partition: {held:?}");
-    let leader = leader_of(&cluster.nodes, partition, &cert);
-    let lost = *held.iter().find(|n| **n != leader).unwrap();
+    let UnderLoad {
+        mut cluster,
+        identity,
+        writers,
+        spares,
+        leader,
+        lost,
+        ..
+    } = under_load(5, "", "healed");
+    let (cert, router, partition) = (cluster.cert.clone(), cluster.router, FIRST_PARTITION);
     cluster.nodes[lost].kill();
     let killed_at = Instant::now();
     // The partition's line in `cairn status`: (replaced, a log replica).
@@ -1000,8 +1034,9 @@ fn memds_heals_through_a_log_replica_then_rebuilds_a_full_one() {
         killed_at.elapsed()
     );
     let now_held = holders(&cluster.nodes, partition, &cert);
-    let rebuilt = (0..5)
-        .find(|n| !held.contains(n) && seen.2.contains(&format!("node {n} (")))
+    let rebuilt = *spares
+        .iter()
+        .find(|n| seen.2.contains(&format!("node {n} (")))
         .expect("a new node in the map");
     assert!(now_held.contains(&rebuilt), "{now_held:?}");
     wait_for_member(cluster.nodes[rebuilt].shard0, partition, &cert);
