@@ -49,6 +49,9 @@ pub struct Table {
     pub status: TableStatus,
     pub version: u64,
     pub capacity: Capacity,
+    /// Partitions with a log replica, which holds no items: their
+    /// eventually consistent reads go to the leader, not to any replica.
+    pub with_log_replica: Vec<u64>,
 }
 
 impl Table {
@@ -103,6 +106,7 @@ impl Table {
                 status: TableStatus::parse(&table.status)?,
                 version: table.version,
                 capacity: table.capacity,
+                with_log_replica: table.log_replicas.iter().map(|(p, _)| *p).collect(),
             },
         ))
     }

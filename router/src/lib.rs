@@ -874,7 +874,8 @@ impl State {
                 );
             }
         };
-        let response = self.forward(partition, limit, op).await;
+        let spread = !table.with_log_replica.contains(&partition.id);
+        let response = self.forward(partition, limit, op, spread).await;
         let consumed = match &response {
             Response::Error {
                 code: ErrorCode::Throttling,
@@ -933,11 +934,15 @@ impl State {
     }
 
     /// Sends `op` to a partition's replicas.
+    /// Sends `op` to `partition`'s group; an eventually consistent read
+    /// to any replica if `spread` (else to the leader, as every other
+    /// request).
     async fn forward(
         &self,
         partition: &Partition,
         limit: Option<PartitionLimit>,
         op: NodeOp,
+        spread: bool,
     ) -> Response {
         let addrs: Option<Vec<SocketAddr>> = {
             let catalog = self.catalog.borrow();
@@ -959,16 +964,17 @@ impl State {
             );
         };
         let is_write = op.is_write();
-        let any_replica = matches!(
-            op,
-            NodeOp::Get {
-                consistent: false,
-                ..
-            } | NodeOp::Scan {
-                consistent: false,
-                ..
-            }
-        );
+        let any_replica = spread
+            && matches!(
+                op,
+                NodeOp::Get {
+                    consistent: false,
+                    ..
+                } | NodeOp::Scan {
+                    consistent: false,
+                    ..
+                }
+            );
         let request = wire::encode_node_request(&NodeRequest {
             partition: partition.id,
             op,

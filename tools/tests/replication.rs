@@ -950,6 +950,16 @@ fn a_log_replica_keeps_acknowledged_writes_until_a_full_replica_replaces_it() {
         matches!(answer, Ok(Response::NotLeader { .. })),
         "a log replica answered a read: {answer:?}"
     );
+    // Through the router, eventually consistent reads find the items.
+    cairn_tests::with_client(router, &identity, async |client| {
+        for _ in 0..30 {
+            let got = client
+                .get_item_with("logged", &key_named("hot-0".into()), false)
+                .await
+                .unwrap();
+            assert!(got.is_some(), "an eventually consistent read found nothing");
+        }
+    });
 
     // It counts in write quorums.
     cluster.nodes[third].kill();
