@@ -397,6 +397,29 @@ async fn create_replicated(
     if let Err(error) = spec.validate() {
         return Response::error(ErrorCode::Validation, error.to_string());
     }
+    // A replica this node kept after its group replaced it (the node was
+    // down meanwhile) is in the way of a new member here: the new group
+    // says the old one was removed, so its state is nobody's any more.
+    if let Some(old) = engine.group(partition).map(|log| log.spec)
+        && old.replica != spec.replica
+        && let (Some(was), Some(now)) = (
+            old.members.get(old.replica as usize),
+            spec.members.get(old.replica as usize),
+        )
+        && now.role == wire::MemberRole::Removed
+        && now.addr == was.addr
+    {
+        tracing::info!(
+            partition,
+            old = old.replica,
+            new = spec.replica,
+            "a replaced replica kept here makes way for a new member"
+        );
+        replication.drop_group(partition);
+        if let Err(error) = engine.drop_partition(partition).await {
+            return Response::error(error.code(), error.to_string());
+        }
+    }
     // A concurrent creation of the same group (two creators racing) is
     // answered once the first one serves, so "exists" means "ready".
     if !replication.begin_creating(partition) {

@@ -984,6 +984,36 @@ fn a_log_replica_keeps_acknowledged_writes_until_a_full_replica_replaces_it() {
     check_writes(router, &identity, "logged", logs);
 }
 
+/// A node whose replica was moved away while it was down comes back
+/// with that replica's stale copy, and is then chosen to take a replica
+/// of the same partition again: the new member replaces the stale copy
+/// (the group says the old replica was removed), catches up, and with
+/// the leader killed it and the first replacement serve every write.
+#[test]
+fn a_node_back_after_its_replica_moved_away_can_take_one_again() {
+    let UnderLoad {
+        mut cluster,
+        identity,
+        writers,
+        spares,
+        leader,
+        lost,
+        third,
+    } = under_load(4, "heal_after_ms = 0\n", "returned");
+    let (router, partition) = (cluster.router, FIRST_PARTITION);
+    cluster.nodes[lost].kill();
+    writers.wait_for(100, "with a replica lost");
+    move_replica_by_hand(&cluster, "returned", partition, (lost, spares[0]), false);
+    cluster.nodes[lost].start();
+    writers.wait_for(100, "with the lost node back");
+    // The only node without a replica of the partition is the one back.
+    move_replica_by_hand(&cluster, "returned", partition, (third, lost), false);
+    writers.wait_for(100, "with the returned node a member again");
+    let logs = writers.stop("a replica moved back onto a returned node");
+    cluster.nodes[leader].kill();
+    check_writes(router, &identity, "returned", logs);
+}
+
 /// With a node to spare beyond the one it moves a replica to, MemDS heals
 /// in two steps: a follower's node is killed under four writers; MemDS
 /// puts a log replica in its place (three copies of every new write at
