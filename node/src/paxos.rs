@@ -1763,6 +1763,111 @@ mod tests {
         Member { id, log_only }
     }
 
+    /// A follower holding values of slots 0..10, chosen in `ballot`.
+    fn follower_holding_ten(id: ReplicaId, ballot: Ballot, now: Instant) -> Replica {
+        let mut state = DurableState::default();
+        for slot in 0..10 {
+            state
+                .accepted
+                .insert(slot, (ballot, Value::Command(vec![slot as u8])));
+        }
+        let group = Membership::full([0, 1, 2]).unwrap();
+        Replica::new(config(id), Some(group), state, 0, now)
+    }
+
+    /// A log start passes slots over but keeps what is held from the
+    /// floor up; a snapshot install drops everything below it.
+    #[test]
+    fn a_log_start_keeps_the_log_from_the_floor_a_snapshot_does_not() {
+        let now = Instant::now();
+        let ballot = Ballot {
+            round: 1,
+            leader: 0,
+        };
+        let heartbeat = Message::Heartbeat {
+            ballot,
+            commit_through: 0,
+            seq: 1,
+            log_floor: 3,
+        };
+        let group = Membership::full([0, 1, 2]).unwrap();
+        let mut log = follower_holding_ten(1, ballot, now);
+        log.handle(0, heartbeat.clone(), now);
+        log.started_log(8, group.clone());
+        assert_eq!(log.commit_through(), 8);
+        assert_eq!(log.log_start(), 3, "kept from the floor");
+        let mut full = follower_holding_ten(2, ballot, now);
+        full.handle(0, heartbeat, now);
+        full.installed(8, group);
+        assert_eq!(full.log_start(), 8, "dropped below the snapshot");
+    }
+
+    /// A replica that compacted past a candidate's commit point still
+    /// promises, saying where its log starts, and reports values from
+    /// there; it grants no pre-vote to that candidate.
+    #[test]
+    fn a_promise_says_where_its_log_starts() {
+        let mut now = Instant::now();
+        let ballot = Ballot {
+            round: 1,
+            leader: 0,
+        };
+        let mut replica = follower_holding_ten(1, ballot, now);
+        replica.handle(
+            0,
+            Message::Heartbeat {
+                ballot,
+                commit_through: 10,
+                seq: 1,
+                log_floor: 0,
+            },
+            now,
+        );
+        assert_eq!(replica.compact(6), 6);
+        let _ = replica.poll_ready();
+        // Past the lease it granted the old leader.
+        now += Duration::from_millis(100);
+        let candidate = Ballot {
+            round: 2,
+            leader: 2,
+        };
+        replica.handle(
+            2,
+            Message::PreVote {
+                ballot: candidate,
+                from_slot: 4,
+            },
+            now,
+        );
+        replica.handle(
+            2,
+            Message::Prepare {
+                ballot: candidate,
+                from_slot: 4,
+            },
+            now,
+        );
+        let ready = replica.poll_ready();
+        assert!(
+            ready
+                .send
+                .iter()
+                .any(|(_, m)| matches!(m, Message::PreVoteReply { granted: false, .. }))
+        );
+        let promise = ready.send_after_persist.iter().find_map(|(to, m)| match m {
+            Message::Promise {
+                log_start,
+                accepted,
+                ..
+            } if *to == 2 => Some((
+                *log_start,
+                accepted.iter().map(|(s, ..)| *s).collect::<Vec<_>>(),
+            )),
+            _ => None,
+        });
+        assert_eq!(promise, Some((6, (6..10).collect())));
+    }
+
     #[test]
     fn memberships_are_checked_and_count_only_their_members() {
         assert_eq!(
