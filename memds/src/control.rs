@@ -865,8 +865,9 @@ impl MetaClient {
         self.record("table", name, TableRecord::from_item).await
     }
 
-    /// Removes a table from the map. Its partitions stay on the nodes (no
-    /// reclamation yet), and its id is never handed out again.
+    /// Removes a table from the map, then drops its partitions' replicas
+    /// from the nodes in the background (`drop_partitions`);
+    /// its id is never handed out again.
     pub async fn delete_table(&self, name: &str) -> Result<(), Response> {
         let snapshot = self.load().await?;
         let op = NodeOp::Delete {

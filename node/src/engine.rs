@@ -735,9 +735,9 @@ impl<Fs: FileSystem> Engine<Fs> {
     /// Starts a log replica's log at `through`: every slot below counts as
     /// chosen and passed over, and values held below it and below the log
     /// floor are dropped (as a snapshot install does, with no items).
-    /// Returns whether it moved
-    /// the replica forward. Not logged: a log replica that restarts before
-    /// a checkpoint holds this is started again by its leader.
+    /// Returns whether it moved the replica forward. Not logged: a log
+    /// replica that restarts before a checkpoint holds this is started
+    /// again by its leader.
     pub fn start_log(&self, partition: PartitionId, through: Slot) -> Result<bool, EngineError> {
         self.check_running()?;
         self.with_group(partition, |group| {
@@ -752,6 +752,21 @@ impl<Fs: FileSystem> Engine<Fs> {
             group.durable.accepted = group.durable.accepted.split_off(&keep_from);
             true
         })
+    }
+
+    /// A replicated partition's group as this replica has applied it
+    /// (`None` for a single-copy one): unlike [`Engine::group`], without
+    /// copying its log.
+    pub fn spec(&self, partition: PartitionId) -> Option<GroupSpec> {
+        Some(
+            self.partitions
+                .borrow()
+                .get(&partition)?
+                .group
+                .as_ref()?
+                .spec
+                .clone(),
+        )
     }
 
     /// The durable Paxos state of a replicated partition (`None` for a

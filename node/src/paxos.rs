@@ -245,10 +245,10 @@ pub struct Ready {
     /// its state machine, which they install with [`Replica::installed`].
     /// A peer reappears here on each of its heartbeat replies until then.
     pub snapshots: Vec<ReplicaId>,
-    /// Leader: learners joining as log replicas, each with the slot to
-    /// start at: they hold no state machine, so the driver sends an empty
-    /// snapshot through that slot (which they install with
-    /// [`Replica::installed`]), and the log from there follows.
+    /// Leader: log replicas, joining or lagging below the floor, each
+    /// with the slot to start at: they hold no state machine, so the
+    /// driver tells them every slot below is chosen (they take it with
+    /// [`Replica::started_log`]), and the log from there follows.
     pub log_starts: Vec<(ReplicaId, Slot)>,
 }
 
@@ -513,8 +513,9 @@ impl Replica {
     /// point), bounding memory; returns the first slot still held. A peer
     /// that needs them later must be caught up some other way (a
     /// snapshot), and a candidate whose commit point is below the
-    /// compacted point gets no promise from here, so it can never take
-    /// those slots for holes.
+    /// compacted point does not count this replica's promise for those
+    /// slots (it says where its log starts), so it can never take them for
+    /// holes.
     ///
     /// While the group has log replicas (or one is joining) nothing at or
     /// above the log floor is dropped: a log replica that lags or joins
@@ -621,13 +622,21 @@ impl Replica {
         matches!(&self.role, Role::Leader { planned, .. } if !planned.is_empty())
     }
 
-    /// Tells the replica its state machine is durable through `through`
-    /// (a checkpoint holds every slot below): reported to the leader, which
-    /// tells log replicas how far every full member has come.
+    /// Tells the replica it is durable through `through`: restarted, it
+    /// would have every slot below (from its checkpoint and its own log).
+    /// Reported to the leader, which tells log replicas how far every full
+    /// member has come and lets a membership change take effect.
     pub fn checkpointed(&mut self, through: Slot) {
         self.checkpointed_through = self.checkpointed_through.max(through);
-        // A membership change may be waiting for it.
-        self.advance();
+        self.advance_change();
+    }
+
+    /// Leader: a membership change in flight may be waiting for a report
+    /// of how far its new members are durable ([`Replica::new_members_hold`]).
+    fn advance_change(&mut self) {
+        if self.is_reconfiguring() {
+            self.advance();
+        }
     }
 
     /// Slots below which a log replica may drop its values: every full
@@ -1054,7 +1063,7 @@ impl Replica {
     /// log from there. A candidate whose commit point lies below what this
     /// replica has compacted could not count its promise for those slots
     /// (it would learn nothing of them), so it is not encouraged to stand.
-    fn would_promise(&self, ballot: Ballot, from_slot: Slot, now: Instant) -> bool {
+    fn grants_pre_vote(&self, ballot: Ballot, from_slot: Slot, now: Instant) -> bool {
         self.may_promise(ballot, now) && from_slot >= self.log_start
     }
 
@@ -1140,7 +1149,7 @@ impl Replica {
                 }
             }
             Message::PreVote { ballot, from_slot } => {
-                let granted = self.would_promise(ballot, from_slot, now);
+                let granted = self.grants_pre_vote(ballot, from_slot, now);
                 let promised = self.state.promised;
                 self.ready.send.push((
                     from,
@@ -1302,8 +1311,7 @@ impl Replica {
                     {
                         learner.reported = Some((applied_through, log_start, checkpointed_through));
                     }
-                    // A membership change may be waiting for this report.
-                    self.advance();
+                    self.advance_change();
                     if let Some((_, sent)) = self.heartbeats_sent.iter().find(|(s, _)| *s == seq) {
                         let sent = *sent;
                         let ack = self.lease_acks.entry(from).or_insert(sent);

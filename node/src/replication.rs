@@ -548,7 +548,7 @@ impl Replication {
         if let Err(not_leader) = self.check_leads(partition) {
             return not_leader;
         }
-        let Some(current) = self.engine.group(partition).map(|log| log.spec) else {
+        let Some(current) = self.engine.spec(partition) else {
             return self.missing_group(partition);
         };
         let spec = match successor(&current, old, new) {
@@ -699,15 +699,8 @@ impl Replication {
                 }),
             },
         });
-        let connection = self
-            .connection(addr)
-            .await
-            .map_err(|e| unavailable_now(e.to_string()))?;
-        let answer = connection
-            .request(&request, NODE_REQUEST_TIMEOUT)
-            .await
-            .map_err(|e| unavailable_now(e.to_string()))?;
-        match wire::decode_response(&answer).map_err(|e| unavailable_now(e.to_string()))? {
+        let answer = self.ask(addr, &request, NODE_REQUEST_TIMEOUT).await;
+        match answer.map_err(unavailable_now)? {
             Response::Done
             | Response::Error {
                 code: ErrorCode::ResourceInUse,
@@ -1093,12 +1086,8 @@ impl Replication {
             let seq = group.installs;
             let this = self.clone();
             glommio::spawn_local(async move {
-                loop {
-                    match this.engine.checkpoint().await {
-                        Ok(Some(_)) => break,
-                        Ok(None) => glommio::timer::sleep(Duration::from_millis(2)).await,
-                        Err(_) => return,
-                    }
+                if this.own_checkpoint().await.is_err() {
+                    return; // the engine stopped
                 }
                 if let Some(group) = this.groups.borrow_mut().get_mut(&partition)
                     && group.installs == seq
@@ -1282,15 +1271,7 @@ impl Replication {
         });
         let this = self.clone();
         glommio::spawn_local(async move {
-            let answer = async {
-                let connection = this.connection(addr).await.map_err(|e| e.to_string())?;
-                let answer = connection
-                    .request(&request, NODE_REQUEST_TIMEOUT)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                wire::decode_response(&answer).map_err(|e| e.to_string())
-            }
-            .await;
+            let answer = this.ask(addr, &request, NODE_REQUEST_TIMEOUT).await;
             this.snapshots_out.borrow_mut().remove(&(partition, peer));
             match answer {
                 Ok(Response::Done) => {
@@ -1443,12 +1424,7 @@ impl Replication {
         });
         let mut backoff = Duration::from_millis(10);
         for _ in 0..SNAPSHOT_CHUNK_ATTEMPTS {
-            let connection = self.connection(addr).await.map_err(|e| e.to_string())?;
-            let answer = connection
-                .request(&request, SNAPSHOT_CHUNK_TIMEOUT)
-                .await
-                .map_err(|e| e.to_string())?;
-            match wire::decode_response(&answer).map_err(|e| e.to_string())? {
+            match self.ask(addr, &request, SNAPSHOT_CHUNK_TIMEOUT).await? {
                 Response::Done => return Ok(()),
                 Response::Error { code, .. } if code.is_retryable() => {
                     glommio::timer::sleep(backoff).await;
@@ -1742,11 +1718,8 @@ impl Replication {
     }
 
     async fn bring_up_child(self: &Rc<Self>, child: PartitionId) -> Result<(), EngineError> {
-        // A checkpoint that began before the split may not hold the child:
-        // wait for one of our own.
-        while self.engine.checkpoint().await?.is_none() {
-            glommio::timer::sleep(Duration::from_millis(2)).await;
-        }
+        // A checkpoint that began before the split may not hold the child.
+        self.own_checkpoint().await?;
         self.add_group(child).await
     }
 
@@ -1814,6 +1787,31 @@ impl Replication {
     }
 
     /// The link's connection to a peer shard, made if there is none.
+    /// Sends one node request to the shard at `addr` and decodes its
+    /// answer; why not, if it could not.
+    async fn ask(
+        &self,
+        addr: SocketAddr,
+        request: &[u8],
+        timeout: Duration,
+    ) -> Result<Response, String> {
+        let connection = self.connection(addr).await.map_err(|e| e.to_string())?;
+        let answer = connection
+            .request(request, timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        wire::decode_response(&answer).map_err(|e| e.to_string())
+    }
+
+    /// Waits for a checkpoint that begins after this call (one already
+    /// under way may not hold what was just done).
+    async fn own_checkpoint(&self) -> Result<(), EngineError> {
+        while self.engine.checkpoint().await?.is_none() {
+            glommio::timer::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(())
+    }
+
     async fn connection(&self, addr: SocketAddr) -> Result<Connection, TransportError> {
         let existing = self
             .links

@@ -272,11 +272,7 @@ async fn answer(
         }
         NodeOp::ListPartitions => return Response::Partitions(engine.partition_ids()),
         NodeOp::DropPartition => {
-            // Its group first: nothing is applied to it after this.
-            if let Some(replication) = replication {
-                replication.drop_group(partition);
-            }
-            return match engine.drop_partition(partition).await {
+            return match drop_replica(engine, replication, partition).await {
                 Ok(dropped) => {
                     tracing::info!(partition, dropped, "partition dropped");
                     Response::Done
@@ -400,7 +396,7 @@ async fn create_replicated(
     // A replica this node kept after its group replaced it (the node was
     // down meanwhile) is in the way of a new member here: the new group
     // says the old one was removed, so its state is nobody's any more.
-    if let Some(old) = engine.group(partition).map(|log| log.spec)
+    if let Some(old) = engine.spec(partition)
         && old.replica != spec.replica
         && let (Some(was), Some(now)) = (
             old.members.get(old.replica as usize),
@@ -415,8 +411,7 @@ async fn create_replicated(
             new = spec.replica,
             "a replaced replica kept here makes way for a new member"
         );
-        replication.drop_group(partition);
-        if let Err(error) = engine.drop_partition(partition).await {
+        if let Err(error) = drop_replica(engine, Some(replication), partition).await {
             return Response::error(error.code(), error.to_string());
         }
     }
@@ -450,6 +445,19 @@ async fn create_replicated(
         Ok(()) => Response::Done,
         Err(error) => Response::error(error.code(), error.to_string()),
     }
+}
+
+/// Deletes this shard's replica of `partition`, its group first (nothing
+/// is applied to it after that); whether there was one.
+async fn drop_replica(
+    engine: &Engine<DmaFs>,
+    replication: Option<&Rc<Replication>>,
+    partition: u64,
+) -> Result<bool, EngineError> {
+    if let Some(replication) = replication {
+        replication.drop_group(partition);
+    }
+    engine.drop_partition(partition).await
 }
 
 /// How long a second creation of a group waits for the first.

@@ -933,7 +933,6 @@ impl State {
         }
     }
 
-    /// Sends `op` to a partition's replicas.
     /// Sends `op` to `partition`'s group; an eventually consistent read
     /// to any replica if `spread` (else to the leader, as every other
     /// request).

@@ -751,7 +751,8 @@ const FIRST_PARTITION: u64 = 1 << 20;
 
 /// A cluster of `count` nodes whose table `table` (one partition,
 /// [`FIRST_PARTITION`]) four writers have written 200 items to and go on
-/// writing, and the roles of the three nodes holding it.
+/// writing, the roles of the three nodes holding it, and when a follower's
+/// node (`lost`) was SIGKILLed.
 struct UnderLoad {
     cluster: GroupCluster,
     identity: Identity,
@@ -762,10 +763,11 @@ struct UnderLoad {
     /// A follower (the one the tests lose first), and the other one.
     lost: usize,
     third: usize,
+    killed_at: Instant,
 }
 
-fn under_load(count: u16, memds_extra: &str, table: &'static str) -> UnderLoad {
-    let cluster = GroupCluster::start_nodes(count, "", memds_extra);
+fn a_follower_lost_under_load(count: u16, memds_extra: &str, table: &'static str) -> UnderLoad {
+    let mut cluster = GroupCluster::start_nodes(count, "", memds_extra);
     let identity = Identity::trusting_pem_file(&cluster.cert).unwrap();
     cluster.create_table(table);
     let writers = Writers::start(cluster.router, &cluster.cert, table, 4);
@@ -776,6 +778,7 @@ fn under_load(count: u16, memds_extra: &str, table: &'static str) -> UnderLoad {
     let leader = leader_of(&cluster.nodes, FIRST_PARTITION, &cluster.cert);
     let lost = *held.iter().find(|n| **n != leader).unwrap();
     let third = *held.iter().find(|n| **n != leader && **n != lost).unwrap();
+    cluster.nodes[lost].kill();
     UnderLoad {
         cluster,
         identity,
@@ -784,6 +787,7 @@ fn under_load(count: u16, memds_extra: &str, table: &'static str) -> UnderLoad {
         leader,
         lost,
         third,
+        killed_at: Instant::now(),
     }
 }
 
@@ -805,11 +809,10 @@ fn replace_a_lost_replica(healing: Healing) {
         leader,
         lost,
         third,
-    } = under_load(count, memds_extra, "moved");
+        killed_at,
+    } = a_follower_lost_under_load(count, memds_extra, "moved");
     let (cert, router, partition) = (cluster.cert.clone(), cluster.router, FIRST_PARTITION);
     let spare = spares[0];
-    cluster.nodes[lost].kill();
-    let killed_at = Instant::now();
     writers.wait_for(200, "with a replica lost");
 
     let move_replica = |from: usize, to: usize| {
@@ -926,10 +929,9 @@ fn a_log_replica_keeps_acknowledged_writes_until_a_full_replica_replaces_it() {
         leader,
         lost,
         third,
-    } = under_load(5, "heal_after_ms = 0\n", "logged");
+        killed_at,
+    } = a_follower_lost_under_load(5, "heal_after_ms = 0\n", "logged");
     let (cert, router, partition) = (cluster.cert.clone(), cluster.router, FIRST_PARTITION);
-    cluster.nodes[lost].kill();
-    let killed_at = Instant::now();
     writers.wait_for(100, "with a replica lost");
 
     move_replica_by_hand(&cluster, "logged", partition, (lost, spares[0]), true);
@@ -999,9 +1001,9 @@ fn a_node_back_after_its_replica_moved_away_can_take_one_again() {
         leader,
         lost,
         third,
-    } = under_load(4, "heal_after_ms = 0\n", "returned");
+        ..
+    } = a_follower_lost_under_load(4, "heal_after_ms = 0\n", "returned");
     let (router, partition) = (cluster.router, FIRST_PARTITION);
-    cluster.nodes[lost].kill();
     writers.wait_for(100, "with a replica lost");
     move_replica_by_hand(&cluster, "returned", partition, (lost, spares[0]), false);
     cluster.nodes[lost].start();
@@ -1029,11 +1031,10 @@ fn memds_heals_through_a_log_replica_then_rebuilds_a_full_one() {
         spares,
         leader,
         lost,
+        killed_at,
         ..
-    } = under_load(5, "", "healed");
+    } = a_follower_lost_under_load(5, "", "healed");
     let (cert, router, partition) = (cluster.cert.clone(), cluster.router, FIRST_PARTITION);
-    cluster.nodes[lost].kill();
-    let killed_at = Instant::now();
     // The partition's line in `cairn status`: (replaced, a log replica).
     let line = || {
         let status = cluster.status();
