@@ -73,7 +73,7 @@ impl Default for EngineConfig {
             wal: WalConfig::default(),
             page_size: 16 * 1024,
             cache_bytes: 256 << 20,
-            checkpoint_dirty_bytes: 8 << 20,
+            checkpoint_dirty_bytes: 64 << 20,
             checkpoint_wal_bytes: 256 << 20,
             dirty_bytes_max: 512 << 20,
         }
