@@ -14,7 +14,7 @@ use crate::path::Path;
 use crate::update::UpdateAction;
 
 /// Wire format version, checked in every request.
-pub const WIRE_VERSION: u16 = 10;
+pub const WIRE_VERSION: u16 = 11;
 
 /// A partition's id is `table << PARTITION_INDEX_BITS | index`: the
 /// partitions of one table share the bits above (docs/metadata.md).

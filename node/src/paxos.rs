@@ -219,6 +219,14 @@ pub enum Message {
         /// The first slot whose value the replier still holds.
         log_start: Slot,
     },
+    /// The sender hears no leader and may not stand (it knows no
+    /// membership it is a full member of: a new member that lagged below
+    /// the change that added it, say); its commit point is `from_slot`. A
+    /// replica that knows a longer chosen prefix, and no leader either,
+    /// sends it a snapshot (`help_lagging`).
+    CatchUp {
+        from_slot: Slot,
+    },
 }
 
 /// State that must be durable before dependent messages go out.
@@ -244,6 +252,9 @@ pub struct Ready {
     /// shipping cannot catch them up; the driver sends them a snapshot of
     /// its state machine, which they install with [`Replica::installed`].
     /// A peer reappears here on each of its heartbeat replies until then.
+    /// Also, from any replica with a state machine and no leader, a
+    /// replica that stands from below its log or asks to be caught up
+    /// (`help_lagging`).
     pub snapshots: Vec<ReplicaId>,
     /// Leader: log replicas, joining or lagging below the floor, each
     /// with the slot to start at: they hold no state machine, so the
@@ -372,6 +383,9 @@ struct Learner {
     /// It joins as a log replica: it needs the log from the full
     /// members' floor up, not a state machine.
     log_only: bool,
+    /// The member it is to replace, whose checkpoint its log start
+    /// need not cover.
+    replaces: Option<ReplicaId>,
     /// What it last reported: applied through, its first slot held, and
     /// checkpointed through.
     reported: Option<(Slot, Slot, Slot)>,
@@ -682,15 +696,6 @@ impl Replica {
             .map(|m| m.id)
     }
 
-    /// Leader: the least checkpoint reported by the full members of its
-    /// memberships that have reported one (itself included).
-    fn heard_floor(&self) -> Slot {
-        Self::full_members(self.leader_memberships())
-            .filter_map(|id| self.checkpoint_of(id))
-            .min()
-            .unwrap_or(self.checkpointed_through)
-    }
-
     /// Leader: the least checkpoint its reports give for the full members
     /// of `memberships`, but `except` (0 for one not heard from).
     fn floor_of<'a>(
@@ -807,15 +812,23 @@ impl Replica {
     /// it, and its replies get it the log, or a snapshot
     /// ([`Ready::snapshots`]; for a log replica an empty one,
     /// [`Ready::log_starts`]), like a lagging member; its votes count for
-    /// nothing. A member, or this replica, needs nothing.
-    pub fn add_learner(&mut self, id: ReplicaId, log_only: bool) -> Result<(), NotLeader> {
+    /// nothing. A member, or this replica, needs nothing. `replaces`: the
+    /// member the change will take out, if any.
+    pub fn add_learner(
+        &mut self,
+        id: ReplicaId,
+        log_only: bool,
+        replaces: Option<ReplicaId>,
+    ) -> Result<(), NotLeader> {
         let peers = self.peers();
         let hint = self.leader_hint();
         let Role::Leader { learners, .. } = &mut self.role else {
             return Err(NotLeader { hint });
         };
         if id != self.config.id && !peers.contains(&id) {
-            learners.entry(id).or_default().log_only = log_only;
+            let learner = learners.entry(id).or_default();
+            learner.log_only = log_only;
+            learner.replaces = replaces;
         }
         Ok(())
     }
@@ -846,6 +859,7 @@ impl Replica {
         let Some(Learner {
             log_only,
             reported: Some((applied, log_start, checkpointed)),
+            ..
         }) = self.learner(member.id)
         else {
             return false;
@@ -1024,8 +1038,18 @@ impl Replica {
             None => self.election_deadline = Some(now + self.jitter()),
             Some(deadline) if now >= deadline && self.may_lead() => self.start_pre_vote(now),
             // A log replica, a removed replica or one that joined and
-            // knows no membership yet waits; it still votes.
-            Some(deadline) if now >= deadline => self.election_deadline = Some(now + self.jitter()),
+            // knows no membership yet waits; it still votes. A full
+            // replica among them asks to be caught up: the change that
+            // makes it a member may be chosen where it cannot see it.
+            Some(deadline) if now >= deadline => {
+                self.election_deadline = Some(now + self.jitter());
+                if !self.is_log_member(self.config.id) {
+                    let from_slot = self.commit_through;
+                    for peer in self.peers() {
+                        self.ready.send.push((peer, Message::CatchUp { from_slot }));
+                    }
+                }
+            }
             Some(_) => {}
         }
     }
@@ -1065,6 +1089,39 @@ impl Replica {
     /// (it would learn nothing of them), so it is not encouraged to stand.
     fn grants_pre_vote(&self, ballot: Ballot, from_slot: Slot, now: Instant) -> bool {
         self.may_promise(ballot, now) && from_slot >= self.log_start
+    }
+
+    /// Sends `from`, which stands or asks from commit point `from_slot`,
+    /// this replica's state machine if it knows a longer chosen prefix,
+    /// holds a state machine, and serves no leader (which would catch
+    /// `from` up itself). Every slot below a commit point is chosen, so
+    /// the snapshot is safe to install wherever it lands.
+    ///
+    /// A candidate whose commit point lies below this replica's log can
+    /// learn nothing of the slots between from its promise, and may need
+    /// them: the membership that governs them may have no other live
+    /// member that still holds them, and the replica that does (a log
+    /// replica, say) may not be in it. A full replica that lagged below
+    /// the change that added it cannot stand at all, and asks
+    /// (`CatchUp`). Without this either could wait forever for a
+    /// majority that no longer exists, while another replica — even a
+    /// replaced one — knew the way out. Once caught up, it stands (or
+    /// asks) again from there, where newer memberships govern.
+    fn help_lagging(&mut self, from: ReplicaId, from_slot: Slot, now: Instant) {
+        if from_slot < self.commit_through
+            && !self.hears_leader(now)
+            && !self.is_leader()
+            && !self.is_log_member(self.config.id)
+            && !self.ready.snapshots.contains(&from)
+        {
+            self.ready.snapshots.push(from);
+        }
+    }
+
+    /// Whether a leader's heartbeat reached this replica within a lease.
+    fn hears_leader(&self, now: Instant) -> bool {
+        self.leader_contact
+            .is_some_and(|(_, at)| now < at + self.config.lease_duration)
     }
 
     fn start_pre_vote(&mut self, now: Instant) {
@@ -1121,6 +1178,9 @@ impl Replica {
                 // compacted past `from_slot` still promises, saying so: the
                 // candidate may need it only for a later membership.
                 if self.may_promise(ballot, now) {
+                    if from_slot < self.log_start {
+                        self.help_lagging(from, from_slot, now);
+                    }
                     self.step_down_if_outranked(ballot);
                     self.persist(Persist::Promise(ballot));
                     let accepted = self
@@ -1150,6 +1210,9 @@ impl Replica {
             }
             Message::PreVote { ballot, from_slot } => {
                 let granted = self.grants_pre_vote(ballot, from_slot, now);
+                if from_slot < self.log_start && self.may_promise(ballot, now) {
+                    self.help_lagging(from, from_slot, now);
+                }
                 let promised = self.state.promised;
                 self.ready.send.push((
                     from,
@@ -1160,6 +1223,20 @@ impl Replica {
                     },
                 ));
                 self.tell_outsider(from);
+            }
+            Message::CatchUp { from_slot } => {
+                // A leader has it hear one (a replaced replica then waits
+                // again), and catches up those that are its peers itself.
+                self.tell_outsider(from);
+                self.help_lagging(from, from_slot, now);
+                // One that knows more than this replica may hold what it
+                // needs: ask it back (it answers, knowing more, with its
+                // state machine, and asks nothing back).
+                let led = self.hears_leader(now);
+                if from_slot > self.commit_through && !led && !self.is_leader() {
+                    let from_slot = self.commit_through;
+                    self.ready.send.push((from, Message::CatchUp { from_slot }));
+                }
             }
             Message::PreVoteReply {
                 ballot,
@@ -1427,13 +1504,16 @@ impl Replica {
             // A log replica, joining or lagging, needs the log from the
             // floor up (no further down: the log below may be long), with
             // an empty state through its first slot; from this leader's
-            // first held slot if that is later. The floor here counts the
-            // full members heard from: one that is not (the lost member a
-            // log replica replaces, typically) would hold it at zero. A
-            // joining one may join once it holds the log from the floor
-            // of its new group.
+            // first held slot if that is later. The floor counts every
+            // full member that stays — one not heard from as holding
+            // nothing, since after one more loss it may have only the log
+            // replica to learn from — but not the member a joining log
+            // replica replaces (typically lost: it would hold the floor
+            // at zero). A joining one may join once it holds the log from
+            // the floor of its new group.
+            let replaced = learner.and_then(|l| l.replaces);
             let start = self
-                .heard_floor()
+                .floor_of(self.leader_memberships(), replaced)
                 .clamp(self.log_start, self.commit_through.max(self.log_start));
             if applied_through < start {
                 self.ready.log_starts.push((peer, start));
@@ -1718,7 +1798,7 @@ mod tests {
             replicas[0].propose_membership(pair.clone()),
             Err(ReconfigureError::NotCaughtUp(1))
         );
-        replicas[0].add_learner(1, false).unwrap();
+        replicas[0].add_learner(1, false, None).unwrap();
         assert_eq!(replicas[0].learner_lag(1), None);
         assert_eq!(
             replicas[0].propose_membership(pair.clone()),
@@ -1874,6 +1954,70 @@ mod tests {
             _ => None,
         });
         assert_eq!(promise, Some((6, (6..10).collect())));
+        // Its promise tells the candidate nothing of slots 4 and 5, so it
+        // offers its state machine (every slot below 10 is chosen).
+        assert_eq!(ready.snapshots, vec![2]);
+    }
+
+    /// A replica that may not stand (it knows no membership it is a full
+    /// member of) asks to be caught up once it hears no leader; a replica
+    /// that knows a longer chosen prefix answers with its state machine,
+    /// but not while it still hears a leader, which catches up its own
+    /// followers.
+    #[test]
+    fn a_replica_that_cannot_stand_asks_and_one_that_knows_more_sends_its_state() {
+        let mut now = Instant::now();
+        let ballot = Ballot {
+            round: 1,
+            leader: 0,
+        };
+        // Replica 3 joined a group it has not yet seen change: it knows
+        // the membership {0, 1, 2} at slot 2.
+        let mut state = DurableState::default();
+        for slot in 0..2 {
+            state
+                .accepted
+                .insert(slot, (ballot, Value::Command(vec![slot as u8])));
+        }
+        let old = Membership::full([0, 1, 2]).unwrap();
+        let mut lagging = Replica::new(config(3), Some(old), state, 2, now);
+        let _ = lagging.poll_ready();
+        now += Duration::from_millis(250);
+        lagging.tick(now);
+        now += Duration::from_millis(250);
+        lagging.tick(now);
+        let asked: Vec<ReplicaId> = lagging
+            .poll_ready()
+            .send
+            .iter()
+            .filter(|(_, m)| *m == Message::CatchUp { from_slot: 2 })
+            .map(|(to, _)| *to)
+            .collect();
+        assert_eq!(asked, vec![0, 1, 2]);
+
+        let mut helper = follower_holding_ten(1, ballot, now);
+        helper.handle(
+            0,
+            Message::Heartbeat {
+                ballot,
+                commit_through: 10,
+                seq: 1,
+                log_floor: 0,
+            },
+            now,
+        );
+        let _ = helper.poll_ready();
+        helper.handle(3, Message::CatchUp { from_slot: 2 }, now);
+        assert!(
+            helper.poll_ready().snapshots.is_empty(),
+            "its leader is alive"
+        );
+        now += Duration::from_millis(100);
+        helper.handle(3, Message::CatchUp { from_slot: 2 }, now);
+        assert_eq!(helper.poll_ready().snapshots, vec![3]);
+        // Nothing to give one that knows as much.
+        helper.handle(3, Message::CatchUp { from_slot: 10 }, now);
+        assert!(helper.poll_ready().snapshots.is_empty());
     }
 
     #[test]
@@ -1959,7 +2103,7 @@ mod tests {
             },
         ])
         .unwrap();
-        replicas[0].add_learner(2, true).unwrap();
+        replicas[0].add_learner(2, true, None).unwrap();
         let mut asked = Vec::new();
         for _ in 0..3 {
             asked.extend(tick(&mut replicas, &mut now));

@@ -590,6 +590,10 @@ impl Replication {
         // The new replica catches up as a learner first (a snapshot, then
         // the log), and joins once it is close to the commit point.
         let learner = (spec.members.len() - 1) as ReplicaId;
+        let replaced = current
+            .current()
+            .find(|(_, m)| m.addr == old)
+            .map(|(id, _)| id as ReplicaId);
         {
             let mut groups = self.groups.borrow_mut();
             let Some(group) = groups.get_mut(&partition) else {
@@ -597,7 +601,7 @@ impl Replication {
             };
             if group
                 .replica
-                .add_learner(learner, new.role == MemberRole::Log)
+                .add_learner(learner, new.role == MemberRole::Log, replaced)
                 .is_err()
             {
                 return Response::NotLeader {
