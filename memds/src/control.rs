@@ -756,6 +756,79 @@ impl MetaClient {
         }
     }
 
+    /// One round of balancing (docs/metadata.md, "Balancing"): asks the
+    /// leader of every partition of every active table for its load, and
+    /// moves one replica off the hot node if [`crate::balance::plan`]
+    /// finds a move that relieves it — only once the same move has been
+    /// planned two rounds in a row (`planned` holds the last round's), so
+    /// a burst does not move data. Returns the move made.
+    pub async fn balance(
+        &self,
+        bounds: crate::balance::Bounds,
+        down: &std::collections::BTreeSet<u16>,
+        planned: &mut Option<crate::heal::Move>,
+    ) -> Result<Option<crate::heal::Move>, Response> {
+        self.bootstrap().await?;
+        let snapshot = self.load().await?;
+        let mut ops = std::collections::BTreeMap::new();
+        for table in snapshot.tables.values() {
+            if table.status != TableStatus::Active {
+                continue;
+            }
+            for partition in &table.partitions {
+                if let Some(stats) = self.leader_stats(&snapshot, partition).await {
+                    ops.insert(partition.id, stats.1);
+                }
+            }
+        }
+        let plan = crate::balance::plan(&snapshot, &ops, down, bounds);
+        let sustained = plan.is_some() && plan == *planned;
+        *planned = plan;
+        let Some(chosen) = planned.clone().filter(|_| sustained) else {
+            return Ok(None);
+        };
+        *planned = None;
+        let crate::heal::Move {
+            table,
+            partition,
+            from,
+            to,
+            role,
+        } = &chosen;
+        self.move_replica(table, *partition, *from, *to, *role, down)
+            .await?;
+        Ok(Some(chosen))
+    }
+
+    /// What `partition`'s leader (it alone sees the strongly consistent
+    /// reads) reports: bytes held, operations per second and the median
+    /// key hash of its traffic. `None` if it cannot be asked now.
+    async fn leader_stats(
+        &self,
+        snapshot: &Snapshot,
+        partition: &crate::map::Partition,
+    ) -> Option<(u64, u64, Option<u64>)> {
+        let replicas = replica_shards(snapshot, partition).ok()?;
+        let request = wire::encode_node_request(&NodeRequest {
+            partition: partition.id,
+            op: NodeOp::Stats,
+            limit: None,
+        });
+        match self
+            .links
+            .forward(partition.id, &replicas, &request, false, false)
+            .await
+        {
+            Response::PartitionStats {
+                bytes,
+                ops_per_s,
+                median,
+                ..
+            } => Some((bytes, ops_per_s, median)),
+            _ => None,
+        }
+    }
+
     /// One round of the split checks: asks the leader of every partition
     /// of every active replicated table for its size and load, and splits
     /// the first partition of each table that needs it (one per table and
@@ -796,25 +869,8 @@ impl MetaClient {
                 continue;
             }
             for (index, partition) in table.partitions.iter().enumerate() {
-                let Ok(replicas) = replica_shards(&snapshot, partition) else {
-                    continue;
-                };
-                let request = wire::encode_node_request(&NodeRequest {
-                    partition: partition.id,
-                    op: NodeOp::Stats,
-                    limit: None,
-                });
-                // The leader: it alone sees the strongly consistent reads.
-                let stats = self
-                    .links
-                    .forward(partition.id, &replicas, &request, false, false)
-                    .await;
-                let Response::PartitionStats {
-                    bytes,
-                    ops_per_s,
-                    median,
-                    ..
-                } = stats
+                let Some((bytes, ops_per_s, median)) =
+                    self.leader_stats(&snapshot, partition).await
                 else {
                     continue; // unreachable now: next round
                 };

@@ -271,14 +271,14 @@ pub fn zone_clash(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::map::{Partition, Replicas};
     use crate::meta::TableRecord;
     use cairn_common::wire::Capacity;
     use cairn_common::{KeyAttribute, KeySchema, KeyType};
 
-    fn node(id: u16, zone: &str) -> NodeRecord {
+    pub(crate) fn node(id: u16, zone: &str) -> NodeRecord {
         NodeRecord {
             id,
             addr: format!("127.0.0.1:{}", 7100 + id).parse().unwrap(),
@@ -287,7 +287,7 @@ mod tests {
         }
     }
 
-    fn table(name: &str, replicas: &[&[u16]]) -> TableRecord {
+    pub(crate) fn table(name: &str, replicas: &[&[u16]]) -> TableRecord {
         TableRecord {
             name: name.into(),
             id: 1,
@@ -312,7 +312,7 @@ mod tests {
         }
     }
 
-    fn snapshot(nodes: Vec<NodeRecord>, tables: Vec<TableRecord>) -> Snapshot {
+    pub(crate) fn snapshot(nodes: Vec<NodeRecord>, tables: Vec<TableRecord>) -> Snapshot {
         Snapshot {
             version: 1,
             tables: tables.into_iter().map(|t| (t.name.clone(), t)).collect(),

@@ -2,6 +2,7 @@
 //! holds ([`map`]) and the router's constant-work cache of it ([`cache`]).
 //! See `docs/metadata.md`.
 
+pub mod balance;
 pub mod cache;
 pub mod control;
 mod executor;

@@ -55,10 +55,19 @@ pub struct MemdsConfig {
     /// How often the nodes are searched for replicas of deleted tables
     /// (docs/metadata.md, "Changes").
     pub reap_every: Duration,
+    /// How often node loads are compared, to move a replica off a hot
+    /// node (docs/metadata.md, "Balancing"); `None`: never. Balancing
+    /// runs with healing (it needs to know which nodes are down).
+    pub balance_check: Option<Duration>,
+    /// When a node counts as hot.
+    pub balance: crate::balance::Bounds,
 }
 
 /// How often MemDS reaps replicas of deleted tables.
 pub const REAP_EVERY_DEFAULT: Duration = Duration::from_secs(30);
+
+/// How often node loads are compared for balancing.
+pub const BALANCE_CHECK_DEFAULT: Duration = Duration::from_secs(10);
 
 /// How long a node may stay silent before its replicas move.
 pub const HEAL_AFTER_DEFAULT: Duration = Duration::from_millis(1500);
@@ -94,6 +103,8 @@ impl MemdsConfig {
             heal_check: HEAL_CHECK_DEFAULT,
             heal_after: Some(HEAL_AFTER_DEFAULT),
             reap_every: REAP_EVERY_DEFAULT,
+            balance_check: Some(BALANCE_CHECK_DEFAULT),
+            balance: crate::balance::BOUNDS_DEFAULT,
         }
     }
 }
@@ -208,7 +219,14 @@ async fn run(config: MemdsConfig, ready: Ready, stopped: Stopped) {
     }
     glommio::spawn_local(reap_now_and_then(meta.clone(), config.reap_every)).detach();
     if let Some(after) = config.heal_after {
-        glommio::spawn_local(heal_when_needed(meta.clone(), config.heal_check, after)).detach();
+        let balancing = config.balance_check.map(|every| (every, config.balance));
+        glommio::spawn_local(heal_when_needed(
+            meta.clone(),
+            config.heal_check,
+            after,
+            balancing,
+        ))
+        .detach();
     }
     glommio::spawn_local(follow(
         meta,
@@ -293,15 +311,37 @@ async fn reap_now_and_then(meta: Rc<MetaClient>, every: Duration) {
 
 /// Probes the nodes every `every`, and moves the replicas of those
 /// silent for `after` (one round at a time).
-async fn heal_when_needed(meta: Rc<MetaClient>, every: Duration, after: Duration) {
+/// Heals every `every`, and balances every `balancing.0` (which needs
+/// healing's view of which nodes are down).
+async fn heal_when_needed(
+    meta: Rc<MetaClient>,
+    every: Duration,
+    after: Duration,
+    balancing: Option<(Duration, crate::balance::Bounds)>,
+) {
     let mut liveness = crate::heal::Liveness::new(after);
     // A probe waits at most this long: a silent node costs each round no
     // more than that.
     let probe_timeout = every.min(Duration::from_millis(300));
+    let mut balanced_at = Instant::now();
+    let mut planned = None;
     loop {
         glommio::timer::sleep(every).await;
         if let Err(error) = meta.heal(&mut liveness, probe_timeout).await {
             tracing::debug!(?error, "MemDS: healing not done this round");
+        }
+        let Some((balance_every, bounds)) = balancing else {
+            continue;
+        };
+        if balanced_at.elapsed() < balance_every {
+            continue;
+        }
+        balanced_at = Instant::now();
+        let down = liveness.down(balanced_at);
+        match meta.balance(bounds, &down, &mut planned).await {
+            Ok(Some(moved)) => tracing::info!(?moved, "balanced: a replica moved off a hot node"),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(?error, "MemDS: balancing move not made this round"),
         }
     }
 }

@@ -54,6 +54,8 @@ pub fn start_memds(path: &Path) -> anyhow::Result<Memds> {
     memds_config.reap_every = std::time::Duration::from_millis(file.reap_ms.max(1));
     memds_config.heal_after =
         (file.heal_after_ms > 0).then(|| std::time::Duration::from_millis(file.heal_after_ms));
+    memds_config.balance_check = (file.balance_check_ms > 0)
+        .then(|| std::time::Duration::from_millis(file.balance_check_ms));
     Memds::start(memds_config)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("starting the MemDS of {}", path.display()))
@@ -308,6 +310,7 @@ pub fn write_files(
                     heal_after_ms: cairn_memds::server::HEAL_AFTER_DEFAULT.as_millis() as u64,
                     heal_check_ms: cairn_memds::server::HEAL_CHECK_DEFAULT.as_millis() as u64,
                     reap_ms: cairn_memds::server::REAP_EVERY_DEFAULT.as_millis() as u64,
+                    balance_check_ms: cairn_memds::server::BALANCE_CHECK_DEFAULT.as_millis() as u64,
                     nodes: entries.clone(),
                 },
             ))

@@ -135,6 +135,12 @@ pub struct MemdsFile {
     /// in milliseconds (default 30 000).
     #[serde(default = "reap_ms")]
     pub reap_ms: u64,
+    /// How often node loads are compared, to move a replica off a node
+    /// serving more than half again the mean (and at least 1 000
+    /// operations per second), in milliseconds (default 10 000; 0: never).
+    /// Runs with healing only.
+    #[serde(default = "ten_thousand")]
+    pub balance_check_ms: u64,
     pub nodes: Vec<NodeEntry>,
 }
 
