@@ -731,12 +731,12 @@ impl MetaClient {
         Ok(moved)
     }
 
-    /// Makes one move healing planned; whether it was made.
-    async fn heal_move(
+    /// Makes one planned move (`move_replica`).
+    async fn make_move(
         &self,
         planned: &crate::heal::Move,
         down: &std::collections::BTreeSet<u16>,
-    ) -> bool {
+    ) -> Result<u64, Response> {
         let crate::heal::Move {
             table,
             partition,
@@ -744,10 +744,17 @@ impl MetaClient {
             to,
             role,
         } = planned;
-        match self
-            .move_replica(table, *partition, *from, *to, *role, down)
+        self.move_replica(table, *partition, *from, *to, *role, down)
             .await
-        {
+    }
+
+    /// Makes one move healing planned; whether it was made.
+    async fn heal_move(
+        &self,
+        planned: &crate::heal::Move,
+        down: &std::collections::BTreeSet<u16>,
+    ) -> bool {
+        match self.make_move(planned, down).await {
             Ok(_) => true,
             Err(error) => {
                 tracing::warn!(?planned, ?error, "healing: move not made this round");
@@ -788,15 +795,7 @@ impl MetaClient {
             return Ok(None);
         };
         *planned = None;
-        let crate::heal::Move {
-            table,
-            partition,
-            from,
-            to,
-            role,
-        } = &chosen;
-        self.move_replica(table, *partition, *from, *to, *role, down)
-            .await?;
+        self.make_move(&chosen, down).await?;
         Ok(Some(chosen))
     }
 

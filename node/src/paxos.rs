@@ -1853,14 +1853,36 @@ mod tests {
 
     /// A follower holding values of slots 0..10, chosen in `ballot`.
     fn follower_holding_ten(id: ReplicaId, ballot: Ballot, now: Instant) -> Replica {
+        holding(id, ballot, 10, 0, now)
+    }
+
+    /// The same, told by leader 0's heartbeat that slots 0..10 are chosen.
+    fn follower_committed_ten(id: ReplicaId, ballot: Ballot, now: Instant) -> Replica {
+        let mut replica = follower_holding_ten(id, ballot, now);
+        replica.handle(
+            0,
+            Message::Heartbeat {
+                ballot,
+                commit_through: 10,
+                seq: 1,
+                log_floor: 0,
+            },
+            now,
+        );
+        replica
+    }
+
+    /// Replica `id` of group {0, 1, 2}, holding values of slots
+    /// `0..slots` accepted in `ballot`, applied through `applied`.
+    fn holding(id: ReplicaId, ballot: Ballot, slots: Slot, applied: Slot, now: Instant) -> Replica {
         let mut state = DurableState::default();
-        for slot in 0..10 {
+        for slot in 0..slots {
             state
                 .accepted
                 .insert(slot, (ballot, Value::Command(vec![slot as u8])));
         }
         let group = Membership::full([0, 1, 2]).unwrap();
-        Replica::new(config(id), Some(group), state, 0, now)
+        Replica::new(config(id), Some(group), state, applied, now)
     }
 
     /// A log start passes slots over but keeps what is held from the
@@ -1900,17 +1922,7 @@ mod tests {
             round: 1,
             leader: 0,
         };
-        let mut replica = follower_holding_ten(1, ballot, now);
-        replica.handle(
-            0,
-            Message::Heartbeat {
-                ballot,
-                commit_through: 10,
-                seq: 1,
-                log_floor: 0,
-            },
-            now,
-        );
+        let mut replica = follower_committed_ten(1, ballot, now);
         assert_eq!(replica.compact(6), 6);
         let _ = replica.poll_ready();
         // Past the lease it granted the old leader.
@@ -1973,14 +1985,7 @@ mod tests {
         };
         // Replica 3 joined a group it has not yet seen change: it knows
         // the membership {0, 1, 2} at slot 2.
-        let mut state = DurableState::default();
-        for slot in 0..2 {
-            state
-                .accepted
-                .insert(slot, (ballot, Value::Command(vec![slot as u8])));
-        }
-        let old = Membership::full([0, 1, 2]).unwrap();
-        let mut lagging = Replica::new(config(3), Some(old), state, 2, now);
+        let mut lagging = holding(3, ballot, 2, 2, now);
         let _ = lagging.poll_ready();
         now += Duration::from_millis(250);
         lagging.tick(now);
@@ -1995,17 +2000,7 @@ mod tests {
             .collect();
         assert_eq!(asked, vec![0, 1, 2]);
 
-        let mut helper = follower_holding_ten(1, ballot, now);
-        helper.handle(
-            0,
-            Message::Heartbeat {
-                ballot,
-                commit_through: 10,
-                seq: 1,
-                log_floor: 0,
-            },
-            now,
-        );
+        let mut helper = follower_committed_ten(1, ballot, now);
         let _ = helper.poll_ready();
         helper.handle(3, Message::CatchUp { from_slot: 2 }, now);
         assert!(
