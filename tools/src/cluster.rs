@@ -37,6 +37,12 @@ fn node_addresses(entries: &[NodeEntry]) -> Vec<NodeAddress> {
 /// Starts a MemDS process from its config file.
 pub fn start_memds(path: &Path) -> anyhow::Result<Memds> {
     let file: MemdsFile = config::load(path)?;
+    anyhow::ensure!(
+        file.balance_ratio.is_finite() && file.balance_ratio >= 1.0,
+        "{}: balance_ratio must be a number of at least 1 (a multiple of the mean load), not {}",
+        path.display(),
+        file.balance_ratio
+    );
     let identity = config::identity(path, &file.certificate, &file.private_key)?;
     let nodes = node_addresses(&file.nodes)
         .iter()
@@ -56,6 +62,10 @@ pub fn start_memds(path: &Path) -> anyhow::Result<Memds> {
         (file.heal_after_ms > 0).then(|| std::time::Duration::from_millis(file.heal_after_ms));
     memds_config.balance_check = (file.balance_check_ms > 0)
         .then(|| std::time::Duration::from_millis(file.balance_check_ms));
+    memds_config.balance = cairn_memds::balance::Bounds {
+        ratio: file.balance_ratio,
+        ops_min: file.balance_ops_min,
+    };
     Memds::start(memds_config)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("starting the MemDS of {}", path.display()))
@@ -311,6 +321,8 @@ pub fn write_files(
                     heal_check_ms: cairn_memds::server::HEAL_CHECK_DEFAULT.as_millis() as u64,
                     reap_ms: cairn_memds::server::REAP_EVERY_DEFAULT.as_millis() as u64,
                     balance_check_ms: cairn_memds::server::BALANCE_CHECK_DEFAULT.as_millis() as u64,
+                    balance_ratio: cairn_memds::balance::BOUNDS_DEFAULT.ratio,
+                    balance_ops_min: cairn_memds::balance::BOUNDS_DEFAULT.ops_min,
                     nodes: entries.clone(),
                 },
             ))

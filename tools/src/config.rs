@@ -141,6 +141,12 @@ pub struct MemdsFile {
     /// Runs with healing only.
     #[serde(default = "ten_thousand")]
     pub balance_check_ms: u64,
+    /// A node is hot above this many times the mean load (default 1.5)…
+    #[serde(default = "balance_ratio")]
+    pub balance_ratio: f64,
+    /// …and this many operations per second (default 1000).
+    #[serde(default = "balance_ops_min")]
+    pub balance_ops_min: u64,
     pub nodes: Vec<NodeEntry>,
 }
 
@@ -162,6 +168,14 @@ fn split_bytes() -> u64 {
 
 fn split_ops() -> u64 {
     cairn_memds::server::SPLIT_OPS_DEFAULT
+}
+
+fn balance_ratio() -> f64 {
+    cairn_memds::balance::BOUNDS_DEFAULT.ratio
+}
+
+fn balance_ops_min() -> u64 {
+    cairn_memds::balance::BOUNDS_DEFAULT.ops_min
 }
 
 fn ten_thousand() -> u64 {

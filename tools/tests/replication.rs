@@ -9,6 +9,7 @@
 
 #![allow(clippy::unwrap_used)] // Test helpers: a panic is the failure report.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -1557,4 +1558,74 @@ fn a_hot_partition_is_split_at_the_median_of_its_traffic() {
             assert!(got.as_ref().and_then(value_of).is_some(), "{name}");
         }
     });
+}
+
+/// The nodes `cairn status` lists as holding a replica of any partition
+/// of `tables`.
+fn nodes_holding(cluster: &GroupCluster, tables: &[&str]) -> BTreeSet<usize> {
+    let status = cluster.status();
+    let mut in_table = false;
+    let mut held = BTreeSet::new();
+    for line in status.lines() {
+        if line.starts_with("  ") && !line.starts_with("    ") {
+            let name = line.trim_start();
+            in_table = tables.iter().any(|t| name.starts_with(&format!("{t} ")));
+        } else if in_table && let Some((_, on)) = line.split_once(", on ") {
+            for replica in on.split("node ").skip(1) {
+                let id = replica.split(' ').next().unwrap();
+                held.insert(id.parse().unwrap());
+            }
+        }
+    }
+    held
+}
+
+/// Two single-partition tables, placed round the ring from their ids, on
+/// five nodes in five zones: two nodes hold both partitions, one holds
+/// none. Under write load on both, each of the two carries twice the load
+/// of the others; MemDS (balancing every 300 ms, hot above 1.2 times the
+/// mean) moves a replica of one partition off one of them to the idle
+/// node, through the group's own log while the writers run. Every
+/// acknowledged write reads back, and scans return each item once.
+#[test]
+fn memds_moves_a_replica_off_a_hot_node() {
+    let cluster = GroupCluster::start_nodes(
+        5,
+        "",
+        "split_ops_per_s = 0\nbalance_check_ms = 300\nbalance_ratio = 1.2\nbalance_ops_min = 20\n",
+    );
+    let (cert, router) = (cluster.cert.clone(), cluster.router);
+    let identity = Identity::trusting_pem_file(&cert).unwrap();
+    let tables = ["balance-a", "balance-b"];
+    for table in tables {
+        cluster.create_table(table);
+    }
+    let before = nodes_holding(&cluster, &tables);
+    assert_eq!(
+        before.len(),
+        4,
+        "two tables of three replicas each: {before:?}"
+    );
+    let a = Writers::start(router, &cert, tables[0], 2);
+    let b = Writers::start(router, &cert, tables[1], 2);
+    let started = Instant::now();
+    let deadline = started + PROGRESS_TIMEOUT;
+    let moved = loop {
+        let now_held = nodes_holding(&cluster, &tables);
+        if now_held.len() == 5 {
+            break now_held;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no replica moved to the idle node within {PROGRESS_TIMEOUT:?}: {now_held:?}"
+        );
+    };
+    println!(
+        "a replica moved off a hot node {:?} after the load began: nodes {before:?} -> {moved:?}",
+        started.elapsed()
+    );
+    a.wait_for(100, "after the move");
+    b.wait_for(100, "after the move");
+    check_writes(router, &identity, tables[0], a.stop("balanced, table a"));
+    check_writes(router, &identity, tables[1], b.stop("balanced, table b"));
 }
