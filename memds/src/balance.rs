@@ -66,26 +66,44 @@ pub fn node_loads(
     load
 }
 
-/// The move that relieves the hot node, if one is hot and a move helps.
-/// Only replicated partitions with every replica live, no log replica and
-/// no split under way move (healing and splits come first). Ties go to
-/// the less loaded target, then the lower node and partition ids, so two
-/// MemDS with the same view plan the same move.
+/// The move that relieves a hot node, if one is hot and a move helps.
+/// The busiest node goes first, then the next, while they are hot: a
+/// partition's leader (`leaders`: its node, where known) cannot replace
+/// itself, so only follower replicas move, and a node may have none to
+/// give. Only replicated partitions with every replica live, no log
+/// replica and no split under way move (healing and splits come first).
+/// Ties go to the less loaded target, then the lower node and partition
+/// ids, so two MemDS with the same view plan the same move.
 pub fn plan(
     snapshot: &Snapshot,
     ops: &BTreeMap<u64, u64>,
+    leaders: &BTreeMap<u64, u16>,
     down: &BTreeSet<u16>,
     bounds: Bounds,
 ) -> Option<Move> {
     let load = node_loads(snapshot, ops, down);
     let total: u64 = load.values().sum();
-    let (&hot, &hot_load) = load
+    let mean = total as f64 / load.len().max(1) as f64;
+    let mut hot: Vec<(u16, u64)> = load
         .iter()
-        .max_by_key(|(id, load)| (**load, std::cmp::Reverse(**id)))?;
-    let mean = total as f64 / load.len() as f64;
-    if hot_load < bounds.ops_min || hot_load as f64 <= bounds.ratio * mean {
-        return None;
-    }
+        .map(|(id, load)| (*id, *load))
+        .filter(|(_, load)| *load >= bounds.ops_min && *load as f64 > bounds.ratio * mean)
+        .collect();
+    hot.sort_by_key(|(id, load)| (std::cmp::Reverse(*load), *id));
+    hot.into_iter()
+        .find_map(|(node, node_load)| relieve(snapshot, ops, leaders, down, &load, node, node_load))
+}
+
+/// The best move of a follower replica off node `hot`, if any lowers it.
+fn relieve(
+    snapshot: &Snapshot,
+    ops: &BTreeMap<u64, u64>,
+    leaders: &BTreeMap<u64, u16>,
+    down: &BTreeSet<u16>,
+    load: &BTreeMap<u16, u64>,
+    hot: u16,
+    hot_load: u64,
+) -> Option<Move> {
     // (load of the busier node after the move, target's load now, target,
     // partition): the least wins.
     let mut best: Option<((u64, u64, u16, u64), Move)> = None;
@@ -97,13 +115,13 @@ pub fn plan(
         for partition in &table.partitions {
             let replicas = partition.replicas.as_slice();
             let partition_ops = ops.get(&partition.id).copied().unwrap_or(0);
-            let held_here = replicas.contains(&hot);
+            let follower_here = replicas.contains(&hot) && leaders.get(&partition.id) != Some(&hot);
             let healthy = replicas.iter().all(|n| !down.contains(n))
                 && !table.log_replicas.iter().any(|(p, _)| *p == partition.id);
-            if !held_here || !healthy || partition_ops == 0 {
+            if !follower_here || !healthy || partition_ops == 0 {
                 continue;
             }
-            for (&target, &target_load) in &load {
+            for (&target, &target_load) in load {
                 if replicas.contains(&target) {
                     continue;
                 }
@@ -149,6 +167,10 @@ mod tests {
         (1 << 20) | index
     }
 
+    fn no_leaders() -> BTreeMap<u64, u16> {
+        BTreeMap::new()
+    }
+
     /// Four nodes in four zones; partitions 0..3 of table t on the given
     /// nodes (ids 0, 1, 2, …).
     fn cluster(replicas: &[&[u16]]) -> Snapshot {
@@ -160,7 +182,10 @@ mod tests {
     fn an_even_load_moves_nothing() {
         let s = cluster(&[&[0, 1, 2], &[1, 2, 3], &[2, 3, 0], &[3, 0, 1]]);
         let even = ops(&[(0, 2000), (1, 2000), (2, 2000), (3, 2000)]);
-        assert_eq!(plan(&s, &even, &BTreeSet::new(), BOUNDS_DEFAULT), None);
+        assert_eq!(
+            plan(&s, &even, &no_leaders(), &BTreeSet::new(), BOUNDS_DEFAULT),
+            None
+        );
     }
 
     #[test]
@@ -172,6 +197,7 @@ mod tests {
         let planned = plan(
             &s,
             &load,
+            &no_leaders(),
             &BTreeSet::new(),
             Bounds {
                 ratio: 1.2,
@@ -199,14 +225,20 @@ mod tests {
             ratio: 1.1,
             ops_min: 10,
         };
-        assert_eq!(plan(&s, &load, &BTreeSet::new(), bounds), None);
+        assert_eq!(
+            plan(&s, &load, &no_leaders(), &BTreeSet::new(), bounds),
+            None
+        );
     }
 
     #[test]
     fn a_quiet_cluster_is_left_alone() {
         let s = cluster(&[&[0, 1, 2], &[0, 1, 2], &[1, 2, 3]]);
         let load = ops(&[(0, 300), (1, 300)]);
-        assert_eq!(plan(&s, &load, &BTreeSet::new(), BOUNDS_DEFAULT), None);
+        assert_eq!(
+            plan(&s, &load, &no_leaders(), &BTreeSet::new(), BOUNDS_DEFAULT),
+            None
+        );
     }
 
     #[test]
@@ -229,15 +261,35 @@ mod tests {
             ratio: 1.2,
             ops_min: 1000,
         };
-        let planned = plan(&s, &load, &BTreeSet::new(), bounds).expect("a move");
+        let planned = plan(&s, &load, &no_leaders(), &BTreeSet::new(), bounds).expect("a move");
         assert_eq!(planned.to, 4, "{planned:?}");
         // With node 4 down, node 3 is the only way: the zone is shared
         // because it must be.
         let down = BTreeSet::from([4]);
-        let planned = plan(&s, &load, &down, bounds).expect("a move");
+        let planned = plan(&s, &load, &no_leaders(), &down, bounds).expect("a move");
         assert_eq!(planned.to, 3, "{planned:?}");
         // A partition with a replica down is healing's, not balancing's.
         let down = BTreeSet::from([1]);
-        assert_eq!(plan(&s, &load, &down, bounds), None);
+        assert_eq!(plan(&s, &load, &no_leaders(), &down, bounds), None);
+    }
+
+    #[test]
+    fn a_leader_stays_and_the_next_hot_node_gives_a_follower() {
+        // Nodes 1 and 2 hold both busy partitions, node 4 none; node 1
+        // leads both, so it has no follower replica to give: node 2 gives
+        // one.
+        let nodes = (0..5).map(|i| node(i, &format!("zone-{i}"))).collect();
+        let s = snapshot(nodes, vec![table("t", &[&[0, 1, 2], &[1, 2, 3]])]);
+        let load = ops(&[(0, 1000), (1, 1000)]);
+        let bounds = Bounds {
+            ratio: 1.2,
+            ops_min: 1,
+        };
+        let leaders = BTreeMap::from([(pid(0), 1), (pid(1), 1)]);
+        let planned = plan(&s, &load, &leaders, &BTreeSet::new(), bounds).expect("a move");
+        assert_eq!(planned.from, 2, "{planned:?}");
+        // Without leaders known, the busiest lowest id gives.
+        let planned = plan(&s, &load, &no_leaders(), &BTreeSet::new(), bounds).expect("a move");
+        assert_eq!(planned.from, 1, "{planned:?}");
     }
 }

@@ -11,6 +11,7 @@
 //! that dies half-way leaves a `CREATING` record (the name stays taken)
 //! and possibly some partitions; deleting the table clears the name.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -777,7 +778,7 @@ impl MetaClient {
     ) -> Result<Option<crate::heal::Move>, Response> {
         self.bootstrap().await?;
         let snapshot = self.load().await?;
-        let mut ops = std::collections::BTreeMap::new();
+        let (mut ops, mut leaders) = (BTreeMap::new(), BTreeMap::new());
         for table in snapshot.tables.values() {
             if table.status != TableStatus::Active {
                 continue;
@@ -786,9 +787,14 @@ impl MetaClient {
                 if let Some(stats) = self.leader_stats(&snapshot, partition).await {
                     ops.insert(partition.id, stats.1);
                 }
+                // The leader that answered (its replica cannot move).
+                let leader = self.links.leader_of(partition.id);
+                if let Some(&node) = leader.and_then(|i| partition.replicas.as_slice().get(i)) {
+                    leaders.insert(partition.id, node);
+                }
             }
         }
-        let plan = crate::balance::plan(&snapshot, &ops, down, bounds);
+        let plan = crate::balance::plan(&snapshot, &ops, &leaders, down, bounds);
         let sustained = plan.is_some() && plan == *planned;
         *planned = plan;
         let Some(chosen) = planned.clone().filter(|_| sustained) else {

@@ -10,7 +10,7 @@
 //! last complete map, never from a half-read one.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -219,14 +219,23 @@ async fn run(config: MemdsConfig, ready: Ready, stopped: Stopped) {
     }
     glommio::spawn_local(reap_now_and_then(meta.clone(), config.reap_every)).detach();
     if let Some(after) = config.heal_after {
-        let balancing = config.balance_check.map(|every| (every, config.balance));
+        let down = Rc::new(RefCell::new(BTreeSet::new()));
         glommio::spawn_local(heal_when_needed(
             meta.clone(),
             config.heal_check,
             after,
-            balancing,
+            down.clone(),
         ))
         .detach();
+        if let Some(every) = config.balance_check {
+            glommio::spawn_local(balance_when_needed(
+                meta.clone(),
+                every,
+                config.balance,
+                down,
+            ))
+            .detach();
+        }
     }
     glommio::spawn_local(follow(
         meta,
@@ -311,33 +320,40 @@ async fn reap_now_and_then(meta: Rc<MetaClient>, every: Duration) {
 
 /// Probes the nodes every `every`, and moves the replicas of those
 /// silent for `after` (one round at a time).
-/// Heals every `every`, and balances every `balancing.0` (which needs
-/// healing's view of which nodes are down).
+/// Heals every `every`; after each round, publishes which nodes are down
+/// in `down` (for balancing).
 async fn heal_when_needed(
     meta: Rc<MetaClient>,
     every: Duration,
     after: Duration,
-    balancing: Option<(Duration, crate::balance::Bounds)>,
+    down: Rc<RefCell<BTreeSet<u16>>>,
 ) {
     let mut liveness = crate::heal::Liveness::new(after);
     // A probe waits at most this long: a silent node costs each round no
     // more than that.
     let probe_timeout = every.min(Duration::from_millis(300));
-    let mut balanced_at = Instant::now();
-    let mut planned = None;
     loop {
         glommio::timer::sleep(every).await;
         if let Err(error) = meta.heal(&mut liveness, probe_timeout).await {
             tracing::debug!(?error, "MemDS: healing not done this round");
         }
-        let Some((balance_every, bounds)) = balancing else {
-            continue;
-        };
-        if balanced_at.elapsed() < balance_every {
-            continue;
-        }
-        balanced_at = Instant::now();
-        let down = liveness.down(balanced_at);
+        *down.borrow_mut() = liveness.down(Instant::now());
+    }
+}
+
+/// Balances every `every`, with the nodes healing last found down. A
+/// task of its own: a round asks every partition's leader for its load,
+/// which must not hold up healing's probes.
+async fn balance_when_needed(
+    meta: Rc<MetaClient>,
+    every: Duration,
+    bounds: crate::balance::Bounds,
+    down: Rc<RefCell<BTreeSet<u16>>>,
+) {
+    let mut planned = None;
+    loop {
+        glommio::timer::sleep(every).await;
+        let down = down.borrow().clone();
         match meta.balance(bounds, &down, &mut planned).await {
             Ok(Some(moved)) => tracing::info!(?moved, "balanced: a replica moved off a hot node"),
             Ok(None) => {}

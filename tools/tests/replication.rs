@@ -1584,7 +1584,8 @@ fn nodes_holding(cluster: &GroupCluster, tables: &[&str]) -> BTreeSet<usize> {
 /// five nodes in five zones: two nodes hold both partitions, one holds
 /// none. Under write load on both, each of the two carries twice the load
 /// of the others; MemDS (balancing every 300 ms, hot above 1.2 times the
-/// mean) moves a replica of one partition off one of them to the idle
+/// mean, at any load: a debug build beside other tests writes slowly)
+/// moves a replica of one partition off one of them to the idle
 /// node, through the group's own log while the writers run. Every
 /// acknowledged write reads back, and scans return each item once.
 #[test]
@@ -1592,7 +1593,7 @@ fn memds_moves_a_replica_off_a_hot_node() {
     let cluster = GroupCluster::start_nodes(
         5,
         "",
-        "split_ops_per_s = 0\nbalance_check_ms = 300\nbalance_ratio = 1.2\nbalance_ops_min = 20\n",
+        "split_ops_per_s = 0\nbalance_check_ms = 300\nbalance_ratio = 1.2\nbalance_ops_min = 1\n",
     );
     let (cert, router) = (cluster.cert.clone(), cluster.router);
     let identity = Identity::trusting_pem_file(&cert).unwrap();
@@ -1617,7 +1618,8 @@ fn memds_moves_a_replica_off_a_hot_node() {
         }
         assert!(
             Instant::now() < deadline,
-            "no replica moved to the idle node within {PROGRESS_TIMEOUT:?}: {now_held:?}"
+            "no replica moved to the idle node within {PROGRESS_TIMEOUT:?}: {now_held:?}\n{}",
+            cluster.status()
         );
     };
     println!(
