@@ -432,6 +432,13 @@ pub struct Replica {
     leader_contact: Option<(ReplicaId, Instant)>,
     /// The highest ballot peers said they promised, from pre-vote replies.
     seen: Ballot,
+    /// Leader: what each peer last reported applying through.
+    peers_applied: BTreeMap<ReplicaId, Slot>,
+    /// `CatchUp` asks sent since this replica last heard a leader or
+    /// took a snapshot: each one waits twice as long as the last (up to
+    /// 16 election timeouts), so a replica that was removed, and is
+    /// answered by no one, asks rarely.
+    asks: u32,
     rng: u64,
     ready: Ready,
 }
@@ -484,6 +491,8 @@ impl Replica {
             term_start_slot: 0,
             leader_contact: Some((ReplicaId::MAX, now)),
             seen: Ballot::default(),
+            asks: 0,
+            peers_applied: BTreeMap::new(),
             rng,
             ready: Ready::default(),
         }
@@ -609,6 +618,7 @@ impl Replica {
         }
         self.commit_through = self.commit_through.max(through);
         self.reported_through = through;
+        self.asks = 0;
         self.configs.split_off(&through);
         self.configs.insert(through, membership);
         self.drop_below(keep_from);
@@ -802,7 +812,17 @@ impl Replica {
             });
         };
         let (ballot, slot) = (*ballot, *next_slot);
-        *next_slot += 1;
+        // A caretaker (a leader the values it took over remove) proposes
+        // nothing of its own.
+        if !self
+            .membership_at(slot)
+            .is_some_and(|m| m.is_full_member(self.config.id))
+        {
+            return Err(NotLeader { hint: None });
+        }
+        if let Role::Leader { next_slot, .. } = &mut self.role {
+            *next_slot += 1;
+        }
         self.accept_as_leader(ballot, slot, Value::Command(command));
         Ok(slot)
     }
@@ -1042,12 +1062,14 @@ impl Replica {
             // replica among them asks to be caught up: the change that
             // makes it a member may be chosen where it cannot see it.
             Some(deadline) if now >= deadline => {
-                self.election_deadline = Some(now + self.jitter());
+                let backoff = 1 << self.asks.min(4);
+                self.election_deadline = Some(now + self.jitter() * backoff);
                 if !self.is_log_member(self.config.id) {
                     let from_slot = self.commit_through;
                     for peer in self.peers() {
                         self.ready.send.push((peer, Message::CatchUp { from_slot }));
                     }
+                    self.asks += 1;
                 }
             }
             Some(_) => {}
@@ -1225,9 +1247,10 @@ impl Replica {
                 self.tell_outsider(from);
             }
             Message::CatchUp { from_slot } => {
-                // A leader has it hear one (a replaced replica then waits
-                // again), and catches up those that are its peers itself.
-                self.tell_outsider(from);
+                // A leader answers nothing: it catches up its own peers
+                // through heartbeats, and one that is not its peer was
+                // removed and needs nothing (a heartbeat would have it
+                // follow, and be sent the log, for good).
                 self.help_lagging(from, from_slot, now);
                 // One that knows more than this replica may hold what it
                 // needs: ask it back (it answers, knowing more, with its
@@ -1383,6 +1406,8 @@ impl Replica {
                 {
                     let reported = self.peers_checkpointed.entry(from).or_default();
                     *reported = (*reported).max(checkpointed_through);
+                    let applied = self.peers_applied.entry(from).or_default();
+                    *applied = (*applied).max(applied_through);
                     if let Role::Leader { learners, .. } = &mut self.role
                         && let Some(learner) = learners.get_mut(&from)
                     {
@@ -1395,8 +1420,32 @@ impl Replica {
                         *ack = (*ack).max(sent);
                     }
                     self.catch_up(from, current, applied_through);
+                    self.retire_if_removed(now);
                 }
             }
+        }
+    }
+
+    /// A caretaker leader (one the values it took over removed, see
+    /// `advance_candidate`) steps down once the change is committed and
+    /// a majority of the new membership has heard so: they hold it, know
+    /// they are members, and one of them stands.
+    fn retire_if_removed(&mut self, now: Instant) {
+        if !self.is_leader() || self.may_lead() {
+            return;
+        }
+        let Some(membership) = self.membership() else {
+            return;
+        };
+        let through = self.commit_through;
+        let knowing = self
+            .peers_applied
+            .iter()
+            .filter(|(_, applied)| **applied >= through)
+            .map(|(id, _)| id);
+        if membership.is_quorum(knowing) {
+            self.role = Role::Follower;
+            self.election_deadline = Some(now + self.jitter());
         }
     }
 
@@ -1446,6 +1495,7 @@ impl Replica {
             .map_or(0, |(_, c)| c);
         self.leader = Some((ballot, commit_through.unwrap_or(known).max(known)));
         self.election_deadline = Some(now + self.jitter());
+        self.asks = 0;
     }
 
     /// Leader: resends Accepts that may have been lost — slots not yet
@@ -1599,6 +1649,7 @@ impl Replica {
         let Some(first) = self.membership_at(from_slot).cloned() else {
             return; // cannot be: a replica that knows none does not stand
         };
+        let in_first = first.is_full_member(me);
         // The highest-ballot value for each slot, no-ops for holes.
         let mut chosen: BTreeMap<Slot, (Ballot, Value)> = BTreeMap::new();
         for (slot, b, value) in promises.values().flat_map(|(_, values)| values) {
@@ -1636,11 +1687,17 @@ impl Replica {
                 .send
                 .push((peer, Message::Prepare { ballot, from_slot }));
         }
-        // A replica that would lead a group it is not a full member of (it
-        // was replaced, and learns so only now) does not take it over: its
-        // votes would not count and routers would not find it.
+        // A replica that would lead a group it is not a full member of
+        // does not take it over: its votes would not count and routers
+        // would not find it. But if it is a member at its commit point and
+        // the values it takes over remove it, the new members may not
+        // know they are members (the change may be accepted, not
+        // committed, and they may lack it), and no one else may be able
+        // to finish it: it leads as a caretaker, proposes nothing of its
+        // own, and steps down once the new members know the change is
+        // committed (`retire_if_removed`).
         let member = needed.last().is_some_and(|(_, m)| m.is_full_member(me));
-        if !won || !member {
+        if !won || !(member || in_first) {
             return;
         }
         let next_slot = chosen
@@ -1661,6 +1718,7 @@ impl Replica {
         self.lease_acks.clear();
         self.heartbeats_sent.clear();
         self.peers_checkpointed.clear();
+        self.peers_applied.clear();
         for slot in from_slot..next_slot {
             let value = chosen.remove(&slot).map_or(Value::Noop, |(_, v)| v);
             self.accept_as_leader(ballot, slot, value);
@@ -2122,5 +2180,69 @@ mod tests {
         tick(&mut replicas, &mut now);
         assert_eq!(replicas[0].log_floor(), 20);
         assert_eq!(replicas[0].propose_membership(with_log), Ok(20));
+    }
+
+    /// A candidate that wins while the values it takes over remove it
+    /// (its last leader had the change replacing it accepted, and the new
+    /// member lacks the change) leads as a caretaker: it proposes nothing
+    /// of its own, gets the change committed, and steps down once the new
+    /// members know; the new member then leads.
+    #[test]
+    fn a_leader_removed_by_the_values_it_took_over_finishes_the_change_then_steps_down() {
+        let mut now = Instant::now();
+        let old = Membership::full([0, 1, 2]).unwrap();
+        let new = Membership::full([1, 2, 3]).unwrap();
+        let last = Ballot {
+            round: 1,
+            leader: 2,
+        };
+        let mut state = DurableState::default();
+        state
+            .accepted
+            .insert(0, (last, Value::Reconfigure(new.clone())));
+        // Replicas 1 and 2 wait far longer before they stand.
+        let patient = |id| Config {
+            election_timeout: Duration::from_secs(60),
+            ..config(id)
+        };
+        let mut replicas = vec![
+            Replica::new(
+                config(0),
+                Some(old.clone()),
+                DurableState::default(),
+                0,
+                now,
+            ),
+            Replica::new(patient(1), Some(old.clone()), state, 0, now),
+            Replica::new(patient(2), Some(old), DurableState::default(), 0, now),
+            Replica::new(config(3), None, DurableState::default(), 0, now),
+        ];
+        let tick = |replicas: &mut Vec<Replica>, now: &mut Instant| {
+            *now += Duration::from_millis(25);
+            for r in replicas.iter_mut() {
+                r.tick(*now);
+            }
+            settle(replicas, *now)
+        };
+        let mut caretaker = false;
+        for _ in 0..400 {
+            tick(&mut replicas, &mut now);
+            if replicas[0].is_leader() && !caretaker {
+                caretaker = true;
+                assert_eq!(
+                    replicas[0].propose(vec![1]),
+                    Err(NotLeader { hint: None }),
+                    "a caretaker proposes nothing of its own"
+                );
+            }
+            if replicas[3].is_leader() {
+                break;
+            }
+        }
+        assert!(caretaker, "replica 0 never took over");
+        assert!(!replicas[0].is_leader(), "the caretaker did not step down");
+        assert!(replicas[3].is_leader(), "the new member never led");
+        assert_eq!(replicas[3].membership(), Some(&new));
+        assert!(replicas[3].propose(vec![2]).is_ok());
     }
 }

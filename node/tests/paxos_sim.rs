@@ -670,15 +670,15 @@ impl Sim {
                     let leader = leaders[self.rng.random_range(0..leaders.len())];
                     let value = Value::Command(self.next_command.to_le_bytes().to_vec());
                     self.next_command += 1;
-                    self.proposer.insert(value.clone(), leader);
-                    let Value::Command(bytes) = value else {
+                    let Value::Command(bytes) = value.clone() else {
                         unreachable!()
                     };
-                    self.replicas[leader]
-                        .as_mut()
-                        .unwrap()
-                        .propose(bytes)
-                        .unwrap();
+                    // A caretaker (a leader its own group removed)
+                    // refuses commands.
+                    let replica = self.replicas[leader].as_mut().unwrap();
+                    if replica.propose(bytes).is_ok() {
+                        self.proposer.insert(value, leader);
+                    }
                     self.drain(leader);
                 }
                 let next = Duration::from_millis(self.rng.random_range(1..6));
