@@ -795,14 +795,15 @@ impl MetaClient {
             }
         }
         let plan = crate::balance::plan(&snapshot, &ops, &leaders, down, bounds);
-        let sustained = plan.is_some() && plan == *planned;
-        *planned = plan;
-        let Some(chosen) = planned.clone().filter(|_| sustained) else {
-            return Ok(None);
-        };
-        *planned = None;
-        self.make_move(&chosen, down).await?;
-        Ok(Some(chosen))
+        let last = std::mem::replace(planned, plan.clone());
+        match plan {
+            Some(chosen) if last.as_ref() == Some(&chosen) => {
+                *planned = None;
+                self.make_move(&chosen, down).await?;
+                Ok(Some(chosen))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// What `partition`'s leader (it alone sees the strongly consistent

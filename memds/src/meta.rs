@@ -38,6 +38,30 @@ const PARTS_VERSION: u8 = 1;
 const SPLIT_VERSION: u8 = 1;
 const LOGS_VERSION: u8 = 1;
 
+/// Ends an attribute's encoding (`version ‖ body`) with the crc32c of all
+/// before it.
+fn seal(mut out: Vec<u8>) -> Vec<u8> {
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Checks a sealed attribute's crc32c and version byte; returns what lies
+/// between them. `what` names it in errors.
+fn unseal<'a>(bytes: &'a [u8], version: u8, what: &str) -> Result<&'a [u8], String> {
+    if bytes.len() < 5 {
+        return Err(format!("{what} too short"));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+        return Err(format!("{what} checksum mismatch"));
+    }
+    if body[0] != version {
+        return Err(format!("{what} version {}", body[0]));
+    }
+    Ok(&body[1..])
+}
+
 pub fn meta_schema() -> KeySchema {
     KeySchema::new(
         KeyAttribute::new("k", KeyType::S),
@@ -159,24 +183,16 @@ pub fn encode_logs(logs: &BTreeSet<(u64, u16)>) -> Vec<u8> {
         out.extend_from_slice(&partition.to_le_bytes());
         out.extend_from_slice(&node.to_le_bytes());
     }
-    let crc = crc32c::crc32c(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
+    seal(out)
 }
 
 pub fn decode_logs(bytes: &[u8]) -> Result<BTreeSet<(u64, u16)>, String> {
-    if bytes.len() < 9 {
+    let body = unseal(bytes, LOGS_VERSION, "log replica list")?;
+    if body.len() < 4 {
         return Err("log replica list too short".into());
     }
-    let (body, crc) = bytes.split_at(bytes.len() - 4);
-    if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
-        return Err("log replica list checksum mismatch".into());
-    }
-    if body[0] != LOGS_VERSION {
-        return Err(format!("log replica list version {}", body[0]));
-    }
-    let count = u32::from_le_bytes(body[1..5].try_into().expect("4 bytes")) as usize;
-    let entries = &body[5..];
+    let count = u32::from_le_bytes(body[..4].try_into().expect("4 bytes")) as usize;
+    let entries = &body[4..];
     if entries.len() != count * 10 {
         return Err(format!(
             "log replica list of {count} entries in {} bytes",
@@ -209,24 +225,15 @@ impl PendingSplit {
         for field in [self.parent, self.child, self.at] {
             out.extend_from_slice(&field.to_le_bytes());
         }
-        let crc = crc32c::crc32c(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
-        out
+        seal(out)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<PendingSplit, String> {
         if bytes.len() != 29 {
             return Err(format!("pending split of {} bytes, not 29", bytes.len()));
         }
-        let (body, crc) = bytes.split_at(25);
-        if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
-            return Err("pending split checksum mismatch".into());
-        }
-        if body[0] != SPLIT_VERSION {
-            return Err(format!("pending split version {}", body[0]));
-        }
-        let field =
-            |i: usize| u64::from_le_bytes(body[1 + 8 * i..9 + 8 * i].try_into().expect("8"));
+        let body = unseal(bytes, SPLIT_VERSION, "pending split")?;
+        let field = |i: usize| u64::from_le_bytes(body[8 * i..8 * i + 8].try_into().expect("8"));
         Ok(PendingSplit {
             parent: field(0),
             child: field(1),
@@ -366,23 +373,12 @@ pub fn encode_parts(partitions: &[Partition]) -> Vec<u8> {
             out.extend_from_slice(&node.to_le_bytes());
         }
     }
-    let crc = crc32c::crc32c(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
+    seal(out)
 }
 
 pub fn decode_parts(bytes: &[u8]) -> Result<Vec<Partition>, String> {
-    if bytes.len() < 9 {
-        return Err("partition list too short".into());
-    }
-    let (body, crc) = bytes.split_at(bytes.len() - 4);
-    if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
-        return Err("partition list checksum mismatch".into());
-    }
-    if body[0] != PARTS_VERSION {
-        return Err(format!("partition list version {}", body[0]));
-    }
-    let mut at = 1;
+    let body = unseal(bytes, PARTS_VERSION, "partition list")?;
+    let mut at = 0;
     let mut take = |n: usize| -> Result<&[u8], String> {
         let slice = body.get(at..at + n).ok_or("partition list truncated")?;
         at += n;

@@ -804,14 +804,15 @@ impl Replica {
     /// Proposes a command; it is chosen when it appears in `committed`.
     pub fn propose(&mut self, command: Vec<u8>) -> Result<Slot, NotLeader> {
         let Role::Leader {
-            ballot, next_slot, ..
-        } = &mut self.role
+            ballot,
+            next_slot: slot,
+            ..
+        } = self.role
         else {
             return Err(NotLeader {
                 hint: self.leader_hint(),
             });
         };
-        let (ballot, slot) = (*ballot, *next_slot);
         // A caretaker (a leader the values it took over remove) proposes
         // nothing of its own.
         if !self
@@ -1806,6 +1807,15 @@ mod tests {
         }
     }
 
+    /// A replica that waits a minute before it stands: in a test, others
+    /// lead.
+    fn patient(id: ReplicaId) -> Config {
+        Config {
+            election_timeout: Duration::from_secs(60),
+            ..config(id)
+        }
+    }
+
     /// Delivers every output of `replicas` (flushes complete at once)
     /// until none is left.
     /// Returns the empty snapshots leaders asked for
@@ -1830,6 +1840,16 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Moves the clock 25 ms on, ticks every replica and settles; returns
+    /// the log starts leaders asked for.
+    fn tick(replicas: &mut [Replica], now: &mut Instant) -> Vec<(ReplicaId, Slot)> {
+        *now += Duration::from_millis(25);
+        for r in replicas.iter_mut() {
+            r.tick(*now);
+        }
+        settle(replicas, *now)
     }
 
     #[test]
@@ -2103,10 +2123,6 @@ mod tests {
         let mut now = Instant::now();
         let pair = Membership::full([0, 1]).unwrap();
         // Replica 1 waits far longer before it stands: replica 0 leads.
-        let patient = Config {
-            election_timeout: Duration::from_secs(60),
-            ..config(1)
-        };
         let mut replicas = vec![
             Replica::new(
                 config(0),
@@ -2115,16 +2131,15 @@ mod tests {
                 0,
                 now,
             ),
-            Replica::new(patient, Some(pair.clone()), DurableState::default(), 0, now),
+            Replica::new(
+                patient(1),
+                Some(pair.clone()),
+                DurableState::default(),
+                0,
+                now,
+            ),
             Replica::new(config(2), None, DurableState::default(), 0, now),
         ];
-        let tick = |replicas: &mut Vec<Replica>, now: &mut Instant| {
-            *now += Duration::from_millis(25);
-            for r in replicas.iter_mut() {
-                r.tick(*now);
-            }
-            settle(replicas, *now)
-        };
         for _ in 0..100 {
             if replicas[0].is_leader() {
                 break;
@@ -2201,10 +2216,6 @@ mod tests {
             .accepted
             .insert(0, (last, Value::Reconfigure(new.clone())));
         // Replicas 1 and 2 wait far longer before they stand.
-        let patient = |id| Config {
-            election_timeout: Duration::from_secs(60),
-            ..config(id)
-        };
         let mut replicas = vec![
             Replica::new(
                 config(0),
@@ -2217,13 +2228,6 @@ mod tests {
             Replica::new(patient(2), Some(old), DurableState::default(), 0, now),
             Replica::new(config(3), None, DurableState::default(), 0, now),
         ];
-        let tick = |replicas: &mut Vec<Replica>, now: &mut Instant| {
-            *now += Duration::from_millis(25);
-            for r in replicas.iter_mut() {
-                r.tick(*now);
-            }
-            settle(replicas, *now)
-        };
         let mut caretaker = false;
         for _ in 0..400 {
             tick(&mut replicas, &mut now);

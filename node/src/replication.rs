@@ -1790,7 +1790,6 @@ impl Replication {
         .detach();
     }
 
-    /// The link's connection to a peer shard, made if there is none.
     /// Sends one node request to the shard at `addr` and decodes its
     /// answer; why not, if it could not.
     async fn ask(
@@ -1816,6 +1815,7 @@ impl Replication {
         Ok(())
     }
 
+    /// The link's connection to a peer shard, made if there is none.
     async fn connection(&self, addr: SocketAddr) -> Result<Connection, TransportError> {
         let existing = self
             .links
